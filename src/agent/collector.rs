@@ -1,0 +1,214 @@
+//! Runs the samplers: initialises them from the config, refreshes them into
+//! snapshots, and keeps each one's state for `/samplers` and the log.
+
+use std::panic::{catch_unwind, AssertUnwindSafe};
+use std::time::{Instant, SystemTime};
+
+use serde::Serialize;
+use tracing::{debug, error, info, warn};
+
+use crate::agent::config::Config;
+use crate::samplers::{registry, Sampler, SamplerContext};
+use crate::snapshot::{Emitter, Snapshot};
+use crate::source::is_unsupported;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum State {
+    /// Running; its metrics are in every snapshot.
+    Active,
+    /// Turned off in the config.
+    Disabled,
+    /// This machine can't run it (missing source, kernel feature, privilege).
+    Unsupported,
+    /// It broke: initialisation failed, or its last refresh did.
+    Failed,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Status {
+    pub name: &'static str,
+    pub state: State,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+}
+
+struct Slot {
+    status: Status,
+    sampler: Option<Box<dyn Sampler>>,
+}
+
+pub struct Collector {
+    slots: Vec<Slot>,
+}
+
+impl Collector {
+    /// Initialises every registered sampler the config enables, logging the
+    /// outcome of each.
+    pub fn from_config(config: &Config, ctx: &SamplerContext) -> Self {
+        let slots = registry()
+            .into_iter()
+            .map(|spec| {
+                let (state, reason, sampler) = if !config.enabled(spec.name) {
+                    (State::Disabled, None, None)
+                } else {
+                    match catch_unwind(AssertUnwindSafe(|| (spec.init)(ctx))) {
+                        Ok(Ok(sampler)) => (State::Active, None, Some(sampler)),
+                        Ok(Err(e)) if is_unsupported(&e) => (State::Unsupported, Some(format!("{e:#}")), None),
+                        Ok(Err(e)) => (State::Failed, Some(format!("{e:#}")), None),
+                        Err(_) => (State::Failed, Some("panicked during initialisation".into()), None),
+                    }
+                };
+                let status = Status { name: spec.name, state, reason };
+                log_status(&status);
+                Slot { status, sampler }
+            })
+            .collect();
+        Self { slots }
+    }
+
+    /// A collector over the given samplers, all active (for tests and benchmarks).
+    pub fn from_samplers(samplers: Vec<(&'static str, Box<dyn Sampler>)>) -> Self {
+        let slots = samplers
+            .into_iter()
+            .map(|(name, sampler)| Slot {
+                status: Status { name, state: State::Active, reason: None },
+                sampler: Some(sampler),
+            })
+            .collect();
+        Self { slots }
+    }
+
+    pub fn status(&self) -> Vec<Status> {
+        self.slots.iter().map(|s| s.status.clone()).collect()
+    }
+
+    /// Refreshes every active sampler into a new snapshot. A sampler that
+    /// errors is logged and its output left out; the others are kept.
+    pub fn collect(&mut self) -> Snapshot {
+        let started = Instant::now();
+        let mut snapshot = Snapshot::new(SystemTime::now());
+        for slot in &mut self.slots {
+            let Some(sampler) = slot.sampler.as_mut() else { continue };
+            let mark = snapshot.mark();
+            let outcome = catch_unwind(AssertUnwindSafe(|| sampler.refresh(&mut Emitter::new(&mut snapshot))));
+            let failure = match outcome {
+                Ok(Ok(())) => None,
+                Ok(Err(e)) => Some(format!("refresh failed: {e:#}")),
+                Err(_) => {
+                    // state after a panic is unknown: stop calling it
+                    slot.sampler = None;
+                    Some("refresh panicked; sampler stopped".to_string())
+                }
+            };
+            match failure {
+                None if slot.status.state == State::Failed => {
+                    slot.status = Status { state: State::Active, reason: None, ..slot.status.clone() };
+                    info!(sampler = slot.status.name, "sampler recovered");
+                }
+                None => {}
+                Some(reason) => {
+                    snapshot.rollback(mark);
+                    if slot.status.reason.as_deref() != Some(reason.as_str()) {
+                        warn!(sampler = slot.status.name, "{reason}");
+                    } else {
+                        debug!(sampler = slot.status.name, "{reason}");
+                    }
+                    slot.status.state = State::Failed;
+                    slot.status.reason = Some(reason);
+                }
+            }
+        }
+        snapshot.duration = started.elapsed();
+        snapshot
+    }
+}
+
+fn log_status(status: &Status) {
+    let reason = status.reason.as_deref().unwrap_or("");
+    match status.state {
+        State::Active => info!(sampler = status.name, "active"),
+        State::Disabled => info!(sampler = status.name, "disabled by config"),
+        State::Unsupported => info!(sampler = status.name, "unsupported here: {reason}"),
+        State::Failed => error!(sampler = status.name, "failed to start: {reason}"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::metrics::{MetricDef, Series};
+    use std::sync::atomic::{AtomicBool, Ordering};
+    use std::sync::Arc;
+
+    static G: MetricDef = MetricDef::gauge("test_gauge", "", "");
+
+    struct Flaky {
+        fail: Arc<AtomicBool>,
+        series: Arc<Series>,
+    }
+
+    impl Sampler for Flaky {
+        fn refresh(&mut self, out: &mut Emitter<'_>) -> anyhow::Result<()> {
+            out.gauge(&self.series, 1);
+            if self.fail.load(Ordering::SeqCst) {
+                anyhow::bail!("source vanished");
+            }
+            Ok(())
+        }
+    }
+
+    struct Panicky;
+    impl Sampler for Panicky {
+        fn refresh(&mut self, _: &mut Emitter<'_>) -> anyhow::Result<()> {
+            panic!("bug");
+        }
+    }
+
+    #[test]
+    fn failing_sampler_is_left_out_reported_and_recovers() {
+        let fail = Arc::new(AtomicBool::new(false));
+        let flaky = Flaky { fail: fail.clone(), series: Series::new(&G, &[]) };
+        let steady = Flaky { fail: Arc::new(AtomicBool::new(false)), series: Series::new(&G, &[]) };
+        let mut c = Collector::from_samplers(vec![("flaky", Box::new(flaky)), ("steady", Box::new(steady))]);
+        assert_eq!(c.collect().gauges.len(), 2);
+
+        fail.store(true, Ordering::SeqCst);
+        let snap = c.collect();
+        assert_eq!(snap.gauges.len(), 1, "partial output of the failed sampler is dropped");
+        let status = c.status();
+        assert_eq!(status[0].state, State::Failed);
+        assert!(status[0].reason.as_ref().unwrap().contains("source vanished"));
+        assert_eq!(status[1].state, State::Active);
+
+        fail.store(false, Ordering::SeqCst);
+        assert_eq!(c.collect().gauges.len(), 2);
+        assert_eq!(c.status()[0].state, State::Active);
+    }
+
+    #[test]
+    fn panicking_sampler_is_stopped_not_fatal() {
+        let steady = Flaky { fail: Arc::new(AtomicBool::new(false)), series: Series::new(&G, &[]) };
+        let mut c = Collector::from_samplers(vec![("panicky", Box::new(Panicky)), ("steady", Box::new(steady))]);
+        assert_eq!(c.collect().gauges.len(), 1);
+        assert_eq!(c.status()[0].state, State::Failed);
+        assert_eq!(c.collect().gauges.len(), 1);
+    }
+
+    #[test]
+    fn disabled_and_unsupported_from_config() {
+        let config = Config::parse("[samplers.cpu_usage]\nenabled = false\n").unwrap();
+        let empty = tempfile::tempdir().unwrap();
+        let c = Collector::from_config(&config, &SamplerContext { root: empty.path().to_path_buf() });
+        for status in c.status() {
+            match status.name {
+                "cpu_usage" => assert_eq!(status.state, State::Disabled),
+                "rezolus_rusage" => assert_eq!(status.state, State::Active),
+                _ => {
+                    assert_eq!(status.state, State::Unsupported, "{status:?}");
+                    assert!(status.reason.unwrap().contains("does not exist"));
+                }
+            }
+        }
+    }
+}

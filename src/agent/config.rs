@@ -1,0 +1,216 @@
+//! The agent's configuration file (`config/agent.toml`).
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::Path;
+use std::time::Duration;
+
+use serde::Deserialize;
+
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    pub general: General,
+    pub log: Log,
+    pub defaults: Defaults,
+    pub samplers: BTreeMap<String, SamplerConfig>,
+}
+
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct General {
+    /// Address the HTTP endpoints listen on.
+    pub listen: SocketAddr,
+    /// How long a snapshot is reused before the samplers are read again.
+    #[serde(deserialize_with = "duration")]
+    pub ttl: Duration,
+}
+
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Log {
+    pub level: Level,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum Level {
+    Error,
+    Warn,
+    #[default]
+    Info,
+    Debug,
+    Trace,
+}
+
+impl From<Level> for tracing::Level {
+    fn from(level: Level) -> Self {
+        match level {
+            Level::Error => tracing::Level::ERROR,
+            Level::Warn => tracing::Level::WARN,
+            Level::Info => tracing::Level::INFO,
+            Level::Debug => tracing::Level::DEBUG,
+            Level::Trace => tracing::Level::TRACE,
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Defaults {
+    /// Whether a sampler without its own `enabled` runs.
+    pub enabled: bool,
+}
+
+#[derive(Debug, Clone, PartialEq, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct SamplerConfig {
+    pub enabled: Option<bool>,
+}
+
+impl Default for General {
+    fn default() -> Self {
+        Self {
+            listen: SocketAddr::from(([127, 0, 0, 1], 4241)),
+            ttl: Duration::from_millis(10),
+        }
+    }
+}
+
+impl Default for Log {
+    fn default() -> Self {
+        Self { level: Level::Info }
+    }
+}
+
+impl Default for Defaults {
+    fn default() -> Self {
+        Self { enabled: true }
+    }
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Self {
+            general: General::default(),
+            log: Log::default(),
+            defaults: Defaults::default(),
+            samplers: BTreeMap::new(),
+        }
+    }
+}
+
+fn duration<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
+    let text = String::deserialize(d)?;
+    humantime::parse_duration(&text)
+        .map_err(|e| serde::de::Error::custom(format!("invalid duration {text:?}: {e} (examples: \"10ms\", \"1s\")")))
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read config file {path}: {source}")]
+    Read {
+        path: String,
+        source: std::io::Error,
+    },
+    #[error("invalid config file {path}: {message}")]
+    Invalid { path: String, message: String },
+}
+
+impl Config {
+    /// Reads, parses and validates a config file.
+    pub fn load(path: &Path) -> Result<Self, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.display().to_string(),
+            source,
+        })?;
+        Self::parse(&text).map_err(|message| ConfigError::Invalid {
+            path: path.display().to_string(),
+            message,
+        })
+    }
+
+    /// Parses and validates config text; the error names the line or key.
+    pub fn parse(text: &str) -> Result<Self, String> {
+        let config: Config = toml::from_str(text).map_err(|e| e.to_string().trim_end().to_string())?;
+        for (name, _) in &config.samplers {
+            if crate::samplers::find(name).is_none() {
+                let known: Vec<_> = crate::samplers::registry().iter().map(|s| s.name).collect();
+                return Err(format!(
+                    "unknown sampler `samplers.{name}` (known samplers: {})",
+                    known.join(", ")
+                ));
+            }
+        }
+        if config.general.ttl > Duration::from_secs(60) {
+            return Err(format!(
+                "`general.ttl` is {:?}; at most 60s is allowed (snapshots older than that are not high-resolution)",
+                config.general.ttl
+            ));
+        }
+        Ok(config)
+    }
+
+    /// Whether the named sampler is to run.
+    pub fn enabled(&self, sampler: &str) -> bool {
+        self.samplers
+            .get(sampler)
+            .and_then(|s| s.enabled)
+            .unwrap_or(self.defaults.enabled)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn shipped() -> String {
+        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/config/agent.toml")).unwrap()
+    }
+
+    /// The shipped file must behave exactly like the built-in defaults, and
+    /// must name every sampler so users can see what there is to turn off.
+    #[test]
+    fn shipped_config_matches_defaults() {
+        let shipped = Config::parse(&shipped()).unwrap();
+        let default = Config::default();
+        assert_eq!(shipped.general, default.general);
+        assert_eq!(shipped.log, default.log);
+        assert_eq!(shipped.defaults, default.defaults);
+        for spec in crate::samplers::registry() {
+            assert!(shipped.samplers.contains_key(spec.name), "config/agent.toml lacks [samplers.{}]", spec.name);
+            assert_eq!(shipped.enabled(spec.name), default.enabled(spec.name), "{}", spec.name);
+        }
+    }
+
+    #[test]
+    fn empty_file_is_all_defaults() {
+        assert_eq!(Config::parse("").unwrap(), Config::default());
+    }
+
+    #[test]
+    fn errors_name_the_line_or_key() {
+        let e = Config::parse("[general]\nlisten = \n").unwrap_err();
+        assert!(e.contains("line 2"), "{e}");
+        let e = Config::parse("[general]\nlisen = \"127.0.0.1:1\"\n").unwrap_err();
+        assert!(e.contains("lisen"), "{e}");
+        let e = Config::parse("[samplers.cpu_usgae]\nenabled = false\n").unwrap_err();
+        assert!(e.contains("samplers.cpu_usgae") && e.contains("cpu_usage"), "{e}");
+        let e = Config::parse("[samplers.cpu_usage]\nenable = false\n").unwrap_err();
+        assert!(e.contains("enable"), "{e}");
+        let e = Config::parse("[general]\nttl = \"10 parsecs\"\n").unwrap_err();
+        assert!(e.contains("ttl") || e.contains("line 2"), "{e}");
+        let e = Config::parse("[general]\nlisten = \"localhost\"\n").unwrap_err();
+        assert!(e.contains("line 2"), "{e}");
+    }
+
+    #[test]
+    fn defaults_and_overrides() {
+        let c = Config::parse("[defaults]\nenabled = false\n[samplers.cpu_usage]\nenabled = true\n").unwrap();
+        assert!(c.enabled("cpu_usage"));
+        assert!(!c.enabled("memory_meminfo"));
+        let c = Config::parse("[general]\nttl = \"250ms\"\nlisten = \"0.0.0.0:9\"\n").unwrap();
+        assert_eq!(c.general.ttl, Duration::from_millis(250));
+        assert_eq!(c.general.listen.port(), 9);
+    }
+}

@@ -1,0 +1,11 @@
+//! rezolus: a high-resolution, low-overhead Linux performance telemetry agent.
+//!
+//! The binary (`src/main.rs`) is a thin CLI over this library so that tests and
+//! benchmarks can drive the same code the agent runs.
+
+pub mod agent;
+pub mod logging;
+pub mod metrics;
+pub mod samplers;
+pub mod snapshot;
+pub mod source;

@@ -1,0 +1,45 @@
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+/// High-resolution, low-overhead Linux performance telemetry.
+///
+/// `rezolus CONFIG` runs the agent (same as `rezolus agent CONFIG`).
+#[derive(Parser)]
+#[command(name = "rezolus", version, args_conflicts_with_subcommands = true)]
+struct Cli {
+    /// Agent config file, e.g. config/agent.toml
+    config: Option<PathBuf>,
+
+    #[command(subcommand)]
+    command: Option<Command>,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the agent: collect metrics and serve snapshots over HTTP
+    Agent {
+        /// Agent config file, e.g. config/agent.toml
+        config: PathBuf,
+    },
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let result = match (cli.command, cli.config) {
+        (Some(Command::Agent { config }), _) | (None, Some(config)) => rezolus::agent::run(&config),
+        (None, None) => {
+            use clap::CommandFactory;
+            let _ = Cli::command().print_help();
+            return ExitCode::from(2);
+        }
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}

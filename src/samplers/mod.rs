@@ -1,0 +1,178 @@
+//! Samplers: one folder each, `src/samplers/<area>/<name>/`, holding the
+//! loader, the parsers, the metric definitions and the tests.
+//!
+//! A sampler registers itself by adding a [`SamplerSpec`] to [`SAMPLERS`]
+//! with `#[linkme::distributed_slice(SAMPLERS)]`; `build.rs` declares the
+//! modules. The agent, the config validation and the docs test all read the
+//! registry.
+
+use std::path::PathBuf;
+
+use crate::metrics::MetricDef;
+use crate::snapshot::Emitter;
+
+/// What a sampler needs from its surroundings.
+#[derive(Debug, Clone)]
+pub struct SamplerContext {
+    /// Filesystem root that `/proc` and `/sys` are read under: `/` in the
+    /// agent, a fixture tree in tests.
+    pub root: PathBuf,
+}
+
+impl Default for SamplerContext {
+    fn default() -> Self {
+        Self { root: PathBuf::from("/") }
+    }
+}
+
+pub trait Sampler: Send {
+    /// Reads the sampler's sources and emits every value it has. Values
+    /// the source lacks are not emitted. An error drops this sampler's output
+    /// from the snapshot being built.
+    fn refresh(&mut self, out: &mut Emitter<'_>) -> anyhow::Result<()>;
+}
+
+/// A registered sampler.
+pub struct SamplerSpec {
+    /// The name used in config (`[samplers.<name>]`) and in `/samplers`.
+    pub name: &'static str,
+    /// Every metric the sampler may emit.
+    pub metrics: fn() -> Vec<&'static MetricDef>,
+    /// Builds the sampler. Return [`crate::source::Unsupported`] (possibly
+    /// wrapped in context) when this machine can't support it.
+    pub init: fn(&SamplerContext) -> anyhow::Result<Box<dyn Sampler>>,
+}
+
+#[linkme::distributed_slice]
+pub static SAMPLERS: [SamplerSpec];
+
+/// Every registered sampler, sorted by name.
+pub fn registry() -> Vec<&'static SamplerSpec> {
+    let mut all: Vec<_> = SAMPLERS.iter().collect();
+    all.sort_by_key(|s| s.name);
+    all
+}
+
+pub fn find(name: &str) -> Option<&'static SamplerSpec> {
+    SAMPLERS.iter().find(|s| s.name == name)
+}
+
+pub mod common;
+
+mod generated {
+    include!(concat!(env!("OUT_DIR"), "/samplers.rs"));
+}
+
+#[cfg(test)]
+pub(crate) mod testing {
+    //! Helpers for sampler tests: run one sampler over a fixture root.
+    use super::*;
+    use crate::snapshot::Snapshot;
+    use std::path::Path;
+
+    pub fn fixture(name: &str) -> PathBuf {
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("fixtures").join(name)
+    }
+
+    /// Copies a fixture tree to a temporary directory so a test can edit it.
+    pub fn fixture_copy(name: &str) -> tempfile::TempDir {
+        let dir = tempfile::tempdir().unwrap();
+        copy_tree(&fixture(name), dir.path());
+        dir
+    }
+
+    fn copy_tree(from: &Path, to: &Path) {
+        std::fs::create_dir_all(to).unwrap();
+        for entry in std::fs::read_dir(from).unwrap() {
+            let entry = entry.unwrap();
+            let target = to.join(entry.file_name());
+            if entry.file_type().unwrap().is_dir() {
+                copy_tree(&entry.path(), &target);
+            } else {
+                std::fs::copy(entry.path(), target).unwrap();
+            }
+        }
+    }
+
+    pub fn init(name: &str, root: &Path) -> anyhow::Result<Box<dyn Sampler>> {
+        let spec = find(name).unwrap_or_else(|| panic!("no sampler {name}"));
+        (spec.init)(&SamplerContext {
+            root: root.to_path_buf(),
+        })
+    }
+
+    pub fn refresh(sampler: &mut dyn Sampler) -> anyhow::Result<Snapshot> {
+        let mut snap = Snapshot::new(std::time::SystemTime::now());
+        sampler.refresh(&mut Emitter::new(&mut snap))?;
+        Ok(snap)
+    }
+
+    /// The value of the one counter with this metric name and these labels
+    /// (and no others).
+    pub fn counter(snap: &Snapshot, metric: &str, labels: &[(&str, &str)]) -> Option<u64> {
+        find_value(&snap.counters, metric, labels)
+    }
+
+    pub fn gauge(snap: &Snapshot, metric: &str, labels: &[(&str, &str)]) -> Option<i64> {
+        find_value(&snap.gauges, metric, labels)
+    }
+
+    fn find_value<V: Copy>(
+        list: &[(std::sync::Arc<crate::metrics::Series>, V)],
+        metric: &str,
+        labels: &[(&str, &str)],
+    ) -> Option<V> {
+        let hits: Vec<V> = list
+            .iter()
+            .filter(|(s, _)| {
+                s.def().name == metric
+                    && s.metadata().len()
+                        == labels.len() + 1 + usize::from(!s.def().unit.is_empty())
+                    && labels.iter().all(|(k, v)| s.label(k) == Some(v))
+            })
+            .map(|(_, v)| *v)
+            .collect();
+        assert!(hits.len() <= 1, "{metric} {labels:?} matched {} series", hits.len());
+        hits.first().copied()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::HashSet;
+
+    #[test]
+    fn names_and_metrics_are_unique() {
+        let mut names = HashSet::new();
+        let mut metrics = HashSet::new();
+        for spec in registry() {
+            assert!(names.insert(spec.name), "duplicate sampler {}", spec.name);
+            for def in (spec.metrics)() {
+                assert!(metrics.insert(def.name), "metric {} declared twice", def.name);
+                for label in def.labels {
+                    assert!(*label != "metric" && *label != "unit", "{}: reserved label", def.name);
+                }
+            }
+        }
+        assert!(names.len() >= 8, "registry found only {names:?}");
+    }
+
+    #[test]
+    fn every_sampler_is_unsupported_on_an_empty_root() {
+        let empty = tempfile::tempdir().unwrap();
+        for spec in registry() {
+            if spec.name == "rezolus_rusage" {
+                continue; // reads the process itself, not the root
+            }
+            let err = testing::init(spec.name, empty.path())
+                .err()
+                .unwrap_or_else(|| panic!("{} initialised on an empty root", spec.name));
+            assert!(
+                crate::source::is_unsupported(&err),
+                "{}: {err:#} is not 'unsupported'",
+                spec.name
+            );
+        }
+    }
+}

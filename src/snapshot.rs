@@ -1,0 +1,225 @@
+//! Snapshots and their wire format.
+//!
+//! The encoding is the Rezolus v2 snapshot: a struct of `systemtime`,
+//! `duration`, `metadata`, `counters`, `gauges`, `histograms`, where each entry
+//! is `{name, value, metadata}` and `metadata.metric` names the metric. Over
+//! msgpack it is the compact (positional) encoding, so readers built on
+//! `metriken-exposition`'s `Snapshot` decode it; over JSON it is the named form.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use serde::ser::{SerializeStruct, Serializer};
+use serde::Serialize;
+
+use crate::metrics::{Kind, Series};
+
+/// One snapshot of every active sampler's metrics.
+#[derive(Debug, Clone)]
+pub struct Snapshot {
+    pub systemtime: SystemTime,
+    /// How long building the snapshot took.
+    pub duration: Duration,
+    pub metadata: BTreeMap<String, String>,
+    pub counters: Vec<(Arc<Series>, u64)>,
+    pub gauges: Vec<(Arc<Series>, i64)>,
+    pub histograms: Vec<(Arc<Series>, histogram::Histogram)>,
+}
+
+impl Snapshot {
+    pub fn new(systemtime: SystemTime) -> Self {
+        let mut metadata = BTreeMap::new();
+        metadata.insert("source".to_string(), "rezolus".to_string());
+        metadata.insert(
+            "version".to_string(),
+            env!("CARGO_PKG_VERSION").to_string(),
+        );
+        Self {
+            systemtime,
+            duration: Duration::ZERO,
+            metadata,
+            counters: Vec::new(),
+            gauges: Vec::new(),
+            histograms: Vec::new(),
+        }
+    }
+
+    pub fn to_msgpack(&self) -> Result<Vec<u8>, rmp_serde::encode::Error> {
+        rmp_serde::to_vec(self)
+    }
+
+    pub fn to_json(&self) -> Result<Vec<u8>, serde_json::Error> {
+        let mut out = serde_json::to_vec(self)?;
+        out.push(b'\n');
+        Ok(out)
+    }
+
+    /// The position of each list, so a failed sampler's partial output can be
+    /// taken back.
+    pub(crate) fn mark(&self) -> Mark {
+        Mark(self.counters.len(), self.gauges.len(), self.histograms.len())
+    }
+
+    pub(crate) fn rollback(&mut self, mark: Mark) {
+        self.counters.truncate(mark.0);
+        self.gauges.truncate(mark.1);
+        self.histograms.truncate(mark.2);
+    }
+}
+
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Mark(usize, usize, usize);
+
+/// What a sampler writes its values into during a refresh.
+pub struct Emitter<'a> {
+    snapshot: &'a mut Snapshot,
+}
+
+impl<'a> Emitter<'a> {
+    pub fn new(snapshot: &'a mut Snapshot) -> Self {
+        Self { snapshot }
+    }
+
+    pub fn counter(&mut self, series: &Arc<Series>, value: u64) {
+        debug_assert_eq!(series.def().kind, Kind::Counter, "{}", series.name());
+        self.snapshot.counters.push((Arc::clone(series), value));
+    }
+
+    pub fn gauge(&mut self, series: &Arc<Series>, value: i64) {
+        debug_assert_eq!(series.def().kind, Kind::Gauge, "{}", series.name());
+        self.snapshot.gauges.push((Arc::clone(series), value));
+    }
+
+    pub fn histogram(&mut self, series: &Arc<Series>, value: histogram::Histogram) {
+        debug_assert_eq!(series.def().kind, Kind::Histogram, "{}", series.name());
+        self.snapshot.histograms.push((Arc::clone(series), value));
+    }
+}
+
+#[derive(Serialize)]
+struct Entry<'a, V: Serialize> {
+    name: &'a str,
+    value: &'a V,
+    metadata: &'a BTreeMap<String, String>,
+}
+
+struct Entries<'a, V>(&'a [(Arc<Series>, V)]);
+
+impl<V: Serialize> Serialize for Entries<'_, V> {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.collect_seq(self.0.iter().map(|(series, value)| Entry {
+            name: series.name(),
+            value,
+            metadata: series.metadata(),
+        }))
+    }
+}
+
+impl Serialize for Snapshot {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        let mut s = serializer.serialize_struct("SnapshotV2", 6)?;
+        s.serialize_field("systemtime", &self.systemtime)?;
+        s.serialize_field("duration", &self.duration)?;
+        s.serialize_field("metadata", &self.metadata)?;
+        s.serialize_field("counters", &Entries(&self.counters))?;
+        s.serialize_field("gauges", &Entries(&self.gauges))?;
+        s.serialize_field("histograms", &Entries(&self.histograms))?;
+        s.end()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::metrics::{new_histogram, MetricDef};
+    use metriken_exposition::Snapshot as Decoded;
+
+    static C: MetricDef = MetricDef {
+        name: "cpu_usage",
+        kind: Kind::Counter,
+        unit: "nanoseconds",
+        description: "",
+        labels: &["state", "id"],
+    };
+    static G: MetricDef = MetricDef {
+        name: "memory_total",
+        kind: Kind::Gauge,
+        unit: "bytes",
+        description: "",
+        labels: &[],
+    };
+    static H: MetricDef = MetricDef {
+        name: "scheduler_runqueue_latency",
+        kind: Kind::Histogram,
+        unit: "nanoseconds",
+        description: "",
+        labels: &[],
+    };
+
+    fn sample() -> Snapshot {
+        let t = SystemTime::UNIX_EPOCH + Duration::new(1_700_000_000, 123_456_789);
+        let mut snap = Snapshot::new(t);
+        snap.duration = Duration::from_micros(250);
+        let mut out = Emitter::new(&mut snap);
+        out.counter(&Series::new(&C, &[("state", "user"), ("id", "1")]), 42);
+        out.gauge(&Series::new(&G, &[]), -7);
+        let mut h = new_histogram();
+        for v in [0, 1, 1000, 1_000_000, u64::MAX] {
+            h.increment(v).unwrap();
+        }
+        out.histogram(&Series::new(&H, &[]), h);
+        snap
+    }
+
+    /// The binary encoding decodes, field for field, with the independent
+    /// `metriken-exposition` reader that Rezolus tooling uses.
+    #[test]
+    fn msgpack_decodes_with_metriken_exposition() {
+        let snap = sample();
+        let bytes = snap.to_msgpack().unwrap();
+        let mut decoded = Decoded::from_msgpack(&bytes).expect("decodes");
+        assert!(matches!(decoded, Decoded::V2(_)), "decoded as {decoded:?}");
+        assert_eq!(decoded.systemtime(), snap.systemtime);
+        assert_eq!(decoded.duration(), Some(Duration::from_micros(250)));
+        assert_eq!(decoded.metadata()["source"], "rezolus");
+
+        let counters = decoded.counters();
+        assert_eq!(counters.len(), 1);
+        assert_eq!(counters[0].value, 42);
+        assert_eq!(counters[0].name, "cpu_usage{id=\"1\",state=\"user\"}");
+        assert_eq!(counters[0].metadata["metric"], "cpu_usage");
+        assert_eq!(counters[0].metadata["state"], "user");
+        assert_eq!(counters[0].metadata["id"], "1");
+        assert_eq!(counters[0].metadata["unit"], "nanoseconds");
+
+        let gauges = decoded.gauges();
+        assert_eq!(gauges[0].value, -7);
+        assert_eq!(gauges[0].metadata["metric"], "memory_total");
+
+        let histograms = decoded.histograms();
+        assert_eq!(histograms.len(), 1);
+        assert_eq!(histograms[0].value, snap.histograms[0].1);
+        assert_eq!(histograms[0].metadata["grouping_power"], "3");
+        assert_eq!(histograms[0].metadata["max_value_power"], "64");
+    }
+
+    #[test]
+    fn json_has_the_named_v2_fields() {
+        let v: serde_json::Value = serde_json::from_slice(&sample().to_json().unwrap()).unwrap();
+        assert_eq!(v["systemtime"]["secs_since_epoch"], 1_700_000_000u64);
+        assert_eq!(v["duration"]["nanos"], 250_000);
+        assert_eq!(v["counters"][0]["metadata"]["metric"], "cpu_usage");
+        assert_eq!(v["gauges"][0]["value"], -7);
+        assert_eq!(v["histograms"][0]["value"]["config"]["grouping_power"], 3);
+    }
+
+    #[test]
+    fn rollback_removes_partial_output() {
+        let mut snap = sample();
+        let mark = snap.mark();
+        Emitter::new(&mut snap).gauge(&Series::new(&G, &[]), 1);
+        snap.rollback(mark);
+        assert_eq!(snap.gauges.len(), 1);
+    }
+}
