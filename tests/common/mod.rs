@@ -1,0 +1,176 @@
+//! Starting the real `rezolus` binary for integration tests, and reading
+//! its snapshots.
+#![allow(dead_code)]
+
+use std::collections::HashMap;
+use std::io::{BufRead, BufReader, Write};
+use std::net::SocketAddr;
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+use metriken_exposition::Snapshot;
+
+pub const BIN: &str = env!("CARGO_BIN_EXE_rezolus");
+
+/// A running agent on an ephemeral loopback port; killed on drop.
+pub struct Agent {
+    child: Child,
+    pub addr: SocketAddr,
+    pub log: mpsc::Receiver<String>,
+    _dir: tempfile::TempDir,
+}
+
+impl Agent {
+    /// Starts the agent with `extra` appended to a config whose `[general]`
+    /// section sets an ephemeral port (so `extra` must not repeat `[general]`
+    /// keys other than through `general_extra`).
+    pub fn start(general_extra: &str, extra: &str) -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("agent.toml");
+        let mut f = std::fs::File::create(&path).unwrap();
+        writeln!(f, "[general]\nlisten = \"127.0.0.1:0\"\n{general_extra}\n{extra}").unwrap();
+        let mut child = Command::new(BIN)
+            .arg(&path)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("spawn rezolus");
+        let stderr = child.stderr.take().unwrap();
+        let (tx, rx) = mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                eprintln!("agent: {line}");
+                if tx.send(line).is_err() {
+                    break;
+                }
+            }
+        });
+        // readiness: the log names the bound address, then `/` answers
+        let deadline = Instant::now() + Duration::from_secs(30);
+        let addr = loop {
+            let line = rx
+                .recv_timeout(deadline.saturating_duration_since(Instant::now()))
+                .unwrap_or_else(|_| panic!("agent did not report its address; status {:?}", child.try_wait()));
+            if let Some(addr) = line.split("listening on ").nth(1) {
+                break addr.trim().parse().unwrap();
+            }
+        };
+        let agent = Self { child, addr, log: rx, _dir: dir };
+        while agent.try_get("/").is_none() {
+            assert!(Instant::now() < deadline, "agent never answered on {addr}");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        agent
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    fn try_get(&self, path: &str) -> Option<Vec<u8>> {
+        let url = format!("http://{}{path}", self.addr);
+        let mut response = ureq::get(&url).call().ok()?;
+        response.body_mut().with_config().limit(64 << 20).read_to_vec().ok()
+    }
+
+    pub fn get(&self, path: &str) -> Vec<u8> {
+        self.try_get(path).unwrap_or_else(|| panic!("GET {path} failed"))
+    }
+
+    pub fn get_json(&self, path: &str) -> serde_json::Value {
+        serde_json::from_slice(&self.get(path)).unwrap()
+    }
+
+    /// The binary snapshot, decoded by `metriken-exposition`.
+    pub fn snapshot(&self) -> Snap {
+        let bytes = self.get("/metrics/binary");
+        Snap::decode(&bytes)
+    }
+
+    /// Sends a signal and waits for the exit status.
+    pub fn stop(mut self, signal: i32) -> ExitStatus {
+        unsafe { libc::kill(self.child.id() as i32, signal) };
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                return status;
+            }
+            assert!(Instant::now() < deadline, "agent did not exit after signal {signal}");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+impl Drop for Agent {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// One series: its labels (metadata without `metric` and `unit`) and value.
+#[derive(Debug, Clone)]
+pub struct Entry {
+    pub metric: String,
+    pub labels: HashMap<String, String>,
+    pub value: i128,
+}
+
+/// A decoded snapshot, flattened for lookups.
+pub struct Snap {
+    pub systemtime: std::time::SystemTime,
+    pub entries: Vec<Entry>,
+}
+
+impl Snap {
+    pub fn decode(bytes: &[u8]) -> Self {
+        let mut snapshot = Snapshot::from_msgpack(bytes).expect("binary snapshot decodes");
+        assert!(matches!(snapshot, Snapshot::V2(_)), "expected a V2 snapshot");
+        let mut entries = Vec::new();
+        let split = |mut metadata: HashMap<String, String>| {
+            let metric = metadata.remove("metric").expect("metadata.metric");
+            metadata.remove("unit");
+            (metric, metadata)
+        };
+        for c in snapshot.counters() {
+            let (metric, labels) = split(c.metadata);
+            entries.push(Entry { metric, labels, value: c.value as i128 });
+        }
+        for g in snapshot.gauges() {
+            let (metric, labels) = split(g.metadata);
+            entries.push(Entry { metric, labels, value: g.value as i128 });
+        }
+        Self { systemtime: snapshot.systemtime(), entries }
+    }
+
+    /// The value of the series with exactly these labels.
+    pub fn get(&self, metric: &str, labels: &[(&str, &str)]) -> Option<i128> {
+        let hits: Vec<_> = self
+            .entries
+            .iter()
+            .filter(|e| {
+                e.metric == metric
+                    && e.labels.len() == labels.len()
+                    && labels.iter().all(|(k, v)| e.labels.get(*k).map(String::as_str) == Some(*v))
+            })
+            .collect();
+        assert!(hits.len() <= 1, "{metric} {labels:?} matched {hits:?}");
+        hits.first().map(|e| e.value)
+    }
+
+    pub fn value(&self, metric: &str, labels: &[(&str, &str)]) -> i128 {
+        self.get(metric, labels)
+            .unwrap_or_else(|| panic!("no series {metric} {labels:?}"))
+    }
+
+    pub fn metrics(&self) -> std::collections::BTreeSet<&str> {
+        self.entries.iter().map(|e| e.metric.as_str()).collect()
+    }
+}
+
+/// Runs the binary with these arguments to completion.
+pub fn run(args: &[&str]) -> std::process::Output {
+    Command::new(BIN).args(args).stdin(Stdio::null()).output().unwrap()
+}
