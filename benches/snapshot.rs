@@ -1,1 +1,196 @@
-fn main() {}
+//! Snapshot cost benchmark (`cargo bench --bench snapshot`).
+//!
+//! 1. In process: time to refresh every sampler and encode the msgpack
+//!    snapshot, over many iterations.
+//! 2. The real agent binary (ttl 0, so every request builds a snapshot): CPU
+//!    time per snapshot served over HTTP, from the process's own accounting,
+//!    and its resident memory.
+//! 3. The same measurement, in the same run, for Debian's
+//!    `prometheus-node-exporter` limited to the collectors that read the same
+//!    sources (cpu, meminfo, vmstat, netdev, netstat, diskstats), when it is
+//!    installed.
+//!
+//! Environment: `BENCH_REQUESTS` (default 2000).
+
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use rezolus::agent::collector::Collector;
+use rezolus::agent::config::Config;
+use rezolus::samplers::SamplerContext;
+
+fn main() {
+    let requests: usize = std::env::var("BENCH_REQUESTS").ok().and_then(|v| v.parse().ok()).unwrap_or(2000);
+    in_process(requests);
+    let ours = over_http(
+        "rezolus agent",
+        spawn_agent,
+        "/metrics/binary",
+        requests,
+    );
+    let peer = which("prometheus-node-exporter").map(|path| {
+        over_http(
+            "node_exporter (same sources)",
+            |port| spawn_node_exporter(&path, port),
+            "/metrics",
+            requests,
+        )
+    });
+    match peer {
+        Some(peer) => println!(
+            "\nratio rezolus/node_exporter: CPU per snapshot {:.2}x, RSS {:.2}x",
+            ours.cpu_per_request_us / peer.cpu_per_request_us,
+            ours.rss_mb / peer.rss_mb
+        ),
+        None => println!("\n(prometheus-node-exporter not installed: no peer comparison; `apt-get install prometheus-node-exporter`)"),
+    }
+}
+
+fn in_process(iterations: usize) {
+    let mut collector = Collector::from_config(&Config::default(), &SamplerContext::default());
+    for _ in 0..50 {
+        collector.collect();
+    }
+    let mut times = Vec::with_capacity(iterations);
+    let mut series = 0;
+    let mut bytes = 0;
+    let cpu_start = thread_cpu();
+    for _ in 0..iterations {
+        let start = Instant::now();
+        let snapshot = collector.collect();
+        let encoded = snapshot.to_msgpack().expect("encode");
+        times.push(start.elapsed());
+        series = snapshot.counters.len() + snapshot.gauges.len() + snapshot.histograms.len();
+        bytes = encoded.len();
+    }
+    let cpu = thread_cpu() - cpu_start;
+    times.sort();
+    let mean = times.iter().sum::<Duration>() / iterations as u32;
+    println!("in-process snapshot build + msgpack encode ({series} series, {bytes} bytes), {iterations} iterations:");
+    println!(
+        "  wall mean {:.1} us, p50 {:.1} us, p99 {:.1} us; CPU {:.1} us per snapshot",
+        us(mean),
+        us(times[iterations / 2]),
+        us(times[iterations * 99 / 100]),
+        us(cpu / iterations as u32)
+    );
+}
+
+struct HttpResult {
+    cpu_per_request_us: f64,
+    rss_mb: f64,
+}
+
+fn over_http(label: &str, spawn: impl Fn(u16) -> Child, path: &str, requests: usize) -> HttpResult {
+    let port = free_port();
+    let mut child = spawn(port);
+    let url = format!("http://127.0.0.1:{port}{path}");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while ureq::get(&url).call().is_err() {
+        assert!(Instant::now() < deadline, "{label} did not start");
+        assert!(child.try_wait().unwrap().is_none(), "{label} exited");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let fetch = || {
+        let mut response = ureq::get(&url).call().expect("request");
+        response.body_mut().with_config().limit(64 << 20).read_to_vec().expect("body").len()
+    };
+    for _ in 0..50 {
+        fetch();
+    }
+    let pid = child.id();
+    let cpu_before = process_cpu(pid);
+    let start = Instant::now();
+    let mut body = 0;
+    for _ in 0..requests {
+        body = fetch();
+    }
+    let elapsed = start.elapsed();
+    let cpu = process_cpu(pid) - cpu_before;
+    let (rss, hwm) = process_rss(pid);
+    let _ = child.kill();
+    let _ = child.wait();
+    let result = HttpResult {
+        cpu_per_request_us: us(cpu) / requests as f64,
+        rss_mb: rss as f64 / (1 << 20) as f64,
+    };
+    println!("{label}: {requests} requests of {path} ({body} bytes each) in {:.2} s", elapsed.as_secs_f64());
+    println!(
+        "  CPU per snapshot {:.1} us (process user+system); RSS {:.1} MB (peak {:.1} MB)",
+        result.cpu_per_request_us,
+        result.rss_mb,
+        hwm as f64 / (1 << 20) as f64
+    );
+    result
+}
+
+fn spawn_agent(port: u16) -> Child {
+    let dir = std::env::temp_dir().join(format!("rezolus-bench-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let config = dir.join("agent.toml");
+    std::fs::write(&config, format!("[general]\nlisten = \"127.0.0.1:{port}\"\nttl = \"0s\"\n[log]\nlevel = \"warn\"\n")).unwrap();
+    Command::new(env!("CARGO_BIN_EXE_rezolus"))
+        .arg(&config)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .spawn()
+        .expect("spawn rezolus")
+}
+
+fn spawn_node_exporter(path: &str, port: u16) -> Child {
+    let mut args = vec![format!("--web.listen-address=127.0.0.1:{port}"), "--collector.disable-defaults".into()];
+    for c in ["cpu", "meminfo", "vmstat", "netdev", "netstat", "diskstats"] {
+        args.push(format!("--collector.{c}"));
+    }
+    Command::new(path)
+        .args(&args)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("spawn node_exporter")
+}
+
+fn which(name: &str) -> Option<String> {
+    std::env::var("PATH").ok()?.split(':').map(|d| format!("{d}/{name}")).find(|p| std::path::Path::new(p).is_file())
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+fn us(d: Duration) -> f64 {
+    d.as_secs_f64() * 1e6
+}
+
+fn thread_cpu() -> Duration {
+    let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
+    unsafe { libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &mut ts) };
+    Duration::new(ts.tv_sec as u64, ts.tv_nsec as u32)
+}
+
+/// User + system CPU of a process, from /proc/PID/stat (tick resolution).
+fn process_cpu(pid: u32) -> Duration {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
+    let after_comm = &stat[stat.rfind(')').unwrap() + 2..];
+    let fields: Vec<&str> = after_comm.split_whitespace().collect();
+    // fields[11] = utime, fields[12] = stime (stat fields 14 and 15)
+    let ticks: u64 = fields[11].parse::<u64>().unwrap() + fields[12].parse::<u64>().unwrap();
+    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as u64;
+    Duration::from_nanos(ticks * 1_000_000_000 / hz)
+}
+
+/// (VmRSS, VmHWM) in bytes.
+fn process_rss(pid: u32) -> (u64, u64) {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    let kb = |key: &str| -> u64 {
+        status
+            .lines()
+            .find(|l| l.starts_with(key))
+            .and_then(|l| l.split_whitespace().nth(1))
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(0)
+            * 1024
+    };
+    (kb("VmRSS:"), kb("VmHWM:"))
+}
