@@ -20,14 +20,12 @@ use rezolus::agent::config::Config;
 use rezolus::samplers::SamplerContext;
 
 fn main() {
-    let requests: usize = std::env::var("BENCH_REQUESTS").ok().and_then(|v| v.parse().ok()).unwrap_or(2000);
+    let requests: usize = std::env::var("BENCH_REQUESTS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(2000);
     in_process(requests);
-    let ours = over_http(
-        "rezolus agent",
-        spawn_agent,
-        "/metrics/binary",
-        requests,
-    );
+    let ours = over_http("rezolus agent", spawn_agent, "/metrics/binary", requests);
     let peer = which("prometheus-node-exporter").map(|path| {
         over_http(
             "node_exporter (same sources)",
@@ -93,7 +91,13 @@ fn over_http(label: &str, spawn: impl Fn(u16) -> Child, path: &str, requests: us
     }
     let fetch = || {
         let mut response = ureq::get(&url).call().expect("request");
-        response.body_mut().with_config().limit(64 << 20).read_to_vec().expect("body").len()
+        response
+            .body_mut()
+            .with_config()
+            .limit(64 << 20)
+            .read_to_vec()
+            .expect("body")
+            .len()
     };
     for _ in 0..50 {
         fetch();
@@ -114,7 +118,10 @@ fn over_http(label: &str, spawn: impl Fn(u16) -> Child, path: &str, requests: us
         cpu_per_request_us: us(cpu) / requests as f64,
         rss_mb: rss as f64 / (1 << 20) as f64,
     };
-    println!("{label}: {requests} requests of {path} ({body} bytes each) in {:.2} s", elapsed.as_secs_f64());
+    println!(
+        "{label}: {requests} requests of {path} ({body} bytes each) in {:.2} s",
+        elapsed.as_secs_f64()
+    );
     println!(
         "  CPU per snapshot {:.1} us (process user+system); RSS {:.1} MB (peak {:.1} MB)",
         result.cpu_per_request_us,
@@ -128,7 +135,13 @@ fn spawn_agent(port: u16) -> Child {
     let dir = std::env::temp_dir().join(format!("rezolus-bench-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
     let config = dir.join("agent.toml");
-    std::fs::write(&config, format!("[general]\nlisten = \"127.0.0.1:{port}\"\nttl = \"0s\"\n[log]\nlevel = \"warn\"\n")).unwrap();
+    std::fs::write(
+        &config,
+        format!(
+            "[general]\nlisten = \"127.0.0.1:{port}\"\nttl = \"0s\"\n[log]\nlevel = \"warn\"\n"
+        ),
+    )
+    .unwrap();
     Command::new(env!("CARGO_BIN_EXE_rezolus"))
         .arg(&config)
         .stdin(Stdio::null())
@@ -138,7 +151,10 @@ fn spawn_agent(port: u16) -> Child {
 }
 
 fn spawn_node_exporter(path: &str, port: u16) -> Child {
-    let mut args = vec![format!("--web.listen-address=127.0.0.1:{port}"), "--collector.disable-defaults".into()];
+    let mut args = vec![
+        format!("--web.listen-address=127.0.0.1:{port}"),
+        "--collector.disable-defaults".into(),
+    ];
     for c in ["cpu", "meminfo", "vmstat", "netdev", "netstat", "diskstats"] {
         args.push(format!("--collector.{c}"));
     }
@@ -152,11 +168,19 @@ fn spawn_node_exporter(path: &str, port: u16) -> Child {
 }
 
 fn which(name: &str) -> Option<String> {
-    std::env::var("PATH").ok()?.split(':').map(|d| format!("{d}/{name}")).find(|p| std::path::Path::new(p).is_file())
+    std::env::var("PATH")
+        .ok()?
+        .split(':')
+        .map(|d| format!("{d}/{name}"))
+        .find(|p| std::path::Path::new(p).is_file())
 }
 
 fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
 }
 
 fn us(d: Duration) -> f64 {
@@ -164,7 +188,10 @@ fn us(d: Duration) -> f64 {
 }
 
 fn thread_cpu() -> Duration {
-    let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
     unsafe { libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &mut ts) };
     Duration::new(ts.tv_sec as u64, ts.tv_nsec as u32)
 }

@@ -48,7 +48,12 @@ pub struct MetricDef {
 }
 
 impl MetricDef {
-    const fn new(name: &'static str, kind: Kind, unit: &'static str, description: &'static str) -> Self {
+    const fn new(
+        name: &'static str,
+        kind: Kind,
+        unit: &'static str,
+        description: &'static str,
+    ) -> Self {
         Self {
             name,
             kind,
@@ -58,7 +63,11 @@ impl MetricDef {
         }
     }
 
-    pub const fn counter(name: &'static str, unit: &'static str, description: &'static str) -> Self {
+    pub const fn counter(
+        name: &'static str,
+        unit: &'static str,
+        description: &'static str,
+    ) -> Self {
         Self::new(name, Kind::Counter, unit, description)
     }
 
@@ -66,7 +75,11 @@ impl MetricDef {
         Self::new(name, Kind::Gauge, unit, description)
     }
 
-    pub const fn histogram(name: &'static str, unit: &'static str, description: &'static str) -> Self {
+    pub const fn histogram(
+        name: &'static str,
+        unit: &'static str,
+        description: &'static str,
+    ) -> Self {
         Self::new(name, Kind::Histogram, unit, description)
     }
 

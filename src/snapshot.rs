@@ -31,10 +31,7 @@ impl Snapshot {
     pub fn new(systemtime: SystemTime) -> Self {
         let mut metadata = BTreeMap::new();
         metadata.insert("source".to_string(), "rezolus".to_string());
-        metadata.insert(
-            "version".to_string(),
-            env!("CARGO_PKG_VERSION").to_string(),
-        );
+        metadata.insert("version".to_string(), env!("CARGO_PKG_VERSION").to_string());
         Self {
             systemtime,
             duration: Duration::ZERO,
@@ -58,7 +55,11 @@ impl Snapshot {
     /// The position of each list, so a failed sampler's partial output can be
     /// taken back.
     pub(crate) fn mark(&self) -> Mark {
-        Mark(self.counters.len(), self.gauges.len(), self.histograms.len())
+        Mark(
+            self.counters.len(),
+            self.gauges.len(),
+            self.histograms.len(),
+        )
     }
 
     pub(crate) fn rollback(&mut self, mark: Mark) {

@@ -77,7 +77,9 @@ impl ProcFile {
         self.file
             .seek(SeekFrom::Start(0))
             .and_then(|_| self.file.read_to_string(&mut self.buf))
-            .map_err(|e| anyhow::Error::new(e).context(format!("reading {}", self.path.display())))?;
+            .map_err(|e| {
+                anyhow::Error::new(e).context(format!("reading {}", self.path.display()))
+            })?;
         Ok(&self.buf)
     }
 }
@@ -138,6 +140,9 @@ mod tests {
     fn keyed_tables_pair_headers_with_values() {
         let text = "Tcp: A B C\nTcp: 1 -1 x\nUdp: D\nUdp: 4\nBroken: E\n";
         let got = parse_keyed_tables(text);
-        assert_eq!(got, vec![("Tcp", "A", 1), ("Tcp", "B", -1), ("Udp", "D", 4)]);
+        assert_eq!(
+            got,
+            vec![("Tcp", "A", 1), ("Tcp", "B", -1), ("Udp", "D", 4)]
+        );
     }
 }

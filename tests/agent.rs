@@ -10,7 +10,10 @@ use common::{run, Agent};
 
 /// This thread's CPU time.
 fn thread_cpu_ns() -> u64 {
-    let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
     unsafe { libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &mut ts) };
     ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
 }
@@ -42,15 +45,23 @@ fn cpu_usage_follows_a_burning_thread() {
     let after = agent.snapshot();
     let elapsed = wall.elapsed().as_nanos() as i128;
 
-    let delta = |state| after.value("cpu_usage", &[("state", state)]) - before.value("cpu_usage", &[("state", state)]);
+    let delta = |state| {
+        after.value("cpu_usage", &[("state", state)])
+            - before.value("cpu_usage", &[("state", state)])
+    };
     let busy = delta("user") + delta("nice") + delta("system");
-    assert!(busy >= burned * 8 / 10, "busy {busy} ns < 80% of {burned} ns burned");
+    assert!(
+        busy >= burned * 8 / 10,
+        "busy {busy} ns < 80% of {burned} ns burned"
+    );
 
     // guest time is already inside user/nice
-    let all: i128 = ["user", "nice", "system", "idle", "iowait", "irq", "softirq", "steal"]
-        .iter()
-        .map(|s| delta(s))
-        .sum();
+    let all: i128 = [
+        "user", "nice", "system", "idle", "iowait", "irq", "softirq", "steal",
+    ]
+    .iter()
+    .map(|s| delta(s))
+    .sum();
     let expected = elapsed * cores();
     assert!(
         all > expected * 7 / 10 && all < expected * 13 / 10,
@@ -60,19 +71,27 @@ fn cpu_usage_follows_a_burning_thread() {
 
     // per-CPU series exist for every CPU and sum to the total
     for id in 0..cores() {
-        assert!(after.get("cpu_usage", &[("state", "user"), ("id", &id.to_string())]).is_some());
+        assert!(after
+            .get("cpu_usage", &[("state", "user"), ("id", &id.to_string())])
+            .is_some());
     }
     let per_cpu_user: i128 = (0..cores())
         .map(|id| after.value("cpu_usage", &[("state", "user"), ("id", &id.to_string())]))
         .sum();
     let total_user = after.value("cpu_usage", &[("state", "user")]);
-    assert!((per_cpu_user - total_user).abs() <= 2 * 10_000_000 * cores(), "{per_cpu_user} vs {total_user}");
+    assert!(
+        (per_cpu_user - total_user).abs() <= 2 * 10_000_000 * cores(),
+        "{per_cpu_user} vs {total_user}"
+    );
     assert_eq!(after.value("cpu_cores", &[]), cores());
 }
 
 fn meminfo_bytes(key: &str) -> i128 {
     let text = std::fs::read_to_string("/proc/meminfo").unwrap();
-    let line = text.lines().find(|l| l.starts_with(&format!("{key}:"))).unwrap();
+    let line = text
+        .lines()
+        .find(|l| l.starts_with(&format!("{key}:")))
+        .unwrap();
     let kb: i128 = line.split_whitespace().nth(1).unwrap().parse().unwrap();
     kb * 1024
 }
@@ -82,11 +101,21 @@ fn memory_gauges_agree_with_proc_meminfo() {
     let agent = Agent::start("", "");
     let snap = agent.snapshot();
     assert_eq!(snap.value("memory_total", &[]), meminfo_bytes("MemTotal"));
-    assert_eq!(snap.value("memory_swap_total", &[]), meminfo_bytes("SwapTotal"));
-    for (metric, key) in [("memory_available", "MemAvailable"), ("memory_free", "MemFree"), ("memory_cached", "Cached")] {
+    assert_eq!(
+        snap.value("memory_swap_total", &[]),
+        meminfo_bytes("SwapTotal")
+    );
+    for (metric, key) in [
+        ("memory_available", "MemAvailable"),
+        ("memory_free", "MemFree"),
+        ("memory_cached", "Cached"),
+    ] {
         let ours = snap.value(metric, &[]);
         let theirs = meminfo_bytes(key);
-        assert!((ours - theirs).abs() < 256 << 20, "{metric} {ours} vs {key} {theirs}");
+        assert!(
+            (ours - theirs).abs() < 256 << 20,
+            "{metric} {ours} vs {key} {theirs}"
+        );
     }
 }
 
@@ -124,9 +153,16 @@ fn network_counters_follow_loopback_traffic() {
     for direction in ["receive", "transmit"] {
         let labels = [("direction", direction), ("interface", "lo")];
         let bytes = after.value("network_bytes", &labels) - before.value("network_bytes", &labels);
-        assert!(bytes >= size && bytes < size * 12 / 10, "lo {direction} bytes moved {bytes} for {size}");
-        let packets = after.value("network_packets", &labels) - before.value("network_packets", &labels);
-        assert!(packets >= size / 65536, "lo {direction} packets moved {packets}");
+        assert!(
+            bytes >= size && bytes < size * 12 / 10,
+            "lo {direction} bytes moved {bytes} for {size}"
+        );
+        let packets =
+            after.value("network_packets", &labels) - before.value("network_packets", &labels);
+        assert!(
+            packets >= size / 65536,
+            "lo {direction} packets moved {packets}"
+        );
     }
     let segments = |s: &common::Snap| s.value("tcp_segments", &[("direction", "transmit")]);
     assert!(segments(&after) - segments(&before) >= size / 65536);
@@ -148,12 +184,16 @@ fn binary_and_json_snapshots_agree() {
         );
     // within the TTL both endpoints serve the same snapshot
     assert_eq!(json_time, snap.systemtime);
-    let json_count = json["counters"].as_array().unwrap().len() + json["gauges"].as_array().unwrap().len();
+    let json_count =
+        json["counters"].as_array().unwrap().len() + json["gauges"].as_array().unwrap().len();
     assert_eq!(json_count, snap.entries.len());
     assert_eq!(json["metadata"]["source"], "rezolus");
     for entry in json["counters"].as_array().unwrap() {
         let name = entry["name"].as_str().unwrap();
-        assert!(name.starts_with(entry["metadata"]["metric"].as_str().unwrap()), "{name}");
+        assert!(
+            name.starts_with(entry["metadata"]["metric"].as_str().unwrap()),
+            "{name}"
+        );
     }
 }
 
@@ -163,14 +203,25 @@ fn samplers_endpoint_tells_the_truth() {
     let status = agent.get_json("/samplers");
     let snap = agent.snapshot();
     let emitted = snap.metrics();
-    let listed: Vec<&str> = status.as_array().unwrap().iter().map(|s| s["name"].as_str().unwrap()).collect();
-    let registered: Vec<&str> = rezolus::samplers::registry().iter().map(|s| s.name).collect();
+    let listed: Vec<&str> = status
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| s["name"].as_str().unwrap())
+        .collect();
+    let registered: Vec<&str> = rezolus::samplers::registry()
+        .iter()
+        .map(|s| s.name)
+        .collect();
     assert_eq!(listed, registered);
 
     for sampler in status.as_array().unwrap() {
         let name = sampler["name"].as_str().unwrap();
         let state = sampler["state"].as_str().unwrap();
-        let metrics: Vec<&str> = (rezolus::samplers::find(name).unwrap().metrics)().iter().map(|d| d.name).collect();
+        let metrics: Vec<&str> = (rezolus::samplers::find(name).unwrap().metrics)()
+            .iter()
+            .map(|d| d.name)
+            .collect();
         let present = metrics.iter().any(|m| emitted.contains(m));
         if name == "memory_vmstat" {
             assert_eq!(state, "disabled");
@@ -178,7 +229,10 @@ fn samplers_endpoint_tells_the_truth() {
         } else {
             assert_eq!(state, "active", "{sampler}");
             assert!(sampler.get("reason").is_none());
-            assert!(present, "{name} is active but none of {metrics:?} is served");
+            assert!(
+                present,
+                "{name} is active but none of {metrics:?} is served"
+            );
         }
     }
 }
@@ -187,15 +241,24 @@ fn samplers_endpoint_tells_the_truth() {
 /// metric any sampler declares.
 #[test]
 fn every_metric_is_documented() {
-    let docs = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/docs/METRICS.md")).unwrap();
+    let docs =
+        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/docs/METRICS.md")).unwrap();
     let documented = |m: &str| docs.contains(&format!("| `{m}` |"));
     let agent = Agent::start("", "");
     for metric in agent.snapshot().metrics() {
-        assert!(documented(metric), "{metric} is emitted but not in docs/METRICS.md");
+        assert!(
+            documented(metric),
+            "{metric} is emitted but not in docs/METRICS.md"
+        );
     }
     for spec in rezolus::samplers::registry() {
         for def in (spec.metrics)() {
-            assert!(documented(def.name), "{} ({}) is not in docs/METRICS.md", def.name, spec.name);
+            assert!(
+                documented(def.name),
+                "{} ({}) is not in docs/METRICS.md",
+                def.name,
+                spec.name
+            );
         }
     }
 }
@@ -221,14 +284,20 @@ fn fails_with(args: &[&str], needles: &[&str]) {
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success(), "{args:?} succeeded");
     for needle in needles {
-        assert!(stderr.contains(needle), "stderr lacks {needle:?}:\n{stderr}");
+        assert!(
+            stderr.contains(needle),
+            "stderr lacks {needle:?}:\n{stderr}"
+        );
     }
     assert!(out.stdout.is_empty(), "stdout not empty");
 }
 
 #[test]
 fn bad_config_is_a_clear_error() {
-    fails_with(&["/no/such/agent.toml"], &["/no/such/agent.toml", "No such file"]);
+    fails_with(
+        &["/no/such/agent.toml"],
+        &["/no/such/agent.toml", "No such file"],
+    );
     let (_d, path) = write_config("[general]\nlisten = \"127.0.0.1:0\"\nttl = 10ms\n");
     fails_with(&[&path], &[&path, "line 3"]);
     let (_d, path) = write_config("[general]\nlisen = \"127.0.0.1:0\"\n");
@@ -251,10 +320,16 @@ fn address_in_use_is_a_clear_error() {
 fn cli_forms() {
     let out = run(&["--version"]);
     assert!(out.status.success());
-    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), format!("rezolus {}", env!("CARGO_PKG_VERSION")));
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout).trim(),
+        format!("rezolus {}", env!("CARGO_PKG_VERSION"))
+    );
     let out = run(&["--help"]);
     let help = String::from_utf8_lossy(&out.stdout);
-    assert!(out.status.success() && help.contains("agent") && help.contains("CONFIG"), "{help}");
+    assert!(
+        out.status.success() && help.contains("agent") && help.contains("CONFIG"),
+        "{help}"
+    );
     let out = run(&[]);
     assert!(!out.status.success());
 }
@@ -263,5 +338,8 @@ fn cli_forms() {
 fn root_identifies_the_agent() {
     let agent = Agent::start("", "");
     let body = String::from_utf8(agent.get("/")).unwrap();
-    assert!(body.starts_with(&format!("rezolus {}", env!("CARGO_PKG_VERSION"))), "{body}");
+    assert!(
+        body.starts_with(&format!("rezolus {}", env!("CARGO_PKG_VERSION"))),
+        "{body}"
+    );
 }

@@ -54,12 +54,22 @@ impl Collector {
                 } else {
                     match catch_unwind(AssertUnwindSafe(|| (spec.init)(ctx))) {
                         Ok(Ok(sampler)) => (State::Active, None, Some(sampler)),
-                        Ok(Err(e)) if is_unsupported(&e) => (State::Unsupported, Some(format!("{e:#}")), None),
+                        Ok(Err(e)) if is_unsupported(&e) => {
+                            (State::Unsupported, Some(format!("{e:#}")), None)
+                        }
                         Ok(Err(e)) => (State::Failed, Some(format!("{e:#}")), None),
-                        Err(_) => (State::Failed, Some("panicked during initialisation".into()), None),
+                        Err(_) => (
+                            State::Failed,
+                            Some("panicked during initialisation".into()),
+                            None,
+                        ),
                     }
                 };
-                let status = Status { name: spec.name, state, reason };
+                let status = Status {
+                    name: spec.name,
+                    state,
+                    reason,
+                };
                 log_status(&status);
                 Slot { status, sampler }
             })
@@ -72,7 +82,11 @@ impl Collector {
         let slots = samplers
             .into_iter()
             .map(|(name, sampler)| Slot {
-                status: Status { name, state: State::Active, reason: None },
+                status: Status {
+                    name,
+                    state: State::Active,
+                    reason: None,
+                },
                 sampler: Some(sampler),
             })
             .collect();
@@ -89,9 +103,13 @@ impl Collector {
         let started = Instant::now();
         let mut snapshot = Snapshot::new(SystemTime::now());
         for slot in &mut self.slots {
-            let Some(sampler) = slot.sampler.as_mut() else { continue };
+            let Some(sampler) = slot.sampler.as_mut() else {
+                continue;
+            };
             let mark = snapshot.mark();
-            let outcome = catch_unwind(AssertUnwindSafe(|| sampler.refresh(&mut Emitter::new(&mut snapshot))));
+            let outcome = catch_unwind(AssertUnwindSafe(|| {
+                sampler.refresh(&mut Emitter::new(&mut snapshot))
+            }));
             let failure = match outcome {
                 Ok(Ok(())) => None,
                 Ok(Err(e)) => Some(format!("refresh failed: {e:#}")),
@@ -103,7 +121,11 @@ impl Collector {
             };
             match failure {
                 None if slot.status.state == State::Failed => {
-                    slot.status = Status { state: State::Active, reason: None, ..slot.status.clone() };
+                    slot.status = Status {
+                        state: State::Active,
+                        reason: None,
+                        ..slot.status.clone()
+                    };
                     info!(sampler = slot.status.name, "sampler recovered");
                 }
                 None => {}
@@ -168,17 +190,34 @@ mod tests {
     #[test]
     fn failing_sampler_is_left_out_reported_and_recovers() {
         let fail = Arc::new(AtomicBool::new(false));
-        let flaky = Flaky { fail: fail.clone(), series: Series::new(&G, &[]) };
-        let steady = Flaky { fail: Arc::new(AtomicBool::new(false)), series: Series::new(&G, &[]) };
-        let mut c = Collector::from_samplers(vec![("flaky", Box::new(flaky)), ("steady", Box::new(steady))]);
+        let flaky = Flaky {
+            fail: fail.clone(),
+            series: Series::new(&G, &[]),
+        };
+        let steady = Flaky {
+            fail: Arc::new(AtomicBool::new(false)),
+            series: Series::new(&G, &[]),
+        };
+        let mut c = Collector::from_samplers(vec![
+            ("flaky", Box::new(flaky)),
+            ("steady", Box::new(steady)),
+        ]);
         assert_eq!(c.collect().gauges.len(), 2);
 
         fail.store(true, Ordering::SeqCst);
         let snap = c.collect();
-        assert_eq!(snap.gauges.len(), 1, "partial output of the failed sampler is dropped");
+        assert_eq!(
+            snap.gauges.len(),
+            1,
+            "partial output of the failed sampler is dropped"
+        );
         let status = c.status();
         assert_eq!(status[0].state, State::Failed);
-        assert!(status[0].reason.as_ref().unwrap().contains("source vanished"));
+        assert!(status[0]
+            .reason
+            .as_ref()
+            .unwrap()
+            .contains("source vanished"));
         assert_eq!(status[1].state, State::Active);
 
         fail.store(false, Ordering::SeqCst);
@@ -188,8 +227,14 @@ mod tests {
 
     #[test]
     fn panicking_sampler_is_stopped_not_fatal() {
-        let steady = Flaky { fail: Arc::new(AtomicBool::new(false)), series: Series::new(&G, &[]) };
-        let mut c = Collector::from_samplers(vec![("panicky", Box::new(Panicky)), ("steady", Box::new(steady))]);
+        let steady = Flaky {
+            fail: Arc::new(AtomicBool::new(false)),
+            series: Series::new(&G, &[]),
+        };
+        let mut c = Collector::from_samplers(vec![
+            ("panicky", Box::new(Panicky)),
+            ("steady", Box::new(steady)),
+        ]);
         assert_eq!(c.collect().gauges.len(), 1);
         assert_eq!(c.status()[0].state, State::Failed);
         assert_eq!(c.collect().gauges.len(), 1);
@@ -199,7 +244,12 @@ mod tests {
     fn disabled_and_unsupported_from_config() {
         let config = Config::parse("[samplers.cpu_usage]\nenabled = false\n").unwrap();
         let empty = tempfile::tempdir().unwrap();
-        let c = Collector::from_config(&config, &SamplerContext { root: empty.path().to_path_buf() });
+        let c = Collector::from_config(
+            &config,
+            &SamplerContext {
+                root: empty.path().to_path_buf(),
+            },
+        );
         for status in c.status() {
             match status.name {
                 "cpu_usage" => assert_eq!(status.state, State::Disabled),

@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
-#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize, Default)]
 #[serde(deny_unknown_fields, default)]
 pub struct Config {
     pub general: General,
@@ -89,21 +89,13 @@ impl Default for Defaults {
     }
 }
 
-impl Default for Config {
-    fn default() -> Self {
-        Self {
-            general: General::default(),
-            log: Log::default(),
-            defaults: Defaults::default(),
-            samplers: BTreeMap::new(),
-        }
-    }
-}
-
 fn duration<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
     let text = String::deserialize(d)?;
-    humantime::parse_duration(&text)
-        .map_err(|e| serde::de::Error::custom(format!("invalid duration {text:?}: {e} (examples: \"10ms\", \"1s\")")))
+    humantime::parse_duration(&text).map_err(|e| {
+        serde::de::Error::custom(format!(
+            "invalid duration {text:?}: {e} (examples: \"10ms\", \"1s\")"
+        ))
+    })
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -132,8 +124,9 @@ impl Config {
 
     /// Parses and validates config text; the error names the line or key.
     pub fn parse(text: &str) -> Result<Self, String> {
-        let config: Config = toml::from_str(text).map_err(|e| e.to_string().trim_end().to_string())?;
-        for (name, _) in &config.samplers {
+        let config: Config =
+            toml::from_str(text).map_err(|e| e.to_string().trim_end().to_string())?;
+        for name in config.samplers.keys() {
             if crate::samplers::find(name).is_none() {
                 let known: Vec<_> = crate::samplers::registry().iter().map(|s| s.name).collect();
                 return Err(format!(
@@ -178,8 +171,17 @@ mod tests {
         assert_eq!(shipped.log, default.log);
         assert_eq!(shipped.defaults, default.defaults);
         for spec in crate::samplers::registry() {
-            assert!(shipped.samplers.contains_key(spec.name), "config/agent.toml lacks [samplers.{}]", spec.name);
-            assert_eq!(shipped.enabled(spec.name), default.enabled(spec.name), "{}", spec.name);
+            assert!(
+                shipped.samplers.contains_key(spec.name),
+                "config/agent.toml lacks [samplers.{}]",
+                spec.name
+            );
+            assert_eq!(
+                shipped.enabled(spec.name),
+                default.enabled(spec.name),
+                "{}",
+                spec.name
+            );
         }
     }
 
@@ -195,7 +197,10 @@ mod tests {
         let e = Config::parse("[general]\nlisen = \"127.0.0.1:1\"\n").unwrap_err();
         assert!(e.contains("lisen"), "{e}");
         let e = Config::parse("[samplers.cpu_usgae]\nenabled = false\n").unwrap_err();
-        assert!(e.contains("samplers.cpu_usgae") && e.contains("cpu_usage"), "{e}");
+        assert!(
+            e.contains("samplers.cpu_usgae") && e.contains("cpu_usage"),
+            "{e}"
+        );
         let e = Config::parse("[samplers.cpu_usage]\nenable = false\n").unwrap_err();
         assert!(e.contains("enable"), "{e}");
         let e = Config::parse("[general]\nttl = \"10 parsecs\"\n").unwrap_err();
@@ -206,7 +211,9 @@ mod tests {
 
     #[test]
     fn defaults_and_overrides() {
-        let c = Config::parse("[defaults]\nenabled = false\n[samplers.cpu_usage]\nenabled = true\n").unwrap();
+        let c =
+            Config::parse("[defaults]\nenabled = false\n[samplers.cpu_usage]\nenabled = true\n")
+                .unwrap();
         assert!(c.enabled("cpu_usage"));
         assert!(!c.enabled("memory_meminfo"));
         let c = Config::parse("[general]\nttl = \"250ms\"\nlisten = \"0.0.0.0:9\"\n").unwrap();

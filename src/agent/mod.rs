@@ -6,7 +6,6 @@
 pub mod collector;
 pub mod config;
 
-use std::future::Future;
 use std::path::Path;
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
@@ -127,7 +126,11 @@ fn encoded(result: Result<&[u8], &str>, content_type: &'static str) -> Response 
         Ok(bytes) => ([(header::CONTENT_TYPE, content_type)], bytes.to_vec()).into_response(),
         Err(e) => {
             error!("encoding snapshot: {e}");
-            (StatusCode::INTERNAL_SERVER_ERROR, "snapshot encoding failed\n").into_response()
+            (
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "snapshot encoding failed\n",
+            )
+                .into_response()
         }
     }
 }
@@ -155,7 +158,12 @@ pub fn run(path: &Path) -> anyhow::Result<()> {
         let listen = config.general.listen;
         let listener = tokio::net::TcpListener::bind(listen)
             .await
-            .with_context(|| format!("cannot listen on {listen} (general.listen in {})", path.display()))?;
+            .with_context(|| {
+                format!(
+                    "cannot listen on {listen} (general.listen in {})",
+                    path.display()
+                )
+            })?;
         let collector = Collector::from_config(&config, &SamplerContext::default());
         let agent = Arc::new(Agent::new(collector, config.general.ttl));
         info!("listening on {}", listener.local_addr()?);
@@ -169,20 +177,18 @@ pub fn run(path: &Path) -> anyhow::Result<()> {
 }
 
 /// Resolves on SIGINT or SIGTERM.
-pub fn shutdown_signal() -> impl Future<Output = ()> {
-    async {
-        use tokio::signal::unix::{signal, SignalKind};
-        let mut term = match signal(SignalKind::terminate()) {
-            Ok(s) => s,
-            Err(e) => {
-                error!("cannot watch SIGTERM: {e}");
-                return std::future::pending().await;
-            }
-        };
-        tokio::select! {
-            _ = term.recv() => info!("SIGTERM received, shutting down"),
-            _ = tokio::signal::ctrl_c() => info!("SIGINT received, shutting down"),
+pub async fn shutdown_signal() {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut term = match signal(SignalKind::terminate()) {
+        Ok(s) => s,
+        Err(e) => {
+            error!("cannot watch SIGTERM: {e}");
+            return std::future::pending().await;
         }
+    };
+    tokio::select! {
+        _ = term.recv() => info!("SIGTERM received, shutting down"),
+        _ = tokio::signal::ctrl_c() => info!("SIGINT received, shutting down"),
     }
 }
 
@@ -212,7 +218,10 @@ mod tests {
     async fn concurrent_requests_share_one_refresh_even_with_zero_ttl() {
         let count = Arc::new(AtomicU64::new(0));
         let sampler = Slow(count.clone(), Series::new(&G, &[]));
-        let agent = Arc::new(Agent::new(Collector::from_samplers(vec![("slow", Box::new(sampler))]), Duration::ZERO));
+        let agent = Arc::new(Agent::new(
+            Collector::from_samplers(vec![("slow", Box::new(sampler))]),
+            Duration::ZERO,
+        ));
         let first = agent.snapshot();
         // requests arriving while the first refresh runs
         let rest: Vec<_> = (0..8)
@@ -228,7 +237,11 @@ mod tests {
         }
         // every request was served by a refresh that began after it asked;
         // those that queued together shared one, so far fewer than 9 ran
-        assert!(count.load(Ordering::SeqCst) <= 2, "{} refreshes for 9 requests", count.load(Ordering::SeqCst));
+        assert!(
+            count.load(Ordering::SeqCst) <= 2,
+            "{} refreshes for 9 requests",
+            count.load(Ordering::SeqCst)
+        );
         assert!(seen.iter().all(|&v| v >= 1));
     }
 
@@ -236,7 +249,10 @@ mod tests {
     async fn ttl_reuses_then_expires() {
         let count = Arc::new(AtomicU64::new(0));
         let sampler = Slow(count.clone(), Series::new(&G, &[]));
-        let agent = Agent::new(Collector::from_samplers(vec![("slow", Box::new(sampler))]), Duration::from_millis(200));
+        let agent = Agent::new(
+            Collector::from_samplers(vec![("slow", Box::new(sampler))]),
+            Duration::from_millis(200),
+        );
         agent.snapshot().await;
         agent.snapshot().await;
         assert_eq!(count.load(Ordering::SeqCst), 1);

@@ -21,7 +21,9 @@ pub struct SamplerContext {
 
 impl Default for SamplerContext {
     fn default() -> Self {
-        Self { root: PathBuf::from("/") }
+        Self {
+            root: PathBuf::from("/"),
+        }
     }
 }
 
@@ -71,7 +73,9 @@ pub(crate) mod testing {
     use std::path::Path;
 
     pub fn fixture(name: &str) -> PathBuf {
-        Path::new(env!("CARGO_MANIFEST_DIR")).join("fixtures").join(name)
+        Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("fixtures")
+            .join(name)
     }
 
     /// Copies a fixture tree to a temporary directory so a test can edit it.
@@ -132,7 +136,11 @@ pub(crate) mod testing {
             })
             .map(|(_, v)| *v)
             .collect();
-        assert!(hits.len() <= 1, "{metric} {labels:?} matched {} series", hits.len());
+        assert!(
+            hits.len() <= 1,
+            "{metric} {labels:?} matched {} series",
+            hits.len()
+        );
         hits.first().copied()
     }
 }
@@ -149,9 +157,17 @@ mod tests {
         for spec in registry() {
             assert!(names.insert(spec.name), "duplicate sampler {}", spec.name);
             for def in (spec.metrics)() {
-                assert!(metrics.insert(def.name), "metric {} declared twice", def.name);
+                assert!(
+                    metrics.insert(def.name),
+                    "metric {} declared twice",
+                    def.name
+                );
                 for label in def.labels {
-                    assert!(*label != "metric" && *label != "unit", "{}: reserved label", def.name);
+                    assert!(
+                        *label != "metric" && *label != "unit",
+                        "{}: reserved label",
+                        def.name
+                    );
                 }
             }
         }

@@ -29,7 +29,11 @@ impl Agent {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("agent.toml");
         let mut f = std::fs::File::create(&path).unwrap();
-        writeln!(f, "[general]\nlisten = \"127.0.0.1:0\"\n{general_extra}\n{extra}").unwrap();
+        writeln!(
+            f,
+            "[general]\nlisten = \"127.0.0.1:0\"\n{general_extra}\n{extra}"
+        )
+        .unwrap();
         let mut child = Command::new(BIN)
             .arg(&path)
             .stdin(Stdio::null())
@@ -52,12 +56,22 @@ impl Agent {
         let addr = loop {
             let line = rx
                 .recv_timeout(deadline.saturating_duration_since(Instant::now()))
-                .unwrap_or_else(|_| panic!("agent did not report its address; status {:?}", child.try_wait()));
+                .unwrap_or_else(|_| {
+                    panic!(
+                        "agent did not report its address; status {:?}",
+                        child.try_wait()
+                    )
+                });
             if let Some(addr) = line.split("listening on ").nth(1) {
                 break addr.trim().parse().unwrap();
             }
         };
-        let agent = Self { child, addr, log: rx, _dir: dir };
+        let agent = Self {
+            child,
+            addr,
+            log: rx,
+            _dir: dir,
+        };
         while agent.try_get("/").is_none() {
             assert!(Instant::now() < deadline, "agent never answered on {addr}");
             std::thread::sleep(Duration::from_millis(20));
@@ -72,11 +86,17 @@ impl Agent {
     fn try_get(&self, path: &str) -> Option<Vec<u8>> {
         let url = format!("http://{}{path}", self.addr);
         let mut response = ureq::get(&url).call().ok()?;
-        response.body_mut().with_config().limit(64 << 20).read_to_vec().ok()
+        response
+            .body_mut()
+            .with_config()
+            .limit(64 << 20)
+            .read_to_vec()
+            .ok()
     }
 
     pub fn get(&self, path: &str) -> Vec<u8> {
-        self.try_get(path).unwrap_or_else(|| panic!("GET {path} failed"))
+        self.try_get(path)
+            .unwrap_or_else(|| panic!("GET {path} failed"))
     }
 
     pub fn get_json(&self, path: &str) -> serde_json::Value {
@@ -97,7 +117,10 @@ impl Agent {
             if let Some(status) = self.child.try_wait().unwrap() {
                 return status;
             }
-            assert!(Instant::now() < deadline, "agent did not exit after signal {signal}");
+            assert!(
+                Instant::now() < deadline,
+                "agent did not exit after signal {signal}"
+            );
             std::thread::sleep(Duration::from_millis(20));
         }
     }
@@ -127,7 +150,10 @@ pub struct Snap {
 impl Snap {
     pub fn decode(bytes: &[u8]) -> Self {
         let mut snapshot = Snapshot::from_msgpack(bytes).expect("binary snapshot decodes");
-        assert!(matches!(snapshot, Snapshot::V2(_)), "expected a V2 snapshot");
+        assert!(
+            matches!(snapshot, Snapshot::V2(_)),
+            "expected a V2 snapshot"
+        );
         let mut entries = Vec::new();
         let split = |mut metadata: HashMap<String, String>| {
             let metric = metadata.remove("metric").expect("metadata.metric");
@@ -136,13 +162,24 @@ impl Snap {
         };
         for c in snapshot.counters() {
             let (metric, labels) = split(c.metadata);
-            entries.push(Entry { metric, labels, value: c.value as i128 });
+            entries.push(Entry {
+                metric,
+                labels,
+                value: c.value as i128,
+            });
         }
         for g in snapshot.gauges() {
             let (metric, labels) = split(g.metadata);
-            entries.push(Entry { metric, labels, value: g.value as i128 });
+            entries.push(Entry {
+                metric,
+                labels,
+                value: g.value as i128,
+            });
         }
-        Self { systemtime: snapshot.systemtime(), entries }
+        Self {
+            systemtime: snapshot.systemtime(),
+            entries,
+        }
     }
 
     /// The value of the series with exactly these labels.
@@ -153,7 +190,9 @@ impl Snap {
             .filter(|e| {
                 e.metric == metric
                     && e.labels.len() == labels.len()
-                    && labels.iter().all(|(k, v)| e.labels.get(*k).map(String::as_str) == Some(*v))
+                    && labels
+                        .iter()
+                        .all(|(k, v)| e.labels.get(*k).map(String::as_str) == Some(*v))
             })
             .collect();
         assert!(hits.len() <= 1, "{metric} {labels:?} matched {hits:?}");
@@ -172,5 +211,9 @@ impl Snap {
 
 /// Runs the binary with these arguments to completion.
 pub fn run(args: &[&str]) -> std::process::Output {
-    Command::new(BIN).args(args).stdin(Stdio::null()).output().unwrap()
+    Command::new(BIN)
+        .args(args)
+        .stdin(Stdio::null())
+        .output()
+        .unwrap()
 }

@@ -157,10 +157,10 @@ mod tests {
         assert!(cpus.iter().all(|c| c.ticks.iter().all(Option::is_some)));
         // the kernel sums the aggregate line separately: it matches the
         // per-CPU lines to within a tick per CPU
-        for state in 0..10 {
+        for (state, name) in STATES.iter().enumerate() {
             let sum: u64 = cpus[1..].iter().map(|c| c.ticks[state].unwrap()).sum();
             let total = cpus[0].ticks[state].unwrap();
-            assert!(total.abs_diff(sum) <= 2, "state {}: {total} vs {sum}", STATES[state]);
+            assert!(total.abs_diff(sum) <= 2, "state {name}: {total} vs {sum}");
         }
         assert_eq!(cpus[0].ticks[0], Some(768));
     }
