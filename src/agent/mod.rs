@@ -11,6 +11,7 @@ use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
+use axum::body::Bytes;
 use axum::extract::State;
 use axum::http::{header, StatusCode};
 use axum::response::{IntoResponse, Response};
@@ -28,23 +29,32 @@ use config::Config;
 pub struct Cached {
     started: Instant,
     pub snapshot: Snapshot,
-    msgpack: OnceLock<Result<Vec<u8>, String>>,
-    json: OnceLock<Result<Vec<u8>, String>>,
+    msgpack: OnceLock<Result<Bytes, String>>,
+    json: OnceLock<Result<Bytes, String>>,
 }
 
 impl Cached {
-    pub fn msgpack(&self) -> Result<&[u8], &str> {
+    /// The msgpack encoding, made on first use and shared (not copied) after.
+    pub fn msgpack(&self) -> Result<Bytes, String> {
         self.msgpack
-            .get_or_init(|| self.snapshot.to_msgpack().map_err(|e| e.to_string()))
-            .as_deref()
-            .map_err(String::as_str)
+            .get_or_init(|| {
+                self.snapshot
+                    .to_msgpack()
+                    .map(Bytes::from)
+                    .map_err(|e| e.to_string())
+            })
+            .clone()
     }
 
-    pub fn json(&self) -> Result<&[u8], &str> {
+    pub fn json(&self) -> Result<Bytes, String> {
         self.json
-            .get_or_init(|| self.snapshot.to_json().map_err(|e| e.to_string()))
-            .as_deref()
-            .map_err(String::as_str)
+            .get_or_init(|| {
+                self.snapshot
+                    .to_json()
+                    .map(Bytes::from)
+                    .map_err(|e| e.to_string())
+            })
+            .clone()
     }
 }
 
@@ -121,9 +131,9 @@ async fn samplers(State(agent): State<Arc<Agent>>) -> Json<Vec<collector::Status
     Json(agent.status())
 }
 
-fn encoded(result: Result<&[u8], &str>, content_type: &'static str) -> Response {
+fn encoded(result: Result<Bytes, String>, content_type: &'static str) -> Response {
     match result {
-        Ok(bytes) => ([(header::CONTENT_TYPE, content_type)], bytes.to_vec()).into_response(),
+        Ok(bytes) => ([(header::CONTENT_TYPE, content_type)], bytes).into_response(),
         Err(e) => {
             error!("encoding snapshot: {e}");
             (
