@@ -4,6 +4,7 @@
 //! benchmarks can drive the same code the agent runs.
 
 pub mod agent;
+pub mod bpf;
 pub mod logging;
 pub mod metrics;
 pub mod samplers;

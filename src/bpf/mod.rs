@@ -1,0 +1,235 @@
+//! The Rust side of the BPF programs: loading with clean "unsupported"
+//! reporting, reading mmap-ed counter banks and histograms, and the
+//! histogram scheme shared with `rezolus.h`.
+//!
+//! BPF sources (`*.bpf.c`) live beside the sampler that uses them; the shared
+//! C headers (`vmlinux.h`, `rezolus.h`) live in this folder.
+
+use std::mem::MaybeUninit;
+use std::os::fd::{AsFd, AsRawFd};
+use std::path::Path;
+
+use libbpf_rs::{ErrorKind, MapCore};
+
+use crate::metrics::{HISTOGRAM_GROUPING_POWER, HISTOGRAM_MAX_VALUE_POWER};
+use crate::source::Unsupported;
+
+/// Buckets per histogram in the shared scheme (`HISTOGRAM_BUCKETS` in rezolus.h).
+pub const HISTOGRAM_BUCKETS: usize = 496;
+
+/// Checks what every BPF sampler needs before trying to load: kernel BTF
+/// (for CO-RE and tp_btf) and the privilege to load and attach programs.
+pub fn check_support() -> Result<(), Unsupported> {
+    if !Path::new("/sys/kernel/btf/vmlinux").exists() {
+        return Err(Unsupported(
+            "kernel has no BTF (/sys/kernel/btf/vmlinux missing; needs CONFIG_DEBUG_INFO_BTF)"
+                .into(),
+        ));
+    }
+    if !has_bpf_privilege() {
+        return Err(Unsupported(
+            "loading BPF programs needs root, or CAP_BPF and CAP_PERFMON".into(),
+        ));
+    }
+    Ok(())
+}
+
+/// Root, CAP_SYS_ADMIN, or both CAP_BPF and CAP_PERFMON in the effective set.
+fn has_bpf_privilege() -> bool {
+    const CAP_SYS_ADMIN: u32 = 21;
+    const CAP_PERFMON: u32 = 38;
+    const CAP_BPF: u32 = 39;
+    let Ok(status) = std::fs::read_to_string("/proc/self/status") else {
+        return false;
+    };
+    let effective = status
+        .lines()
+        .find_map(|l| l.strip_prefix("CapEff:"))
+        .and_then(|v| u64::from_str_radix(v.trim(), 16).ok())
+        .unwrap_or(0);
+    let has = |cap: u32| effective & (1 << cap) != 0;
+    has(CAP_SYS_ADMIN) || (has(CAP_BPF) && has(CAP_PERFMON))
+}
+
+/// Turns a libbpf error into an `anyhow` error, as [`Unsupported`] when it
+/// means this kernel or this process can't (permission, missing hook or
+/// feature), naming what was being done.
+pub fn classify(err: libbpf_rs::Error, doing: &str) -> anyhow::Error {
+    match err.kind() {
+        ErrorKind::PermissionDenied | ErrorKind::NotFound | ErrorKind::Unsupported => {
+            Unsupported(format!("{doing}: {err}")).into()
+        }
+        _ => anyhow::Error::new(err).context(doing.to_string()),
+    }
+}
+
+/// Storage for a skeleton's open object that lives as long as the process:
+/// a sampler holds its skeleton for the agent's lifetime.
+pub fn object_storage() -> &'static mut MaybeUninit<libbpf_rs::OpenObject> {
+    Box::leak(Box::new(MaybeUninit::uninit()))
+}
+
+/// Number of possible CPUs: the size of per-CPU banks.
+pub fn possible_cpus() -> anyhow::Result<usize> {
+    libbpf_rs::num_possible_cpus().map_err(|e| anyhow::anyhow!("counting possible CPUs: {e}"))
+}
+
+/// A read-only mapping of a `BPF_F_MMAPABLE` array map: values are read
+/// straight from kernel memory, no syscall per value.
+pub struct MmapArray {
+    ptr: *const u8,
+    len: usize,
+    value_size: usize,
+    entries: usize,
+}
+
+// SAFETY: the mapping is read-only shared memory, valid until drop.
+unsafe impl Send for MmapArray {}
+
+impl MmapArray {
+    pub fn new(map: &libbpf_rs::Map<'_>) -> anyhow::Result<Self> {
+        let value_size = (map.value_size() as usize).next_multiple_of(8);
+        let entries = map.max_entries() as usize;
+        let page = page_size();
+        let len = (value_size * entries).next_multiple_of(page);
+        // SAFETY: mapping a map fd read-only; the kernel checks the size.
+        let ptr = unsafe {
+            libc::mmap(
+                std::ptr::null_mut(),
+                len,
+                libc::PROT_READ,
+                libc::MAP_SHARED,
+                map.as_fd().as_raw_fd(),
+                0,
+            )
+        };
+        if ptr == libc::MAP_FAILED {
+            return Err(anyhow::Error::new(std::io::Error::last_os_error())
+                .context(format!("mmap of BPF map {}", map.name().to_string_lossy())));
+        }
+        Ok(Self {
+            ptr: ptr as *const u8,
+            len,
+            value_size,
+            entries,
+        })
+    }
+
+    pub fn entries(&self) -> usize {
+        self.entries
+    }
+
+    /// The `index`-th u64 of entry `entry`.
+    pub fn u64(&self, entry: usize, index: usize) -> u64 {
+        assert!(entry < self.entries && (index + 1) * 8 <= self.value_size);
+        // SAFETY: in bounds (checked above) and 8-aligned (value_size is a
+        // multiple of 8 and the mapping is page-aligned). Volatile: the
+        // kernel writes it concurrently.
+        unsafe {
+            std::ptr::read_volatile(self.ptr.add(entry * self.value_size + index * 8) as *const u64)
+        }
+    }
+
+    /// Sum of counter `index` over every bank (one entry per CPU), and the
+    /// per-CPU values.
+    pub fn bank_counter(&self, index: usize, per_cpu: &mut Vec<u64>) -> u64 {
+        per_cpu.clear();
+        per_cpu.extend((0..self.entries).map(|cpu| self.u64(cpu, index)));
+        per_cpu.iter().fold(0u64, |a, b| a.wrapping_add(*b))
+    }
+
+    /// Histogram `h` of an array of u64 buckets holding consecutive histograms.
+    pub fn histogram(&self, h: usize) -> histogram::Histogram {
+        let buckets: Vec<u64> = (0..HISTOGRAM_BUCKETS)
+            .map(|b| self.u64(h * HISTOGRAM_BUCKETS + b, 0))
+            .collect();
+        histogram::Histogram::from_buckets(
+            HISTOGRAM_GROUPING_POWER,
+            HISTOGRAM_MAX_VALUE_POWER,
+            buckets,
+        )
+        .expect("bucket count matches the scheme")
+    }
+}
+
+impl Drop for MmapArray {
+    fn drop(&mut self) {
+        // SAFETY: unmapping exactly what new() mapped.
+        unsafe { libc::munmap(self.ptr as *mut libc::c_void, self.len) };
+    }
+}
+
+fn page_size() -> usize {
+    // SAFETY: sysconf has no memory-safety preconditions.
+    match unsafe { libc::sysconf(libc::_SC_PAGESIZE) } {
+        n if n > 0 => n as usize,
+        _ => 4096,
+    }
+}
+
+#[cfg(test)]
+mod histogram_test {
+    include!(concat!(env!("OUT_DIR"), "/histogram_test.skel.rs"));
+}
+
+#[cfg(test)]
+mod tests {
+    use super::histogram_test::*;
+    use super::*;
+    use libbpf_rs::skel::{OpenSkel, SkelBuilder};
+
+    /// The bucket the `histogram` crate puts a value in.
+    fn rust_index(value: u64) -> u32 {
+        let mut h = crate::metrics::new_histogram();
+        h.increment(value).unwrap();
+        let buckets = h.as_slice();
+        assert_eq!(buckets.len(), HISTOGRAM_BUCKETS);
+        buckets.iter().position(|&c| c == 1).unwrap() as u32
+    }
+
+    /// The same values through the BPF-compiled `histogram_index` (run in the
+    /// kernel with BPF_PROG_TEST_RUN) and through the `histogram` crate land
+    /// in the same buckets. Runs as root in CI: a failure to load fails.
+    #[test]
+    fn bpf_and_rust_bucket_values_identically() {
+        let mut values = vec![0u64, 1, 2, 3, 7, 15, 16, 17, u64::MAX, u64::MAX - 1];
+        for p in 1..64 {
+            let v = 1u64 << p;
+            values.extend([v - 1, v, v + 1]);
+        }
+        let mut seed = 0x9E37_79B9_7F4A_7C15u64;
+        for _ in 0..256 {
+            seed ^= seed << 13;
+            seed ^= seed >> 7;
+            seed ^= seed << 17;
+            values.push(seed >> (seed % 64));
+        }
+
+        let storage = object_storage();
+        let skel = HistogramTestSkelBuilder::default()
+            .open(storage)
+            .unwrap()
+            .load()
+            .unwrap();
+        let mut checked = 0;
+        for chunk in values.chunks(64) {
+            let mut args = types::histogram_test_args::default();
+            args.values[..chunk.len()].copy_from_slice(chunk);
+            // SAFETY: plain-old-data struct generated from the program's BTF.
+            let bytes = unsafe {
+                std::slice::from_raw_parts_mut(
+                    &mut args as *mut _ as *mut u8,
+                    std::mem::size_of::<types::histogram_test_args>(),
+                )
+            };
+            let mut input = libbpf_rs::ProgramInput::default();
+            input.context_in = Some(bytes);
+            skel.progs.histogram_indices.test_run(input).unwrap();
+            for (i, &value) in chunk.iter().enumerate() {
+                assert_eq!(args.indices[i], rust_index(value), "value {value}");
+                checked += 1;
+            }
+        }
+        assert_eq!(checked, values.len());
+    }
+}

@@ -1,0 +1,62 @@
+/* Shared helpers for rezolus BPF programs: the histogram bucketing scheme
+ * and per-CPU counter banks. The Rust side of both lives in src/bpf.rs. */
+#ifndef REZOLUS_H
+#define REZOLUS_H
+
+#include "vmlinux.h"
+#include <bpf/bpf_helpers.h>
+
+/* The `histogram` crate's log-linear scheme with grouping power 3 and max
+ * value power 64: values below 2^(GP+1) get a bucket each; above, each power
+ * of two is split into 2^GP buckets. 16 + 60 * 8 = 496 buckets. */
+#define HISTOGRAM_GROUPING_POWER 3
+#define HISTOGRAM_BUCKETS 496
+
+/* Index of the highest set bit of a non-zero value (floor(log2(v))), by
+ * binary search: the BPF instruction set has no count-leading-zeros. */
+static __always_inline u32 highest_bit(u64 v)
+{
+	u32 r = 0;
+	if (v >> 32) { v >>= 32; r += 32; }
+	if (v >> 16) { v >>= 16; r += 16; }
+	if (v >> 8) { v >>= 8; r += 8; }
+	if (v >> 4) { v >>= 4; r += 4; }
+	if (v >> 2) { v >>= 2; r += 2; }
+	if (v >> 1) { r += 1; }
+	return r;
+}
+
+static __always_inline u32 histogram_index(u64 value)
+{
+	if (value < (2ULL << HISTOGRAM_GROUPING_POWER))
+		return (u32)value;
+	u32 shift = highest_bit(value) - HISTOGRAM_GROUPING_POWER;
+	return (shift << HISTOGRAM_GROUPING_POWER) + (u32)(value >> shift);
+}
+
+/* Adds one observation to histogram number `h` of a map holding consecutive
+ * histograms of HISTOGRAM_BUCKETS u64 buckets. Shared across CPUs: atomic. */
+static __always_inline void histogram_record(void *map, u32 h, u64 value)
+{
+	u32 key = h * HISTOGRAM_BUCKETS + histogram_index(value);
+	u64 *bucket = bpf_map_lookup_elem(map, &key);
+	if (bucket)
+		__sync_fetch_and_add(bucket, 1);
+}
+
+/* Per-CPU counter banks: an mmap-able array whose value is one CPU's bank of
+ * u64 counters, padded to whole cache lines so CPUs never share a line.
+ * Only the owning CPU writes its bank, with programs that do not migrate. */
+#define CACHE_LINE 64
+#define DEFINE_BANK(name, n)                                                   \
+	struct name {                                                          \
+		u64 counters[n];                                               \
+	} __attribute__((aligned(CACHE_LINE)))
+
+static __always_inline u64 *bank_of_this_cpu(void *map)
+{
+	u32 cpu = bpf_get_smp_processor_id();
+	return bpf_map_lookup_elem(map, &cpu);
+}
+
+#endif

@@ -1,0 +1,61 @@
+/* Kernel types for CO-RE, checked in rather than generated from the build
+ * host. Only the fields our programs read are declared; with
+ * preserve_access_index, libbpf relocates each access against the running
+ * kernel's BTF by name, so field order and struct size here do not matter
+ * and the header is the same for every architecture. */
+#ifndef REZOLUS_VMLINUX_H
+#define REZOLUS_VMLINUX_H
+
+typedef unsigned char __u8;
+typedef unsigned short __u16;
+typedef unsigned int __u32;
+typedef unsigned long long __u64;
+typedef signed char __s8;
+typedef short __s16;
+typedef int __s32;
+typedef long long __s64;
+typedef __u16 __be16;
+typedef __u32 __be32;
+typedef __u32 __wsum;
+typedef __u8 u8;
+typedef __u16 u16;
+typedef __u32 u32;
+typedef __u64 u64;
+typedef __s32 s32;
+typedef __s64 s64;
+typedef _Bool bool;
+enum { false = 0, true = 1 };
+
+/* uapi constants (stable ABI) */
+enum bpf_map_type {
+	BPF_MAP_TYPE_HASH = 1,
+	BPF_MAP_TYPE_ARRAY = 2,
+	BPF_MAP_TYPE_PERCPU_ARRAY = 6,
+	BPF_MAP_TYPE_TASK_STORAGE = 29,
+};
+enum {
+	BPF_F_NO_PREALLOC = (1U << 0),
+	BPF_F_MMAPABLE = (1U << 10),
+};
+enum {
+	BPF_LOCAL_STORAGE_GET_F_CREATE = (1ULL << 0),
+};
+enum {
+	BPF_ANY = 0,
+};
+
+struct task_struct {
+	unsigned int __state;
+	int pid;
+	int tgid;
+	unsigned int cpu;
+} __attribute__((preserve_access_index));
+
+struct pt_regs;
+
+struct request {
+	unsigned int cmd_flags;
+	unsigned int __data_len;
+} __attribute__((preserve_access_index));
+
+#endif
