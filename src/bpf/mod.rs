@@ -222,8 +222,10 @@ mod tests {
                     std::mem::size_of::<types::histogram_test_args>(),
                 )
             };
-            let mut input = libbpf_rs::ProgramInput::default();
-            input.context_in = Some(bytes);
+            let input = libbpf_rs::ProgramInput {
+                context_in: Some(bytes),
+                ..Default::default()
+            };
             skel.progs.histogram_indices.test_run(input).unwrap();
             for (i, &value) in chunk.iter().enumerate() {
                 assert_eq!(args.indices[i], rust_index(value), "value {value}");
