@@ -111,6 +111,29 @@ pub fn parse_keyed_tables(text: &str) -> Vec<(&str, &str, i64)> {
     out
 }
 
+/// Parses a kernel CPU list (`0-3,6,8-9`) into the CPU ids it names.
+pub fn parse_cpu_list(text: &str, path: &Path) -> Result<Vec<u32>, ParseError> {
+    let text = text.trim();
+    let mut out = Vec::new();
+    if text.is_empty() {
+        return Ok(out);
+    }
+    let bad = || ParseError::new(path, "bad CPU list", Some(text));
+    for part in text.split(',') {
+        let (lo, hi) = match part.split_once('-') {
+            Some((lo, hi)) => (lo, hi),
+            None => (part, part),
+        };
+        let lo: u32 = lo.trim().parse().map_err(|_| bad())?;
+        let hi: u32 = hi.trim().parse().map_err(|_| bad())?;
+        if hi < lo || hi - lo > 1 << 16 {
+            return Err(bad());
+        }
+        out.extend(lo..=hi);
+    }
+    Ok(out)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -134,6 +157,19 @@ mod tests {
         assert_eq!(f.read().unwrap(), "one");
         std::fs::write(dir.path().join("f"), "two!").unwrap();
         assert_eq!(f.read().unwrap(), "two!");
+    }
+
+    #[test]
+    fn parses_cpu_lists() {
+        let p = Path::new("online");
+        assert_eq!(parse_cpu_list("0-1\n", p).unwrap(), vec![0, 1]);
+        assert_eq!(
+            parse_cpu_list("0-2,5,7-8", p).unwrap(),
+            vec![0, 1, 2, 5, 7, 8]
+        );
+        assert_eq!(parse_cpu_list("0", p).unwrap(), vec![0]);
+        assert!(parse_cpu_list("3-1", p).is_err());
+        assert!(parse_cpu_list("a-b", p).is_err());
     }
 
     #[test]

@@ -51,16 +51,31 @@ fn has_bpf_privilege() -> bool {
     has(CAP_SYS_ADMIN) || (has(CAP_BPF) && has(CAP_PERFMON))
 }
 
-/// Turns a libbpf error into an `anyhow` error, as [`Unsupported`] when it
-/// means this kernel or this process can't (permission, missing hook or
-/// feature), naming what was being done.
+/// Turns a libbpf error into an `anyhow` error, naming what was being done.
+/// It is [`Unsupported`] when it means this kernel or this process can't:
+/// EPERM (lockdown, an LSM), ENOENT/ESRCH (a hook or kernel type this kernel
+/// lacks), EOPNOTSUPP/ENOTSUPP. Anything else is a failure; EACCES in
+/// particular, once [`check_support`] passed, is the verifier rejecting a
+/// program (its log is on stderr).
 pub fn classify(err: libbpf_rs::Error, doing: &str) -> anyhow::Error {
-    match err.kind() {
-        ErrorKind::PermissionDenied | ErrorKind::NotFound | ErrorKind::Unsupported => {
+    const ENOTSUPP: i32 = 524;
+    match errno(&err) {
+        Some(libc::EPERM | libc::ENOENT | libc::ESRCH | libc::EOPNOTSUPP | ENOTSUPP) => {
             Unsupported(format!("{doing}: {err}")).into()
         }
+        Some(libc::EACCES) => anyhow::Error::new(err).context(format!(
+            "{doing}: the verifier rejected a program (its log precedes this message)"
+        )),
+        _ if err.kind() == ErrorKind::Unsupported => Unsupported(format!("{doing}: {err}")).into(),
         _ => anyhow::Error::new(err).context(doing.to_string()),
     }
+}
+
+/// The errno behind a libbpf error: libbpf-rs keeps it only in the message.
+fn errno(err: &libbpf_rs::Error) -> Option<i32> {
+    let text = format!("{err:#}");
+    let start = text.rfind("(os error ")? + "(os error ".len();
+    text[start..].split(')').next()?.parse().ok()
 }
 
 /// Storage for a skeleton's open object that lives as long as the process:
@@ -72,6 +87,17 @@ pub fn object_storage() -> &'static mut MaybeUninit<libbpf_rs::OpenObject> {
 /// Number of possible CPUs: the size of per-CPU banks.
 pub fn possible_cpus() -> anyhow::Result<usize> {
     libbpf_rs::num_possible_cpus().map_err(|e| anyhow::anyhow!("counting possible CPUs: {e}"))
+}
+
+/// The CPUs online now (empty if that can't be read), to leave possible but
+/// absent CPUs out of per-CPU series.
+pub fn online_cpus() -> Vec<usize> {
+    let path = Path::new("/sys/devices/system/cpu/online");
+    std::fs::read_to_string(path)
+        .ok()
+        .and_then(|text| crate::source::parse_cpu_list(&text, path).ok())
+        .map(|cpus| cpus.into_iter().map(|c| c as usize).collect())
+        .unwrap_or_default()
 }
 
 /// A read-only mapping of a `BPF_F_MMAPABLE` array map: values are read
@@ -190,6 +216,27 @@ mod tests {
     /// The same values through the BPF-compiled `histogram_index` (run in the
     /// kernel with BPF_PROG_TEST_RUN) and through the `histogram` crate land
     /// in the same buckets. Runs as root in CI: a failure to load fails.
+    #[test]
+    fn verifier_rejection_is_a_failure_missing_hook_is_unsupported() {
+        let io = |code| libbpf_rs::Error::from(std::io::Error::from_raw_os_error(code));
+        assert!(!crate::source::is_unsupported(&classify(
+            io(libc::EACCES),
+            "loading"
+        )));
+        assert!(crate::source::is_unsupported(&classify(
+            io(libc::ENOENT),
+            "attaching"
+        )));
+        assert!(crate::source::is_unsupported(&classify(
+            io(libc::EPERM),
+            "loading"
+        )));
+        assert!(!crate::source::is_unsupported(&classify(
+            io(libc::EINVAL),
+            "loading"
+        )));
+    }
+
     #[test]
     fn bpf_and_rust_bucket_values_identically() {
         let mut values = vec![0u64, 1, 2, 3, 7, 15, 16, 17, u64::MAX, u64::MAX - 1];

@@ -53,7 +53,7 @@ static __always_inline void histogram_record(void *map, u32 h, u64 value)
 		u64 counters[n];                                               \
 	} __attribute__((aligned(CACHE_LINE)))
 
-static __always_inline u64 *bank_of_this_cpu(void *map)
+static __always_inline void *bank_of_this_cpu(void *map)
 {
 	u32 cpu = bpf_get_smp_processor_id();
 	return bpf_map_lookup_elem(map, &cpu);

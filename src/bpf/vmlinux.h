@@ -44,7 +44,14 @@ enum {
 	BPF_ANY = 0,
 };
 
+struct thread_info {
+	unsigned int cpu;
+} __attribute__((preserve_access_index));
+
+/* `cpu` is in thread_info on some configurations, in task_struct on others:
+ * programs test which exists with bpf_core_field_exists. */
 struct task_struct {
+	struct thread_info thread_info;
 	unsigned int __state;
 	int pid;
 	int tgid;

@@ -1,8 +1,8 @@
 //! `blockio_devices`: IO per block device.
 //!
 //! Source: `/proc/diskstats`, filtered by `/sys/block`. Emits, with a `device`
-//! label, `blockio_operations{op}`, `blockio_bytes{op}`, `blockio_merges{op}`,
-//! `blockio_time{op}`, `blockio_busy` and `blockio_in_flight`.
+//! label, `blockio_device_operations{op}`, `blockio_device_bytes{op}`, `blockio_device_merges{op}`,
+//! `blockio_device_time{op}`, `blockio_device_busy` and `blockio_device_in_flight`.
 //!
 //! Only whole devices are reported (those in `/sys/block`): partitions would
 //! count the same IO twice. A device that has never completed an IO (an
@@ -14,20 +14,21 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use crate::metrics::{MetricDef, Series};
-use crate::samplers::{Sampler, SamplerContext, SamplerSpec, SAMPLERS};
+use crate::samplers::{Sampler, SamplerContext, SamplerSpec, Source, SAMPLERS};
 use crate::snapshot::Emitter;
 use crate::source::{ParseError, ProcFile};
 
-pub static OPERATIONS: MetricDef = MetricDef::counter("blockio_operations", "operations", "Block IO operations completed").labels(&["op", "device"]);
-pub static BYTES: MetricDef = MetricDef::counter("blockio_bytes", "bytes", "Bytes transferred by completed block IO").labels(&["op", "device"]);
-pub static MERGES: MetricDef = MetricDef::counter("blockio_merges", "operations", "Adjacent block IO requests merged before issue").labels(&["op", "device"]);
-pub static TIME: MetricDef = MetricDef::counter("blockio_time", "nanoseconds", "Time spent by block IO operations, summed over operations (millisecond resolution)").labels(&["op", "device"]);
-pub static BUSY: MetricDef = MetricDef::counter("blockio_busy", "nanoseconds", "Time the device had IO in flight (millisecond resolution)").labels(&["device"]);
-pub static IN_FLIGHT: MetricDef = MetricDef::gauge("blockio_in_flight", "operations", "Block IO operations issued and not yet completed").labels(&["device"]);
+pub static OPERATIONS: MetricDef = MetricDef::counter("blockio_device_operations", "operations", "Block IO operations completed").labels(&["op", "device"]);
+pub static BYTES: MetricDef = MetricDef::counter("blockio_device_bytes", "bytes", "Bytes transferred by completed block IO").labels(&["op", "device"]);
+pub static MERGES: MetricDef = MetricDef::counter("blockio_device_merges", "operations", "Adjacent block IO requests merged before issue").labels(&["op", "device"]);
+pub static TIME: MetricDef = MetricDef::counter("blockio_device_time", "nanoseconds", "Time spent by block IO operations, summed over operations (millisecond resolution)").labels(&["op", "device"]);
+pub static BUSY: MetricDef = MetricDef::counter("blockio_device_busy", "nanoseconds", "Time the device had IO in flight (millisecond resolution)").labels(&["device"]);
+pub static IN_FLIGHT: MetricDef = MetricDef::gauge("blockio_device_in_flight", "operations", "Block IO operations issued and not yet completed").labels(&["device"]);
 
 #[linkme::distributed_slice(SAMPLERS)]
 static SPEC: SamplerSpec = SamplerSpec {
     name: "blockio_devices",
+    source: Source::Files("/proc/diskstats, /sys/block"),
     metrics: || vec![&OPERATIONS, &BYTES, &MERGES, &TIME, &BUSY, &IN_FLIGHT],
     init,
 };
@@ -172,13 +173,13 @@ mod tests {
         let mut sampler = init("blockio_devices", &fixture("vm6.18")).unwrap();
         let snap = refresh(sampler.as_mut()).unwrap();
         let vda = |op| [("op", op), ("device", "vda")];
-        assert_eq!(counter(&snap, "blockio_operations", &vda("read")), Some(5640));
-        assert_eq!(counter(&snap, "blockio_bytes", &vda("write")), Some(353_328 * 512));
-        assert_eq!(counter(&snap, "blockio_operations", &vda("flush")), Some(18));
-        assert_eq!(counter(&snap, "blockio_operations", &vda("discard")), Some(3037));
-        assert_eq!(counter(&snap, "blockio_time", &vda("read")), Some(5637 * 1_000_000));
-        assert_eq!(counter(&snap, "blockio_busy", &[("device", "vda")]), Some(1644 * 1_000_000));
-        assert_eq!(gauge(&snap, "blockio_in_flight", &[("device", "vda")]), Some(0));
+        assert_eq!(counter(&snap, "blockio_device_operations", &vda("read")), Some(5640));
+        assert_eq!(counter(&snap, "blockio_device_bytes", &vda("write")), Some(353_328 * 512));
+        assert_eq!(counter(&snap, "blockio_device_operations", &vda("flush")), Some(18));
+        assert_eq!(counter(&snap, "blockio_device_operations", &vda("discard")), Some(3037));
+        assert_eq!(counter(&snap, "blockio_device_time", &vda("read")), Some(5637 * 1_000_000));
+        assert_eq!(counter(&snap, "blockio_device_busy", &[("device", "vda")]), Some(1644 * 1_000_000));
+        assert_eq!(gauge(&snap, "blockio_device_in_flight", &[("device", "vda")]), Some(0));
         // idle loop and zram devices are left out
         assert!(snap.counters.iter().all(|(s, _)| s.label("device") == Some("vda")));
     }
@@ -188,10 +189,10 @@ mod tests {
         let mut sampler = init("blockio_devices", &fixture("old-kernel")).unwrap();
         let snap = refresh(sampler.as_mut()).unwrap();
         let sda = |op| [("op", op), ("device", "sda")];
-        assert_eq!(counter(&snap, "blockio_operations", &sda("write")), Some(2000));
+        assert_eq!(counter(&snap, "blockio_device_operations", &sda("write")), Some(2000));
         // 11-column kernel: no discard or flush fields
-        assert_eq!(counter(&snap, "blockio_operations", &sda("discard")), None);
-        assert_eq!(counter(&snap, "blockio_operations", &sda("flush")), None);
+        assert_eq!(counter(&snap, "blockio_device_operations", &sda("discard")), None);
+        assert_eq!(counter(&snap, "blockio_device_operations", &sda("flush")), None);
         // sda1 is a partition; sdb's line is malformed
         assert!(snap.counters.iter().all(|(s, _)| s.label("device") == Some("sda")));
     }

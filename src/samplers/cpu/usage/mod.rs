@@ -9,7 +9,7 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use crate::metrics::{MetricDef, Series};
-use crate::samplers::{Sampler, SamplerContext, SamplerSpec, SAMPLERS};
+use crate::samplers::{Sampler, SamplerContext, SamplerSpec, Source, SAMPLERS};
 use crate::snapshot::Emitter;
 use crate::source::{ParseError, ProcFile};
 
@@ -37,6 +37,7 @@ pub const STATES: [&str; 10] = [
 #[linkme::distributed_slice(SAMPLERS)]
 static SPEC: SamplerSpec = SamplerSpec {
     name: "cpu_usage",
+    source: Source::Files("/proc/stat"),
     metrics: || vec![&CPU_USAGE],
     init,
 };

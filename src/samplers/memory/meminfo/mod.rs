@@ -6,7 +6,7 @@
 use std::sync::Arc;
 
 use crate::metrics::{MetricDef, Series};
-use crate::samplers::{Sampler, SamplerContext, SamplerSpec, SAMPLERS};
+use crate::samplers::{Sampler, SamplerContext, SamplerSpec, Source, SAMPLERS};
 use crate::snapshot::Emitter;
 use crate::source::{ParseError, ProcFile};
 
@@ -51,6 +51,7 @@ pub static FIELDS: [Field; 22] = [
 #[linkme::distributed_slice(SAMPLERS)]
 static SPEC: SamplerSpec = SamplerSpec {
     name: "memory_meminfo",
+    source: Source::Files("/proc/meminfo"),
     metrics: || FIELDS.iter().map(|f| &f.def).collect(),
     init,
 };

@@ -7,7 +7,7 @@
 use std::sync::Arc;
 
 use crate::metrics::{MetricDef, Series};
-use crate::samplers::{Sampler, SamplerContext, SamplerSpec, SAMPLERS};
+use crate::samplers::{Sampler, SamplerContext, SamplerSpec, Source, SAMPLERS};
 use crate::snapshot::Emitter;
 use crate::source::{ParseError, ProcFile};
 
@@ -45,6 +45,7 @@ pub static NUMA: [Field; 6] = [
 #[linkme::distributed_slice(SAMPLERS)]
 static SPEC: SamplerSpec = SamplerSpec {
     name: "memory_vmstat",
+    source: Source::Files("/proc/vmstat"),
     metrics: || {
         let mut all = vec![&PAGE_FAULTS, &SWAP_IN, &SWAP_OUT];
         all.extend(NUMA.iter().map(|f| &f.def));

@@ -11,7 +11,7 @@ use std::sync::Arc;
 
 use crate::metrics::{MetricDef, Series};
 use crate::samplers::common::MonotonicSum;
-use crate::samplers::{Sampler, SamplerContext, SamplerSpec, SAMPLERS};
+use crate::samplers::{Sampler, SamplerContext, SamplerSpec, Source, SAMPLERS};
 use crate::snapshot::Emitter;
 use crate::source::{ParseError, ProcFile};
 
@@ -29,6 +29,7 @@ const DIRECTIONS: [&str; 2] = ["receive", "transmit"];
 #[linkme::distributed_slice(SAMPLERS)]
 static SPEC: SamplerSpec = SamplerSpec {
     name: "network_interfaces",
+    source: Source::Files("/proc/net/dev"),
     metrics: || COLUMNS.iter().map(|(def, _)| *def).collect(),
     init,
 };

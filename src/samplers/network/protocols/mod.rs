@@ -7,7 +7,7 @@
 use std::sync::Arc;
 
 use crate::metrics::{MetricDef, Series};
-use crate::samplers::{Sampler, SamplerContext, SamplerSpec, SAMPLERS};
+use crate::samplers::{Sampler, SamplerContext, SamplerSpec, Source, SAMPLERS};
 use crate::snapshot::Emitter;
 use crate::source::{parse_keyed_tables, ProcFile};
 
@@ -74,6 +74,7 @@ pub static FIELDS: [Field; 21] = [
 #[linkme::distributed_slice(SAMPLERS)]
 static SPEC: SamplerSpec = SamplerSpec {
     name: "network_protocols",
+    source: Source::Files("/proc/net/snmp, /proc/net/netstat"),
     metrics: || {
         let mut all: Vec<&'static MetricDef> = Vec::new();
         for field in &FIELDS {

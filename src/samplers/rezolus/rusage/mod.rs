@@ -8,7 +8,7 @@
 use std::sync::Arc;
 
 use crate::metrics::{MetricDef, Series};
-use crate::samplers::{Sampler, SamplerContext, SamplerSpec, SAMPLERS};
+use crate::samplers::{Sampler, SamplerContext, SamplerSpec, Source, SAMPLERS};
 use crate::snapshot::Emitter;
 use crate::source::ProcFile;
 
@@ -21,6 +21,7 @@ pub static CONTEXT_SWITCH: MetricDef = MetricDef::counter("rezolus_context_switc
 #[linkme::distributed_slice(SAMPLERS)]
 static SPEC: SamplerSpec = SamplerSpec {
     name: "rezolus_rusage",
+    source: Source::Process("getrusage, /proc/self/statm"),
     metrics: || vec![&CPU_USAGE, &RESIDENT, &RESIDENT_PEAK, &PAGE_FAULTS, &CONTEXT_SWITCH],
     init,
 };

@@ -1,0 +1,71 @@
+// SPDX-License-Identifier: GPL-2.0
+/* blockio: operations and bytes per op (per-CPU banks, counted at
+ * completion), and histograms of request size and issue-to-completion
+ * latency per op. Issue times are kept in a hash map keyed by request. */
+#include "rezolus.h"
+#include <bpf/bpf_tracing.h>
+
+#define REQ_OP_MASK 0xff
+/* REQ_OP_READ, REQ_OP_WRITE, REQ_OP_FLUSH, REQ_OP_DISCARD are 0..3 */
+#define OPS 4
+enum { OPERATIONS = 0, BYTES = OPS, BLOCKIO_COUNTERS = 2 * OPS };
+enum { LATENCY = 0, SIZE = OPS, BLOCKIO_HISTOGRAMS = 2 * OPS };
+
+DEFINE_BANK(blockio_bank, BLOCKIO_COUNTERS);
+
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(map_flags, BPF_F_MMAPABLE);
+	__type(key, u32);
+	__type(value, struct blockio_bank);
+	__uint(max_entries, 1); /* resized to the possible CPUs before load */
+} counters SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(map_flags, BPF_F_MMAPABLE);
+	__type(key, u32);
+	__type(value, u64);
+	__uint(max_entries, BLOCKIO_HISTOGRAMS * HISTOGRAM_BUCKETS);
+} histograms SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__type(key, u64);
+	__type(value, u64);
+	__uint(max_entries, 65536);
+} issued SEC(".maps");
+
+SEC("tp_btf/block_rq_issue")
+int BPF_PROG(block_rq_issue, struct request *rq)
+{
+	u64 key = (u64)rq;
+	u64 now = bpf_ktime_get_ns();
+	bpf_map_update_elem(&issued, &key, &now, BPF_ANY);
+	return 0;
+}
+
+SEC("tp_btf/block_rq_complete")
+int BPF_PROG(block_rq_complete, struct request *rq, int error, unsigned int nr_bytes)
+{
+	u64 key = (u64)rq;
+	u32 op = rq->cmd_flags & REQ_OP_MASK;
+	u64 *start = bpf_map_lookup_elem(&issued, &key);
+	u64 issued_at = start ? *start : 0;
+	if (start)
+		bpf_map_delete_elem(&issued, &key);
+	if (op >= OPS)
+		return 0;
+
+	struct blockio_bank *bank = bank_of_this_cpu(&counters);
+	if (bank) {
+		bank->counters[OPERATIONS + op] += 1;
+		bank->counters[BYTES + op] += nr_bytes;
+	}
+	histogram_record(&histograms, SIZE + op, nr_bytes);
+	if (issued_at)
+		histogram_record(&histograms, LATENCY + op, bpf_ktime_get_ns() - issued_at);
+	return 0;
+}
+
+char LICENSE[] SEC("license") = "GPL";

@@ -1,0 +1,87 @@
+//! `cpu_migrations`: tasks moved between CPUs.
+//!
+//! Hook: `tp_btf/sched_migrate_task`. Emits `cpu_migrations{direction=in|out}`
+//! per CPU (`id`) and in total.
+
+mod bpf {
+    include!(concat!(env!("OUT_DIR"), "/migrations.skel.rs"));
+}
+
+use std::sync::Arc;
+
+use libbpf_rs::skel::{OpenSkel, Skel, SkelBuilder};
+
+use crate::bpf::{check_support, classify, object_storage, possible_cpus, MmapArray};
+use crate::metrics::{MetricDef, Series};
+use crate::samplers::{Sampler, SamplerContext, SamplerSpec, Source, SAMPLERS};
+use crate::snapshot::Emitter;
+
+pub static CPU_MIGRATIONS: MetricDef = MetricDef::counter(
+    "cpu_migrations",
+    "migrations",
+    "Tasks migrated onto (`in`) or off (`out`) a CPU; without `id`, all CPUs",
+)
+.labels(&["direction", "id"]);
+
+#[linkme::distributed_slice(SAMPLERS)]
+static SPEC: SamplerSpec = SamplerSpec {
+    name: "cpu_migrations",
+    source: Source::Bpf("tp_btf/sched_migrate_task"),
+    metrics: || vec![&CPU_MIGRATIONS],
+    init,
+};
+
+/// Counter order in the BPF bank (`MIGRATED_IN`, `MIGRATED_OUT`).
+const DIRECTIONS: [&str; 2] = ["in", "out"];
+
+struct Migrations {
+    _skel: bpf::MigrationsSkel<'static>,
+    banks: MmapArray,
+    total: [Arc<Series>; 2],
+    per_cpu: Vec<[Arc<Series>; 2]>,
+    scratch: Vec<u64>,
+}
+
+fn init(_: &SamplerContext) -> anyhow::Result<Box<dyn Sampler>> {
+    check_support()?;
+    let mut open = bpf::MigrationsSkelBuilder::default()
+        .open(object_storage())
+        .map_err(|e| classify(e, "opening the cpu_migrations BPF object"))?;
+    let cpus = possible_cpus()?;
+    open.maps
+        .migrations
+        .set_max_entries(cpus as u32)
+        .map_err(|e| classify(e, "sizing the migration banks"))?;
+    let mut skel = open.load().map_err(|e| classify(e, "loading the cpu_migrations BPF program"))?;
+    skel.attach()
+        .map_err(|e| classify(e, "attaching to tp_btf/sched_migrate_task"))?;
+    let banks = MmapArray::new(&skel.maps.migrations)?;
+    let series = |id: Option<&str>| {
+        DIRECTIONS.map(|direction| match id {
+            Some(id) => Series::new(&CPU_MIGRATIONS, &[("direction", direction), ("id", id)]),
+            None => Series::new(&CPU_MIGRATIONS, &[("direction", direction)]),
+        })
+    };
+    Ok(Box::new(Migrations {
+        _skel: skel,
+        banks,
+        total: series(None),
+        per_cpu: (0..cpus).map(|cpu| series(Some(&cpu.to_string()))).collect(),
+        scratch: Vec::new(),
+    }))
+}
+
+impl Sampler for Migrations {
+    fn refresh(&mut self, out: &mut Emitter<'_>) -> anyhow::Result<()> {
+        let online = crate::bpf::online_cpus();
+        for (d, total) in self.total.iter().enumerate() {
+            out.counter(total, self.banks.bank_counter(d, &mut self.scratch));
+            for (cpu, value) in self.scratch.iter().enumerate() {
+                if *value > 0 || online.contains(&cpu) {
+                    out.counter(&self.per_cpu[cpu][d], *value);
+                }
+            }
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,103 @@
+// SPDX-License-Identifier: GPL-2.0
+/* scheduler_runqueue: per-task timestamps in task storage, set at wakeup and
+ * at context switch, give three histograms (run-queue latency, time on CPU
+ * per slice, time off CPU) and per-CPU voluntary/involuntary switch counts. */
+#include "rezolus.h"
+#include <bpf/bpf_tracing.h>
+
+#define TASK_RUNNING 0
+
+enum { VOLUNTARY = 0, INVOLUNTARY = 1, SWITCH_COUNTERS = 2 };
+enum { RUNQUEUE_LATENCY = 0, RUNNING = 1, OFFCPU = 2, HISTOGRAMS = 3 };
+
+DEFINE_BANK(switch_bank, SWITCH_COUNTERS);
+
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(map_flags, BPF_F_MMAPABLE);
+	__type(key, u32);
+	__type(value, struct switch_bank);
+	__uint(max_entries, 1); /* resized to the possible CPUs before load */
+} switches SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(map_flags, BPF_F_MMAPABLE);
+	__type(key, u32);
+	__type(value, u64);
+	__uint(max_entries, HISTOGRAMS * HISTOGRAM_BUCKETS);
+} histograms SEC(".maps");
+
+struct task_times {
+	u64 enqueued;      /* woken or preempted: waiting on a run queue */
+	u64 running_since; /* switched in */
+	u64 offcpu_since;  /* switched out */
+};
+
+struct {
+	__uint(type, BPF_MAP_TYPE_TASK_STORAGE);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
+	__type(key, int);
+	__type(value, struct task_times);
+} times SEC(".maps");
+
+static __always_inline int enqueue(struct task_struct *p)
+{
+	struct task_times *t = bpf_task_storage_get(&times, p, 0, BPF_LOCAL_STORAGE_GET_F_CREATE);
+	if (t)
+		t->enqueued = bpf_ktime_get_ns();
+	return 0;
+}
+
+SEC("tp_btf/sched_wakeup")
+int BPF_PROG(sched_wakeup, struct task_struct *p)
+{
+	return enqueue(p);
+}
+
+SEC("tp_btf/sched_wakeup_new")
+int BPF_PROG(sched_wakeup_new, struct task_struct *p)
+{
+	return enqueue(p);
+}
+
+SEC("tp_btf/sched_switch")
+int BPF_PROG(sched_switch, bool preempt, struct task_struct *prev, struct task_struct *next,
+	     unsigned int prev_state)
+{
+	/* the kernel's own rule for nvcsw/nivcsw */
+	u32 kind = (preempt || prev_state == TASK_RUNNING) ? INVOLUNTARY : VOLUNTARY;
+	struct switch_bank *bank = bank_of_this_cpu(&switches);
+	if (bank)
+		bank->counters[kind] += 1;
+
+	u64 now = bpf_ktime_get_ns();
+
+	if (prev->pid) { /* not the idle task */
+		struct task_times *t = bpf_task_storage_get(&times, prev, 0, BPF_LOCAL_STORAGE_GET_F_CREATE);
+		if (t) {
+			if (t->running_since)
+				histogram_record(&histograms, RUNNING, now - t->running_since);
+			t->running_since = 0;
+			t->offcpu_since = now;
+			/* still runnable: it waits on the run queue from now */
+			t->enqueued = kind == INVOLUNTARY ? now : 0;
+		}
+	}
+
+	if (next->pid) {
+		struct task_times *t = bpf_task_storage_get(&times, next, 0, BPF_LOCAL_STORAGE_GET_F_CREATE);
+		if (t) {
+			if (t->enqueued)
+				histogram_record(&histograms, RUNQUEUE_LATENCY, now - t->enqueued);
+			if (t->offcpu_since)
+				histogram_record(&histograms, OFFCPU, now - t->offcpu_since);
+			t->enqueued = 0;
+			t->offcpu_since = 0;
+			t->running_since = now;
+		}
+	}
+	return 0;
+}
+
+char LICENSE[] SEC("license") = "GPL";

@@ -1,0 +1,105 @@
+//! `syscall`: system calls by op class, and their latency.
+//!
+//! Hooks: `tp_btf/sys_enter` (count, start time in task storage) and
+//! `tp_btf/sys_exit` (latency histogram). Emits `syscall{op}` and `syscall`
+//! (total) counters, `syscall_latency{op}` and `syscall_latency` (all
+//! classes) histograms. The syscall-number-to-class table is built here for
+//! the running architecture ([`classes`]) and written into the program's
+//! read-only data before load.
+
+pub mod classes;
+
+mod bpf {
+    include!(concat!(env!("OUT_DIR"), "/syscall.skel.rs"));
+}
+
+use std::sync::Arc;
+
+use libbpf_rs::skel::{OpenSkel, Skel, SkelBuilder};
+
+use crate::bpf::{check_support, classify, object_storage, possible_cpus, MmapArray, HISTOGRAM_BUCKETS};
+use crate::metrics::{MetricDef, Series, HISTOGRAM_GROUPING_POWER, HISTOGRAM_MAX_VALUE_POWER};
+use crate::samplers::{Sampler, SamplerContext, SamplerSpec, Source, SAMPLERS};
+use crate::snapshot::Emitter;
+use classes::CLASSES;
+
+pub static SYSCALL: MetricDef =
+    MetricDef::counter("syscall", "syscalls", "System calls entered, by op class; without `op`, all of them")
+        .labels(&["op"]);
+pub static SYSCALL_LATENCY: MetricDef = MetricDef::histogram(
+    "syscall_latency",
+    "nanoseconds",
+    "Time from system call entry to exit, by op class; without `op`, all of them",
+)
+.labels(&["op"]);
+
+#[linkme::distributed_slice(SAMPLERS)]
+static SPEC: SamplerSpec = SamplerSpec {
+    name: "syscall",
+    source: Source::Bpf("tp_btf/sys_enter, tp_btf/sys_exit"),
+    metrics: || vec![&SYSCALL, &SYSCALL_LATENCY],
+    init,
+};
+
+struct Syscall {
+    // keeps the programs attached for as long as the sampler lives
+    _skel: bpf::SyscallSkel<'static>,
+    counts: MmapArray,
+    latency: MmapArray,
+    total: Arc<Series>,
+    per_class: Vec<Arc<Series>>,
+    latency_total: Arc<Series>,
+    latency_per_class: Vec<Arc<Series>>,
+    scratch: Vec<u64>,
+}
+
+fn init(_: &SamplerContext) -> anyhow::Result<Box<dyn Sampler>> {
+    check_support()?;
+    let mut open = bpf::SyscallSkelBuilder::default()
+        .open(object_storage())
+        .map_err(|e| classify(e, "opening the syscall BPF object"))?;
+    open.maps.rodata_data.as_deref_mut().expect("rodata").syscall_class = classes::table();
+    open.maps
+        .counts
+        .set_max_entries(possible_cpus()? as u32)
+        .map_err(|e| classify(e, "sizing the syscall counter banks"))?;
+    let mut skel = open.load().map_err(|e| classify(e, "loading the syscall BPF programs"))?;
+    skel.attach()
+        .map_err(|e| classify(e, "attaching to tp_btf/sys_enter and sys_exit"))?;
+    let counts = MmapArray::new(&skel.maps.counts)?;
+    let latency = MmapArray::new(&skel.maps.latency)?;
+    Ok(Box::new(Syscall {
+        _skel: skel,
+        counts,
+        latency,
+        total: Series::new(&SYSCALL, &[]),
+        per_class: CLASSES.iter().map(|c| Series::new(&SYSCALL, &[("op", c)])).collect(),
+        latency_total: Series::new(&SYSCALL_LATENCY, &[]),
+        latency_per_class: CLASSES.iter().map(|c| Series::new(&SYSCALL_LATENCY, &[("op", c)])).collect(),
+        scratch: Vec::new(),
+    }))
+}
+
+impl Sampler for Syscall {
+    fn refresh(&mut self, out: &mut Emitter<'_>) -> anyhow::Result<()> {
+        let mut total = 0u64;
+        for (class, series) in self.per_class.iter().enumerate() {
+            let count = self.counts.bank_counter(class, &mut self.scratch);
+            total = total.wrapping_add(count);
+            out.counter(series, count);
+        }
+        out.counter(&self.total, total);
+
+        let mut all = vec![0u64; HISTOGRAM_BUCKETS];
+        for (class, series) in self.latency_per_class.iter().enumerate() {
+            let histogram = self.latency.histogram(class);
+            for (sum, bucket) in all.iter_mut().zip(histogram.as_slice()) {
+                *sum = sum.wrapping_add(*bucket);
+            }
+            out.histogram(series, histogram);
+        }
+        let all = histogram::Histogram::from_buckets(HISTOGRAM_GROUPING_POWER, HISTOGRAM_MAX_VALUE_POWER, all)?;
+        out.histogram(&self.latency_total, all);
+        Ok(())
+    }
+}

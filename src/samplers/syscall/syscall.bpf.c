@@ -1,0 +1,75 @@
+// SPDX-License-Identifier: GPL-2.0
+/* syscall: per op class, a count at sys_enter (per-CPU banks) and the
+ * latency from sys_enter to sys_exit (one histogram per class). The start
+ * time lives in task-local storage: no hash map on the hot path. */
+#include "rezolus.h"
+#include <bpf/bpf_tracing.h>
+
+#define MAX_SYSCALL_NR 1024
+#define CLASSES 16
+
+/* op class per syscall number, filled in by userspace before load */
+const volatile u8 syscall_class[MAX_SYSCALL_NR] = {};
+
+DEFINE_BANK(syscall_bank, CLASSES);
+
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(map_flags, BPF_F_MMAPABLE);
+	__type(key, u32);
+	__type(value, struct syscall_bank);
+	__uint(max_entries, 1); /* resized to the possible CPUs before load */
+} counts SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(map_flags, BPF_F_MMAPABLE);
+	__type(key, u32);
+	__type(value, u64);
+	__uint(max_entries, CLASSES * HISTOGRAM_BUCKETS);
+} latency SEC(".maps");
+
+struct syscall_start {
+	u64 ts;
+	u32 class;
+};
+
+struct {
+	__uint(type, BPF_MAP_TYPE_TASK_STORAGE);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
+	__type(key, int);
+	__type(value, struct syscall_start);
+} start SEC(".maps");
+
+SEC("tp_btf/sys_enter")
+int BPF_PROG(syscall_enter, struct pt_regs *regs, long id)
+{
+	u32 class = 0;
+	if (id >= 0 && id < MAX_SYSCALL_NR)
+		class = syscall_class[id] & (CLASSES - 1);
+
+	struct syscall_bank *bank = bank_of_this_cpu(&counts);
+	if (bank)
+		bank->counters[class] += 1;
+
+	struct syscall_start *s = bpf_task_storage_get(&start, bpf_get_current_task_btf(), 0,
+						       BPF_LOCAL_STORAGE_GET_F_CREATE);
+	if (s) {
+		s->ts = bpf_ktime_get_ns();
+		s->class = class;
+	}
+	return 0;
+}
+
+SEC("tp_btf/sys_exit")
+int BPF_PROG(syscall_exit, struct pt_regs *regs, long ret)
+{
+	struct syscall_start *s = bpf_task_storage_get(&start, bpf_get_current_task_btf(), 0, 0);
+	if (!s || !s->ts)
+		return 0;
+	histogram_record(&latency, s->class & (CLASSES - 1), bpf_ktime_get_ns() - s->ts);
+	s->ts = 0;
+	return 0;
+}
+
+char LICENSE[] SEC("license") = "GPL";
