@@ -26,6 +26,13 @@ impl Agent {
     /// section sets an ephemeral port (so `extra` must not repeat `[general]`
     /// keys other than through `general_extra`).
     pub fn start(general_extra: &str, extra: &str) -> Self {
+        Self::start_as(None, general_extra, extra)
+    }
+
+    /// Like [`Agent::start`], run as user `uid` (with group `uid`) when given.
+    pub fn start_as(uid: Option<u32>, general_extra: &str, extra: &str) -> Self {
+        use std::os::unix::fs::PermissionsExt;
+        use std::os::unix::process::CommandExt;
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("agent.toml");
         let mut f = std::fs::File::create(&path).unwrap();
@@ -34,7 +41,19 @@ impl Agent {
             "[general]\nlisten = \"127.0.0.1:0\"\n{general_extra}\n{extra}"
         )
         .unwrap();
-        let mut child = Command::new(BIN)
+        let mut command = Command::new(BIN);
+        if let Some(uid) = uid {
+            // the user must be able to reach the config and the binary
+            let mode = |m| std::fs::Permissions::from_mode(m);
+            std::fs::set_permissions(dir.path(), mode(0o755)).unwrap();
+            std::fs::set_permissions(&path, mode(0o644)).unwrap();
+            let bin = dir.path().join("rezolus");
+            std::fs::copy(BIN, &bin).unwrap();
+            std::fs::set_permissions(&bin, mode(0o755)).unwrap();
+            command = Command::new(bin);
+            command.uid(uid).gid(uid);
+        }
+        let mut child = command
             .arg(&path)
             .stdin(Stdio::null())
             .stdout(Stdio::null())
@@ -145,6 +164,15 @@ pub struct Entry {
 pub struct Snap {
     pub systemtime: std::time::SystemTime,
     pub entries: Vec<Entry>,
+    pub histograms: Vec<HistogramEntry>,
+}
+
+/// One histogram series.
+#[derive(Debug, Clone)]
+pub struct HistogramEntry {
+    pub metric: String,
+    pub labels: HashMap<String, String>,
+    pub value: histogram::Histogram,
 }
 
 impl Snap {
@@ -176,10 +204,44 @@ impl Snap {
                 value: g.value as i128,
             });
         }
+        let mut histograms = Vec::new();
+        for h in snapshot.histograms() {
+            let (metric, mut labels) = split(h.metadata);
+            assert_eq!(labels.remove("grouping_power").as_deref(), Some("3"));
+            assert_eq!(labels.remove("max_value_power").as_deref(), Some("64"));
+            histograms.push(HistogramEntry {
+                metric,
+                labels,
+                value: h.value,
+            });
+        }
         Self {
             systemtime: snapshot.systemtime(),
             entries,
+            histograms,
         }
+    }
+
+    /// The histogram series with exactly these labels.
+    pub fn histogram(&self, metric: &str, labels: &[(&str, &str)]) -> &histogram::Histogram {
+        let hits: Vec<_> = self
+            .histograms
+            .iter()
+            .filter(|e| {
+                e.metric == metric
+                    && e.labels.len() == labels.len()
+                    && labels
+                        .iter()
+                        .all(|(k, v)| e.labels.get(*k).map(String::as_str) == Some(*v))
+            })
+            .collect();
+        assert_eq!(
+            hits.len(),
+            1,
+            "{metric} {labels:?} matched {} histograms",
+            hits.len()
+        );
+        &hits[0].value
     }
 
     /// The value of the series with exactly these labels.
@@ -207,6 +269,27 @@ impl Snap {
     pub fn metrics(&self) -> std::collections::BTreeSet<&str> {
         self.entries.iter().map(|e| e.metric.as_str()).collect()
     }
+}
+
+/// Observations added between two snapshots of a histogram, counting only
+/// buckets that overlap `[low, high]`.
+pub fn added_between(
+    before: &histogram::Histogram,
+    after: &histogram::Histogram,
+    low: u64,
+    high: u64,
+) -> u64 {
+    before
+        .iter()
+        .zip(after.iter())
+        .filter(|(b, _)| b.end() >= low && b.start() <= high)
+        .map(|(b, a)| a.count() - b.count())
+        .sum()
+}
+
+/// Observations added between two snapshots of a histogram.
+pub fn added(before: &histogram::Histogram, after: &histogram::Histogram) -> u64 {
+    added_between(before, after, 0, u64::MAX)
 }
 
 /// Runs the binary with these arguments to completion.

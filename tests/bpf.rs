@@ -1,0 +1,366 @@
+//! The eBPF samplers against real workloads. CI runs these as root on a
+//! BPF-capable kernel: a sampler that does not load fails its test, it is
+//! never skipped.
+
+mod common;
+
+use std::io::{Read, Write};
+use std::time::Duration;
+
+use common::{added, added_between, Agent, Snap};
+
+/// Fails unless every named sampler is active, showing the reason if not.
+fn require_active(agent: &Agent, names: &[&str]) {
+    let status = agent.get_json("/samplers");
+    for name in names {
+        let s = status
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|s| s["name"] == *name)
+            .unwrap_or_else(|| panic!("{name} not listed"));
+        assert_eq!(s["state"], "active", "{name}: {s}");
+    }
+}
+
+fn counter_delta(before: &Snap, after: &Snap, metric: &str, labels: &[(&str, &str)]) -> i128 {
+    after.value(metric, labels) - before.value(metric, labels)
+}
+
+/// A thread making exactly N sched_yield calls moves `syscall{op="yield"}` by
+/// N (and not much more: nothing else here yields), and adds N samples to
+/// its latency histogram.
+#[test]
+fn syscall_counts_and_latency_follow_a_thread() {
+    const N: i128 = 200_000;
+    let agent = Agent::start("", "");
+    require_active(&agent, &["syscall"]);
+    let before = agent.snapshot();
+    std::thread::spawn(|| {
+        for _ in 0..N {
+            unsafe { libc::syscall(libc::SYS_sched_yield) };
+        }
+    })
+    .join()
+    .unwrap();
+    let after = agent.snapshot();
+
+    let yields = counter_delta(&before, &after, "syscall", &[("op", "yield")]);
+    assert!(
+        yields >= N && yields < N + N / 20,
+        "syscall{{op=yield}} moved {yields} for {N}"
+    );
+    let total = counter_delta(&before, &after, "syscall", &[]);
+    assert!(total >= yields, "total {total} < yield {yields}");
+
+    let latency = |s: &Snap| s.histogram("syscall_latency", &[("op", "yield")]).clone();
+    let samples = added(&latency(&before), &latency(&after)) as i128;
+    assert!(
+        samples >= N && samples < N + N / 20,
+        "{samples} latency samples for {N} yields"
+    );
+    let all = |s: &Snap| s.histogram("syscall_latency", &[]).clone();
+    assert!(added(&all(&before), &all(&after)) as i128 >= samples);
+}
+
+/// Two threads ping-ponging a byte over pipes M times switch context at
+/// least 2M times and wait on the run queue at least M times.
+#[test]
+fn context_switches_and_runqueue_latency_follow_pipe_ping_pong() {
+    const M: usize = 20_000;
+    let agent = Agent::start("", "");
+    require_active(&agent, &["scheduler_runqueue"]);
+
+    let (mut a_read, mut b_write) = std::io::pipe().unwrap();
+    let (mut b_read, mut a_write) = std::io::pipe().unwrap();
+    let before = agent.snapshot();
+    let echo = std::thread::spawn(move || {
+        let mut byte = [0u8];
+        for _ in 0..M {
+            b_read.read_exact(&mut byte).unwrap();
+            b_write.write_all(&byte).unwrap();
+        }
+    });
+    let mut byte = [7u8];
+    for _ in 0..M {
+        a_write.write_all(&byte).unwrap();
+        a_read.read_exact(&mut byte).unwrap();
+    }
+    echo.join().unwrap();
+    let after = agent.snapshot();
+
+    let switches: i128 = ["voluntary", "involuntary"]
+        .iter()
+        .map(|kind| {
+            counter_delta(
+                &before,
+                &after,
+                "scheduler_context_switch",
+                &[("kind", kind)],
+            )
+        })
+        .sum();
+    assert!(
+        switches >= 2 * M as i128,
+        "{switches} context switches for {M} round trips"
+    );
+    let voluntary = counter_delta(
+        &before,
+        &after,
+        "scheduler_context_switch",
+        &[("kind", "voluntary")],
+    );
+    assert!(
+        voluntary >= M as i128,
+        "{voluntary} voluntary switches for {M} round trips"
+    );
+
+    let rq = |s: &Snap| s.histogram("scheduler_runqueue_latency", &[]).clone();
+    let waits = added(&rq(&before), &rq(&after));
+    assert!(
+        waits >= M as u64,
+        "{waits} run queue samples for {M} round trips"
+    );
+    // per-CPU series add up to the total
+    let per_cpu: i128 = (0..cores())
+        .map(|id| {
+            after.value(
+                "scheduler_context_switch",
+                &[("kind", "voluntary"), ("id", &id.to_string())],
+            )
+        })
+        .sum();
+    assert_eq!(
+        per_cpu,
+        after.value("scheduler_context_switch", &[("kind", "voluntary")])
+    );
+}
+
+/// A thread sleeping 10 ms at a time lands in the 10 ms region of
+/// `scheduler_offcpu`.
+#[test]
+fn sleeping_thread_lands_in_the_10ms_region_of_offcpu() {
+    const K: u64 = 30;
+    let agent = Agent::start("", "");
+    require_active(&agent, &["scheduler_runqueue"]);
+    let before = agent.snapshot();
+    std::thread::spawn(|| {
+        for _ in 0..K {
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    })
+    .join()
+    .unwrap();
+    let after = agent.snapshot();
+    let offcpu = |s: &Snap| s.histogram("scheduler_offcpu", &[]).clone();
+    let in_region = added_between(&offcpu(&before), &offcpu(&after), 10_000_000, 12_000_000);
+    assert!(
+        in_region >= K,
+        "{in_region} off-CPU samples in 10-12 ms for {K} sleeps of 10 ms"
+    );
+}
+
+fn cores() -> usize {
+    std::thread::available_parallelism().unwrap().get()
+}
+
+fn pin_to(cpu: usize) {
+    unsafe {
+        let mut set: libc::cpu_set_t = std::mem::zeroed();
+        libc::CPU_SET(cpu, &mut set);
+        assert_eq!(
+            libc::sched_setaffinity(0, std::mem::size_of_val(&set), &set),
+            0
+        );
+    }
+}
+
+/// Moving a thread between CPU 0 and CPU 1 by affinity shows as migrations
+/// out of one and into the other.
+#[test]
+fn migrations_follow_affinity_changes() {
+    const K: i128 = 50;
+    assert!(cores() >= 2, "needs two CPUs");
+    let agent = Agent::start("", "");
+    require_active(&agent, &["cpu_migrations"]);
+    let before = agent.snapshot();
+    std::thread::spawn(|| {
+        for i in 0..2 * K {
+            pin_to((i % 2) as usize);
+            std::hint::black_box((0..1000).sum::<u64>());
+        }
+    })
+    .join()
+    .unwrap();
+    let after = agent.snapshot();
+    for (direction, id) in [("in", "1"), ("out", "0"), ("in", "0"), ("out", "1")] {
+        let moved = counter_delta(
+            &before,
+            &after,
+            "cpu_migrations",
+            &[("direction", direction), ("id", id)],
+        );
+        assert!(
+            moved >= K - 1,
+            "cpu_migrations{{direction={direction},id={id}}} moved {moved}"
+        );
+    }
+    let total_in = counter_delta(&before, &after, "cpu_migrations", &[("direction", "in")]);
+    let total_out = counter_delta(&before, &after, "cpu_migrations", &[("direction", "out")]);
+    assert_eq!(total_in, total_out);
+}
+
+/// Loopback TCP traffic is received in NET_RX softirqs.
+#[test]
+fn softirqs_follow_network_traffic() {
+    let agent = Agent::start("", "");
+    require_active(&agent, &["softirq"]);
+    let before = agent.snapshot();
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap();
+    let reader = std::thread::spawn(move || {
+        let (mut conn, _) = listener.accept().unwrap();
+        std::io::copy(&mut conn, &mut std::io::sink()).unwrap()
+    });
+    let mut conn = std::net::TcpStream::connect(addr).unwrap();
+    for _ in 0..256 {
+        conn.write_all(&[1u8; 65536]).unwrap();
+    }
+    drop(conn);
+    assert_eq!(reader.join().unwrap(), 256 * 65536);
+    let after = agent.snapshot();
+    let rx = counter_delta(&before, &after, "softirq", &[("kind", "net_rx")]);
+    let rx_time = counter_delta(&before, &after, "softirq_time", &[("kind", "net_rx")]);
+    assert!(
+        rx >= 1 && rx_time > 0,
+        "net_rx softirqs moved {rx}, time {rx_time} ns"
+    );
+    let per_cpu: i128 = (0..cores())
+        .map(|id| after.value("softirq", &[("kind", "net_rx"), ("id", &id.to_string())]))
+        .sum();
+    assert_eq!(per_cpu, after.value("softirq", &[("kind", "net_rx")]));
+}
+
+/// A loop device backed by a file in tmpfs (so no other device sees the IO),
+/// detached on drop.
+struct LoopDevice {
+    path: String,
+    _backing: tempfile::NamedTempFile,
+}
+
+impl LoopDevice {
+    fn new(size: u64) -> Self {
+        let backing = tempfile::NamedTempFile::new_in("/dev/shm").unwrap();
+        backing.as_file().set_len(size).unwrap();
+        let out = std::process::Command::new("losetup")
+            .args(["--find", "--show"])
+            .arg(backing.path())
+            .output()
+            .expect("run losetup");
+        assert!(
+            out.status.success(),
+            "losetup: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let path = String::from_utf8(out.stdout).unwrap().trim().to_string();
+        Self {
+            path,
+            _backing: backing,
+        }
+    }
+
+    fn name(&self) -> &str {
+        self.path.trim_start_matches("/dev/")
+    }
+}
+
+impl Drop for LoopDevice {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("losetup")
+            .args(["-d", &self.path])
+            .status();
+    }
+}
+
+/// N O_DIRECT writes of S bytes to a loop device move the write counters by
+/// N and N*S, the size histogram's bucket for S by N, and the per-device
+/// procfs counters agree.
+#[test]
+fn blockio_follows_direct_writes_to_a_loop_device() {
+    use std::os::unix::fs::{FileExt, OpenOptionsExt};
+    const N: usize = 256;
+    const S: usize = 65536;
+    let agent = Agent::start("", "");
+    require_active(&agent, &["blockio", "blockio_devices"]);
+    let device = LoopDevice::new((N * S) as u64);
+
+    // O_DIRECT needs an aligned buffer
+    let layout = std::alloc::Layout::from_size_align(S, 4096).unwrap();
+    let buf = unsafe { std::slice::from_raw_parts_mut(std::alloc::alloc_zeroed(layout), S) };
+    buf.fill(0xab);
+    let file = std::fs::OpenOptions::new()
+        .write(true)
+        .custom_flags(libc::O_DIRECT)
+        .open(&device.path)
+        .unwrap();
+
+    let before = agent.snapshot();
+    for i in 0..N {
+        file.write_all_at(buf, (i * S) as u64).unwrap();
+    }
+    drop(file);
+    let after = agent.snapshot();
+    unsafe { std::alloc::dealloc(buf.as_mut_ptr(), layout) };
+
+    let ops = counter_delta(&before, &after, "blockio_operations", &[("op", "write")]);
+    assert!(
+        ops >= N as i128,
+        "blockio_operations{{op=write}} moved {ops} for {N} writes"
+    );
+    let bytes = counter_delta(&before, &after, "blockio_bytes", &[("op", "write")]);
+    assert!(
+        bytes >= (N * S) as i128,
+        "blockio_bytes{{op=write}} moved {bytes}"
+    );
+    let size = |s: &Snap| s.histogram("blockio_size", &[("op", "write")]).clone();
+    let of_size_s = added_between(&size(&before), &size(&after), S as u64, S as u64);
+    assert!(
+        of_size_s >= N as u64,
+        "{of_size_s} writes in the bucket holding {S}"
+    );
+    let latency = |s: &Snap| s.histogram("blockio_latency", &[("op", "write")]).clone();
+    assert!(added(&latency(&before), &latency(&after)) >= N as u64);
+
+    // the device was new, so procfs has it only in the second snapshot
+    let labels = [("op", "write"), ("device", device.name())];
+    let per_device = after.value("blockio_device_operations", &labels)
+        - before
+            .get("blockio_device_operations", &labels)
+            .unwrap_or(0);
+    assert!(
+        per_device >= N as i128,
+        "{} wrote {per_device} in /proc/diskstats",
+        device.name()
+    );
+}
+
+/// Run as an unprivileged user, the agent serves the procfs samplers and
+/// reports every BPF sampler unsupported, with the reason.
+#[test]
+fn unprivileged_agent_serves_procfs_and_reports_bpf_unsupported() {
+    const NOBODY: u32 = 65534;
+    let agent = Agent::start_as(Some(NOBODY), "", "");
+    let status = agent.get_json("/samplers");
+    for s in status.as_array().unwrap() {
+        let source = s["source"].as_str().unwrap();
+        if source.starts_with("eBPF") {
+            assert_eq!(s["state"], "unsupported", "{s}");
+            assert!(s["reason"].as_str().unwrap().contains("root"), "{s}");
+        } else {
+            assert_eq!(s["state"], "active", "{s}");
+        }
+    }
+    let snap = agent.snapshot();
+    assert!(snap.get("cpu_usage", &[("state", "user")]).is_some());
+    assert!(snap.histograms.is_empty());
+}
