@@ -63,6 +63,35 @@ fn syscall_counts_and_latency_follow_a_thread() {
     assert!(added(&all(&before), &all(&after)) as i128 >= samples);
 }
 
+/// With `latency_sampling = 8`, every call is still counted and about one in
+/// eight is timed.
+#[test]
+fn syscall_latency_sampling_times_one_call_in_k() {
+    const N: i128 = 200_000;
+    let agent = Agent::start("", "[samplers.syscall]\nlatency_sampling = 8\n");
+    require_active(&agent, &["syscall"]);
+    let before = agent.snapshot();
+    std::thread::spawn(|| {
+        for _ in 0..N {
+            unsafe { libc::syscall(libc::SYS_sched_yield) };
+        }
+    })
+    .join()
+    .unwrap();
+    let after = agent.snapshot();
+    let yields = counter_delta(&before, &after, "syscall", &[("op", "yield")]);
+    assert!(
+        (N..N + N / 20).contains(&yields),
+        "{yields} counted for {N}"
+    );
+    let latency = |s: &Snap| s.histogram("syscall_latency", &[("op", "yield")]).clone();
+    let samples = added(&latency(&before), &latency(&after)) as i128;
+    assert!(
+        (N / 8 * 8 / 10..N / 8 * 12 / 10).contains(&samples),
+        "{samples} timed of {N} with 1-in-8 sampling"
+    );
+}
+
 /// Two threads ping-ponging a byte over pipes M times switch context at
 /// least 2M times and wait on the run queue at least M times.
 #[test]

@@ -53,7 +53,11 @@ impl Collector {
                 let (state, reason, sampler) = if !config.enabled(spec.name) {
                     (State::Disabled, None, None)
                 } else {
-                    match catch_unwind(AssertUnwindSafe(|| (spec.init)(ctx))) {
+                    let ctx = SamplerContext {
+                        options: config.options(spec),
+                        ..ctx.clone()
+                    };
+                    match catch_unwind(AssertUnwindSafe(|| (spec.init)(&ctx))) {
                         Ok(Ok(sampler)) => (State::Active, None, Some(sampler)),
                         Ok(Err(e)) if is_unsupported(&e) => {
                             (State::Unsupported, Some(format!("{e:#}")), None)
@@ -259,6 +263,7 @@ mod tests {
             &config,
             &SamplerContext {
                 root: empty.path().to_path_buf(),
+                ..Default::default()
             },
         );
         for status in c.status() {

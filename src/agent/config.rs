@@ -63,9 +63,11 @@ pub struct Defaults {
 }
 
 #[derive(Debug, Clone, PartialEq, Deserialize, Default)]
-#[serde(deny_unknown_fields)]
 pub struct SamplerConfig {
     pub enabled: Option<bool>,
+    /// The sampler's own settings, checked against what it declares.
+    #[serde(flatten)]
+    pub options: BTreeMap<String, toml::Value>,
 }
 
 impl Default for General {
@@ -126,13 +128,32 @@ impl Config {
     pub fn parse(text: &str) -> Result<Self, String> {
         let config: Config =
             toml::from_str(text).map_err(|e| e.to_string().trim_end().to_string())?;
-        for name in config.samplers.keys() {
-            if crate::samplers::find(name).is_none() {
+        for (name, sampler) in &config.samplers {
+            let Some(spec) = crate::samplers::find(name) else {
                 let known: Vec<_> = crate::samplers::registry().iter().map(|s| s.name).collect();
                 return Err(format!(
                     "unknown sampler `samplers.{name}` (known samplers: {})",
                     known.join(", ")
                 ));
+            };
+            for (key, value) in &sampler.options {
+                let Some(option) = spec.options.iter().find(|o| o.key == key) else {
+                    let mut keys = vec!["enabled"];
+                    keys.extend(spec.options.iter().map(|o| o.key));
+                    return Err(format!(
+                        "unknown key `samplers.{name}.{key}` (keys for {name}: {})",
+                        keys.join(", ")
+                    ));
+                };
+                match value.as_integer() {
+                    Some(v) if (option.min..=option.max).contains(&v) => {}
+                    _ => {
+                        return Err(format!(
+                            "`samplers.{name}.{key}` must be an integer from {} to {}, not {value}",
+                            option.min, option.max
+                        ))
+                    }
+                }
             }
         }
         if config.general.ttl > Duration::from_secs(60) {
@@ -142,6 +163,21 @@ impl Config {
             ));
         }
         Ok(config)
+    }
+
+    /// The named sampler's options: configured values, defaults elsewhere.
+    pub fn options(&self, spec: &crate::samplers::SamplerSpec) -> BTreeMap<&'static str, i64> {
+        let configured = self.samplers.get(spec.name);
+        spec.options
+            .iter()
+            .map(|o| {
+                let value = configured
+                    .and_then(|c| c.options.get(o.key))
+                    .and_then(toml::Value::as_integer)
+                    .unwrap_or(o.default);
+                (o.key, value)
+            })
+            .collect()
     }
 
     /// Whether the named sampler is to run.
@@ -182,6 +218,20 @@ mod tests {
                 "{}",
                 spec.name
             );
+            assert_eq!(
+                shipped.options(spec),
+                default.options(spec),
+                "{}",
+                spec.name
+            );
+            for option in spec.options {
+                assert!(
+                    shipped.samplers[spec.name].options.contains_key(option.key),
+                    "config/agent.toml lacks samplers.{}.{}",
+                    spec.name,
+                    option.key
+                );
+            }
         }
     }
 
@@ -207,6 +257,26 @@ mod tests {
         assert!(e.contains("ttl") || e.contains("line 2"), "{e}");
         let e = Config::parse("[general]\nlisten = \"localhost\"\n").unwrap_err();
         assert!(e.contains("line 2"), "{e}");
+    }
+
+    #[test]
+    fn sampler_options_are_checked_against_the_sampler() {
+        let c = Config::parse("[samplers.syscall]\nlatency_sampling = 8\n").unwrap();
+        let spec = crate::samplers::find("syscall").unwrap();
+        assert_eq!(c.options(spec)["latency_sampling"], 8);
+        assert_eq!(Config::default().options(spec)["latency_sampling"], 1);
+        let e = Config::parse("[samplers.syscall]\nlatency_sampling = 0\n").unwrap_err();
+        assert!(
+            e.contains("samplers.syscall.latency_sampling") && e.contains("from 1"),
+            "{e}"
+        );
+        let e = Config::parse("[samplers.syscall]\nlatency_sampling = \"8\"\n").unwrap_err();
+        assert!(e.contains("must be an integer"), "{e}");
+        let e = Config::parse("[samplers.cpu_usage]\nlatency_sampling = 8\n").unwrap_err();
+        assert!(
+            e.contains("unknown key `samplers.cpu_usage.latency_sampling`"),
+            "{e}"
+        );
     }
 
     #[test]

@@ -17,14 +17,41 @@ pub struct SamplerContext {
     /// Filesystem root that `/proc` and `/sys` are read under: `/` in the
     /// agent, a fixture tree in tests.
     pub root: PathBuf,
+    /// The sampler's own options ([`SamplerSpec::options`]), validated, with
+    /// defaults filled in.
+    pub options: std::collections::BTreeMap<&'static str, i64>,
 }
 
 impl Default for SamplerContext {
     fn default() -> Self {
         Self {
             root: PathBuf::from("/"),
+            options: Default::default(),
         }
     }
+}
+
+impl SamplerContext {
+    /// The value of a declared option (its default if the context has none).
+    pub fn option(&self, spec: &SamplerSpec, key: &str) -> i64 {
+        self.options.get(key).copied().unwrap_or_else(|| {
+            spec.options
+                .iter()
+                .find(|o| o.key == key)
+                .unwrap_or_else(|| panic!("{} declares no option {key}", spec.name))
+                .default
+        })
+    }
+}
+
+/// A sampler-specific integer setting: `[samplers.<name>] <key> = <value>`.
+#[derive(Debug)]
+pub struct SamplerOption {
+    pub key: &'static str,
+    pub default: i64,
+    pub min: i64,
+    pub max: i64,
+    pub description: &'static str,
 }
 
 pub trait Sampler: Send {
@@ -60,6 +87,8 @@ pub struct SamplerSpec {
     /// The name used in config (`[samplers.<name>]`) and in `/samplers`.
     pub name: &'static str,
     pub source: Source,
+    /// Settings beyond `enabled` that this sampler accepts.
+    pub options: &'static [SamplerOption],
     /// Every metric the sampler may emit.
     pub metrics: fn() -> Vec<&'static MetricDef>,
     /// Builds the sampler. Return [`crate::source::Unsupported`] (possibly
@@ -124,6 +153,7 @@ pub(crate) mod testing {
         let spec = find(name).unwrap_or_else(|| panic!("no sampler {name}"));
         (spec.init)(&SamplerContext {
             root: root.to_path_buf(),
+            ..Default::default()
         })
     }
 

@@ -37,6 +37,7 @@ pub static LATENCY: MetricDef = MetricDef::histogram(
 static SPEC: SamplerSpec = SamplerSpec {
     name: "blockio",
     source: Source::Bpf("tp_btf/block_rq_issue, tp_btf/block_rq_complete"),
+    options: &[],
     metrics: || vec![&OPERATIONS, &BYTES, &SIZE, &LATENCY],
     init,
 };

@@ -29,6 +29,7 @@ pub static SOFTIRQ_TIME: MetricDef = MetricDef::counter(
 static SPEC: SamplerSpec = SamplerSpec {
     name: "softirq",
     source: Source::Bpf("tp_btf/softirq_entry, tp_btf/softirq_exit"),
+    options: &[],
     metrics: || vec![&SOFTIRQ, &SOFTIRQ_TIME],
     init,
 };

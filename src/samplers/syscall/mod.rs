@@ -6,6 +6,10 @@
 //! classes) histograms. The syscall-number-to-class table is built here for
 //! the running architecture ([`classes`]) and written into the program's
 //! read-only data before load.
+//!
+//! Option `latency_sampling = K`: time only one call in K per CPU (counts
+//! stay exact). Each timed call costs two clock reads, which dominate this
+//! sampler's overhead; sampling trades rare slow calls for that cost.
 
 pub mod classes;
 
@@ -19,7 +23,7 @@ use libbpf_rs::skel::{OpenSkel, Skel, SkelBuilder};
 
 use crate::bpf::{check_support, classify, object_storage, possible_cpus, MmapArray, HISTOGRAM_BUCKETS};
 use crate::metrics::{MetricDef, Series, HISTOGRAM_GROUPING_POWER, HISTOGRAM_MAX_VALUE_POWER};
-use crate::samplers::{Sampler, SamplerContext, SamplerSpec, Source, SAMPLERS};
+use crate::samplers::{Sampler, SamplerContext, SamplerOption, SamplerSpec, Source, SAMPLERS};
 use crate::snapshot::Emitter;
 use classes::CLASSES;
 
@@ -37,6 +41,13 @@ pub static SYSCALL_LATENCY: MetricDef = MetricDef::histogram(
 static SPEC: SamplerSpec = SamplerSpec {
     name: "syscall",
     source: Source::Bpf("tp_btf/sys_enter, tp_btf/sys_exit"),
+    options: &[SamplerOption {
+        key: "latency_sampling",
+        default: 1,
+        min: 1,
+        max: 1 << 16,
+        description: "time one call in this many per CPU for syscall_latency (1: every call)",
+    }],
     metrics: || vec![&SYSCALL, &SYSCALL_LATENCY],
     init,
 };
@@ -53,12 +64,15 @@ struct Syscall {
     scratch: Vec<u64>,
 }
 
-fn init(_: &SamplerContext) -> anyhow::Result<Box<dyn Sampler>> {
+fn init(ctx: &SamplerContext) -> anyhow::Result<Box<dyn Sampler>> {
     check_support()?;
+    let latency_sampling = ctx.option(&SPEC, "latency_sampling") as u32;
     let mut open = bpf::SyscallSkelBuilder::default()
         .open(object_storage())
         .map_err(|e| classify(e, "opening the syscall BPF object"))?;
-    open.maps.rodata_data.as_deref_mut().expect("rodata").syscall_class = classes::table();
+    let rodata = open.maps.rodata_data.as_deref_mut().expect("rodata");
+    rodata.syscall_class = classes::table();
+    rodata.latency_sampling = latency_sampling;
     open.maps
         .counts
         .set_max_entries(possible_cpus()? as u32)

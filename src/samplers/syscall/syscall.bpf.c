@@ -1,7 +1,9 @@
 // SPDX-License-Identifier: GPL-2.0
 /* syscall: per op class, a count at sys_enter (per-CPU banks) and the
  * latency from sys_enter to sys_exit (one histogram per class). The start
- * time lives in task-local storage: no hash map on the hot path. */
+ * time lives in task-local storage: no hash map on the hot path. With
+ * latency_sampling = K > 1, only one call in K per CPU is timed (its two clock
+ * reads are most of this program's cost); every call is still counted. */
 #include "rezolus.h"
 #include <bpf/bpf_tracing.h>
 
@@ -10,8 +12,12 @@
 
 /* op class per syscall number, filled in by userspace before load */
 const volatile u8 syscall_class[MAX_SYSCALL_NR] = {};
+/* time one call in this many per CPU; set by userspace before load */
+const volatile u32 latency_sampling = 1;
 
-DEFINE_BANK(syscall_bank, CLASSES);
+/* a counter per class, then the sampling phase */
+#define SAMPLING_PHASE CLASSES
+DEFINE_BANK(syscall_bank, CLASSES + 1);
 
 struct {
 	__uint(type, BPF_MAP_TYPE_ARRAY);
@@ -49,8 +55,11 @@ int BPF_PROG(syscall_enter, struct pt_regs *regs, long id)
 		class = syscall_class[id] & (CLASSES - 1);
 
 	struct syscall_bank *bank = bank_of_this_cpu(&counts);
-	if (bank)
-		bank->counters[class] += 1;
+	if (!bank)
+		return 0;
+	bank->counters[class] += 1;
+	if (latency_sampling > 1 && ++bank->counters[SAMPLING_PHASE] % latency_sampling)
+		return 0;
 
 	struct syscall_start *s = bpf_task_storage_get(&start, bpf_get_current_task_btf(), 0,
 						       BPF_LOCAL_STORAGE_GET_F_CREATE);

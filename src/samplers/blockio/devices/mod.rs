@@ -29,6 +29,7 @@ pub static IN_FLIGHT: MetricDef = MetricDef::gauge("blockio_device_in_flight", "
 static SPEC: SamplerSpec = SamplerSpec {
     name: "blockio_devices",
     source: Source::Files("/proc/diskstats, /sys/block"),
+    options: &[],
     metrics: || vec![&OPERATIONS, &BYTES, &MERGES, &TIME, &BUSY, &IN_FLIGHT],
     init,
 };

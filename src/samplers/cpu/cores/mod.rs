@@ -16,6 +16,7 @@ pub static CPU_CORES: MetricDef = MetricDef::gauge("cpu_cores", "cores", "Number
 static SPEC: SamplerSpec = SamplerSpec {
     name: "cpu_cores",
     source: Source::Files("/sys/devices/system/cpu/online"),
+    options: &[],
     metrics: || vec![&CPU_CORES],
     init,
 };

@@ -27,6 +27,7 @@ pub static CPU_MIGRATIONS: MetricDef = MetricDef::counter(
 static SPEC: SamplerSpec = SamplerSpec {
     name: "cpu_migrations",
     source: Source::Bpf("tp_btf/sched_migrate_task"),
+    options: &[],
     metrics: || vec![&CPU_MIGRATIONS],
     init,
 };

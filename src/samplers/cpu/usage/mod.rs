@@ -38,6 +38,7 @@ pub const STATES: [&str; 10] = [
 static SPEC: SamplerSpec = SamplerSpec {
     name: "cpu_usage",
     source: Source::Files("/proc/stat"),
+    options: &[],
     metrics: || vec![&CPU_USAGE],
     init,
 };

@@ -52,6 +52,7 @@ pub static FIELDS: [Field; 22] = [
 static SPEC: SamplerSpec = SamplerSpec {
     name: "memory_meminfo",
     source: Source::Files("/proc/meminfo"),
+    options: &[],
     metrics: || FIELDS.iter().map(|f| &f.def).collect(),
     init,
 };

@@ -46,6 +46,7 @@ pub static NUMA: [Field; 6] = [
 static SPEC: SamplerSpec = SamplerSpec {
     name: "memory_vmstat",
     source: Source::Files("/proc/vmstat"),
+    options: &[],
     metrics: || {
         let mut all = vec![&PAGE_FAULTS, &SWAP_IN, &SWAP_OUT];
         all.extend(NUMA.iter().map(|f| &f.def));

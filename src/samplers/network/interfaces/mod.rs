@@ -30,6 +30,7 @@ const DIRECTIONS: [&str; 2] = ["receive", "transmit"];
 static SPEC: SamplerSpec = SamplerSpec {
     name: "network_interfaces",
     source: Source::Files("/proc/net/dev"),
+    options: &[],
     metrics: || COLUMNS.iter().map(|(def, _)| *def).collect(),
     init,
 };

@@ -75,6 +75,7 @@ pub static FIELDS: [Field; 21] = [
 static SPEC: SamplerSpec = SamplerSpec {
     name: "network_protocols",
     source: Source::Files("/proc/net/snmp, /proc/net/netstat"),
+    options: &[],
     metrics: || {
         let mut all: Vec<&'static MetricDef> = Vec::new();
         for field in &FIELDS {

@@ -22,6 +22,7 @@ pub static CONTEXT_SWITCH: MetricDef = MetricDef::counter("rezolus_context_switc
 static SPEC: SamplerSpec = SamplerSpec {
     name: "rezolus_rusage",
     source: Source::Process("getrusage, /proc/self/statm"),
+    options: &[],
     metrics: || vec![&CPU_USAGE, &RESIDENT, &RESIDENT_PEAK, &PAGE_FAULTS, &CONTEXT_SWITCH],
     init,
 };

@@ -44,6 +44,7 @@ pub static CONTEXT_SWITCH: MetricDef = MetricDef::counter(
 static SPEC: SamplerSpec = SamplerSpec {
     name: "scheduler_runqueue",
     source: Source::Bpf("tp_btf/sched_wakeup, tp_btf/sched_wakeup_new, tp_btf/sched_switch"),
+    options: &[],
     metrics: || vec![&RUNQUEUE_LATENCY, &RUNNING, &OFFCPU, &CONTEXT_SWITCH],
     init,
 };
