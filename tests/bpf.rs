@@ -27,23 +27,33 @@ fn counter_delta(before: &Snap, after: &Snap, metric: &str, labels: &[(&str, &st
     after.value(metric, labels) - before.value(metric, labels)
 }
 
-/// A thread making exactly N sched_yield calls moves `syscall{op="yield"}` by
-/// N (and not much more: nothing else here yields), and adds N samples to
-/// its latency histogram.
-#[test]
-fn syscall_counts_and_latency_follow_a_thread() {
-    const N: i128 = 200_000;
-    let agent = Agent::start("", "");
-    require_active(&agent, &["syscall"]);
+/// Snapshots around a thread that makes exactly `n` sched_yield calls: the
+/// `yield` class, which nothing else on the machine uses much.
+fn around_yields(agent: &Agent, n: i128) -> (Snap, Snap) {
     let before = agent.snapshot();
-    std::thread::spawn(|| {
-        for _ in 0..N {
+    std::thread::spawn(move || {
+        for _ in 0..n {
             unsafe { libc::syscall(libc::SYS_sched_yield) };
         }
     })
     .join()
     .unwrap();
-    let after = agent.snapshot();
+    (before, agent.snapshot())
+}
+
+fn yield_latency_samples(before: &Snap, after: &Snap) -> i128 {
+    let latency = |s: &Snap| s.histogram("syscall_latency", &[("op", "yield")]).clone();
+    added(&latency(before), &latency(after)) as i128
+}
+
+/// N sched_yield calls move `syscall{op="yield"}` by N (and not much more)
+/// and add N samples to its latency histogram.
+#[test]
+fn syscall_counts_and_latency_follow_a_thread() {
+    const N: i128 = 200_000;
+    let agent = Agent::start("", "");
+    require_active(&agent, &["syscall"]);
+    let (before, after) = around_yields(&agent, N);
 
     let yields = counter_delta(&before, &after, "syscall", &[("op", "yield")]);
     assert!(
@@ -53,8 +63,7 @@ fn syscall_counts_and_latency_follow_a_thread() {
     let total = counter_delta(&before, &after, "syscall", &[]);
     assert!(total >= yields, "total {total} < yield {yields}");
 
-    let latency = |s: &Snap| s.histogram("syscall_latency", &[("op", "yield")]).clone();
-    let samples = added(&latency(&before), &latency(&after)) as i128;
+    let samples = yield_latency_samples(&before, &after);
     assert!(
         (N..N + N / 20).contains(&samples),
         "{samples} latency samples for {N} yields"
@@ -70,22 +79,13 @@ fn syscall_latency_sampling_times_one_call_in_k() {
     const N: i128 = 200_000;
     let agent = Agent::start("", "[samplers.syscall]\nlatency_sampling = 8\n");
     require_active(&agent, &["syscall"]);
-    let before = agent.snapshot();
-    std::thread::spawn(|| {
-        for _ in 0..N {
-            unsafe { libc::syscall(libc::SYS_sched_yield) };
-        }
-    })
-    .join()
-    .unwrap();
-    let after = agent.snapshot();
+    let (before, after) = around_yields(&agent, N);
     let yields = counter_delta(&before, &after, "syscall", &[("op", "yield")]);
     assert!(
         (N..N + N / 20).contains(&yields),
         "{yields} counted for {N}"
     );
-    let latency = |s: &Snap| s.histogram("syscall_latency", &[("op", "yield")]).clone();
-    let samples = added(&latency(&before), &latency(&after)) as i128;
+    let samples = yield_latency_samples(&before, &after);
     assert!(
         (N / 8 * 8 / 10..N / 8 * 12 / 10).contains(&samples),
         "{samples} timed of {N} with 1-in-8 sampling"

@@ -11,7 +11,10 @@ use std::path::Path;
 
 use libbpf_rs::{ErrorKind, MapCore};
 
-use crate::metrics::{HISTOGRAM_GROUPING_POWER, HISTOGRAM_MAX_VALUE_POWER};
+use std::sync::Arc;
+
+use crate::metrics::{MetricDef, Series, HISTOGRAM_GROUPING_POWER, HISTOGRAM_MAX_VALUE_POWER};
+use crate::snapshot::Emitter;
 use crate::source::Unsupported;
 
 /// Buckets per histogram in the shared scheme (`HISTOGRAM_BUCKETS` in rezolus.h).
@@ -98,6 +101,60 @@ pub fn online_cpus() -> Vec<usize> {
         .and_then(|text| crate::source::parse_cpu_list(&text, path).ok())
         .map(|cpus| cpus.into_iter().map(|c| c as usize).collect())
         .unwrap_or_default()
+}
+
+/// One counter of a per-CPU bank as series: the all-CPU total and, if asked,
+/// one series per CPU (label `id`). Per-CPU series are emitted for CPUs that
+/// are online or have counted something, so possible-but-absent CPUs are
+/// left out rather than reported as zeros.
+pub struct BankCounter {
+    index: usize,
+    total: Arc<Series>,
+    per_cpu: Vec<Arc<Series>>,
+}
+
+impl BankCounter {
+    /// Counter `index` of each bank, as metric `def` with `labels`; with
+    /// `cpus`, also per CPU.
+    pub fn new(
+        def: &'static MetricDef,
+        labels: &[(&'static str, &str)],
+        index: usize,
+        cpus: Option<usize>,
+    ) -> Self {
+        let per_cpu = (0..cpus.unwrap_or(0))
+            .map(|cpu| {
+                let id = cpu.to_string();
+                let mut with_id = labels.to_vec();
+                with_id.push(("id", &id));
+                Series::new(def, &with_id)
+            })
+            .collect();
+        Self {
+            index,
+            total: Series::new(def, labels),
+            per_cpu,
+        }
+    }
+
+    /// Emits the total and per-CPU values; returns the total.
+    pub fn emit(
+        &self,
+        banks: &MmapArray,
+        online: &[usize],
+        scratch: &mut Vec<u64>,
+        out: &mut Emitter<'_>,
+    ) -> u64 {
+        let total = banks.bank_counter(self.index, scratch);
+        out.counter(&self.total, total);
+        for (cpu, series) in self.per_cpu.iter().enumerate() {
+            let value = scratch.get(cpu).copied().unwrap_or(0);
+            if value > 0 || online.contains(&cpu) {
+                out.counter(series, value);
+            }
+        }
+        total
+    }
 }
 
 /// A read-only mapping of a `BPF_F_MMAPABLE` array map: values are read

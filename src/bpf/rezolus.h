@@ -53,6 +53,27 @@ static __always_inline void histogram_record(void *map, u32 h, u64 value)
 		u64 counters[n];                                               \
 	} __attribute__((aligned(CACHE_LINE)))
 
+/* An mmap-able array of banks, one per CPU: userspace sets max_entries to the
+ * number of possible CPUs before load. */
+#define BANK_MAP(name, bank_type)                                              \
+	struct {                                                               \
+		__uint(type, BPF_MAP_TYPE_ARRAY);                              \
+		__uint(map_flags, BPF_F_MMAPABLE);                             \
+		__type(key, u32);                                              \
+		__type(value, struct bank_type);                               \
+		__uint(max_entries, 1);                                        \
+	} name SEC(".maps")
+
+/* An mmap-able array of `n` consecutive histograms. */
+#define HISTOGRAM_MAP(name, n)                                                 \
+	struct {                                                               \
+		__uint(type, BPF_MAP_TYPE_ARRAY);                              \
+		__uint(map_flags, BPF_F_MMAPABLE);                             \
+		__type(key, u32);                                              \
+		__type(value, u64);                                            \
+		__uint(max_entries, (n) * HISTOGRAM_BUCKETS);                  \
+	} name SEC(".maps")
+
 static __always_inline void *bank_of_this_cpu(void *map)
 {
 	u32 cpu = bpf_get_smp_processor_id();

@@ -13,21 +13,9 @@ enum { LATENCY = 0, SIZE = OPS, BLOCKIO_HISTOGRAMS = 2 * OPS };
 
 DEFINE_BANK(blockio_bank, BLOCKIO_COUNTERS);
 
-struct {
-	__uint(type, BPF_MAP_TYPE_ARRAY);
-	__uint(map_flags, BPF_F_MMAPABLE);
-	__type(key, u32);
-	__type(value, struct blockio_bank);
-	__uint(max_entries, 1); /* resized to the possible CPUs before load */
-} counters SEC(".maps");
+BANK_MAP(counters, blockio_bank);
 
-struct {
-	__uint(type, BPF_MAP_TYPE_ARRAY);
-	__uint(map_flags, BPF_F_MMAPABLE);
-	__type(key, u32);
-	__type(value, u64);
-	__uint(max_entries, BLOCKIO_HISTOGRAMS * HISTOGRAM_BUCKETS);
-} histograms SEC(".maps");
+HISTOGRAM_MAP(histograms, BLOCKIO_HISTOGRAMS);
 
 struct {
 	__uint(type, BPF_MAP_TYPE_HASH);

@@ -15,7 +15,7 @@ use std::sync::Arc;
 
 use libbpf_rs::skel::{OpenSkel, Skel, SkelBuilder};
 
-use crate::bpf::{check_support, classify, object_storage, possible_cpus, MmapArray};
+use crate::bpf::{check_support, classify, object_storage, possible_cpus, BankCounter, MmapArray};
 use crate::metrics::{MetricDef, Series};
 use crate::samplers::{Sampler, SamplerContext, SamplerSpec, Source, SAMPLERS};
 use crate::snapshot::Emitter;
@@ -49,8 +49,8 @@ struct Blockio {
     _skel: bpf::BlockioSkel<'static>,
     counters: MmapArray,
     histograms: MmapArray,
-    /// Per op: operations, bytes, latency, size.
-    series: Vec<[Arc<Series>; 4]>,
+    /// Per op: operations and bytes counters, latency and size histograms.
+    series: Vec<(BankCounter, BankCounter, Arc<Series>, Arc<Series>)>,
     scratch: Vec<u64>,
 }
 
@@ -74,7 +74,15 @@ fn init(_: &SamplerContext) -> anyhow::Result<Box<dyn Sampler>> {
         histograms,
         series: OPS
             .iter()
-            .map(|op| [&OPERATIONS, &BYTES, &LATENCY, &SIZE].map(|def| Series::new(def, &[("op", op)])))
+            .enumerate()
+            .map(|(i, op)| {
+                (
+                    BankCounter::new(&OPERATIONS, &[("op", op)], i, None),
+                    BankCounter::new(&BYTES, &[("op", op)], OPS.len() + i, None),
+                    Series::new(&LATENCY, &[("op", op)]),
+                    Series::new(&SIZE, &[("op", op)]),
+                )
+            })
             .collect(),
         scratch: Vec::new(),
     }))
@@ -82,12 +90,11 @@ fn init(_: &SamplerContext) -> anyhow::Result<Box<dyn Sampler>> {
 
 impl Sampler for Blockio {
     fn refresh(&mut self, out: &mut Emitter<'_>) -> anyhow::Result<()> {
-        let ops = OPS.len();
-        for (op, [operations, bytes, latency, size]) in self.series.iter().enumerate() {
-            out.counter(operations, self.counters.bank_counter(op, &mut self.scratch));
-            out.counter(bytes, self.counters.bank_counter(ops + op, &mut self.scratch));
+        for (op, (operations, bytes, latency, size)) in self.series.iter().enumerate() {
+            operations.emit(&self.counters, &[], &mut self.scratch, out);
+            bytes.emit(&self.counters, &[], &mut self.scratch, out);
             out.histogram(latency, self.histograms.histogram(op));
-            out.histogram(size, self.histograms.histogram(ops + op));
+            out.histogram(size, self.histograms.histogram(OPS.len() + op));
         }
         Ok(())
     }

@@ -7,12 +7,10 @@ mod bpf {
     include!(concat!(env!("OUT_DIR"), "/softirq.skel.rs"));
 }
 
-use std::sync::Arc;
-
 use libbpf_rs::skel::{OpenSkel, Skel, SkelBuilder};
 
-use crate::bpf::{check_support, classify, object_storage, possible_cpus, MmapArray};
-use crate::metrics::{MetricDef, Series};
+use crate::bpf::{check_support, classify, object_storage, possible_cpus, BankCounter, MmapArray};
+use crate::metrics::MetricDef;
 use crate::samplers::{Sampler, SamplerContext, SamplerSpec, Source, SAMPLERS};
 use crate::snapshot::Emitter;
 
@@ -42,22 +40,8 @@ pub const KINDS: [&str; 10] = [
 struct Softirq {
     _skel: bpf::SoftirqSkel<'static>,
     banks: MmapArray,
-    /// `[count, time]` series per kind, in total and per CPU.
-    total: Vec<[Arc<Series>; 2]>,
-    per_cpu: Vec<Vec<[Arc<Series>; 2]>>,
+    counters: Vec<BankCounter>,
     scratch: Vec<u64>,
-}
-
-fn kind_series(id: Option<&str>) -> Vec<[Arc<Series>; 2]> {
-    KINDS
-        .iter()
-        .map(|kind| {
-            [&SOFTIRQ, &SOFTIRQ_TIME].map(|def| match id {
-                Some(id) => Series::new(def, &[("kind", kind), ("id", id)]),
-                None => Series::new(def, &[("kind", kind)]),
-            })
-        })
-        .collect()
 }
 
 fn init(_: &SamplerContext) -> anyhow::Result<Box<dyn Sampler>> {
@@ -74,11 +58,17 @@ fn init(_: &SamplerContext) -> anyhow::Result<Box<dyn Sampler>> {
     skel.attach()
         .map_err(|e| classify(e, "attaching to tp_btf/softirq_entry and softirq_exit"))?;
     let banks = MmapArray::new(&skel.maps.softirqs)?;
+    // bank layout: a count per kind, then a time per kind
+    let mut counters = Vec::new();
+    for (m, def) in [&SOFTIRQ, &SOFTIRQ_TIME].into_iter().enumerate() {
+        for (k, kind) in KINDS.iter().enumerate() {
+            counters.push(BankCounter::new(def, &[("kind", kind)], m * KINDS.len() + k, Some(cpus)));
+        }
+    }
     Ok(Box::new(Softirq {
         _skel: skel,
         banks,
-        total: kind_series(None),
-        per_cpu: (0..cpus).map(|cpu| kind_series(Some(&cpu.to_string()))).collect(),
+        counters,
         scratch: Vec::new(),
     }))
 }
@@ -86,16 +76,8 @@ fn init(_: &SamplerContext) -> anyhow::Result<Box<dyn Sampler>> {
 impl Sampler for Softirq {
     fn refresh(&mut self, out: &mut Emitter<'_>) -> anyhow::Result<()> {
         let online = crate::bpf::online_cpus();
-        // bank layout: counts for each kind, then times for each kind
-        for (kind, total) in self.total.iter().enumerate() {
-            for (m, series) in total.iter().enumerate() {
-                out.counter(series, self.banks.bank_counter(m * KINDS.len() + kind, &mut self.scratch));
-                for (cpu, value) in self.scratch.iter().enumerate() {
-                    if *value > 0 || online.contains(&cpu) {
-                        out.counter(&self.per_cpu[cpu][kind][m], *value);
-                    }
-                }
-            }
+        for counter in &self.counters {
+            counter.emit(&self.banks, &online, &mut self.scratch, out);
         }
         Ok(())
     }

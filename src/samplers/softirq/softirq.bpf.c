@@ -9,13 +9,7 @@ enum { COUNT = 0, TIME = KINDS, START = 2 * KINDS, SOFTIRQ_COUNTERS = 2 * KINDS 
 
 DEFINE_BANK(softirq_bank, SOFTIRQ_COUNTERS);
 
-struct {
-	__uint(type, BPF_MAP_TYPE_ARRAY);
-	__uint(map_flags, BPF_F_MMAPABLE);
-	__type(key, u32);
-	__type(value, struct softirq_bank);
-	__uint(max_entries, 1); /* resized to the possible CPUs before load */
-} softirqs SEC(".maps");
+BANK_MAP(softirqs, softirq_bank);
 
 SEC("tp_btf/softirq_entry")
 int BPF_PROG(softirq_entry, unsigned int vec)

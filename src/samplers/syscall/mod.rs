@@ -21,7 +21,9 @@ use std::sync::Arc;
 
 use libbpf_rs::skel::{OpenSkel, Skel, SkelBuilder};
 
-use crate::bpf::{check_support, classify, object_storage, possible_cpus, MmapArray, HISTOGRAM_BUCKETS};
+use crate::bpf::{
+    check_support, classify, object_storage, possible_cpus, BankCounter, MmapArray, HISTOGRAM_BUCKETS,
+};
 use crate::metrics::{MetricDef, Series, HISTOGRAM_GROUPING_POWER, HISTOGRAM_MAX_VALUE_POWER};
 use crate::samplers::{Sampler, SamplerContext, SamplerOption, SamplerSpec, Source, SAMPLERS};
 use crate::snapshot::Emitter;
@@ -58,7 +60,7 @@ struct Syscall {
     counts: MmapArray,
     latency: MmapArray,
     total: Arc<Series>,
-    per_class: Vec<Arc<Series>>,
+    per_class: Vec<BankCounter>,
     latency_total: Arc<Series>,
     latency_per_class: Vec<Arc<Series>>,
     scratch: Vec<u64>,
@@ -87,7 +89,11 @@ fn init(ctx: &SamplerContext) -> anyhow::Result<Box<dyn Sampler>> {
         counts,
         latency,
         total: Series::new(&SYSCALL, &[]),
-        per_class: CLASSES.iter().map(|c| Series::new(&SYSCALL, &[("op", c)])).collect(),
+        per_class: CLASSES
+            .iter()
+            .enumerate()
+            .map(|(i, class)| BankCounter::new(&SYSCALL, &[("op", class)], i, None))
+            .collect(),
         latency_total: Series::new(&SYSCALL_LATENCY, &[]),
         latency_per_class: CLASSES.iter().map(|c| Series::new(&SYSCALL_LATENCY, &[("op", c)])).collect(),
         scratch: Vec::new(),
@@ -97,10 +103,8 @@ fn init(ctx: &SamplerContext) -> anyhow::Result<Box<dyn Sampler>> {
 impl Sampler for Syscall {
     fn refresh(&mut self, out: &mut Emitter<'_>) -> anyhow::Result<()> {
         let mut total = 0u64;
-        for (class, series) in self.per_class.iter().enumerate() {
-            let count = self.counts.bank_counter(class, &mut self.scratch);
-            total = total.wrapping_add(count);
-            out.counter(series, count);
+        for counter in &self.per_class {
+            total = total.wrapping_add(counter.emit(&self.counts, &[], &mut self.scratch, out));
         }
         out.counter(&self.total, total);
 

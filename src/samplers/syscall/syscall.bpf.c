@@ -19,21 +19,9 @@ const volatile u32 latency_sampling = 1;
 #define SAMPLING_PHASE CLASSES
 DEFINE_BANK(syscall_bank, CLASSES + 1);
 
-struct {
-	__uint(type, BPF_MAP_TYPE_ARRAY);
-	__uint(map_flags, BPF_F_MMAPABLE);
-	__type(key, u32);
-	__type(value, struct syscall_bank);
-	__uint(max_entries, 1); /* resized to the possible CPUs before load */
-} counts SEC(".maps");
+BANK_MAP(counts, syscall_bank);
 
-struct {
-	__uint(type, BPF_MAP_TYPE_ARRAY);
-	__uint(map_flags, BPF_F_MMAPABLE);
-	__type(key, u32);
-	__type(value, u64);
-	__uint(max_entries, CLASSES * HISTOGRAM_BUCKETS);
-} latency SEC(".maps");
+HISTOGRAM_MAP(latency, CLASSES);
 
 struct syscall_start {
 	u64 ts;

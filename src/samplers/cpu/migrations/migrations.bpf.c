@@ -9,13 +9,7 @@ enum { MIGRATED_IN = 0, MIGRATED_OUT = 1, MIGRATION_COUNTERS = 2 };
 
 DEFINE_BANK(migration_bank, MIGRATION_COUNTERS);
 
-struct {
-	__uint(type, BPF_MAP_TYPE_ARRAY);
-	__uint(map_flags, BPF_F_MMAPABLE);
-	__type(key, u32);
-	__type(value, struct migration_bank);
-	__uint(max_entries, 1); /* resized to the possible CPUs before load */
-} migrations SEC(".maps");
+BANK_MAP(migrations, migration_bank);
 
 SEC("tp_btf/sched_migrate_task")
 int BPF_PROG(sched_migrate_task, struct task_struct *p, int dest_cpu)

@@ -7,12 +7,10 @@ mod bpf {
     include!(concat!(env!("OUT_DIR"), "/migrations.skel.rs"));
 }
 
-use std::sync::Arc;
-
 use libbpf_rs::skel::{OpenSkel, Skel, SkelBuilder};
 
-use crate::bpf::{check_support, classify, object_storage, possible_cpus, MmapArray};
-use crate::metrics::{MetricDef, Series};
+use crate::bpf::{check_support, classify, object_storage, possible_cpus, BankCounter, MmapArray};
+use crate::metrics::MetricDef;
 use crate::samplers::{Sampler, SamplerContext, SamplerSpec, Source, SAMPLERS};
 use crate::snapshot::Emitter;
 
@@ -38,8 +36,7 @@ const DIRECTIONS: [&str; 2] = ["in", "out"];
 struct Migrations {
     _skel: bpf::MigrationsSkel<'static>,
     banks: MmapArray,
-    total: [Arc<Series>; 2],
-    per_cpu: Vec<[Arc<Series>; 2]>,
+    counters: Vec<BankCounter>,
     scratch: Vec<u64>,
 }
 
@@ -57,17 +54,15 @@ fn init(_: &SamplerContext) -> anyhow::Result<Box<dyn Sampler>> {
     skel.attach()
         .map_err(|e| classify(e, "attaching to tp_btf/sched_migrate_task"))?;
     let banks = MmapArray::new(&skel.maps.migrations)?;
-    let series = |id: Option<&str>| {
-        DIRECTIONS.map(|direction| match id {
-            Some(id) => Series::new(&CPU_MIGRATIONS, &[("direction", direction), ("id", id)]),
-            None => Series::new(&CPU_MIGRATIONS, &[("direction", direction)]),
-        })
-    };
+    let counters = DIRECTIONS
+        .iter()
+        .enumerate()
+        .map(|(i, direction)| BankCounter::new(&CPU_MIGRATIONS, &[("direction", direction)], i, Some(cpus)))
+        .collect();
     Ok(Box::new(Migrations {
         _skel: skel,
         banks,
-        total: series(None),
-        per_cpu: (0..cpus).map(|cpu| series(Some(&cpu.to_string()))).collect(),
+        counters,
         scratch: Vec::new(),
     }))
 }
@@ -75,13 +70,8 @@ fn init(_: &SamplerContext) -> anyhow::Result<Box<dyn Sampler>> {
 impl Sampler for Migrations {
     fn refresh(&mut self, out: &mut Emitter<'_>) -> anyhow::Result<()> {
         let online = crate::bpf::online_cpus();
-        for (d, total) in self.total.iter().enumerate() {
-            out.counter(total, self.banks.bank_counter(d, &mut self.scratch));
-            for (cpu, value) in self.scratch.iter().enumerate() {
-                if *value > 0 || online.contains(&cpu) {
-                    out.counter(&self.per_cpu[cpu][d], *value);
-                }
-            }
+        for counter in &self.counters {
+            counter.emit(&self.banks, &online, &mut self.scratch, out);
         }
         Ok(())
     }

@@ -16,7 +16,7 @@ use std::sync::Arc;
 
 use libbpf_rs::skel::{OpenSkel, Skel, SkelBuilder};
 
-use crate::bpf::{check_support, classify, object_storage, possible_cpus, MmapArray};
+use crate::bpf::{check_support, classify, object_storage, possible_cpus, BankCounter, MmapArray};
 use crate::metrics::{MetricDef, Series};
 use crate::samplers::{Sampler, SamplerContext, SamplerSpec, Source, SAMPLERS};
 use crate::snapshot::Emitter;
@@ -58,8 +58,7 @@ struct Runqueue {
     histograms: MmapArray,
     /// Histogram series in BPF order: runqueue latency, running, off-CPU.
     histogram_series: [Arc<Series>; 3],
-    total: [Arc<Series>; 2],
-    per_cpu: Vec<[Arc<Series>; 2]>,
+    switch_counters: Vec<BankCounter>,
     scratch: Vec<u64>,
 }
 
@@ -78,12 +77,6 @@ fn init(_: &SamplerContext) -> anyhow::Result<Box<dyn Sampler>> {
         .map_err(|e| classify(e, "attaching to tp_btf/sched_wakeup, sched_wakeup_new, sched_switch"))?;
     let switches = MmapArray::new(&skel.maps.switches)?;
     let histograms = MmapArray::new(&skel.maps.histograms)?;
-    let kind_series = |id: Option<&str>| {
-        KINDS.map(|kind| match id {
-            Some(id) => Series::new(&CONTEXT_SWITCH, &[("kind", kind), ("id", id)]),
-            None => Series::new(&CONTEXT_SWITCH, &[("kind", kind)]),
-        })
-    };
     Ok(Box::new(Runqueue {
         _skel: skel,
         switches,
@@ -93,26 +86,20 @@ fn init(_: &SamplerContext) -> anyhow::Result<Box<dyn Sampler>> {
             Series::new(&RUNNING, &[]),
             Series::new(&OFFCPU, &[]),
         ],
-        total: kind_series(None),
-        per_cpu: (0..cpus).map(|cpu| kind_series(Some(&cpu.to_string()))).collect(),
+        switch_counters: KINDS
+            .iter()
+            .enumerate()
+            .map(|(i, kind)| BankCounter::new(&CONTEXT_SWITCH, &[("kind", kind)], i, Some(cpus)))
+            .collect(),
         scratch: Vec::new(),
     }))
 }
 
 impl Sampler for Runqueue {
     fn refresh(&mut self, out: &mut Emitter<'_>) -> anyhow::Result<()> {
-        let mut per_kind = [Vec::new(), Vec::new()];
-        for (kind, total) in self.total.iter().enumerate() {
-            out.counter(total, self.switches.bank_counter(kind, &mut self.scratch));
-            per_kind[kind].extend_from_slice(&self.scratch);
-        }
-        // possible CPUs that are not online and never were are left out
         let online = crate::bpf::online_cpus();
-        for (cpu, series) in self.per_cpu.iter().enumerate() {
-            if per_kind[0][cpu] > 0 || per_kind[1][cpu] > 0 || online.contains(&cpu) {
-                out.counter(&series[0], per_kind[0][cpu]);
-                out.counter(&series[1], per_kind[1][cpu]);
-            }
+        for counter in &self.switch_counters {
+            counter.emit(&self.switches, &online, &mut self.scratch, out);
         }
         for (h, series) in self.histogram_series.iter().enumerate() {
             out.histogram(series, self.histograms.histogram(h));

@@ -12,21 +12,9 @@ enum { RUNQUEUE_LATENCY = 0, RUNNING = 1, OFFCPU = 2, HISTOGRAMS = 3 };
 
 DEFINE_BANK(switch_bank, SWITCH_COUNTERS);
 
-struct {
-	__uint(type, BPF_MAP_TYPE_ARRAY);
-	__uint(map_flags, BPF_F_MMAPABLE);
-	__type(key, u32);
-	__type(value, struct switch_bank);
-	__uint(max_entries, 1); /* resized to the possible CPUs before load */
-} switches SEC(".maps");
+BANK_MAP(switches, switch_bank);
 
-struct {
-	__uint(type, BPF_MAP_TYPE_ARRAY);
-	__uint(map_flags, BPF_F_MMAPABLE);
-	__type(key, u32);
-	__type(value, u64);
-	__uint(max_entries, HISTOGRAMS * HISTOGRAM_BUCKETS);
-} histograms SEC(".maps");
+HISTOGRAM_MAP(histograms, HISTOGRAMS);
 
 struct task_times {
 	u64 enqueued;      /* woken or preempted: waiting on a run queue */
