@@ -72,7 +72,11 @@ fn init(ctx: &SamplerContext) -> anyhow::Result<Box<dyn Sampler>> {
     let mut open = bpf::SyscallSkelBuilder::default()
         .open(object_storage())
         .map_err(|e| classify(e, "opening the syscall BPF object"))?;
-    let rodata = open.maps.rodata_data.as_deref_mut().expect("rodata");
+    let rodata = open
+        .maps
+        .rodata_data
+        .as_deref_mut()
+        .ok_or_else(|| anyhow::anyhow!("the syscall BPF object has no .rodata section"))?;
     rodata.syscall_class = classes::table();
     rodata.latency_sampling = latency_sampling;
     open.maps
