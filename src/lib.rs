@@ -7,6 +7,7 @@ pub mod agent;
 pub mod bpf;
 pub mod logging;
 pub mod metrics;
+pub mod perf;
 pub mod samplers;
 pub mod snapshot;
 pub mod source;

@@ -4,6 +4,7 @@
 use std::fs::File;
 use std::io::{self, Read, Seek, SeekFrom};
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 /// A sampler cannot run on this machine (missing file, kernel feature,
 /// privilege). Kept as a distinct type so it survives `anyhow` context and
@@ -132,6 +133,33 @@ pub fn parse_cpu_list(text: &str, path: &Path) -> Result<Vec<u32>, ParseError> {
         out.extend(lo..=hi);
     }
     Ok(out)
+}
+
+/// The CPUs online (empty if that can't be read), to leave possible but
+/// absent CPUs out of per-CPU series. Read at most once a second: several
+/// samplers ask during each snapshot, and CPU hotplug is rare.
+pub fn online_cpus() -> Arc<Vec<usize>> {
+    use std::sync::Mutex;
+    use std::time::{Duration, Instant};
+    static CACHE: Mutex<Option<(Instant, Arc<Vec<usize>>)>> = Mutex::new(None);
+    let mut cache = CACHE
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner());
+    if let Some((read_at, cpus)) = cache.as_ref() {
+        if read_at.elapsed() < Duration::from_secs(1) {
+            return Arc::clone(cpus);
+        }
+    }
+    let path = Path::new("/sys/devices/system/cpu/online");
+    let cpus: Arc<Vec<usize>> = Arc::new(
+        std::fs::read_to_string(path)
+            .ok()
+            .and_then(|text| parse_cpu_list(&text, path).ok())
+            .map(|cpus| cpus.into_iter().map(|c| c as usize).collect())
+            .unwrap_or_default(),
+    );
+    *cache = Some((Instant::now(), Arc::clone(&cpus)));
+    cpus
 }
 
 #[cfg(test)]

@@ -8,7 +8,7 @@ use serde::Serialize;
 use tracing::{debug, error, info, warn};
 
 use crate::agent::config::Config;
-use crate::samplers::{registry, Sampler, SamplerContext};
+use crate::samplers::{registry, Absent, Sampler, SamplerContext};
 use crate::snapshot::{Emitter, Snapshot};
 use crate::source::is_unsupported;
 
@@ -32,6 +32,9 @@ pub struct Status {
     pub state: State,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub reason: Option<String>,
+    /// For an active sampler, the metrics this machine can't provide.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub absent: Vec<Absent>,
 }
 
 struct Slot {
@@ -75,6 +78,7 @@ impl Collector {
                     source: spec.source.describe(),
                     state,
                     reason,
+                    absent: sampler.as_ref().map(|s| s.absent()).unwrap_or_default(),
                 };
                 log_status(&status);
                 Slot { status, sampler }
@@ -93,6 +97,7 @@ impl Collector {
                     source: "test".into(),
                     state: State::Active,
                     reason: None,
+                    absent: sampler.absent(),
                 },
                 sampler: Some(sampler),
             })
@@ -156,7 +161,19 @@ impl Collector {
 fn log_status(status: &Status) {
     let reason = status.reason.as_deref().unwrap_or("");
     match status.state {
-        State::Active => info!(sampler = status.name, "active"),
+        State::Active if status.absent.is_empty() => info!(sampler = status.name, "active"),
+        State::Active => {
+            let absent: Vec<String> = status
+                .absent
+                .iter()
+                .map(|a| format!("{} ({})", a.metric, a.reason))
+                .collect();
+            info!(
+                sampler = status.name,
+                "active; absent here: {}",
+                absent.join("; ")
+            )
+        }
         State::Disabled => info!(sampler = status.name, "disabled by config"),
         State::Unsupported => info!(sampler = status.name, "unsupported here: {reason}"),
         State::Failed => error!(sampler = status.name, "failed to start: {reason}"),

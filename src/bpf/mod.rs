@@ -92,33 +92,6 @@ pub fn possible_cpus() -> anyhow::Result<usize> {
     libbpf_rs::num_possible_cpus().map_err(|e| anyhow::anyhow!("counting possible CPUs: {e}"))
 }
 
-/// The CPUs online (empty if that can't be read), to leave possible but
-/// absent CPUs out of per-CPU series. Read at most once a second: several
-/// samplers ask during each snapshot, and CPU hotplug is rare.
-pub fn online_cpus() -> Arc<Vec<usize>> {
-    use std::sync::Mutex;
-    use std::time::{Duration, Instant};
-    static CACHE: Mutex<Option<(Instant, Arc<Vec<usize>>)>> = Mutex::new(None);
-    let mut cache = CACHE
-        .lock()
-        .unwrap_or_else(|poisoned| poisoned.into_inner());
-    if let Some((read_at, cpus)) = cache.as_ref() {
-        if read_at.elapsed() < Duration::from_secs(1) {
-            return Arc::clone(cpus);
-        }
-    }
-    let path = Path::new("/sys/devices/system/cpu/online");
-    let cpus: Arc<Vec<usize>> = Arc::new(
-        std::fs::read_to_string(path)
-            .ok()
-            .and_then(|text| crate::source::parse_cpu_list(&text, path).ok())
-            .map(|cpus| cpus.into_iter().map(|c| c as usize).collect())
-            .unwrap_or_default(),
-    );
-    *cache = Some((Instant::now(), Arc::clone(&cpus)));
-    cpus
-}
-
 /// One counter of a per-CPU bank as series: the all-CPU total and, if asked,
 /// one series per CPU (label `id`). Per-CPU series are emitted for CPUs that
 /// are online or have counted something, so possible-but-absent CPUs are

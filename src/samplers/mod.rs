@@ -59,6 +59,21 @@ pub trait Sampler: Send {
     /// the source lacks are not emitted. An error drops this sampler's output
     /// from the snapshot being built.
     fn refresh(&mut self, out: &mut Emitter<'_>) -> anyhow::Result<()>;
+
+    /// Metrics this running sampler cannot provide on this machine, and why
+    /// (e.g. one perf event the PMU lacks while the others count).
+    fn absent(&self) -> Vec<Absent> {
+        Vec::new()
+    }
+}
+
+/// A metric (or one series of it) a running sampler leaves out, and why.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct Absent {
+    /// The metric, with labels when only some of its series are absent,
+    /// e.g. `cpu_dtlb_miss{op="store"}`.
+    pub metric: String,
+    pub reason: String,
 }
 
 /// Where a sampler's data comes from.
@@ -70,6 +85,9 @@ pub enum Source {
     Bpf(&'static str),
     /// The agent process itself.
     Process(&'static str),
+    /// System-wide perf_events counters, one group per CPU (needs root or
+    /// CAP_PERFMON; hardware events need a PMU).
+    Perf(&'static str),
 }
 
 impl Source {
@@ -78,6 +96,7 @@ impl Source {
             Source::Files(files) => files.to_string(),
             Source::Bpf(hooks) => format!("eBPF: {hooks}"),
             Source::Process(what) => what.to_string(),
+            Source::Perf(events) => format!("perf_events: {events}"),
         }
     }
 }
@@ -200,18 +219,21 @@ pub(crate) mod testing {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::collections::HashSet;
+    use std::collections::{HashMap, HashSet};
 
     #[test]
     fn names_and_metrics_are_unique() {
         let mut names = HashSet::new();
-        let mut metrics = HashSet::new();
+        // a metric name belongs to one definition; several samplers may
+        // share a definition (e.g. the perf group running times)
+        let mut metrics: HashMap<&str, *const MetricDef> = HashMap::new();
         for spec in registry() {
             assert!(names.insert(spec.name), "duplicate sampler {}", spec.name);
             for def in (spec.metrics)() {
+                let first = *metrics.entry(def.name).or_insert(def as *const _);
                 assert!(
-                    metrics.insert(def.name),
-                    "metric {} declared twice",
+                    std::ptr::eq(first, def),
+                    "metric {} defined twice",
                     def.name
                 );
                 for label in def.labels {

@@ -69,7 +69,7 @@ fn init(_: &SamplerContext) -> anyhow::Result<Box<dyn Sampler>> {
 
 impl Sampler for Migrations {
     fn refresh(&mut self, out: &mut Emitter<'_>) -> anyhow::Result<()> {
-        let online = crate::bpf::online_cpus();
+        let online = crate::source::online_cpus();
         for counter in &self.counters {
             counter.emit(&self.banks, &online, &mut self.scratch, out);
         }

@@ -97,7 +97,7 @@ fn init(_: &SamplerContext) -> anyhow::Result<Box<dyn Sampler>> {
 
 impl Sampler for Runqueue {
     fn refresh(&mut self, out: &mut Emitter<'_>) -> anyhow::Result<()> {
-        let online = crate::bpf::online_cpus();
+        let online = crate::source::online_cpus();
         for counter in &self.switch_counters {
             counter.emit(&self.switches, &online, &mut self.scratch, out);
         }
