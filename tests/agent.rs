@@ -218,14 +218,32 @@ fn samplers_endpoint_tells_the_truth() {
     for sampler in status.as_array().unwrap() {
         let name = sampler["name"].as_str().unwrap();
         let state = sampler["state"].as_str().unwrap();
+        // the metrics only this sampler declares (several samplers share
+        // e.g. perf_group_time_enabled)
+        let declared_by = |metric: &str| {
+            rezolus::samplers::registry()
+                .iter()
+                .filter(|s| (s.metrics)().iter().any(|d| d.name == metric))
+                .count()
+        };
         let metrics: Vec<&str> = (rezolus::samplers::find(name).unwrap().metrics)()
             .iter()
             .map(|d| d.name)
+            .filter(|m| declared_by(m) == 1)
             .collect();
         let present = metrics.iter().any(|m| emitted.contains(m));
+        let needs_pmu = sampler["source"]
+            .as_str()
+            .unwrap()
+            .contains("needs a hardware PMU");
         if name == "memory_vmstat" {
             assert_eq!(state, "disabled");
             assert!(!present, "disabled sampler's metrics are served");
+        } else if needs_pmu && !common::has_hardware_pmu() {
+            // checked in detail by tests/perf.rs
+            assert_eq!(state, "unsupported", "{sampler}");
+            assert!(sampler["reason"].as_str().is_some_and(|r| !r.is_empty()));
+            assert!(!present, "unsupported sampler's metrics are served");
         } else {
             assert_eq!(state, "active", "{sampler}");
             assert!(sampler.get("reason").is_none());

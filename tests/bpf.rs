@@ -7,25 +7,7 @@ mod common;
 use std::io::{Read, Write};
 use std::time::Duration;
 
-use common::{added, added_between, Agent, Snap};
-
-/// Fails unless every named sampler is active, showing the reason if not.
-fn require_active(agent: &Agent, names: &[&str]) {
-    let status = agent.get_json("/samplers");
-    for name in names {
-        let s = status
-            .as_array()
-            .unwrap()
-            .iter()
-            .find(|s| s["name"] == *name)
-            .unwrap_or_else(|| panic!("{name} not listed"));
-        assert_eq!(s["state"], "active", "{name}: {s}");
-    }
-}
-
-fn counter_delta(before: &Snap, after: &Snap, metric: &str, labels: &[(&str, &str)]) -> i128 {
-    after.value(metric, labels) - before.value(metric, labels)
-}
+use common::{added, added_between, cores, counter_delta, pin_to, require_active, Agent, Snap};
 
 /// Snapshots around a thread that makes exactly `n` sched_yield calls: the
 /// `yield` class, which nothing else on the machine uses much.
@@ -187,21 +169,6 @@ fn sleeping_thread_lands_in_the_10ms_region_of_offcpu() {
         in_region >= K,
         "{in_region} off-CPU samples in 10-12 ms for {K} sleeps of 10 ms"
     );
-}
-
-fn cores() -> usize {
-    std::thread::available_parallelism().unwrap().get()
-}
-
-fn pin_to(cpu: usize) {
-    unsafe {
-        let mut set: libc::cpu_set_t = std::mem::zeroed();
-        libc::CPU_SET(cpu, &mut set);
-        assert_eq!(
-            libc::sched_setaffinity(0, std::mem::size_of_val(&set), &set),
-            0
-        );
-    }
 }
 
 /// Moving a thread between CPU 0 and CPU 1 by affinity shows as migrations
@@ -374,7 +341,7 @@ fn blockio_follows_direct_writes_to_a_loop_device() {
 }
 
 /// Run as an unprivileged user, the agent serves the procfs samplers and
-/// reports every BPF sampler unsupported, with the reason.
+/// reports every BPF and perf_events sampler unsupported, with the reason.
 #[test]
 fn unprivileged_agent_serves_procfs_and_reports_bpf_unsupported() {
     const NOBODY: u32 = 65534;
@@ -382,7 +349,7 @@ fn unprivileged_agent_serves_procfs_and_reports_bpf_unsupported() {
     let status = agent.get_json("/samplers");
     for s in status.as_array().unwrap() {
         let source = s["source"].as_str().unwrap();
-        if source.starts_with("eBPF") {
+        if source.starts_with("eBPF") || source.starts_with("perf_events") {
             assert_eq!(s["state"], "unsupported", "{s}");
             assert!(s["reason"].as_str().unwrap().contains("root"), "{s}");
         } else {

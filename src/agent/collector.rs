@@ -249,6 +249,36 @@ mod tests {
         assert_eq!(c.status()[0].state, State::Active);
     }
 
+    struct Partial;
+    impl Sampler for Partial {
+        fn refresh(&mut self, _: &mut Emitter<'_>) -> anyhow::Result<()> {
+            Ok(())
+        }
+        fn absent(&self) -> Vec<Absent> {
+            vec![Absent {
+                metric: "cpu_dtlb_miss{op=\"store\"}".into(),
+                reason: "the PMU does not support it".into(),
+            }]
+        }
+    }
+
+    #[test]
+    fn absent_metrics_of_an_active_sampler_are_in_its_status() {
+        let c = Collector::from_samplers(vec![("partial", Box::new(Partial))]);
+        let status = c.status();
+        assert_eq!(status[0].state, State::Active);
+        assert_eq!(status[0].absent.len(), 1);
+        let json = serde_json::to_value(&status[0]).unwrap();
+        assert_eq!(json["absent"][0]["metric"], "cpu_dtlb_miss{op=\"store\"}");
+        assert_eq!(json["absent"][0]["reason"], "the PMU does not support it");
+        // nothing absent: no key at all
+        let steady = Collector::from_samplers(vec![("steady", Box::new(Panicky))]);
+        assert!(serde_json::to_value(&steady.status()[0])
+            .unwrap()
+            .get("absent")
+            .is_none());
+    }
+
     #[test]
     fn panicking_sampler_is_stopped_not_fatal() {
         let steady = Flaky {

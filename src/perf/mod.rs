@@ -772,6 +772,86 @@ mod tests {
         assert_eq!(Reading::parse(&[], &[85]), Err(ReadError::Short(0)));
     }
 
+    static SWITCHES: MetricDef = MetricDef::counter("test_switches", "", "").labels(&["id"]);
+    static APERF: MetricDef = MetricDef::counter("test_aperf", "", "").labels(&["id"]);
+    static MIXED: [Counter; 2] = [
+        Counter {
+            event: Event {
+                name: "context-switches",
+                kind: Kind::Software(ids::SW_CONTEXT_SWITCHES),
+            },
+            metric: &SWITCHES,
+            labels: &[],
+            primary: true,
+        },
+        Counter {
+            event: Event {
+                name: "msr/aperf",
+                kind: Kind::Msr("aperf"),
+            },
+            metric: &APERF,
+            labels: &[],
+            primary: true,
+        },
+    ];
+
+    /// With the fixture's sysfs (an msr PMU without aperf), the aperf
+    /// series is absent with the reason and the context switches count for
+    /// real. Needs root, as in CI.
+    #[test]
+    fn a_missing_event_leaves_out_only_its_series() {
+        let probe = Probe::run(&fixture("vm6.18"), &MIXED).unwrap();
+        assert_eq!(probe.absent().len(), 1);
+        assert_eq!(probe.absent()[0].metric, "test_aperf");
+        assert!(
+            probe.absent()[0].reason.contains("does not offer aperf"),
+            "{:?}",
+            probe.absent()
+        );
+        let mut counters = PerfCounters::start("test", probe).unwrap();
+        counters.refresh();
+        for _ in 0..20 {
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        counters.refresh();
+        let mut snap = crate::snapshot::Snapshot::new(std::time::SystemTime::now());
+        counters.emit(&mut Emitter::new(&mut snap));
+        let total = snap
+            .counters
+            .iter()
+            .find(|(s, _)| s.name() == "test_switches")
+            .map(|(_, v)| *v)
+            .unwrap();
+        assert!(total >= 20, "{total} context switches after 20 sleeps");
+        let cpus = crate::source::online_cpus().len();
+        let per_cpu = snap
+            .counters
+            .iter()
+            .filter(|(s, _)| s.def().name == "test_switches")
+            .count();
+        assert_eq!(per_cpu, cpus + 1);
+        assert!(snap
+            .counters
+            .iter()
+            .all(|(s, _)| s.def().name != "test_aperf"));
+    }
+
+    #[test]
+    fn no_primary_event_is_unsupported_naming_the_events() {
+        static ONLY_APERF: [Counter; 1] = [Counter {
+            event: Event {
+                name: "msr/aperf",
+                kind: Kind::Msr("aperf"),
+            },
+            metric: &APERF,
+            labels: &[],
+            primary: true,
+        }];
+        let err = Probe::run(&fixture("vm6.18"), &ONLY_APERF).err().unwrap();
+        assert!(crate::source::is_unsupported(&err), "{err:#}");
+        assert!(format!("{err:#}").starts_with("msr/aperf: "), "{err:#}");
+    }
+
     fn reading(enabled: u64, running: u64, values: &[u64]) -> Reading {
         Reading {
             enabled,

@@ -36,9 +36,16 @@ impl Agent {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("agent.toml");
         let mut f = std::fs::File::create(&path).unwrap();
+        // every request builds a new snapshot: a workload shorter than the
+        // default 10 ms TTL must not be measured against a cached one
+        let ttl = if general_extra.contains("ttl") {
+            ""
+        } else {
+            "ttl = \"0s\"\n"
+        };
         writeln!(
             f,
-            "[general]\nlisten = \"127.0.0.1:0\"\n{general_extra}\n{extra}"
+            "[general]\nlisten = \"127.0.0.1:0\"\n{ttl}{general_extra}\n{extra}"
         )
         .unwrap();
         let mut command = Command::new(BIN);
@@ -299,4 +306,93 @@ pub fn run(args: &[&str]) -> std::process::Output {
         .stdin(Stdio::null())
         .output()
         .unwrap()
+}
+
+/// Fails unless every named sampler is active, showing the reason if not.
+pub fn require_active(agent: &Agent, names: &[&str]) {
+    for name in names {
+        let s = sampler_status(agent, name);
+        assert_eq!(s["state"], "active", "{name}: {s}");
+    }
+}
+
+/// One sampler's entry in `/samplers`.
+pub fn sampler_status(agent: &Agent, name: &str) -> serde_json::Value {
+    agent
+        .get_json("/samplers")
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|s| s["name"] == *name)
+        .unwrap_or_else(|| panic!("{name} not listed"))
+        .clone()
+}
+
+pub fn counter_delta(before: &Snap, after: &Snap, metric: &str, labels: &[(&str, &str)]) -> i128 {
+    after.value(metric, labels) - before.value(metric, labels)
+}
+
+pub fn cores() -> usize {
+    std::thread::available_parallelism().unwrap().get()
+}
+
+/// Pins the calling thread to one CPU.
+pub fn pin_to(cpu: usize) {
+    unsafe {
+        let mut set: libc::cpu_set_t = std::mem::zeroed();
+        libc::CPU_SET(cpu, &mut set);
+        assert_eq!(
+            libc::sched_setaffinity(0, std::mem::size_of_val(&set), &set),
+            0
+        );
+    }
+}
+
+/// `m` round trips of one byte between two threads over a socket pair,
+/// both pinned to `cpu`: at least `2m` context switches there.
+pub fn ping_pong(cpu: usize, m: usize) {
+    use std::io::{Read, Write};
+    let (mut a, mut b) = std::os::unix::net::UnixStream::pair().unwrap();
+    let echo = std::thread::spawn(move || {
+        pin_to(cpu);
+        let mut byte = [0u8];
+        for _ in 0..m {
+            b.read_exact(&mut byte).unwrap();
+            b.write_all(&byte).unwrap();
+        }
+    });
+    std::thread::spawn(move || {
+        pin_to(cpu);
+        let mut byte = [7u8];
+        for _ in 0..m {
+            a.write_all(&byte).unwrap();
+            a.read_exact(&mut byte).unwrap();
+        }
+    })
+    .join()
+    .unwrap();
+    echo.join().unwrap();
+}
+
+/// Whether this machine has a hardware PMU, asked of the kernel directly
+/// (not through the agent): counting this thread's instructions works.
+pub fn has_hardware_pmu() -> bool {
+    use perf_event_open_sys::bindings as sys;
+    let mut attr: sys::perf_event_attr = unsafe { std::mem::zeroed() };
+    attr.size = std::mem::size_of::<sys::perf_event_attr>() as u32;
+    attr.type_ = sys::PERF_TYPE_HARDWARE;
+    attr.config = u64::from(sys::PERF_COUNT_HW_INSTRUCTIONS);
+    attr.set_exclude_kernel(1);
+    let fd = unsafe { perf_event_open_sys::perf_event_open(&mut attr, 0, -1, -1, 0) };
+    if fd >= 0 {
+        unsafe { libc::close(fd) };
+        return true;
+    }
+    let err = std::io::Error::last_os_error();
+    assert_eq!(
+        err.raw_os_error(),
+        Some(libc::ENOENT),
+        "perf_event_open(instructions) failed unexpectedly: {err}"
+    );
+    false
 }
