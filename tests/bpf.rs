@@ -9,9 +9,14 @@ use std::time::Duration;
 
 use common::{added, added_between, cores, counter_delta, pin_to, require_active, Agent, Snap};
 
+/// Held by a test while it counts sched_yield calls: the counts are
+/// system-wide, so two such tests running in parallel would see each other's.
+static YIELDS: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
 /// Snapshots around a thread that makes exactly `n` sched_yield calls: the
 /// `yield` class, which nothing else on the machine uses much.
 fn around_yields(agent: &Agent, n: i128) -> (Snap, Snap) {
+    let _alone = YIELDS.lock().unwrap_or_else(|e| e.into_inner());
     let before = agent.snapshot();
     std::thread::spawn(move || {
         for _ in 0..n {

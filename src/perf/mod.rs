@@ -461,6 +461,8 @@ struct Cpu {
     /// When the group was last read, and its enabled time then.
     last_read: Option<(Instant, u64)>,
     totals: Totals,
+    /// Whether the last refresh read this CPU's group.
+    fresh: bool,
     series: Vec<Arc<Series>>,
     enabled: Arc<Series>,
     running: Arc<Series>,
@@ -485,6 +487,7 @@ impl Cpu {
             base: Reading::zero(counters.len()),
             last_read: None,
             totals: Totals::new(counters.len()),
+            fresh: false,
             series,
             enabled: Series::new(&GROUP_TIME_ENABLED, &group_labels),
             running: Series::new(&GROUP_TIME_RUNNING, &group_labels),
@@ -519,6 +522,7 @@ impl Cpu {
 
     /// Reads the group into the totals; a dead group is closed.
     fn read(&mut self, sampler: &str, id: u32) {
+        self.fresh = false;
         let Some(group) = self.group.as_mut() else {
             return;
         };
@@ -531,6 +535,7 @@ impl Cpu {
         });
         match reading {
             Ok(reading) => {
+                self.fresh = true;
                 self.last_read = Some((now, reading.enabled));
                 if self.totals.add(&self.base, &reading) {
                     self.base = reading;
@@ -553,10 +558,6 @@ pub struct PerfCounters {
     cpus: BTreeMap<u32, Cpu>,
     absent: Vec<Absent>,
 }
-
-// SAFETY: perf_event_attr holds only integers (its unions are u64s); the
-// bindgen type is not marked Send only because of its bitfield unit.
-unsafe impl Send for PerfCounters {}
 
 impl PerfCounters {
     /// Opens a group of the probe's counting events on every online CPU.
@@ -599,6 +600,7 @@ impl PerfCounters {
         let online = crate::source::online_cpus();
         let sampler = self.sampler;
         for (&id, cpu) in self.cpus.iter_mut() {
+            cpu.fresh = false;
             if !online.contains(&(id as usize)) {
                 cpu.group = None;
             }
@@ -651,9 +653,12 @@ impl PerfCounters {
         self.counters.iter().position(|c| c.event.name == event)
     }
 
-    /// Each CPU's totals, by CPU id.
-    pub fn per_cpu(&self) -> impl Iterator<Item = (u32, &Totals)> {
-        self.cpus.iter().map(|(&id, cpu)| (id, &cpu.totals))
+    /// Each CPU's totals, by CPU id, and whether the last refresh read
+    /// them (false while the CPU is offline or its group could not be read).
+    pub fn per_cpu(&self) -> impl Iterator<Item = (u32, &Totals, bool)> {
+        self.cpus
+            .iter()
+            .map(|(&id, cpu)| (id, &cpu.totals, cpu.fresh))
     }
 }
 

@@ -165,7 +165,13 @@ impl Frequency {
     fn update(&mut self, counters: &PerfCounters, out: &mut Emitter<'_>) {
         let mut sum: Option<Totals> = None;
         let mut points: Vec<(Option<u32>, Totals)> = Vec::new();
-        for (id, totals) in counters.per_cpu() {
+        for (id, totals, fresh) in counters.per_cpu() {
+            if !fresh {
+                // offline: no current frequency, and no stale one either
+                if let Some((_, hz, _)) = self.state.get_mut(&Some(id)) {
+                    *hz = None;
+                }
+            }
             let s = sum.get_or_insert_with(|| Totals {
                 values: vec![0; totals.values.len()],
                 ..Default::default()
@@ -174,7 +180,9 @@ impl Frequency {
                 *a = a.wrapping_add(*b);
             }
             s.enabled = s.enabled.wrapping_add(totals.enabled);
-            points.push((Some(id), totals.clone()));
+            if fresh {
+                points.push((Some(id), totals.clone()));
+            }
         }
         points.extend(sum.map(|s| (None, s)));
         let method = self.method;
