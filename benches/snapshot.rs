@@ -9,6 +9,9 @@
 //!    `prometheus-node-exporter` limited to the collectors that read the same
 //!    sources (cpu, meminfo, vmstat, netdev, netstat, diskstats), when it is
 //!    installed.
+//! 4. The exporter's work per interval, in process: decode the agent's
+//!    snapshot and render the Prometheus text (summaries; then summaries
+//!    and full histograms).
 //!
 //! Environment: `BENCH_REQUESTS` (default 2000).
 
@@ -25,6 +28,8 @@ fn main() {
         .and_then(|v| v.parse().ok())
         .unwrap_or(2000);
     in_process(requests);
+    exporter_in_process(requests, "");
+    exporter_in_process(requests, "[prometheus]\nhistograms = true\n");
     let ours = over_http("rezolus agent", spawn_agent, "/metrics/binary", requests);
     let peer = which("prometheus-node-exporter").map(|path| {
         over_http(
@@ -71,6 +76,37 @@ fn in_process(iterations: usize) {
         us(times[iterations / 2]),
         us(times[iterations * 99 / 100]),
         us(cpu / iterations as u32)
+    );
+}
+
+fn exporter_in_process(iterations: usize, config: &str) {
+    use rezolus::exporter::config::Config as ExporterConfig;
+    use rezolus::exporter::state::{Options, State};
+    use rezolus::snapshot::Received;
+    let mut collector = Collector::from_config(&Config::default(), &SamplerContext::default());
+    let config = ExporterConfig::parse(config).expect("exporter config");
+    let mut state = State::new(Options::from_config(&config));
+    let (mut decode, mut render) = (Duration::ZERO, Duration::ZERO);
+    let mut bytes = 0;
+    for _ in 0..iterations {
+        let encoded = collector.collect().to_msgpack().expect("encode");
+        let start = thread_cpu();
+        let received = Received::from_msgpack(&encoded).expect("decode");
+        let decoded = thread_cpu();
+        state.observe(Ok(received), true);
+        bytes = state.rendered().len();
+        render += thread_cpu() - decoded;
+        decode += decoded - start;
+    }
+    let histograms = if config.prometheus.histograms {
+        " + full histograms"
+    } else {
+        ""
+    };
+    println!(
+        "exporter, in process (summaries{histograms}; {bytes} bytes of text): CPU per interval {:.1} us decode + {:.1} us render",
+        us(decode / iterations as u32),
+        us(render / iterations as u32)
     );
 }
 

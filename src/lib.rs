@@ -5,6 +5,7 @@
 
 pub mod agent;
 pub mod bpf;
+pub mod exporter;
 pub mod logging;
 pub mod metrics;
 pub mod perf;

@@ -23,12 +23,18 @@ enum Command {
         /// Agent config file, e.g. config/agent.toml
         config: PathBuf,
     },
+    /// Serve the agent's metrics to Prometheus (GET /metrics)
+    Exporter {
+        /// Exporter config file, e.g. config/exporter.toml
+        config: PathBuf,
+    },
 }
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match (cli.command, cli.config) {
         (Some(Command::Agent { config }), _) | (None, Some(config)) => rezolus::agent::run(&config),
+        (Some(Command::Exporter { config }), _) => rezolus::exporter::run(&config),
         (None, None) => {
             use clap::CommandFactory;
             let _ = Cli::command().print_help();

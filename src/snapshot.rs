@@ -130,6 +130,56 @@ impl Serialize for Snapshot {
     }
 }
 
+/// A snapshot as read back from its msgpack encoding (ours or another
+/// Rezolus agent's): each entry's metric, unit and labels are in `metadata`.
+#[derive(Debug, Clone, serde::Deserialize)]
+pub struct Received {
+    pub systemtime: SystemTime,
+    pub duration: Duration,
+    pub metadata: BTreeMap<String, String>,
+    pub counters: Vec<ReceivedEntry<u64>>,
+    pub gauges: Vec<ReceivedEntry<i64>>,
+    pub histograms: Vec<ReceivedEntry<histogram::Histogram>>,
+}
+
+#[derive(Debug, Clone, serde::Deserialize)]
+pub struct ReceivedEntry<V> {
+    pub name: String,
+    pub value: V,
+    pub metadata: BTreeMap<String, String>,
+}
+
+/// Metadata keys that describe a series rather than label it.
+pub const DESCRIPTIVE_KEYS: &[&str] = &["metric", "unit", "grouping_power", "max_value_power"];
+
+impl<V> ReceivedEntry<V> {
+    /// The metric name (`metadata.metric`, else the series name up to `{`).
+    pub fn metric(&self) -> &str {
+        self.metadata
+            .get("metric")
+            .map(String::as_str)
+            .unwrap_or_else(|| self.name.split('{').next().unwrap_or(&self.name))
+    }
+
+    pub fn unit(&self) -> Option<&str> {
+        self.metadata.get("unit").map(String::as_str)
+    }
+
+    /// The labels: metadata other than [`DESCRIPTIVE_KEYS`], sorted by key.
+    pub fn labels(&self) -> impl Iterator<Item = (&str, &str)> {
+        self.metadata
+            .iter()
+            .filter(|(k, _)| !DESCRIPTIVE_KEYS.contains(&k.as_str()))
+            .map(|(k, v)| (k.as_str(), v.as_str()))
+    }
+}
+
+impl Received {
+    pub fn from_msgpack(bytes: &[u8]) -> Result<Self, rmp_serde::decode::Error> {
+        rmp_serde::from_slice(bytes)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -203,6 +253,23 @@ mod tests {
         assert_eq!(histograms[0].value, snap.histograms[0].1);
         assert_eq!(histograms[0].metadata["grouping_power"], "3");
         assert_eq!(histograms[0].metadata["max_value_power"], "64");
+    }
+
+    #[test]
+    fn msgpack_reads_back() {
+        let snap = sample();
+        let r = Received::from_msgpack(&snap.to_msgpack().unwrap()).unwrap();
+        assert_eq!(r.systemtime, snap.systemtime);
+        assert_eq!(r.duration, snap.duration);
+        assert_eq!(r.metadata["source"], "rezolus");
+        assert_eq!(r.counters[0].value, 42);
+        assert_eq!(r.counters[0].metric(), "cpu_usage");
+        assert_eq!(r.counters[0].unit(), Some("nanoseconds"));
+        let labels: Vec<_> = r.counters[0].labels().collect();
+        assert_eq!(labels, [("id", "1"), ("state", "user")]);
+        assert_eq!(r.gauges[0].value, -7);
+        assert_eq!(r.histograms[0].value, snap.histograms[0].1);
+        assert_eq!(r.histograms[0].labels().count(), 0);
     }
 
     #[test]

@@ -31,11 +31,6 @@ impl Agent {
 
     /// Like [`Agent::start`], run as user `uid` (with group `uid`) when given.
     pub fn start_as(uid: Option<u32>, general_extra: &str, extra: &str) -> Self {
-        use std::os::unix::fs::PermissionsExt;
-        use std::os::unix::process::CommandExt;
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("agent.toml");
-        let mut f = std::fs::File::create(&path).unwrap();
         // every request builds a new snapshot: a workload shorter than the
         // default 10 ms TTL must not be measured against a cached one
         let ttl = if general_extra.contains("ttl") {
@@ -43,9 +38,25 @@ impl Agent {
         } else {
             "ttl = \"0s\"\n"
         };
+        Self::spawn(uid, &[], &format!("{ttl}{general_extra}"), extra)
+    }
+
+    /// Starts `rezolus exporter` like [`Agent::start`] starts the agent.
+    pub fn exporter(general_extra: &str, extra: &str) -> Self {
+        Self::spawn(None, &["exporter"], general_extra, extra)
+    }
+
+    /// Starts `rezolus ROLE... CONFIG` with a config listening on an
+    /// ephemeral loopback port, and waits until it answers.
+    fn spawn(uid: Option<u32>, role: &[&str], general_extra: &str, extra: &str) -> Self {
+        use std::os::unix::fs::PermissionsExt;
+        use std::os::unix::process::CommandExt;
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("config.toml");
+        let mut f = std::fs::File::create(&path).unwrap();
         writeln!(
             f,
-            "[general]\nlisten = \"127.0.0.1:0\"\n{ttl}{general_extra}\n{extra}"
+            "[general]\nlisten = \"127.0.0.1:0\"\n{general_extra}\n{extra}"
         )
         .unwrap();
         let mut command = Command::new(BIN);
@@ -61,6 +72,7 @@ impl Agent {
             command.uid(uid).gid(uid);
         }
         let mut child = command
+            .args(role)
             .arg(&path)
             .stdin(Stdio::null())
             .stdout(Stdio::null())

@@ -1,0 +1,467 @@
+//! What the exporter knows between scrapes: the snapshot at the previous
+//! interval boundary (for distributions over the last interval), the rates
+//! seen within the current interval (oversampling), and the agent's health.
+//! Pure: fed fetched snapshots, it renders the exposition text.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::OnceLock;
+use std::time::{Duration, SystemTime};
+
+use histogram::Histogram;
+
+use super::config::Config;
+use super::prometheus::{quantile_label, Exposition, Naming, Type, Value};
+use crate::snapshot::{Received, ReceivedEntry};
+
+/// The quantiles of the oversampled rates: median, p99 and max.
+const RATE_QUANTILES: [(f64, &str); 3] = [(0.5, "0.5"), (0.99, "0.99"), (1.0, "1")];
+
+/// What the exporter serves, and how.
+#[derive(Debug, Clone)]
+pub struct Options {
+    pub summaries: bool,
+    /// (quantile in 0..=1, its label)
+    pub quantiles: Vec<(f64, String)>,
+    pub histograms: bool,
+    pub grouping_power: u8,
+    pub oversampled: Vec<String>,
+    pub interval: Duration,
+}
+
+impl Options {
+    pub fn from_config(config: &Config) -> Self {
+        let p = &config.prometheus;
+        Self {
+            summaries: p.summaries,
+            quantiles: p
+                .percentiles
+                .iter()
+                .map(|&p| (p / 100.0, quantile_label(p)))
+                .collect(),
+            histograms: p.histograms,
+            grouping_power: p.histogram_grouping_power,
+            oversampled: if config.oversample.resolution.is_some() {
+                config.oversample.counters.clone()
+            } else {
+                Vec::new()
+            },
+            interval: config.general.interval,
+        }
+    }
+}
+
+/// Rates of one oversampled counter series within the current interval.
+struct Rates {
+    naming: Naming,
+    labels: Vec<(String, String)>,
+    values: Vec<f64>,
+}
+
+pub struct State {
+    options: Options,
+    /// The snapshot at the last interval boundary.
+    boundary: Option<Received>,
+    /// The last fetch's time and its oversampled counters, by series name.
+    last: Option<(SystemTime, HashMap<String, u64>)>,
+    rates: BTreeMap<String, Rates>,
+    up: bool,
+    fetches: u64,
+    errors: u64,
+    resets: u64,
+    last_success: Option<SystemTime>,
+    rendered: String,
+}
+
+impl State {
+    pub fn new(options: Options) -> Self {
+        let mut this = Self {
+            options,
+            boundary: None,
+            last: None,
+            rates: BTreeMap::new(),
+            up: false,
+            fetches: 0,
+            errors: 0,
+            resets: 0,
+            last_success: None,
+            rendered: String::new(),
+        };
+        this.rendered = this.render(None);
+        this
+    }
+
+    /// The exposition text made at the last interval boundary.
+    pub fn rendered(&self) -> &str {
+        &self.rendered
+    }
+
+    /// Takes one fetch's outcome; at an interval boundary, renders anew.
+    pub fn observe(&mut self, fetched: Result<Received, String>, boundary: bool) {
+        self.fetches += 1;
+        match fetched {
+            Err(_) => {
+                // a gap: nothing before it is a valid base for a delta
+                self.up = false;
+                self.errors += 1;
+                self.boundary = None;
+                self.last = None;
+                self.rates.clear();
+                if boundary {
+                    self.rendered = self.render(None);
+                }
+            }
+            Ok(snap) => {
+                self.up = true;
+                self.last_success = Some(SystemTime::now());
+                self.add_rates(&snap);
+                if boundary {
+                    self.rendered = self.render(Some(&snap));
+                    self.rates.clear();
+                    self.boundary = Some(snap);
+                }
+            }
+        }
+    }
+
+    fn add_rates(&mut self, snap: &Received) {
+        if self.options.oversampled.is_empty() {
+            return;
+        }
+        let chosen =
+            |c: &&ReceivedEntry<u64>| self.options.oversampled.iter().any(|m| m == c.metric());
+        let now: HashMap<String, u64> = snap
+            .counters
+            .iter()
+            .filter(chosen)
+            .map(|c| (c.name.clone(), c.value))
+            .collect();
+        let previous = self.last.replace((snap.systemtime, now));
+        let Some((then, before)) = previous else {
+            return;
+        };
+        // the same (cached) snapshot again, or the agent's clock went back
+        let Ok(dt) = snap.systemtime.duration_since(then) else {
+            return;
+        };
+        if dt.is_zero() {
+            return;
+        }
+        let mut reset = false;
+        for c in snap.counters.iter().filter(chosen) {
+            let Some(&old) = before.get(&c.name) else {
+                continue;
+            };
+            if c.value < old {
+                reset = true;
+                continue;
+            }
+            let rates = self.rates.entry(c.name.clone()).or_insert_with(|| Rates {
+                naming: Naming::new(c.metric(), c.unit()),
+                labels: c
+                    .labels()
+                    .map(|(k, v)| (k.to_string(), v.to_string()))
+                    .collect(),
+                values: Vec::new(),
+            });
+            rates
+                .values
+                .push((c.value - old) as f64 / rates.naming.divisor / dt.as_secs_f64());
+        }
+        self.resets += reset as u64;
+    }
+
+    fn render(&mut self, snap: Option<&Received>) -> String {
+        let mut out = Exposition::default();
+        if let Some(snap) = snap {
+            self.render_agent(&mut out, snap);
+        }
+        let since_epoch = |t: SystemTime| {
+            t.duration_since(SystemTime::UNIX_EPOCH)
+                .unwrap_or_default()
+                .as_secs_f64()
+        };
+        let own: [(&str, Type, &str, Option<Value>); 5] = [
+            (
+                "rezolus_exporter_agent_up",
+                Type::Gauge,
+                "1 if the last read of the agent succeeded, 0 if it failed (agent metrics are then left out)",
+                Some(Value::U(self.up as u64)),
+            ),
+            (
+                "rezolus_exporter_agent_reads_total",
+                Type::Counter,
+                "Reads of the agent's snapshot",
+                Some(Value::U(self.fetches)),
+            ),
+            (
+                "rezolus_exporter_agent_read_errors_total",
+                Type::Counter,
+                "Reads of the agent's snapshot that failed",
+                Some(Value::U(self.errors)),
+            ),
+            (
+                "rezolus_exporter_agent_resets_total",
+                Type::Counter,
+                "Times a counter or histogram of the agent went backwards (e.g. the agent restarted); no delta is served across one",
+                Some(Value::U(self.resets)),
+            ),
+            (
+                "rezolus_exporter_agent_last_read_timestamp_seconds",
+                Type::Gauge,
+                "When the agent was last read successfully (Unix time)",
+                self.last_success.map(|t| Value::F(since_epoch(t))),
+            ),
+        ];
+        for (name, kind, text, value) in own {
+            if let (Some(value), Some(mut family)) = (value, out.family(name, kind, || text.into()))
+            {
+                family.add("", [], None, value);
+            }
+        }
+        for conflict in &out.conflicts {
+            tracing::debug!("left out {conflict}: its name is taken by a metric of another type");
+        }
+        out.render()
+    }
+
+    fn render_agent(&mut self, out: &mut Exposition, snap: &Received) {
+        for c in &snap.counters {
+            let n = Naming::new(c.metric(), c.unit());
+            if let Some(mut f) = out.family(&n.counter(), Type::Counter, || help(c.metric(), &n)) {
+                f.add("", c.labels(), None, Value::scaled_u(c.value, n.divisor));
+            }
+        }
+        for g in &snap.gauges {
+            let n = Naming::new(g.metric(), g.unit());
+            if let Some(mut f) = out.family(&n.base, Type::Gauge, || help(g.metric(), &n)) {
+                f.add("", g.labels(), None, Value::scaled_i(g.value, n.divisor));
+            }
+        }
+        let previous: HashMap<&str, &Histogram> = self
+            .boundary
+            .iter()
+            .flat_map(|b| b.histograms.iter().map(|h| (h.name.as_str(), &h.value)))
+            .collect();
+        let interval = humantime::format_duration(self.options.interval).to_string();
+        let mut reset = false;
+        for h in &snap.histograms {
+            let n = Naming::new(h.metric(), h.unit());
+            if self.options.summaries {
+                let delta = previous
+                    .get(h.name.as_str())
+                    .map(|p| h.value.checked_sub(p));
+                reset |= matches!(delta, Some(Err(_)));
+                let text = || {
+                    format!(
+                        "{}; percentiles over the last {interval} (upper edge of the bucket holding each)",
+                        help(h.metric(), &n)
+                    )
+                };
+                if let Some(mut f) = out.family(&n.base, Type::Summary, text) {
+                    if let Some(Ok(delta)) = delta {
+                        let quantiles: Vec<f64> =
+                            self.options.quantiles.iter().map(|q| q.0).collect();
+                        let mut buckets = vec![None; quantiles.len()];
+                        if delta
+                            .quantile_buckets_into(&quantiles, &mut buckets)
+                            .is_ok()
+                        {
+                            for ((_, label), bucket) in self.options.quantiles.iter().zip(buckets) {
+                                if let Some(bucket) = bucket {
+                                    let value = Value::scaled_u(bucket.end(), n.divisor);
+                                    f.add("", h.labels(), Some(("quantile", label)), value);
+                                }
+                            }
+                        }
+                    }
+                    f.add("_count", h.labels(), None, Value::U(total(&h.value)));
+                }
+            }
+            if self.options.histograms {
+                render_histogram(out, h, &n, self.options.grouping_power);
+            }
+        }
+        self.resets += reset as u64;
+        for rates in self.rates.values_mut() {
+            if rates.values.is_empty() {
+                continue;
+            }
+            rates.values.sort_by(f64::total_cmp);
+            let family = format!("{}_per_second", rates.naming.base);
+            let text = || {
+                format!(
+                    "Rate of {} per second over each oversampling step within the last {interval}: quantile 0.5 is the median step, 1 the busiest",
+                    rates.naming.counter()
+                )
+            };
+            let Some(mut f) = out.family(&family, Type::Summary, text) else {
+                continue;
+            };
+            let labels = || rates.labels.iter().map(|(k, v)| (k.as_str(), v.as_str()));
+            let len = rates.values.len();
+            for (q, label) in RATE_QUANTILES {
+                // nearest rank
+                let rank = ((q * len as f64).ceil() as usize).clamp(1, len);
+                f.add(
+                    "",
+                    labels(),
+                    Some(("quantile", label)),
+                    Value::F(rates.values[rank - 1]),
+                );
+            }
+            f.add("_count", labels(), None, Value::U(len as u64));
+        }
+    }
+}
+
+fn total(h: &Histogram) -> u64 {
+    h.as_slice().iter().fold(0u64, |a, &b| a.wrapping_add(b))
+}
+
+/// The full cumulative distribution as a Prometheus histogram: one `le` per
+/// occupied bucket (at its upper edge), `+Inf`, `_count`, and `_sum`
+/// estimated from bucket midpoints.
+fn render_histogram(
+    out: &mut Exposition,
+    h: &ReceivedEntry<Histogram>,
+    n: &Naming,
+    grouping_power: u8,
+) {
+    let value = if h.value.config().grouping_power() > grouping_power {
+        match h.value.downsample(grouping_power) {
+            Ok(v) => v,
+            Err(_) => return,
+        }
+    } else {
+        h.value.clone()
+    };
+    let metric = super::prometheus::sanitize(h.metric());
+    let family = format!(
+        "{metric}_distribution{}",
+        n.base.strip_prefix(&metric).unwrap_or("")
+    );
+    let text = || {
+        format!(
+            "{}; the full distribution since the agent started (_sum is estimated from bucket midpoints)",
+            help(h.metric(), n)
+        )
+    };
+    let Some(mut f) = out.family(&family, Type::Histogram, text) else {
+        return;
+    };
+    let mut cumulative = 0u64;
+    let mut sum = 0f64;
+    for bucket in value.iter() {
+        if bucket.count() == 0 {
+            continue;
+        }
+        cumulative = cumulative.wrapping_add(bucket.count());
+        sum += bucket.count() as f64 * (bucket.start() as f64 + bucket.end() as f64) / 2.0;
+        let le = Value::scaled_u(bucket.end(), n.divisor).to_string();
+        f.add(
+            "_bucket",
+            h.labels(),
+            Some(("le", &le)),
+            Value::U(cumulative),
+        );
+    }
+    f.add(
+        "_bucket",
+        h.labels(),
+        Some(("le", "+Inf")),
+        Value::U(cumulative),
+    );
+    f.add("_count", h.labels(), None, Value::U(cumulative));
+    f.add("_sum", h.labels(), None, Value::F(sum * n.divisor));
+}
+
+/// HELP text: the metric's description where this build knows it.
+fn help(metric: &str, n: &Naming) -> String {
+    static KNOWN: OnceLock<HashMap<&'static str, &'static str>> = OnceLock::new();
+    let known = KNOWN.get_or_init(|| {
+        crate::samplers::registry()
+            .iter()
+            .flat_map(|s| (s.metrics)())
+            .map(|m| (m.name, m.description))
+            .collect()
+    });
+    let unit = if n.divisor != 1.0 {
+        " (in seconds)"
+    } else {
+        ""
+    };
+    match known.get(metric) {
+        Some(d) if !d.is_empty() => format!("{d}{unit}"),
+        _ => format!("Rezolus metric {metric}{unit}"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::metrics::{new_histogram, MetricDef, Series};
+    use crate::snapshot::{Emitter, Snapshot};
+
+    static SYSCALL: MetricDef = MetricDef::counter("syscall", "syscalls", "");
+    static LATENCY: MetricDef = MetricDef::histogram("syscall_latency", "nanoseconds", "");
+
+    fn received(at_ms: u64, syscalls: u64, latencies: &[u64]) -> Received {
+        let mut snap = Snapshot::new(SystemTime::UNIX_EPOCH + Duration::from_millis(at_ms));
+        let mut out = Emitter::new(&mut snap);
+        out.counter(&Series::new(&SYSCALL, &[]), syscalls);
+        let mut h = new_histogram();
+        for &v in latencies {
+            h.increment(v).unwrap();
+        }
+        out.histogram(&Series::new(&LATENCY, &[]), h);
+        Received::from_msgpack(&snap.to_msgpack().unwrap()).unwrap()
+    }
+
+    fn state() -> State {
+        let config = Config::parse("[oversample]\nresolution = \"100ms\"\n").unwrap();
+        State::new(Options::from_config(&config))
+    }
+
+    #[test]
+    fn rates_are_per_step_and_skip_a_counter_going_backwards() {
+        let mut s = state();
+        s.observe(Ok(received(0, 0, &[])), false);
+        s.observe(Ok(received(100, 100, &[])), false); // 1000/s
+        s.observe(Ok(received(200, 50, &[])), false); // reset: no rate
+        s.observe(Ok(received(300, 550, &[])), true); // 5000/s
+        let text = s.rendered();
+        assert!(
+            text.contains("syscall_per_second{quantile=\"0.5\"} 1000\n"),
+            "{text}"
+        );
+        assert!(
+            text.contains("syscall_per_second{quantile=\"1\"} 5000\n"),
+            "{text}"
+        );
+        assert!(text.contains("syscall_per_second_count 2\n"), "{text}");
+        assert!(
+            text.contains("rezolus_exporter_agent_resets_total 1\n"),
+            "{text}"
+        );
+    }
+
+    #[test]
+    fn a_failed_read_breaks_the_interval() {
+        let mut s = state();
+        s.observe(Ok(received(0, 0, &[1_000])), true);
+        s.observe(Err("connection refused".into()), true);
+        let text = s.rendered().to_string();
+        assert!(text.contains("rezolus_exporter_agent_up 0\n"), "{text}");
+        assert!(!text.contains("syscall_total"), "{text}");
+        // the next read has no base to take a delta or a rate from
+        s.observe(Ok(received(1_000, 10, &[1_000, 2_000])), true);
+        let text = s.rendered();
+        assert!(text.contains("syscall_total 10\n"), "{text}");
+        assert!(!text.contains("quantile"), "{text}");
+        assert!(text.contains("syscall_latency_seconds_count 2\n"), "{text}");
+        assert!(
+            text.contains("rezolus_exporter_agent_read_errors_total 1\n"),
+            "{text}"
+        );
+    }
+}
