@@ -5,10 +5,12 @@
 
 pub mod agent;
 pub mod bpf;
+pub mod client;
 pub mod exporter;
 pub mod logging;
 pub mod metrics;
 pub mod perf;
+pub mod recorder;
 pub mod samplers;
 pub mod snapshot;
 pub mod source;

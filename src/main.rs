@@ -23,10 +23,29 @@ enum Command {
         /// Agent config file, e.g. config/agent.toml
         config: PathBuf,
     },
+    /// Record the agent's snapshots to a Parquet file
+    Record(rezolus::recorder::RecordArgs),
+    /// Parquet files: recover a capture from its journal
+    #[command(subcommand)]
+    Parquet(ParquetCommand),
     /// Serve the agent's metrics to Prometheus (GET /metrics)
     Exporter {
         /// Exporter config file, e.g. config/exporter.toml
         config: PathBuf,
+    },
+}
+
+#[derive(Subcommand)]
+enum ParquetCommand {
+    /// Turn the journal of a capture that was killed into its Parquet file
+    Recover {
+        /// The journal, e.g. rezolus.parquet.journal
+        journal: PathBuf,
+        /// The Parquet file to write (default: the journal's name without .journal)
+        output: Option<PathBuf>,
+        /// Overwrite OUTPUT if it exists
+        #[arg(long)]
+        force: bool,
     },
 }
 
@@ -35,6 +54,15 @@ fn main() -> ExitCode {
     let result = match (cli.command, cli.config) {
         (Some(Command::Agent { config }), _) | (None, Some(config)) => rezolus::agent::run(&config),
         (Some(Command::Exporter { config }), _) => rezolus::exporter::run(&config),
+        (Some(Command::Record(args)), _) => rezolus::recorder::record(args),
+        (
+            Some(Command::Parquet(ParquetCommand::Recover {
+                journal,
+                output,
+                force,
+            })),
+            _,
+        ) => rezolus::recorder::recover(&journal, output.as_deref(), force),
         (None, None) => {
             use clap::CommandFactory;
             let _ = Cli::command().print_help();

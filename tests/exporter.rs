@@ -5,12 +5,13 @@
 mod common;
 
 use std::collections::{BTreeMap, HashMap};
-use std::io::{Read, Write};
+use std::io::Write;
 use std::net::{SocketAddr, TcpListener};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
+use common::fake::FakeAgent;
 use common::{run, Agent};
 use histogram::Histogram;
 use prometheus_parse::{Sample, Scrape, Value};
@@ -22,79 +23,6 @@ static LATENCY: MetricDef =
     MetricDef::histogram("scheduler_runqueue_latency", "nanoseconds", "").labels(&["op"]);
 static SYSCALL: MetricDef = MetricDef::counter("syscall", "syscalls", "").labels(&["op"]);
 static CPU: MetricDef = MetricDef::counter("cpu_usage", "nanoseconds", "").labels(&["state"]);
-
-/// An agent stand-in: answers every HTTP request with the snapshot `make`
-/// builds at that moment. Stops (and closes its port) on drop.
-struct FakeAgent {
-    addr: SocketAddr,
-    stop: Arc<AtomicBool>,
-    thread: Option<std::thread::JoinHandle<()>>,
-}
-
-type Make = Box<dyn FnMut(SystemTime) -> Snapshot + Send>;
-
-impl FakeAgent {
-    fn start(make: Make) -> Self {
-        Self::start_on(TcpListener::bind("127.0.0.1:0").unwrap(), make)
-    }
-
-    fn start_on(listener: TcpListener, mut make: Make) -> Self {
-        let addr = listener.local_addr().unwrap();
-        listener.set_nonblocking(true).unwrap();
-        let stop = Arc::new(AtomicBool::new(false));
-        let stopped = Arc::clone(&stop);
-        let thread = std::thread::spawn(move || {
-            while !stopped.load(Ordering::SeqCst) {
-                let Ok((mut conn, _)) = listener.accept() else {
-                    std::thread::sleep(Duration::from_millis(2));
-                    continue;
-                };
-                conn.set_nonblocking(false).unwrap();
-                let mut request = Vec::new();
-                let mut buf = [0u8; 4096];
-                while !request.windows(4).any(|w| w == b"\r\n\r\n") {
-                    match conn.read(&mut buf) {
-                        Ok(0) | Err(_) => break,
-                        Ok(n) => request.extend_from_slice(&buf[..n]),
-                    }
-                }
-                let body = make(SystemTime::now()).to_msgpack().unwrap();
-                let head = format!(
-                    "HTTP/1.1 200 OK\r\nContent-Type: application/msgpack\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
-                    body.len()
-                );
-                let _ = conn.write_all(head.as_bytes());
-                let _ = conn.write_all(&body);
-            }
-        });
-        Self {
-            addr,
-            stop,
-            thread: Some(thread),
-        }
-    }
-
-    /// Serves `snapshots` in turn, one per request, repeating the last.
-    fn sequence(snapshots: Vec<Snapshot>) -> Self {
-        let mut queue = std::collections::VecDeque::from(snapshots);
-        Self::start(Box::new(move |_| {
-            if queue.len() > 1 {
-                queue.pop_front().unwrap()
-            } else {
-                queue[0].clone()
-            }
-        }))
-    }
-}
-
-impl Drop for FakeAgent {
-    fn drop(&mut self) {
-        self.stop.store(true, Ordering::SeqCst);
-        if let Some(t) = self.thread.take() {
-            let _ = t.join();
-        }
-    }
-}
 
 fn histogram_of(values: &[u64]) -> Histogram {
     let mut h = new_histogram();

@@ -168,15 +168,8 @@ impl Config {
 
     /// The URL of the agent's binary snapshot.
     pub fn source_url(&self) -> Result<String, String> {
-        let source = self.general.source.trim_end_matches('/');
-        let rest = source.strip_prefix("http://").unwrap_or(source);
-        if rest.is_empty() || rest.contains('/') || source.starts_with("https://") {
-            return Err(format!(
-                "`general.source` is {:?}; expected host:port or http://host:port (e.g. \"127.0.0.1:4241\")",
-                self.general.source
-            ));
-        }
-        Ok(format!("http://{rest}/metrics/binary"))
+        crate::client::snapshot_url(&self.general.source)
+            .map_err(|e| format!("`general.source`: {e}"))
     }
 }
 

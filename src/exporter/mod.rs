@@ -23,7 +23,7 @@ use axum::routing::get;
 use axum::Router;
 use tracing::{info, warn};
 
-use crate::snapshot::Received;
+use crate::client::Client;
 use config::Config;
 use state::{Options, State};
 
@@ -60,32 +60,26 @@ async fn metrics(AxumState(state): AxumState<Shared>) -> impl IntoResponse {
     )
 }
 
-/// The first tick after `now` on the grid of `step` since the epoch, and
-/// whether it is also on the grid of `interval`.
+/// The next read: the first tick after `now` on the grid of `step` since the
+/// epoch, and whether it is also on the grid of `interval`.
 fn next_tick(now: SystemTime, step: Duration, interval: Duration) -> (SystemTime, bool) {
-    let since = now
+    let tick = crate::client::next_tick(now, step);
+    let since = tick
         .duration_since(UNIX_EPOCH)
         .unwrap_or_default()
         .as_nanos();
-    let step_ns = step.as_nanos().max(1);
-    let next = (since / step_ns + 1) * step_ns;
-    let boundary = next % interval.as_nanos().max(1) == 0;
-    let next = UNIX_EPOCH + Duration::from_nanos(next as u64);
-    (next, boundary)
+    (tick, since % interval.as_nanos().max(1) == 0)
 }
 
 /// Reads the agent on every tick until `stop` says otherwise.
 fn read_loop(
-    url: String,
+    client: Client,
     step: Duration,
     interval: Duration,
     state: Shared,
     stop: mpsc::Receiver<()>,
 ) {
-    let client: ureq::Agent = ureq::Agent::config_builder()
-        .timeout_global(Some(step.min(Duration::from_secs(5))))
-        .build()
-        .into();
+    let url = client.url().to_string();
     let mut failing = false;
     loop {
         let (tick, boundary) = next_tick(SystemTime::now(), step, interval);
@@ -94,7 +88,7 @@ fn read_loop(
             Err(RecvTimeoutError::Timeout) => {}
             _ => return,
         }
-        let fetched = fetch(&client, &url);
+        let fetched = client.fetch();
         match (&fetched, failing) {
             (Err(e), false) => warn!("cannot read the agent at {url}: {e}"),
             (Ok(_), true) => info!("reading the agent at {url} again"),
@@ -106,17 +100,6 @@ fn read_loop(
             .unwrap_or_else(|p| p.into_inner())
             .observe(fetched, boundary);
     }
-}
-
-fn fetch(client: &ureq::Agent, url: &str) -> Result<Received, String> {
-    let mut response = client.get(url).call().map_err(|e| e.to_string())?;
-    let bytes = response
-        .body_mut()
-        .with_config()
-        .limit(256 << 20)
-        .read_to_vec()
-        .map_err(|e| e.to_string())?;
-    Received::from_msgpack(&bytes).map_err(|e| format!("not a Rezolus snapshot: {e}"))
 }
 
 /// Runs the exporter with the config at `path` until SIGINT or SIGTERM.
@@ -147,10 +130,10 @@ pub fn run(path: &Path) -> anyhow::Result<()> {
         let (stop_tx, stop_rx) = mpsc::channel();
         let reader = {
             let state = Arc::clone(&state);
-            let url = url.clone();
+            let client = Client::new(url.clone(), step.min(Duration::from_secs(5)));
             std::thread::Builder::new()
                 .name("agent-reader".into())
-                .spawn(move || read_loop(url, step, interval, state, stop_rx))
+                .spawn(move || read_loop(client, step, interval, state, stop_rx))
                 .context("starting the agent reader")?
         };
         info!(

@@ -2,6 +2,8 @@
 //! its snapshots.
 #![allow(dead_code)]
 
+pub mod fake;
+
 use std::collections::HashMap;
 use std::io::{BufRead, BufReader, Write};
 use std::net::SocketAddr;

@@ -1,0 +1,99 @@
+//! Reading an agent's snapshot over HTTP (exporter, recorder, hindsight).
+
+use std::time::Duration;
+
+use crate::snapshot::Received;
+
+/// The URL of an agent's binary snapshot, from `host:port`,
+/// `http://host:port` (a trailing `/` is fine) or the full
+/// `http://host:port/metrics/binary`.
+pub fn snapshot_url(source: &str) -> Result<String, String> {
+    let trimmed = source.trim().trim_end_matches('/');
+    let trimmed = trimmed.strip_suffix("/metrics/binary").unwrap_or(trimmed);
+    let rest = trimmed.strip_prefix("http://").unwrap_or(trimmed);
+    if rest.is_empty() || rest.contains('/') || rest.contains("://") {
+        return Err(format!(
+            "{source:?} is not an agent address; expected host:port or http://host:port (e.g. \"127.0.0.1:4241\")"
+        ));
+    }
+    Ok(format!("http://{rest}/metrics/binary"))
+}
+
+/// The first tick strictly after `now` on the grid of `step` since the Unix
+/// epoch: samplers on many hosts read in step, and a caller that fell behind
+/// skips the ticks it missed instead of bursting.
+pub fn next_tick(now: std::time::SystemTime, step: Duration) -> std::time::SystemTime {
+    let since = now
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap_or_default()
+        .as_nanos();
+    let step = step.as_nanos().max(1);
+    std::time::UNIX_EPOCH + Duration::from_nanos(((since / step + 1) * step) as u64)
+}
+
+/// An HTTP client for one agent.
+pub struct Client {
+    agent: ureq::Agent,
+    url: String,
+}
+
+impl Client {
+    /// `timeout` bounds a whole request (connect, send, receive).
+    pub fn new(url: String, timeout: Duration) -> Self {
+        let agent = ureq::Agent::config_builder()
+            .timeout_global(Some(timeout))
+            .build()
+            .into();
+        Self { agent, url }
+    }
+
+    pub fn url(&self) -> &str {
+        &self.url
+    }
+
+    /// The snapshot's bytes, as served.
+    pub fn fetch_bytes(&self) -> Result<Vec<u8>, String> {
+        let mut response = self
+            .agent
+            .get(&self.url)
+            .call()
+            .map_err(|e| e.to_string())?;
+        response
+            .body_mut()
+            .with_config()
+            .limit(256 << 20)
+            .read_to_vec()
+            .map_err(|e| e.to_string())
+    }
+
+    /// The snapshot, decoded.
+    pub fn fetch(&self) -> Result<Received, String> {
+        let bytes = self.fetch_bytes()?;
+        Received::from_msgpack(&bytes).map_err(|e| format!("not a Rezolus snapshot: {e}"))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn agent_addresses() {
+        let url = "http://127.0.0.1:4241/metrics/binary";
+        for s in [
+            "127.0.0.1:4241",
+            "http://127.0.0.1:4241",
+            "http://127.0.0.1:4241/",
+            "http://127.0.0.1:4241/metrics/binary",
+        ] {
+            assert_eq!(snapshot_url(s).unwrap(), url, "{s}");
+        }
+        assert_eq!(
+            snapshot_url("http://localhost:4241").unwrap(),
+            "http://localhost:4241/metrics/binary"
+        );
+        for bad in ["", "https://x:1", "http://x:1/other", "ftp://x"] {
+            assert!(snapshot_url(bad).is_err(), "{bad}");
+        }
+    }
+}

@@ -1,0 +1,457 @@
+//! The recorder (`rezolus record`) and journal recovery (`rezolus parquet
+//! recover`).
+//!
+//! The recorder reads the agent on wall-clock-aligned ticks and appends
+//! each snapshot, as served, to a journal beside the output
+//! (`OUTPUT.journal`), synced to disk every second. When the capture ends
+//! (its duration, or SIGINT/SIGTERM) the journal becomes the Parquet file
+//! (see [`parquet`]) and is removed. A capture killed part way through
+//! leaves the journal: `rezolus parquet recover OUTPUT.journal` turns it
+//! into the same Parquet file, minus at most the record being written.
+
+pub mod journal;
+pub mod parquet;
+
+use std::collections::BTreeMap;
+use std::fs::OpenOptions;
+use std::io::{IsTerminal, Write};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use anyhow::{bail, Context};
+use tracing::{info, warn};
+
+use crate::client::{next_tick, snapshot_url, Client};
+use journal::{Gap, Header, Kind};
+
+/// `rezolus record`: capture an agent's snapshots to Parquet.
+#[derive(Debug, clap::Args)]
+#[command(after_help = "Examples:\n  \
+    rezolus record --interval 1s --duration 15m http://localhost:4241 rezolus.parquet\n  \
+    rezolus record --metadata run=baseline rezolus.parquet   (until Ctrl-C)\n\n\
+    While recording, snapshots go to OUTPUT.journal (synced every second); it \
+    becomes OUTPUT when the capture ends. If the recorder is killed, recover it with \
+    `rezolus parquet recover OUTPUT.journal`.")]
+pub struct RecordArgs {
+    /// Time between samples, aligned to the wall clock (e.g. 100ms, 1s)
+    #[arg(long, default_value = "1s", value_parser = parse_interval)]
+    pub interval: Duration,
+    /// How long to record (e.g. 30s, 15m); without it, until Ctrl-C or SIGTERM
+    #[arg(long, value_parser = parse_duration)]
+    pub duration: Option<Duration>,
+    /// KEY=VALUE stored in the file's metadata (repeatable)
+    #[arg(long = "metadata", value_name = "KEY=VALUE", value_parser = parse_metadata)]
+    pub metadata: Vec<(String, String)>,
+    /// Overwrite OUTPUT, and discard a journal left beside it, if present
+    #[arg(long)]
+    pub force: bool,
+    /// [SOURCE] OUTPUT: the agent (default http://localhost:4241) and the Parquet file to write
+    #[arg(value_name = "SOURCE|OUTPUT", num_args = 1..=2, required = true)]
+    pub paths: Vec<String>,
+}
+
+fn parse_duration(text: &str) -> Result<Duration, String> {
+    let d =
+        humantime::parse_duration(text).map_err(|e| format!("{e} (examples: 100ms, 1s, 15m)"))?;
+    if d.is_zero() {
+        return Err("must be more than zero".into());
+    }
+    Ok(d)
+}
+
+fn parse_interval(text: &str) -> Result<Duration, String> {
+    let d = parse_duration(text)?;
+    if d < Duration::from_millis(10) {
+        return Err("must be at least 10ms".into());
+    }
+    if d.subsec_nanos() % 1_000_000 != 0 {
+        return Err("must be whole milliseconds".into());
+    }
+    Ok(d)
+}
+
+/// Keys the recorder sets itself.
+const RESERVED: &[&str] = &[
+    "source",
+    "version",
+    "sampling_interval_ms",
+    "agent_url",
+    "recorder",
+    "gaps",
+];
+
+fn parse_metadata(text: &str) -> Result<(String, String), String> {
+    let (k, v) = text
+        .split_once('=')
+        .ok_or_else(|| format!("{text:?} is not KEY=VALUE"))?;
+    if k.is_empty() {
+        return Err(format!("{text:?} has an empty key"));
+    }
+    if RESERVED.contains(&k) {
+        return Err(format!("{k:?} is set by the recorder itself"));
+    }
+    Ok((k.to_string(), v.to_string()))
+}
+
+static STOP: AtomicBool = AtomicBool::new(false);
+
+extern "C" fn on_signal(_: libc::c_int) {
+    STOP.store(true, Ordering::SeqCst);
+}
+
+fn install_signal_handlers() {
+    let handler: extern "C" fn(libc::c_int) = on_signal;
+    // SAFETY: the handler only stores to an atomic, which is async-signal-safe.
+    unsafe {
+        libc::signal(libc::SIGINT, handler as libc::sighandler_t);
+        libc::signal(libc::SIGTERM, handler as libc::sighandler_t);
+    }
+}
+
+/// Sleeps until `at`; false if a stop signal came first.
+fn sleep_until(at: SystemTime) -> bool {
+    loop {
+        if STOP.load(Ordering::SeqCst) {
+            return false;
+        }
+        match at.duration_since(SystemTime::now()) {
+            Ok(left) if !left.is_zero() => std::thread::sleep(left.min(Duration::from_millis(20))),
+            _ => return true,
+        }
+    }
+}
+
+fn nanos(t: SystemTime) -> u64 {
+    t.duration_since(UNIX_EPOCH)
+        .map(|d| d.as_nanos() as u64)
+        .unwrap_or(0)
+}
+
+pub fn journal_path(output: &Path) -> PathBuf {
+    let mut name = output.as_os_str().to_owned();
+    name.push(".journal");
+    PathBuf::from(name)
+}
+
+/// Fails unless `output` may be written: its directory exists and is
+/// writable, and it does not exist (unless `force`).
+fn check_output(output: &Path, force: bool) -> anyhow::Result<()> {
+    let dir = match output.parent() {
+        Some(d) if !d.as_os_str().is_empty() => d.to_path_buf(),
+        _ => PathBuf::from("."),
+    };
+    if !dir.is_dir() {
+        bail!(
+            "cannot write {}: directory {} does not exist",
+            output.display(),
+            dir.display()
+        );
+    }
+    let c_dir = std::ffi::CString::new(dir.as_os_str().as_encoded_bytes())
+        .context("output path contains a NUL byte")?;
+    // SAFETY: c_dir is a valid NUL-terminated string.
+    if unsafe { libc::access(c_dir.as_ptr(), libc::W_OK) } != 0 {
+        bail!(
+            "cannot write {}: directory {} is not writable ({})",
+            output.display(),
+            dir.display(),
+            std::io::Error::last_os_error()
+        );
+    }
+    if output.is_dir() {
+        bail!(
+            "{} is a directory; name the Parquet file to write",
+            output.display()
+        );
+    }
+    if output.exists() && !force {
+        bail!("{} exists; pass --force to overwrite it", output.display());
+    }
+    let journal = journal_path(output);
+    if journal.exists() && !force {
+        bail!(
+            "{} is left from an interrupted capture: recover it with `rezolus parquet recover {}`, \
+             or pass --force to discard it",
+            journal.display(),
+            journal.display()
+        );
+    }
+    Ok(())
+}
+
+fn human_bytes(n: u64) -> String {
+    match n {
+        n if n >= 1 << 30 => format!("{:.1} GiB", n as f64 / (1u64 << 30) as f64),
+        n if n >= 1 << 20 => format!("{:.1} MiB", n as f64 / (1u64 << 20) as f64),
+        n if n >= 1 << 10 => format!("{:.1} KiB", n as f64 / 1024.0),
+        n => format!("{n} B"),
+    }
+}
+
+/// One status line on a terminal, rewritten in place; nothing otherwise.
+struct Progress {
+    tty: bool,
+    shown: bool,
+}
+
+impl Progress {
+    fn new() -> Self {
+        Self {
+            tty: std::io::stderr().is_terminal(),
+            shown: false,
+        }
+    }
+
+    fn show(&mut self, line: std::fmt::Arguments<'_>) {
+        if self.tty {
+            let _ = write!(std::io::stderr(), "\r\x1b[2K{line}");
+            self.shown = true;
+        }
+    }
+
+    fn done(&mut self) {
+        if self.shown {
+            let _ = writeln!(std::io::stderr());
+            self.shown = false;
+        }
+    }
+}
+
+fn round(d: Duration) -> humantime::FormattedDuration {
+    humantime::format_duration(Duration::from_secs(d.as_secs()))
+}
+
+/// Runs `rezolus record`.
+pub fn record(args: RecordArgs) -> anyhow::Result<()> {
+    crate::logging::init(tracing::Level::INFO);
+    let (source, output) = match args.paths.as_slice() {
+        [output] => ("http://localhost:4241".to_string(), PathBuf::from(output)),
+        [source, output] => (source.clone(), PathBuf::from(output)),
+        _ => bail!("expected [SOURCE] OUTPUT"),
+    };
+    let url = snapshot_url(&source).map_err(|e| anyhow::anyhow!("SOURCE: {e}"))?;
+    check_output(&output, args.force)?;
+    install_signal_handlers();
+
+    let client = Client::new(
+        url.clone(),
+        args.interval
+            .clamp(Duration::from_secs(1), Duration::from_secs(5)),
+    );
+    let first = client
+        .fetch_bytes()
+        .and_then(|b| {
+            crate::snapshot::Received::from_msgpack(&b)
+                .map(|_| b)
+                .map_err(|e| format!("not a Rezolus snapshot: {e}"))
+        })
+        .map_err(|e| anyhow::anyhow!("cannot read the agent at {url}: {e}"))?;
+
+    let journal_file = journal_path(&output);
+    let file = OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .open(&journal_file)
+        .with_context(|| format!("cannot create {}", journal_file.display()))?;
+    let header = Header {
+        url: url.clone(),
+        sampling_interval_ms: args.interval.as_millis() as u64,
+        metadata: args.metadata.iter().cloned().collect::<BTreeMap<_, _>>(),
+    };
+    let mut journal = journal::Writer::create(file, &header)
+        .with_context(|| format!("writing {}", journal_file.display()))?;
+    journal
+        .append(Kind::Snapshot, &first)
+        .with_context(|| format!("writing {}", journal_file.display()))?;
+    let started = SystemTime::now();
+    let started_at = Instant::now();
+    let end = args.duration.map(|d| started + d);
+    info!(
+        "recording {url} every {} {} to {} (journal {})",
+        humantime::format_duration(args.interval),
+        args.duration
+            .map(|d| format!("for {}", humantime::format_duration(d)))
+            .unwrap_or_else(|| "until Ctrl-C".into()),
+        output.display(),
+        journal_file.display()
+    );
+
+    let mut samples = 1u64;
+    let mut failing: Option<(u64, String)> = None;
+    let mut last_sync = Instant::now();
+    let mut progress = Progress::new();
+    let total = args
+        .duration
+        .map(|d| format!(" of {}", round(d)))
+        .unwrap_or_default();
+    loop {
+        let tick = next_tick(SystemTime::now(), args.interval);
+        if end.is_some_and(|end| tick >= end) {
+            let _ = sleep_until(end.unwrap_or(tick));
+            break;
+        }
+        if !sleep_until(tick) {
+            break;
+        }
+        match client.fetch_bytes() {
+            Ok(bytes) => {
+                if let Some((start_ns, error)) = failing.take() {
+                    let now = nanos(SystemTime::now());
+                    info!(
+                        "reading the agent again after {}",
+                        humantime::format_duration(Duration::from_millis(
+                            (now - start_ns) / 1_000_000
+                        ))
+                    );
+                    journal.gap(&Gap {
+                        start_ns,
+                        end_ns: now,
+                        error,
+                    })?;
+                }
+                journal
+                    .append(Kind::Snapshot, &bytes)
+                    .with_context(|| format!("writing {}", journal_file.display()))?;
+                samples += 1;
+            }
+            Err(e) => {
+                if failing.is_none() {
+                    progress.done();
+                    warn!("cannot read the agent at {url}: {e}; recording the gap and retrying every {}", humantime::format_duration(args.interval));
+                    failing = Some((nanos(tick), e));
+                }
+            }
+        }
+        if last_sync.elapsed() >= Duration::from_secs(1) {
+            journal
+                .sync()
+                .with_context(|| format!("syncing {}", journal_file.display()))?;
+            last_sync = Instant::now();
+        }
+        progress.show(format_args!(
+            "recording: {}{total}, {samples} samples, {}{}",
+            round(started_at.elapsed()),
+            human_bytes(journal.bytes()),
+            if failing.is_some() {
+                " (agent unreachable)"
+            } else {
+                ""
+            }
+        ));
+    }
+    progress.done();
+    if STOP.load(Ordering::SeqCst) {
+        info!("stop signal received: finishing the capture");
+    }
+    if let Some((start_ns, error)) = failing.take() {
+        journal.gap(&Gap {
+            start_ns,
+            end_ns: nanos(SystemTime::now()),
+            error,
+        })?;
+    }
+    journal
+        .sync()
+        .with_context(|| format!("syncing {}", journal_file.display()))?;
+    drop(journal);
+    finish(&journal_file, &output, &mut progress)
+}
+
+/// Journal to Parquet; removes the journal once the Parquet file is in place.
+fn finish(journal: &Path, output: &Path, progress: &mut Progress) -> anyhow::Result<()> {
+    let converted = parquet::convert(journal, output, &mut |done, total| {
+        progress.show(format_args!(
+            "writing {}: {done} of {total} rows",
+            output.display()
+        ));
+    });
+    progress.done();
+    let converted = converted.with_context(|| {
+        format!(
+            "the capture is kept in {}; retry with `rezolus parquet recover {} {}`",
+            journal.display(),
+            journal.display(),
+            output.display()
+        )
+    })?;
+    if let Some((offset, why)) = &converted.torn {
+        warn!(
+            "{}: stopped at byte {offset} ({why}); everything before it was kept",
+            journal.display()
+        );
+    }
+    if converted.skipped > 0 {
+        warn!(
+            "{} records were not snapshots and were skipped",
+            converted.skipped
+        );
+    }
+    std::fs::remove_file(journal).with_context(|| format!("removing {}", journal.display()))?;
+    info!(
+        "wrote {} samples ({} columns{}) to {} ({})",
+        converted.rows,
+        converted.columns,
+        match converted.gaps.len() {
+            0 => String::new(),
+            n => format!(", {n} gap(s) with the agent unreachable"),
+        },
+        output.display(),
+        human_bytes(converted.bytes)
+    );
+    Ok(())
+}
+
+/// `rezolus parquet recover JOURNAL [OUTPUT]`.
+pub fn recover(journal: &Path, output: Option<&Path>, force: bool) -> anyhow::Result<()> {
+    crate::logging::init(tracing::Level::INFO);
+    let output = match output {
+        Some(o) => o.to_path_buf(),
+        None => {
+            let text = journal.to_string_lossy();
+            match text.strip_suffix(".journal") {
+                Some(stem) if !stem.is_empty() => PathBuf::from(stem),
+                _ => bail!(
+                    "{} does not end in .journal: name the OUTPUT to write",
+                    journal.display()
+                ),
+            }
+        }
+    };
+    if !journal.is_file() {
+        bail!("{} does not exist or is not a file", journal.display());
+    }
+    if output.exists() && !force {
+        bail!("{} exists; pass --force to overwrite it", output.display());
+    }
+    finish(journal, &output, &mut Progress::new())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn argument_values_are_checked() {
+        assert_eq!(parse_interval("100ms"), Ok(Duration::from_millis(100)));
+        assert!(parse_interval("0s").is_err());
+        assert!(parse_interval("1ms").unwrap_err().contains("10ms"));
+        assert!(parse_interval("banana").unwrap_err().contains("examples"));
+        assert_eq!(parse_duration("15m"), Ok(Duration::from_secs(900)));
+        assert_eq!(parse_metadata("run=a=b"), Ok(("run".into(), "a=b".into())));
+        assert!(parse_metadata("novalue").is_err());
+        assert!(parse_metadata("=x").is_err());
+        assert!(parse_metadata("version=2")
+            .unwrap_err()
+            .contains("recorder"));
+    }
+
+    #[test]
+    fn journal_sits_beside_the_output() {
+        assert_eq!(
+            journal_path(Path::new("/tmp/r.parquet")),
+            Path::new("/tmp/r.parquet.journal")
+        );
+    }
+}

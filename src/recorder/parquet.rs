@@ -1,0 +1,527 @@
+//! A capture journal to a Parquet file, laid out as Rezolus recordings are:
+//!
+//! - `timestamp` (UInt64, nanoseconds since the epoch) and `duration`
+//!   (UInt64, nanoseconds the agent took to build the snapshot);
+//! - one column per series, named by the series name: counters UInt64,
+//!   gauges Int64, histograms `List<UInt64>` of bucket counts in a column
+//!   named `<series>:buckets`; a series missing from a snapshot (e.g. one
+//!   that appeared later) is null there;
+//! - column metadata: `metric`, `metric_type`, `unit`, the labels, and for
+//!   histograms `grouping_power` and `max_value_power`;
+//! - file metadata: `source`, `version`, `sampling_interval_ms`, the
+//!   `--metadata` pairs, and `gaps` (JSON) when the agent was unreachable
+//!   for a while.
+//!
+//! Two passes over the journal: the first finds every column, the second
+//! writes row groups of bounded size, so memory does not grow with the
+//! length of the capture.
+
+use std::collections::HashMap;
+use std::fs::File;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use arrow_array::builder::{Int64Builder, ListBuilder, UInt64Builder};
+use arrow_array::{ArrayRef, RecordBatch};
+use arrow_schema::{DataType, Field, Schema};
+use parquet::arrow::ArrowWriter;
+use parquet::basic::{Compression, ZstdLevel};
+use parquet::file::metadata::KeyValue;
+use parquet::file::properties::WriterProperties;
+
+use super::journal::{Gap, JournalError, Reader, Record};
+use crate::snapshot::Received;
+
+/// Raw bytes of column data held before a row group is written.
+const ROW_GROUP_BYTES: usize = 32 << 20;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConvertError {
+    #[error("reading journal {path}: {source}")]
+    Journal { path: String, source: JournalError },
+    #[error("journal {0} holds no snapshot")]
+    Empty(String),
+    #[error("writing {path}: {message}")]
+    Write { path: String, message: String },
+}
+
+/// What a conversion wrote.
+#[derive(Debug, Clone)]
+pub struct Converted {
+    pub rows: u64,
+    pub columns: usize,
+    pub gaps: Vec<Gap>,
+    /// Records skipped as undecodable.
+    pub skipped: u64,
+    /// Where reading stopped early (a torn last record), and why.
+    pub torn: Option<(u64, String)>,
+    pub bytes: u64,
+}
+
+#[derive(Clone, Copy, PartialEq)]
+enum Kind {
+    Counter,
+    Gauge,
+    Histogram,
+}
+
+struct Column {
+    name: String,
+    kind: Kind,
+    metadata: HashMap<String, String>,
+}
+
+enum Builder {
+    Counter(UInt64Builder),
+    Gauge(Int64Builder),
+    Histogram(ListBuilder<UInt64Builder>),
+}
+
+impl Builder {
+    fn new(kind: Kind) -> Self {
+        match kind {
+            Kind::Counter => Builder::Counter(UInt64Builder::new()),
+            Kind::Gauge => Builder::Gauge(Int64Builder::new()),
+            Kind::Histogram => Builder::Histogram(ListBuilder::new(UInt64Builder::new())),
+        }
+    }
+
+    fn null(&mut self) {
+        match self {
+            Builder::Counter(b) => b.append_null(),
+            Builder::Gauge(b) => b.append_null(),
+            Builder::Histogram(b) => b.append_null(),
+        }
+    }
+
+    fn finish(&mut self) -> ArrayRef {
+        match self {
+            Builder::Counter(b) => Arc::new(b.finish()),
+            Builder::Gauge(b) => Arc::new(b.finish()),
+            Builder::Histogram(b) => Arc::new(b.finish()),
+        }
+    }
+}
+
+fn histogram_column(name: &str) -> String {
+    format!("{name}:buckets")
+}
+
+/// The columns, in order of first appearance.
+#[derive(Default)]
+struct Columns {
+    list: Vec<Column>,
+    index: HashMap<String, usize>,
+    buckets: usize,
+}
+
+impl Columns {
+    fn add(
+        &mut self,
+        name: String,
+        kind: Kind,
+        metadata: &std::collections::BTreeMap<String, String>,
+    ) {
+        if self.index.contains_key(&name) {
+            return;
+        }
+        let mut metadata: HashMap<String, String> = metadata
+            .iter()
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect();
+        let kind_name = match kind {
+            Kind::Counter => "counter",
+            Kind::Gauge => "gauge",
+            Kind::Histogram => "histogram",
+        };
+        metadata.insert("metric_type".into(), kind_name.into());
+        self.index.insert(name.clone(), self.list.len());
+        self.list.push(Column {
+            name,
+            kind,
+            metadata,
+        });
+    }
+
+    fn observe(&mut self, snap: &Received) {
+        for c in &snap.counters {
+            self.add(c.name.clone(), Kind::Counter, &c.metadata);
+        }
+        for g in &snap.gauges {
+            self.add(g.name.clone(), Kind::Gauge, &g.metadata);
+        }
+        for h in &snap.histograms {
+            self.buckets = self.buckets.max(h.value.as_slice().len());
+            self.add(histogram_column(&h.name), Kind::Histogram, &h.metadata);
+        }
+    }
+
+    fn schema(&self, file_metadata: HashMap<String, String>) -> Schema {
+        let mut fields = vec![
+            Field::new("timestamp", DataType::UInt64, false),
+            Field::new("duration", DataType::UInt64, true),
+        ];
+        for c in &self.list {
+            let data_type = match c.kind {
+                Kind::Counter => DataType::UInt64,
+                Kind::Gauge => DataType::Int64,
+                Kind::Histogram => {
+                    DataType::List(Arc::new(Field::new_list_field(DataType::UInt64, true)))
+                }
+            };
+            fields.push(Field::new(&c.name, data_type, true).with_metadata(c.metadata.clone()));
+        }
+        Schema::new(fields).with_metadata(file_metadata)
+    }
+
+    /// Rows per row group so a group's raw data stays near `bytes`.
+    fn rows_per_group(&self, bytes: usize) -> usize {
+        let histograms = self
+            .list
+            .iter()
+            .filter(|c| c.kind == Kind::Histogram)
+            .count();
+        let row = 8 * (2 + self.list.len() + histograms * self.buckets);
+        (bytes / row.max(1)).clamp(16, 8192)
+    }
+}
+
+fn decode(bytes: &[u8]) -> Option<Received> {
+    Received::from_msgpack(bytes).ok()
+}
+
+fn nanos(t: std::time::SystemTime) -> u64 {
+    t.duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_nanos() as u64)
+        .unwrap_or(0)
+}
+
+/// Writes the journal at `journal` as Parquet at `output`: first to a
+/// temporary file beside it, renamed into place when complete, so
+/// `output` is never a partial file. `progress(done, total)` is called as
+/// rows are written.
+pub fn convert(
+    journal: &Path,
+    output: &Path,
+    progress: &mut dyn FnMut(u64, u64),
+) -> Result<Converted, ConvertError> {
+    convert_in_groups(journal, output, progress, ROW_GROUP_BYTES)
+}
+
+fn convert_in_groups(
+    journal: &Path,
+    output: &Path,
+    progress: &mut dyn FnMut(u64, u64),
+    group_bytes: usize,
+) -> Result<Converted, ConvertError> {
+    let jerr = |source| ConvertError::Journal {
+        path: journal.display().to_string(),
+        source,
+    };
+    // pass 1: every column, the row count, the gaps
+    let mut reader = Reader::open(journal).map_err(jerr)?;
+    let header = reader.header.clone();
+    let mut columns = Columns::default();
+    let mut rows = 0u64;
+    let mut skipped = 0u64;
+    let mut gaps = Vec::new();
+    let mut agent_metadata = None;
+    while let Some(record) = reader.next_record().map_err(jerr)? {
+        match record {
+            Record::Snapshot(bytes) => match decode(&bytes) {
+                Some(snap) => {
+                    columns.observe(&snap);
+                    rows += 1;
+                    agent_metadata.get_or_insert(snap.metadata);
+                }
+                None => skipped += 1,
+            },
+            Record::Gap(gap) => gaps.push(gap),
+        }
+    }
+    let torn = reader.torn.clone();
+    if rows == 0 {
+        return Err(ConvertError::Empty(journal.display().to_string()));
+    }
+
+    let agent_metadata = agent_metadata.unwrap_or_default();
+    let mut file_metadata: HashMap<String, String> = header.metadata.clone().into_iter().collect();
+    file_metadata.insert(
+        "source".into(),
+        agent_metadata
+            .get("source")
+            .cloned()
+            .unwrap_or_else(|| "rezolus".into()),
+    );
+    file_metadata.insert(
+        "version".into(),
+        agent_metadata
+            .get("version")
+            .cloned()
+            .unwrap_or_else(|| env!("CARGO_PKG_VERSION").into()),
+    );
+    file_metadata.insert(
+        "sampling_interval_ms".into(),
+        header.sampling_interval_ms.to_string(),
+    );
+    file_metadata.insert("agent_url".into(), header.url.clone());
+    file_metadata.insert(
+        "recorder".into(),
+        format!("rezolus {}", env!("CARGO_PKG_VERSION")),
+    );
+    if !gaps.is_empty() {
+        file_metadata.insert(
+            "gaps".into(),
+            serde_json::to_string(&gaps).unwrap_or_default(),
+        );
+    }
+    let schema = Arc::new(columns.schema(file_metadata.clone()));
+
+    // pass 2: row groups
+    let tmp = temporary_path(output);
+    let werr = |message: String| ConvertError::Write {
+        path: output.display().to_string(),
+        message,
+    };
+    let file = File::create(&tmp).map_err(|e| werr(format!("creating {}: {e}", tmp.display())))?;
+    let result = (|| {
+        let props = WriterProperties::builder()
+            .set_compression(Compression::ZSTD(
+                ZstdLevel::try_new(3).map_err(|e| e.to_string())?,
+            ))
+            .set_key_value_metadata(Some(
+                file_metadata
+                    .iter()
+                    .map(|(k, v)| KeyValue::new(k.clone(), v.clone()))
+                    .collect(),
+            ))
+            .build();
+        let mut writer = ArrowWriter::try_new(file, Arc::clone(&schema), Some(props))
+            .map_err(|e| e.to_string())?;
+        let per_group = columns.rows_per_group(group_bytes);
+        let mut reader = Reader::open(journal).map_err(|e| e.to_string())?;
+        let mut timestamps = UInt64Builder::new();
+        let mut durations = UInt64Builder::new();
+        let mut builders: Vec<Builder> =
+            columns.list.iter().map(|c| Builder::new(c.kind)).collect();
+        let mut filled = vec![false; builders.len()];
+        let mut in_group = 0usize;
+        let mut done = 0u64;
+        let mut flush = |timestamps: &mut UInt64Builder,
+                         durations: &mut UInt64Builder,
+                         builders: &mut Vec<Builder>|
+         -> Result<(), String> {
+            let mut arrays: Vec<ArrayRef> =
+                vec![Arc::new(timestamps.finish()), Arc::new(durations.finish())];
+            arrays.extend(builders.iter_mut().map(Builder::finish));
+            let batch =
+                RecordBatch::try_new(Arc::clone(&schema), arrays).map_err(|e| e.to_string())?;
+            writer.write(&batch).map_err(|e| e.to_string())?;
+            writer.flush().map_err(|e| e.to_string())
+        };
+        while let Some(record) = reader.next_record().map_err(|e| e.to_string())? {
+            let Record::Snapshot(bytes) = record else {
+                continue;
+            };
+            let Some(snap) = decode(&bytes) else {
+                continue;
+            };
+            filled.iter_mut().for_each(|f| *f = false);
+            timestamps.append_value(nanos(snap.systemtime));
+            durations.append_value(snap.duration.as_nanos() as u64);
+            let mut slot = |name: &str| -> Option<usize> {
+                let i = *columns.index.get(name)?;
+                (!std::mem::replace(&mut filled[i], true)).then_some(i)
+            };
+            for c in &snap.counters {
+                if let Some(i) = slot(&c.name) {
+                    if let Builder::Counter(b) = &mut builders[i] {
+                        b.append_value(c.value);
+                    }
+                }
+            }
+            for g in &snap.gauges {
+                if let Some(i) = slot(&g.name) {
+                    if let Builder::Gauge(b) = &mut builders[i] {
+                        b.append_value(g.value);
+                    }
+                }
+            }
+            for h in &snap.histograms {
+                if let Some(i) = slot(&histogram_column(&h.name)) {
+                    if let Builder::Histogram(b) = &mut builders[i] {
+                        b.values().append_slice(h.value.as_slice());
+                        b.append(true);
+                    }
+                }
+            }
+            for (b, f) in builders.iter_mut().zip(&filled) {
+                if !f {
+                    b.null();
+                }
+            }
+            in_group += 1;
+            done += 1;
+            if in_group == per_group {
+                flush(&mut timestamps, &mut durations, &mut builders)?;
+                in_group = 0;
+                progress(done, rows);
+            }
+        }
+        if in_group > 0 {
+            flush(&mut timestamps, &mut durations, &mut builders)?;
+            progress(done, rows);
+        }
+        let file = writer.into_inner().map_err(|e| e.to_string())?;
+        file.sync_all().map_err(|e| e.to_string())?;
+        Ok::<u64, String>(done)
+    })();
+    let written = match result {
+        Ok(n) => n,
+        Err(e) => {
+            let _ = std::fs::remove_file(&tmp);
+            return Err(werr(e));
+        }
+    };
+    std::fs::rename(&tmp, output)
+        .map_err(|e| werr(format!("renaming {} into place: {e}", tmp.display())))?;
+    let bytes = std::fs::metadata(output).map(|m| m.len()).unwrap_or(0);
+    Ok(Converted {
+        rows: written,
+        columns: columns.list.len() + 2,
+        gaps,
+        skipped,
+        torn,
+        bytes,
+    })
+}
+
+/// `dir/.name.tmp-PID`: beside the output, so the rename stays on one
+/// file system.
+fn temporary_path(output: &Path) -> PathBuf {
+    let name = output
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_else(|| "rezolus.parquet".into());
+    output.with_file_name(format!(".{name}.tmp-{}", std::process::id()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::metrics::{new_histogram, MetricDef, Series};
+    use crate::recorder::journal::{Header, Kind as RecordKind, Writer};
+    use crate::snapshot::{Emitter, Snapshot};
+    use arrow_array::{Array, Int64Array, ListArray, UInt64Array};
+    use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
+
+    static C: MetricDef = MetricDef::counter("c", "events", "");
+    static LATE: MetricDef = MetricDef::gauge("late", "bytes", "");
+    static H: MetricDef = MetricDef::histogram("h", "nanoseconds", "");
+
+    /// Row n: counter n, a histogram of n values, and from row 10 on a
+    /// gauge -n; row 20 is not a snapshot at all.
+    fn journal(dir: &Path, rows: u64) -> PathBuf {
+        let path = dir.join("j");
+        let header = Header {
+            url: "http://x:1/metrics/binary".into(),
+            sampling_interval_ms: 100,
+            metadata: [("k".to_string(), "v".to_string())].into(),
+        };
+        let mut w = Writer::create(File::create(&path).unwrap(), &header).unwrap();
+        for n in 0..rows {
+            if n == 20 {
+                w.append(RecordKind::Snapshot, b"garbage").unwrap();
+            }
+            let t = std::time::UNIX_EPOCH + std::time::Duration::from_millis(1_000 + 100 * n);
+            let mut snap = Snapshot::new(t);
+            let mut out = Emitter::new(&mut snap);
+            out.counter(&Series::new(&C, &[]), n);
+            let mut h = new_histogram();
+            for i in 0..n {
+                h.increment(i * 1000).unwrap();
+            }
+            out.histogram(&Series::new(&H, &[]), h);
+            if n >= 10 {
+                out.gauge(&Series::new(&LATE, &[]), -(n as i64));
+            }
+            w.append(RecordKind::Snapshot, &snap.to_msgpack().unwrap())
+                .unwrap();
+        }
+        path
+    }
+
+    #[test]
+    fn rows_span_row_groups_in_order_with_nulls_before_a_series_appears() {
+        let dir = tempfile::tempdir().unwrap();
+        let rows = 50;
+        let path = journal(dir.path(), rows);
+        let out = dir.path().join("out.parquet");
+        let mut calls = Vec::new();
+        // row groups of 16 rows
+        let c = convert_in_groups(&path, &out, &mut |done, total| calls.push((done, total)), 1)
+            .unwrap();
+        assert_eq!((c.rows, c.skipped, c.columns), (rows, 1, 5));
+        assert_eq!(calls.last(), Some(&(rows, rows)));
+
+        let reader = ParquetRecordBatchReaderBuilder::try_new(File::open(&out).unwrap()).unwrap();
+        let meta = reader.metadata().clone();
+        assert_eq!(meta.num_row_groups(), 4);
+        assert_eq!(calls, [(16, 50), (32, 50), (48, 50), (50, 50)]);
+        let kv: HashMap<_, _> = meta
+            .file_metadata()
+            .key_value_metadata()
+            .unwrap()
+            .iter()
+            .map(|kv| (kv.key.clone(), kv.value.clone().unwrap_or_default()))
+            .collect();
+        assert_eq!(kv["k"], "v");
+        assert_eq!(kv["sampling_interval_ms"], "100");
+        let mut n = 0u64;
+        for batch in reader.build().unwrap() {
+            let batch = batch.unwrap();
+            let col = |name: &str| batch.column_by_name(name).unwrap().clone();
+            let ts = col("timestamp");
+            let ts = ts.as_any().downcast_ref::<UInt64Array>().unwrap();
+            let counter = col("c");
+            let counter = counter.as_any().downcast_ref::<UInt64Array>().unwrap();
+            let late = col("late");
+            let late = late.as_any().downcast_ref::<Int64Array>().unwrap();
+            let hist = col("h:buckets");
+            let hist = hist.as_any().downcast_ref::<ListArray>().unwrap();
+            for i in 0..batch.num_rows() {
+                assert_eq!(ts.value(i), 1_000_000_000 + 100_000_000 * n);
+                assert_eq!(counter.value(i), n);
+                if n < 10 {
+                    assert!(late.is_null(i), "row {n}");
+                } else {
+                    assert_eq!(late.value(i), -(n as i64));
+                }
+                let buckets = hist.value(i);
+                let buckets = buckets.as_any().downcast_ref::<UInt64Array>().unwrap();
+                assert_eq!(buckets.len(), new_histogram().as_slice().len());
+                assert_eq!(buckets.values().iter().sum::<u64>(), n);
+                n += 1;
+            }
+        }
+        assert_eq!(n, rows);
+        // the temporary file is gone, the output in place
+        let names: Vec<_> = std::fs::read_dir(dir.path())
+            .unwrap()
+            .map(|e| e.unwrap().file_name())
+            .collect();
+        assert_eq!(names.len(), 2, "{names:?}");
+    }
+
+    #[test]
+    fn a_journal_without_snapshots_is_an_error_and_writes_nothing() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = journal(dir.path(), 0);
+        let out = dir.path().join("out.parquet");
+        assert!(matches!(
+            convert(&path, &out, &mut |_, _| {}),
+            Err(ConvertError::Empty(_))
+        ));
+        assert!(!out.exists());
+    }
+}
