@@ -6,7 +6,9 @@
 //! Layout: the magic line `REZOLUS-JOURNAL 1\n`, then records, each
 //! `[kind: u8][length: u32 LE][crc32 of kind and payload: u32 LE][payload]`.
 //! The first record is the header (JSON [`Header`]); then snapshots (the
-//! agent's msgpack bytes, as served) and gaps (JSON [`Gap`]). A crash can
+//! agent's msgpack bytes, as served, zstd-compressed: a snapshot is mostly
+//! empty histogram buckets, so this is about a tenth of the bytes) and gaps
+//! (JSON [`Gap`]). A crash can
 //! only tear the last record: reading stops at the first record that is
 //! short or fails its checksum, and says how many bytes it left.
 
@@ -114,6 +116,12 @@ impl Writer {
         Ok(())
     }
 
+    /// A snapshot (msgpack as served), compressed.
+    pub fn snapshot(&mut self, msgpack: &[u8]) -> io::Result<()> {
+        let compressed = zstd::bulk::compress(msgpack, 1)?;
+        self.append(Kind::Snapshot, &compressed)
+    }
+
     pub fn gap(&mut self, gap: &Gap) -> io::Result<()> {
         let json = serde_json::to_vec(gap).map_err(io::Error::other)?;
         self.append(Kind::Gap, &json)
@@ -183,7 +191,14 @@ impl<R: Read> Reader<R> {
         loop {
             match self.raw()? {
                 None => return Ok(None),
-                Some((Kind::Snapshot, payload)) => return Ok(Some(Record::Snapshot(payload))),
+                Some((Kind::Snapshot, payload)) => {
+                    // a record that passed its checksum but does not
+                    // decompress was not written by us: skipped
+                    match zstd::stream::decode_all(payload.as_slice()) {
+                        Ok(msgpack) => return Ok(Some(Record::Snapshot(msgpack))),
+                        Err(_) => continue,
+                    }
+                }
                 Some((Kind::Gap, payload)) => match serde_json::from_slice(&payload) {
                     Ok(gap) => return Ok(Some(Record::Gap(gap))),
                     Err(_) => continue,
@@ -261,7 +276,7 @@ mod tests {
         let path = dir.path().join("j");
         let mut w = Writer::create(File::create(&path).unwrap(), &header()).unwrap();
         for r in records {
-            w.append(Kind::Snapshot, r).unwrap();
+            w.snapshot(r).unwrap();
         }
         w.gap(&Gap {
             start_ns: 1,

@@ -23,7 +23,7 @@ use anyhow::{bail, Context};
 use tracing::{info, warn};
 
 use crate::client::{next_tick, snapshot_url, Client};
-use journal::{Gap, Header, Kind};
+use journal::{Gap, Header};
 
 /// `rezolus record`: capture an agent's snapshots to Parquet.
 #[derive(Debug, clap::Args)]
@@ -263,7 +263,7 @@ pub fn record(args: RecordArgs) -> anyhow::Result<()> {
     let mut journal = journal::Writer::create(file, &header)
         .with_context(|| format!("writing {}", journal_file.display()))?;
     journal
-        .append(Kind::Snapshot, &first)
+        .snapshot(&first)
         .with_context(|| format!("writing {}", journal_file.display()))?;
     let started = SystemTime::now();
     let started_at = Instant::now();
@@ -312,7 +312,7 @@ pub fn record(args: RecordArgs) -> anyhow::Result<()> {
                     })?;
                 }
                 journal
-                    .append(Kind::Snapshot, &bytes)
+                    .snapshot(&bytes)
                     .with_context(|| format!("writing {}", journal_file.display()))?;
                 samples += 1;
             }

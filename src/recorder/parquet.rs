@@ -27,7 +27,7 @@ use arrow_schema::{DataType, Field, Schema};
 use parquet::arrow::ArrowWriter;
 use parquet::basic::{Compression, ZstdLevel};
 use parquet::file::metadata::KeyValue;
-use parquet::file::properties::WriterProperties;
+use parquet::file::properties::{EnabledStatistics, WriterProperties};
 
 use super::journal::{Gap, JournalError, Reader, Record};
 use crate::snapshot::Received;
@@ -286,6 +286,11 @@ fn convert_in_groups(
     let file = File::create(&tmp).map_err(|e| werr(format!("creating {}: {e}", tmp.display())))?;
     let result = (|| {
         let props = WriterProperties::builder()
+            // min/max per column chunk only: per-page statistics and their
+            // page indexes, kept in memory until the footer, would grow
+            // with the capture
+            .set_statistics_enabled(EnabledStatistics::Chunk)
+            .set_offset_index_disabled(true)
             .set_compression(Compression::ZSTD(
                 ZstdLevel::try_new(3).map_err(|e| e.to_string())?,
             ))
@@ -410,7 +415,7 @@ fn temporary_path(output: &Path) -> PathBuf {
 mod tests {
     use super::*;
     use crate::metrics::{new_histogram, MetricDef, Series};
-    use crate::recorder::journal::{Header, Kind as RecordKind, Writer};
+    use crate::recorder::journal::{Header, Writer};
     use crate::snapshot::{Emitter, Snapshot};
     use arrow_array::{Array, Int64Array, ListArray, UInt64Array};
     use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
@@ -431,7 +436,7 @@ mod tests {
         let mut w = Writer::create(File::create(&path).unwrap(), &header).unwrap();
         for n in 0..rows {
             if n == 20 {
-                w.append(RecordKind::Snapshot, b"garbage").unwrap();
+                w.snapshot(b"garbage").unwrap();
             }
             let t = std::time::UNIX_EPOCH + std::time::Duration::from_millis(1_000 + 100 * n);
             let mut snap = Snapshot::new(t);
@@ -445,8 +450,7 @@ mod tests {
             if n >= 10 {
                 out.gauge(&Series::new(&LATE, &[]), -(n as i64));
             }
-            w.append(RecordKind::Snapshot, &snap.to_msgpack().unwrap())
-                .unwrap();
+            w.snapshot(&snap.to_msgpack().unwrap()).unwrap();
         }
         path
     }

@@ -1,0 +1,180 @@
+//! Recorder cost benchmark (`cargo bench --bench record`).
+//!
+//! 1. One hour of snapshots at 1 s and at 100 ms, built by the real
+//!    samplers in process (timestamps set 1 s / 100 ms apart), written to a
+//!    capture journal, then turned into Parquet by the real binary
+//!    (`rezolus parquet recover`, the same code a capture ends with): bytes
+//!    per hour of journal and of Parquet, and the conversion's time and peak
+//!    RSS. Values move less between in-process snapshots than in a real
+//!    hour, so the Parquet sizes here are a lower bound; part 2 checks them.
+//! 2. A live capture of the real agent at 100 ms for RECORD_SECONDS
+//!    (default 20): the recorder's RSS and CPU while capturing, and its
+//!    Parquet size per hour extrapolated from the capture.
+
+use std::fs::File;
+use std::path::Path;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant, SystemTime};
+
+use rezolus::agent::collector::Collector;
+use rezolus::agent::config::Config;
+use rezolus::recorder::journal::{Header, Writer};
+use rezolus::samplers::SamplerContext;
+
+const BIN: &str = env!("CARGO_BIN_EXE_rezolus");
+
+fn main() {
+    let dir = tempfile::tempdir().expect("temporary directory");
+    let mut collector = Collector::from_config(&Config::default(), &SamplerContext::default());
+    for (label, interval) in [
+        ("1 s", Duration::from_secs(1)),
+        ("100 ms", Duration::from_millis(100)),
+    ] {
+        let rows = (3600.0 / interval.as_secs_f64()) as u64;
+        let journal = dir
+            .path()
+            .join(format!("hour-{}.parquet.journal", interval.as_millis()));
+        let header = Header {
+            url: "in-process".into(),
+            sampling_interval_ms: interval.as_millis() as u64,
+            metadata: Default::default(),
+        };
+        let mut writer = Writer::create(File::create(&journal).unwrap(), &header).unwrap();
+        let t0 = SystemTime::now();
+        for i in 0..rows {
+            let mut snapshot = collector.collect();
+            snapshot.systemtime = t0 + interval * i as u32;
+            writer.snapshot(&snapshot.to_msgpack().unwrap()).unwrap();
+        }
+        let journal_bytes = writer.bytes();
+        drop(writer);
+        let output = journal.with_extension("");
+        let (elapsed, peak_kb) = run_measured(
+            Command::new(BIN)
+                .args(["parquet", "recover"])
+                .arg(&journal)
+                .arg(&output),
+        );
+        let parquet_bytes = std::fs::metadata(&output).map(|m| m.len()).unwrap_or(0);
+        println!("1 hour at {label} ({rows} snapshots, in process):");
+        println!(
+            "  journal {:.1} MB/hour, Parquet {:.1} MB/hour; conversion {:.1} s, peak RSS {:.1} MB",
+            mb(journal_bytes),
+            mb(parquet_bytes),
+            elapsed.as_secs_f64(),
+            peak_kb as f64 / 1024.0
+        );
+        let _ = std::fs::remove_file(&output);
+    }
+    live_capture(dir.path());
+}
+
+/// Runs `command` to completion: its wall time and peak RSS (KiB).
+#[allow(clippy::zombie_processes)] // reaped by wait4, which also gives its rusage
+fn run_measured(command: &mut Command) -> (Duration, i64) {
+    let start = Instant::now();
+    let child = command
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("spawn");
+    let mut status = 0;
+    // SAFETY: rusage is plain data filled in by wait4.
+    let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
+    let pid = unsafe { libc::wait4(child.id() as i32, &mut status, 0, &mut usage) };
+    assert!(
+        pid > 0 && libc::WIFEXITED(status) && libc::WEXITSTATUS(status) == 0,
+        "command failed"
+    );
+    (start.elapsed(), usage.ru_maxrss)
+}
+
+fn live_capture(dir: &Path) {
+    let seconds: u64 = std::env::var("RECORD_SECONDS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(20);
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let config = dir.join("agent.toml");
+    std::fs::write(
+        &config,
+        format!("[general]\nlisten = \"127.0.0.1:{port}\"\n[log]\nlevel = \"warn\"\n"),
+    )
+    .unwrap();
+    let mut agent = Command::new(BIN)
+        .arg(&config)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .spawn()
+        .unwrap();
+    let url = format!("http://127.0.0.1:{port}/metrics/binary");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while ureq::get(&url).call().is_err() {
+        assert!(Instant::now() < deadline, "agent did not start");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let output = dir.join("live.parquet");
+    let mut recorder = Command::new(BIN)
+        .args([
+            "record",
+            "--interval",
+            "100ms",
+            "--duration",
+            &format!("{seconds}s"),
+            &url,
+        ])
+        .arg(&output)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let pid = recorder.id();
+    let started = Instant::now();
+    let mut rss_kb = 0u64;
+    let mut cpu_ticks = 0u64;
+    // until shortly before the capture ends (the conversion follows)
+    while started.elapsed() < Duration::from_secs(seconds) - Duration::from_millis(500) {
+        let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+        if let Some(kb) = status
+            .lines()
+            .find_map(|l| l.strip_prefix("VmRSS:"))
+            .and_then(|v| v.trim().trim_end_matches(" kB").trim().parse().ok())
+        {
+            rss_kb = rss_kb.max(kb);
+        }
+        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+        let fields: Vec<&str> = stat
+            .rsplit(')')
+            .next()
+            .unwrap_or("")
+            .split_whitespace()
+            .collect();
+        if fields.len() > 13 {
+            cpu_ticks =
+                fields[11].parse::<u64>().unwrap_or(0) + fields[12].parse::<u64>().unwrap_or(0);
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let capture_secs = started.elapsed().as_secs_f64();
+    assert!(recorder.wait().unwrap().success(), "recorder failed");
+    let _ = agent.kill();
+    let _ = agent.wait();
+    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64;
+    let samples = capture_secs * 10.0;
+    let bytes = std::fs::metadata(&output).map(|m| m.len()).unwrap_or(0);
+    println!("live capture of the agent at 100 ms for {seconds} s:");
+    println!(
+        "  recorder RSS while capturing {:.1} MB, CPU {:.0} us per sample; Parquet {:.1} MB/hour extrapolated",
+        rss_kb as f64 / 1024.0,
+        cpu_ticks as f64 / hz * 1e6 / samples,
+        mb(bytes) * 3600.0 / seconds as f64
+    );
+}
+
+fn mb(bytes: u64) -> f64 {
+    bytes as f64 / 1e6
+}
