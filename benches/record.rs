@@ -7,9 +7,10 @@
 //!    per hour of journal and of Parquet, and the conversion's time and peak
 //!    RSS. Values move less between in-process snapshots than in a real
 //!    hour, so the Parquet sizes here are a lower bound; part 2 checks them.
-//! 2. A live capture of the real agent at 100 ms for RECORD_SECONDS
-//!    (default 20): the recorder's RSS and CPU while capturing, and its
-//!    Parquet size per hour extrapolated from the capture.
+//! 2. A live capture of the real agent every RECORD_INTERVAL_MS (default
+//!    100) for RECORD_SECONDS (default 20): the recorder's RSS and CPU while
+//!    capturing, and its Parquet size per hour extrapolated from the capture
+//!    (footer included, so an upper bound for short captures).
 
 use std::fs::File;
 use std::path::Path;
@@ -90,10 +91,14 @@ fn run_measured(command: &mut Command) -> (Duration, i64) {
 }
 
 fn live_capture(dir: &Path) {
-    let seconds: u64 = std::env::var("RECORD_SECONDS")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(20);
+    let env = |name: &str, default: u64| -> u64 {
+        std::env::var(name)
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(default)
+    };
+    let seconds = env("RECORD_SECONDS", 20);
+    let interval_ms = env("RECORD_INTERVAL_MS", 100);
     let port = std::net::TcpListener::bind("127.0.0.1:0")
         .unwrap()
         .local_addr()
@@ -122,7 +127,7 @@ fn live_capture(dir: &Path) {
         .args([
             "record",
             "--interval",
-            "100ms",
+            &format!("{interval_ms}ms"),
             "--duration",
             &format!("{seconds}s"),
             &url,
@@ -164,9 +169,9 @@ fn live_capture(dir: &Path) {
     let _ = agent.kill();
     let _ = agent.wait();
     let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64;
-    let samples = capture_secs * 10.0;
+    let samples = capture_secs * 1000.0 / interval_ms as f64;
     let bytes = std::fs::metadata(&output).map(|m| m.len()).unwrap_or(0);
-    println!("live capture of the agent at 100 ms for {seconds} s:");
+    println!("live capture of the agent every {interval_ms} ms for {seconds} s:");
     println!(
         "  recorder RSS while capturing {:.1} MB, CPU {:.0} us per sample; Parquet {:.1} MB/hour extrapolated",
         rss_kb as f64 / 1024.0,

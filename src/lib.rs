@@ -7,6 +7,7 @@ pub mod agent;
 pub mod bpf;
 pub mod client;
 pub mod exporter;
+pub mod hindsight;
 pub mod logging;
 pub mod metrics;
 pub mod perf;

@@ -28,6 +28,11 @@ enum Command {
     /// Parquet files: recover a capture from its journal
     #[command(subcommand)]
     Parquet(ParquetCommand),
+    /// Keep the last minutes of snapshots on disk; SIGHUP writes them to Parquet
+    Hindsight {
+        /// Hindsight config file, e.g. config/hindsight.toml
+        config: PathBuf,
+    },
     /// Serve the agent's metrics to Prometheus (GET /metrics)
     Exporter {
         /// Exporter config file, e.g. config/exporter.toml
@@ -55,6 +60,7 @@ fn main() -> ExitCode {
         (Some(Command::Agent { config }), _) | (None, Some(config)) => rezolus::agent::run(&config),
         (Some(Command::Exporter { config }), _) => rezolus::exporter::run(&config),
         (Some(Command::Record(args)), _) => rezolus::recorder::record(args),
+        (Some(Command::Hindsight { config }), _) => rezolus::hindsight::run(&config),
         (
             Some(Command::Parquet(ParquetCommand::Recover {
                 journal,

@@ -3,6 +3,7 @@
 #![allow(dead_code)]
 
 pub mod fake;
+pub mod parquet;
 
 use std::collections::HashMap;
 use std::io::{BufRead, BufReader, Write};
@@ -41,6 +42,12 @@ impl Agent {
             "ttl = \"0s\"\n"
         };
         Self::spawn(uid, &[], &format!("{ttl}{general_extra}"), extra)
+    }
+
+    /// Starts `rezolus hindsight` (with HTTP on) like [`Agent::start`]
+    /// starts the agent.
+    pub fn hindsight(general_extra: &str) -> Self {
+        Self::spawn(None, &["hindsight"], general_extra, "")
     }
 
     /// Starts `rezolus exporter` like [`Agent::start`] starts the agent.
