@@ -28,6 +28,7 @@ use serde::{Deserialize, Serialize};
 use tracing::{error, info, warn};
 
 use crate::client::{next_tick, snapshot_url, Client};
+use crate::recorder::human_bytes;
 use crate::recorder::journal::{self, Kind};
 use crate::recorder::parquet::{convert, Converted};
 use config::Config;
@@ -262,16 +263,6 @@ fn slot_size_for(client: &Client) -> u32 {
         .map(|n| n * 3 / 2 + ring::SLOT_HEADER)
         .unwrap_or(64 << 10);
     (want.div_ceil(4096) * 4096).clamp(4096, 16 << 20) as u32
-}
-
-fn human_bytes(n: u64) -> String {
-    if n >= 1 << 30 {
-        format!("{:.1} GiB", n as f64 / (1u64 << 30) as f64)
-    } else if n >= 1 << 20 {
-        format!("{:.1} MiB", n as f64 / (1u64 << 20) as f64)
-    } else {
-        format!("{:.1} KiB", n as f64 / 1024.0)
-    }
 }
 
 /// Runs hindsight with the config at `path` until SIGINT or SIGTERM.
