@@ -14,7 +14,8 @@ pub mod config;
 pub mod ring;
 
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::mpsc::{self, RecvTimeoutError};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
@@ -196,24 +197,24 @@ pub fn ring_path(output: &Path) -> PathBuf {
     PathBuf::from(name)
 }
 
-/// Writes a snapshot every interval until `stop`.
-fn sample(hs: Arc<Hindsight>, client: Client, stop: Arc<AtomicBool>) {
+/// Writes a snapshot every interval until `stop` is dropped.
+fn sample(hs: Arc<Hindsight>, client: Client, stop: mpsc::Receiver<()>) {
     let mut failing = false;
     let mut warned_split = false;
     let mut last_sync = Instant::now();
+    let mut compressor = match zstd::bulk::Compressor::new(1) {
+        Ok(c) => c,
+        Err(e) => {
+            error!("cannot start zstd: {e}");
+            return;
+        }
+    };
     loop {
         let tick = next_tick(SystemTime::now(), hs.interval);
-        loop {
-            if stop.load(Ordering::SeqCst) {
-                let _ = hs.lock().sync();
-                return;
-            }
-            match tick.duration_since(SystemTime::now()) {
-                Ok(left) if !left.is_zero() => {
-                    std::thread::sleep(left.min(Duration::from_millis(20)))
-                }
-                _ => break,
-            }
+        let wait = tick.duration_since(SystemTime::now()).unwrap_or_default();
+        if !matches!(stop.recv_timeout(wait), Err(RecvTimeoutError::Timeout)) {
+            let _ = hs.lock().sync();
+            return;
         }
         match client.fetch_bytes() {
             Ok(bytes) => {
@@ -221,7 +222,8 @@ fn sample(hs: Arc<Hindsight>, client: Client, stop: Arc<AtomicBool>) {
                     info!("reading the agent again");
                     failing = false;
                 }
-                let written = zstd::bulk::compress(&bytes, 1)
+                let written = compressor
+                    .compress(&bytes)
                     .map_err(anyhow::Error::from)
                     .and_then(|z| Ok(hs.lock().append(nanos(SystemTime::now()), &z)?));
                 match written {
@@ -316,12 +318,12 @@ pub fn run(path: &Path) -> anyhow::Result<()> {
         dumping: Mutex::new(()),
         dumps: AtomicU64::new(0),
     });
-    let stop = Arc::new(AtomicBool::new(false));
+    let (stop, stopped) = mpsc::channel();
     let sampler = {
-        let (hs, stop) = (Arc::clone(&hs), Arc::clone(&stop));
+        let hs = Arc::clone(&hs);
         std::thread::Builder::new()
             .name("sampler".into())
-            .spawn(move || sample(hs, client, stop))
+            .spawn(move || sample(hs, client, stopped))
             .context("starting the sampler")?
     };
 
@@ -373,7 +375,7 @@ pub fn run(path: &Path) -> anyhow::Result<()> {
         }
         Ok::<(), anyhow::Error>(())
     });
-    stop.store(true, Ordering::SeqCst);
+    drop(stop);
     let _ = sampler.join();
     result?;
     info!("stopped");

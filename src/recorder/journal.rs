@@ -84,6 +84,9 @@ fn crc(kind: u8, payload: &[u8]) -> u32 {
 pub struct Writer {
     file: File,
     bytes: u64,
+    /// Reused: a compression context per record costs more than the
+    /// compression.
+    compressor: zstd::bulk::Compressor<'static>,
 }
 
 impl Writer {
@@ -93,6 +96,7 @@ impl Writer {
         let mut this = Self {
             file,
             bytes: MAGIC.len() as u64,
+            compressor: zstd::bulk::Compressor::new(1)?,
         };
         let json = serde_json::to_vec(header).map_err(io::Error::other)?;
         this.append(Kind::Header, &json)?;
@@ -118,7 +122,7 @@ impl Writer {
 
     /// A snapshot (msgpack as served), compressed.
     pub fn snapshot(&mut self, msgpack: &[u8]) -> io::Result<()> {
-        let compressed = zstd::bulk::compress(msgpack, 1)?;
+        let compressed = self.compressor.compress(msgpack)?;
         self.append(Kind::Snapshot, &compressed)
     }
 

@@ -109,14 +109,24 @@ fn install_signal_handlers() {
     }
 }
 
-/// Sleeps until `at`; false if a stop signal came first.
+/// Sleeps until `at`; false if a stop signal came first. A signal
+/// interrupts the sleep (EINTR), so it is seen at once; one that lands just
+/// before the sleep starts is seen within a second.
 fn sleep_until(at: SystemTime) -> bool {
     loop {
         if STOP.load(Ordering::SeqCst) {
             return false;
         }
         match at.duration_since(SystemTime::now()) {
-            Ok(left) if !left.is_zero() => std::thread::sleep(left.min(Duration::from_millis(20))),
+            Ok(left) if !left.is_zero() => {
+                let left = left.min(Duration::from_secs(1));
+                let ts = libc::timespec {
+                    tv_sec: left.as_secs() as libc::time_t,
+                    tv_nsec: left.subsec_nanos() as libc::c_long,
+                };
+                // SAFETY: a valid timespec; the remainder is not wanted.
+                unsafe { libc::nanosleep(&ts, std::ptr::null_mut()) };
+            }
             _ => return true,
         }
     }
