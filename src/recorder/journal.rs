@@ -156,6 +156,9 @@ pub struct Reader<R> {
     /// Set when reading stopped at a torn or corrupt record: its offset and
     /// what was wrong.
     pub torn: Option<(u64, String)>,
+    /// Records that passed their checksum but could not be decoded
+    /// (skipped).
+    pub undecodable: u64,
 }
 
 impl Reader<BufReader<File>> {
@@ -179,6 +182,7 @@ impl<R: Read> Reader<R> {
             },
             offset: MAGIC.len() as u64,
             torn: None,
+            undecodable: 0,
         };
         match this.raw()? {
             Some((Kind::Header, payload)) => {
@@ -200,12 +204,12 @@ impl<R: Read> Reader<R> {
                     // decompress was not written by us: skipped
                     match zstd::stream::decode_all(payload.as_slice()) {
                         Ok(msgpack) => return Ok(Some(Record::Snapshot(msgpack))),
-                        Err(_) => continue,
+                        Err(_) => self.undecodable += 1,
                     }
                 }
                 Some((Kind::Gap, payload)) => match serde_json::from_slice(&payload) {
                     Ok(gap) => return Ok(Some(Record::Gap(gap))),
-                    Err(_) => continue,
+                    Err(_) => self.undecodable += 1,
                 },
                 Some((Kind::Header, _)) => continue,
             }

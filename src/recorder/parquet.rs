@@ -240,6 +240,7 @@ fn convert_in_groups(
         }
     }
     let torn = reader.torn.clone();
+    skipped += reader.undecodable;
     if rows == 0 {
         return Err(ConvertError::Empty(journal.display().to_string()));
     }
