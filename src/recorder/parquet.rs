@@ -33,7 +33,7 @@ use super::journal::{Gap, JournalError, Reader, Record};
 use crate::snapshot::Received;
 
 /// Raw bytes of column data held before a row group is written.
-const ROW_GROUP_BYTES: usize = 32 << 20;
+const ROW_GROUP_BYTES: usize = 16 << 20;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ConvertError {
@@ -78,11 +78,16 @@ enum Builder {
 }
 
 impl Builder {
-    fn new(kind: Kind) -> Self {
+    /// Sized for a row group up front: growing by doubling would hold up
+    /// to twice the data.
+    fn new(kind: Kind, rows: usize, buckets: usize) -> Self {
         match kind {
-            Kind::Counter => Builder::Counter(UInt64Builder::new()),
-            Kind::Gauge => Builder::Gauge(Int64Builder::new()),
-            Kind::Histogram => Builder::Histogram(ListBuilder::new(UInt64Builder::new())),
+            Kind::Counter => Builder::Counter(UInt64Builder::with_capacity(rows)),
+            Kind::Gauge => Builder::Gauge(Int64Builder::with_capacity(rows)),
+            Kind::Histogram => Builder::Histogram(ListBuilder::with_capacity(
+                UInt64Builder::with_capacity(rows * buckets),
+                rows,
+            )),
         }
     }
 
@@ -291,6 +296,7 @@ fn convert_in_groups(
             // page indexes, kept in memory until the footer, would grow
             // with the capture
             .set_statistics_enabled(EnabledStatistics::Chunk)
+            .set_dictionary_enabled(false)
             .set_offset_index_disabled(true)
             .set_compression(Compression::ZSTD(
                 ZstdLevel::try_new(3).map_err(|e| e.to_string())?,
@@ -308,8 +314,11 @@ fn convert_in_groups(
         let mut reader = Reader::open(journal).map_err(|e| e.to_string())?;
         let mut timestamps = UInt64Builder::new();
         let mut durations = UInt64Builder::new();
-        let mut builders: Vec<Builder> =
-            columns.list.iter().map(|c| Builder::new(c.kind)).collect();
+        let mut builders: Vec<Builder> = columns
+            .list
+            .iter()
+            .map(|c| Builder::new(c.kind, per_group, columns.buckets))
+            .collect();
         let mut filled = vec![false; builders.len()];
         let mut in_group = 0usize;
         let mut done = 0u64;
