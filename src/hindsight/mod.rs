@@ -297,7 +297,7 @@ pub fn run(path: &Path) -> anyhow::Result<()> {
         );
     }
     info!(
-        "ring {}: {} snapshots ({} every {}) in slots of {}: {} on disk; memory: one snapshot at a time, and up to about 100 MB more while a dump writes Parquet",
+        "ring {}: {} snapshots ({} every {}) in slots of {}: {} on disk; memory: one snapshot at a time, and up to about 60 MB more while a dump writes Parquet",
         ring_file.display(),
         ring.slots,
         humantime::format_duration(g.duration),

@@ -332,7 +332,13 @@ fn convert_in_groups(
             let batch =
                 RecordBatch::try_new(Arc::clone(&schema), arrays).map_err(|e| e.to_string())?;
             writer.write(&batch).map_err(|e| e.to_string())?;
-            writer.flush().map_err(|e| e.to_string())
+            drop(batch);
+            writer.flush().map_err(|e| e.to_string())?;
+            // sized again for the next group (finish leaves them empty)
+            for (b, c) in builders.iter_mut().zip(&columns.list) {
+                *b = Builder::new(c.kind, per_group, columns.buckets);
+            }
+            Ok(())
         };
         while let Some(record) = reader.next_record().map_err(|e| e.to_string())? {
             let Record::Snapshot(bytes) = record else {
