@@ -406,6 +406,14 @@ fn convert_in_groups(
     };
     std::fs::rename(&tmp, output)
         .map_err(|e| werr(format!("renaming {} into place: {e}", tmp.display())))?;
+    // the rename itself survives power loss only once the directory is synced
+    let dir = output
+        .parent()
+        .filter(|d| !d.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
+    if let Ok(dir) = File::open(dir) {
+        let _ = dir.sync_all();
+    }
     let bytes = std::fs::metadata(output).map(|m| m.len()).unwrap_or(0);
     Ok(Converted {
         rows: written,
