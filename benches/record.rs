@@ -11,6 +11,9 @@
 //!    100) for RECORD_SECONDS (default 20): the recorder's RSS and CPU while
 //!    capturing, and its Parquet size per hour extrapolated from the capture
 //!    (footer included, so an upper bound for short captures).
+//! 3. Hindsight with a 900-snapshot ring (the default 15 min at 1 s, filled
+//!    here at 10 ms): its RSS and CPU per snapshot while sampling, and the
+//!    time and peak RSS of a SIGHUP dump of the full ring.
 
 use std::fs::File;
 use std::path::Path;
@@ -68,6 +71,7 @@ fn main() {
         let _ = std::fs::remove_file(&output);
     }
     live_capture(dir.path());
+    hindsight(dir.path());
 }
 
 /// Runs `command` to completion: its wall time and peak RSS (KiB).
@@ -182,4 +186,102 @@ fn live_capture(dir: &Path) {
 
 fn mb(bytes: u64) -> f64 {
     bytes as f64 / 1e6
+}
+
+/// (RSS KiB, peak RSS KiB, CPU ticks) of a running process.
+fn usage(pid: u32) -> (u64, u64, u64) {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    let kb = |key: &str| -> u64 {
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix(key))
+            .and_then(|v| v.trim().trim_end_matches(" kB").trim().parse().ok())
+            .unwrap_or(0)
+    };
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    let fields: Vec<&str> = stat
+        .rsplit(')')
+        .next()
+        .unwrap_or("")
+        .split_whitespace()
+        .collect();
+    let ticks = if fields.len() > 13 {
+        fields[11].parse::<u64>().unwrap_or(0) + fields[12].parse::<u64>().unwrap_or(0)
+    } else {
+        0
+    };
+    (kb("VmRSS:"), kb("VmHWM:"), ticks)
+}
+
+fn hindsight(dir: &Path) {
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let agent_config = dir.join("agent-hs.toml");
+    std::fs::write(
+        &agent_config,
+        format!("[general]\nlisten = \"127.0.0.1:{port}\"\n[log]\nlevel = \"warn\"\n"),
+    )
+    .unwrap();
+    let mut agent = Command::new(BIN)
+        .arg(&agent_config)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .spawn()
+        .unwrap();
+    let url = format!("http://127.0.0.1:{port}/metrics/binary");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while ureq::get(&url).call().is_err() {
+        assert!(Instant::now() < deadline, "agent did not start");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let output = dir.join("hindsight.parquet");
+    let config = dir.join("hindsight.toml");
+    std::fs::write(
+        &config,
+        format!("[general]\ninterval = \"10ms\"\nduration = \"9s\"\nsource = \"127.0.0.1:{port}\"\noutput = \"{}\"\n[log]\nlevel = \"warn\"\n", output.display()),
+    )
+    .unwrap();
+    let mut hs = Command::new(BIN)
+        .arg("hindsight")
+        .arg(&config)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let pid = hs.id();
+    // fill the ring, then measure a stretch of steady sampling
+    std::thread::sleep(Duration::from_secs(10));
+    let (_, _, ticks0) = usage(pid);
+    let started = Instant::now();
+    std::thread::sleep(Duration::from_secs(5));
+    let (rss, _, ticks1) = usage(pid);
+    let sampled = started.elapsed().as_secs_f64() * 100.0;
+    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64;
+    let dump = Instant::now();
+    unsafe { libc::kill(pid as i32, libc::SIGHUP) };
+    while !output.exists() {
+        assert!(dump.elapsed() < Duration::from_secs(120), "no dump");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    let dump_time = dump.elapsed();
+    let (_, hwm, _) = usage(pid);
+    unsafe { libc::kill(pid as i32, libc::SIGTERM) };
+    let _ = hs.wait();
+    let _ = agent.kill();
+    let _ = agent.wait();
+    let ring = std::fs::metadata(dir.join("hindsight.parquet.ring"))
+        .map(|m| m.len())
+        .unwrap_or(0);
+    println!("hindsight, 900-snapshot ring ({:.1} MB on disk):", mb(ring));
+    println!(
+        "  RSS while sampling {:.1} MB, CPU {:.0} us per snapshot; SIGHUP dump of the full ring {:.1} s, peak RSS {:.1} MB, {:.1} MB of Parquet",
+        rss as f64 / 1024.0,
+        (ticks1 - ticks0) as f64 / hz * 1e6 / sampled,
+        dump_time.as_secs_f64(),
+        hwm as f64 / 1024.0,
+        mb(std::fs::metadata(&output).map(|m| m.len()).unwrap_or(0))
+    );
 }
