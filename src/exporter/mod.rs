@@ -130,7 +130,10 @@ pub fn run(path: &Path) -> anyhow::Result<()> {
         let (stop_tx, stop_rx) = mpsc::channel();
         let reader = {
             let state = Arc::clone(&state);
-            let client = Client::new(url.clone(), step.min(Duration::from_secs(5)));
+            let client = Client::new(
+                url.clone(),
+                step.clamp(Duration::from_millis(500), Duration::from_secs(5)),
+            );
             std::thread::Builder::new()
                 .name("agent-reader".into())
                 .spawn(move || read_loop(client, step, interval, state, stop_rx))
