@@ -5,7 +5,7 @@
 mod common;
 
 use std::sync::atomic::Ordering;
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use common::fake::FakeAgent;
 use common::parquet::read_parquet;
@@ -50,28 +50,11 @@ fn start(agent: &FakeAgent, dir: &std::path::Path, general: &str) -> Agent {
 }
 
 fn wait_served(agent: &FakeAgent, n: u64) {
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while agent.served.load(Ordering::SeqCst) < n {
-        assert!(
-            Instant::now() < deadline,
-            "hindsight read the agent only {} times",
-            agent.served.load(Ordering::SeqCst)
-        );
-        std::thread::sleep(Duration::from_millis(10));
-    }
+    agent.wait_served(n, Duration::from_secs(20))
 }
 
 fn wait_log(hs: &Agent, text: &str) {
-    let deadline = Instant::now() + Duration::from_secs(20);
-    loop {
-        let line = hs
-            .log
-            .recv_timeout(deadline.saturating_duration_since(Instant::now()))
-            .unwrap_or_else(|_| panic!("hindsight never logged {text:?}"));
-        if line.contains(text) {
-            return;
-        }
-    }
+    common::wait_line(&hs.log, text, Duration::from_secs(20))
 }
 
 fn column_u64(file: &Value, name: &str) -> Vec<u64> {

@@ -105,18 +105,8 @@ impl Recorder {
         Self { child, log: rx }
     }
 
-    /// Waits for a log line containing `text`.
     fn wait_log(&self, text: &str, timeout: Duration) {
-        let deadline = Instant::now() + timeout;
-        loop {
-            let line = self
-                .log
-                .recv_timeout(deadline.saturating_duration_since(Instant::now()))
-                .unwrap_or_else(|_| panic!("recorder never logged {text:?}"));
-            if line.contains(text) {
-                return;
-            }
-        }
+        common::wait_line(&self.log, text, timeout)
     }
 
     fn signal(&mut self, signal: i32) -> std::process::ExitStatus {
@@ -150,18 +140,6 @@ impl Drop for Recorder {
     fn drop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
-    }
-}
-
-fn wait_served(agent: &FakeAgent, n: u64, timeout: Duration) {
-    let deadline = Instant::now() + timeout;
-    while agent.served.load(Ordering::SeqCst) < n {
-        assert!(
-            Instant::now() < deadline,
-            "the recorder read the agent only {} times",
-            agent.served.load(Ordering::SeqCst)
-        );
-        std::thread::sleep(Duration::from_millis(10));
     }
 }
 
@@ -316,7 +294,7 @@ fn a_stop_signal_finishes_the_file() {
             &agent.addr.to_string(),
             out.to_str().unwrap(),
         ]);
-        wait_served(&agent, 8, Duration::from_secs(10));
+        agent.wait_served(8, Duration::from_secs(10));
         let status = recorder.signal(signal);
         assert!(status.success(), "signal {signal}: {status:?}");
         let file = read_parquet(&out);
@@ -340,7 +318,7 @@ fn a_killed_capture_is_recovered_from_its_journal() {
         out.to_str().unwrap(),
     ]);
     let started = Instant::now();
-    wait_served(&agent, 30, Duration::from_secs(45));
+    agent.wait_served(30, Duration::from_secs(45));
     recorder.signal(libc::SIGKILL);
     let killed_after = started.elapsed();
     let journal = dir.path().join("killed.parquet.journal");
@@ -392,7 +370,7 @@ fn an_agent_restart_mid_capture_is_a_recorded_gap() {
         &addr.to_string(),
         out.to_str().unwrap(),
     ]);
-    wait_served(&first, 5, Duration::from_secs(10));
+    first.wait_served(5, Duration::from_secs(10));
     let before = first.served.load(Ordering::SeqCst);
     let down_at = nanos(SystemTime::now());
     drop(first);
@@ -406,7 +384,7 @@ fn an_agent_restart_mid_capture_is_a_recorded_gap() {
         }),
     );
     recorder.wait_log("reading the agent again", Duration::from_secs(10));
-    wait_served(&second, 5, Duration::from_secs(10));
+    second.wait_served(5, Duration::from_secs(10));
     assert!(recorder.signal(libc::SIGTERM).success());
     let after = second.served.load(Ordering::SeqCst);
 

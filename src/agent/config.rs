@@ -91,12 +91,29 @@ impl Default for Defaults {
     }
 }
 
-fn duration<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
+/// A humantime duration (`"10ms"`, `"1s"`, `"15m"`) in a config file.
+pub(crate) fn duration<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
     let text = String::deserialize(d)?;
     humantime::parse_duration(&text).map_err(|e| {
         serde::de::Error::custom(format!(
-            "invalid duration {text:?}: {e} (examples: \"10ms\", \"1s\")"
+            "invalid duration {text:?}: {e} (examples: \"100ms\", \"1s\", \"15m\")"
         ))
+    })
+}
+
+/// Reads a config file and parses it with `parse`, whose error (naming the
+/// line or key) is reported with the file's path.
+pub(crate) fn load_with<T>(
+    path: &Path,
+    parse: impl FnOnce(&str) -> Result<T, String>,
+) -> Result<T, ConfigError> {
+    let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+        path: path.display().to_string(),
+        source,
+    })?;
+    parse(&text).map_err(|message| ConfigError::Invalid {
+        path: path.display().to_string(),
+        message,
     })
 }
 
@@ -114,14 +131,7 @@ pub enum ConfigError {
 impl Config {
     /// Reads, parses and validates a config file.
     pub fn load(path: &Path) -> Result<Self, ConfigError> {
-        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
-            path: path.display().to_string(),
-            source,
-        })?;
-        Self::parse(&text).map_err(|message| ConfigError::Invalid {
-            path: path.display().to_string(),
-            message,
-        })
+        load_with(path, Self::parse)
     }
 
     /// Parses and validates config text; the error names the line or key.

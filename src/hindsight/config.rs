@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
-use crate::agent::config::{ConfigError, Log};
+use crate::agent::config::{duration, load_with, ConfigError, Log};
 
 #[derive(Debug, Clone, PartialEq, Deserialize, Default)]
 #[serde(deny_unknown_fields, default)]
@@ -44,28 +44,12 @@ impl Default for General {
     }
 }
 
-fn duration<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
-    let text = String::deserialize(d)?;
-    humantime::parse_duration(&text).map_err(|e| {
-        serde::de::Error::custom(format!(
-            "invalid duration {text:?}: {e} (examples: \"100ms\", \"1s\", \"15m\")"
-        ))
-    })
-}
-
 /// At most this many slots (a day at 100 ms is 864000).
 const MAX_SLOTS: u128 = 1_000_000;
 
 impl Config {
     pub fn load(path: &Path) -> Result<Self, ConfigError> {
-        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
-            path: path.display().to_string(),
-            source,
-        })?;
-        Self::parse(&text).map_err(|message| ConfigError::Invalid {
-            path: path.display().to_string(),
-            message,
-        })
+        load_with(path, Self::parse)
     }
 
     pub fn parse(text: &str) -> Result<Self, String> {

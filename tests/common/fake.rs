@@ -67,6 +67,19 @@ impl FakeAgent {
         }
     }
 
+    /// Waits until `n` requests have been answered.
+    pub fn wait_served(&self, n: u64, timeout: Duration) {
+        let deadline = std::time::Instant::now() + timeout;
+        while self.served.load(Ordering::SeqCst) < n {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the agent was read only {} times",
+                self.served.load(Ordering::SeqCst)
+            );
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+
     /// Serves `snapshots` in turn, one per request, repeating the last.
     pub fn sequence(snapshots: Vec<Snapshot>) -> Self {
         let mut queue = std::collections::VecDeque::from(snapshots);

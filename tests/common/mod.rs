@@ -321,6 +321,19 @@ pub fn added(before: &histogram::Histogram, after: &histogram::Histogram) -> u64
 }
 
 /// Runs the binary with these arguments to completion.
+/// Waits for a log line containing `text`.
+pub fn wait_line(log: &mpsc::Receiver<String>, text: &str, timeout: Duration) {
+    let deadline = Instant::now() + timeout;
+    loop {
+        let line = log
+            .recv_timeout(deadline.saturating_duration_since(Instant::now()))
+            .unwrap_or_else(|_| panic!("never logged {text:?}"));
+        if line.contains(text) {
+            return;
+        }
+    }
+}
+
 pub fn run(args: &[&str]) -> std::process::Output {
     Command::new(BIN)
         .args(args)
