@@ -31,6 +31,13 @@ pub fn next_tick(now: std::time::SystemTime, step: Duration) -> std::time::Syste
     std::time::UNIX_EPOCH + Duration::from_nanos(((since / step + 1) * step) as u64)
 }
 
+/// Nanoseconds since the Unix epoch (0 for a time before it).
+pub fn unix_nanos(t: std::time::SystemTime) -> u64 {
+    t.duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_nanos() as u64)
+        .unwrap_or(0)
+}
+
 /// An HTTP client for one agent.
 pub struct Client {
     agent: ureq::Agent,

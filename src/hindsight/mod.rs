@@ -28,7 +28,7 @@ use axum::{Json, Router};
 use serde::{Deserialize, Serialize};
 use tracing::{error, info, warn};
 
-use crate::client::{next_tick, snapshot_url, Client};
+use crate::client::{next_tick, snapshot_url, unix_nanos, Client};
 use crate::recorder::human_bytes;
 use crate::recorder::journal::{self, Kind};
 use crate::recorder::parquet::{convert, Converted};
@@ -70,12 +70,6 @@ pub struct Status {
     pub oldest: Option<String>,
     pub newest: Option<String>,
     pub span_seconds: f64,
-}
-
-fn nanos(t: SystemTime) -> u64 {
-    t.duration_since(UNIX_EPOCH)
-        .map(|d| d.as_nanos() as u64)
-        .unwrap_or(0)
 }
 
 fn rfc3339(ns: u64) -> String {
@@ -225,7 +219,7 @@ fn sample(hs: Arc<Hindsight>, client: Client, stop: mpsc::Receiver<()>) {
                 let written = compressor
                     .compress(&bytes)
                     .map_err(anyhow::Error::from)
-                    .and_then(|z| Ok(hs.lock().append(nanos(SystemTime::now()), &z)?));
+                    .and_then(|z| Ok(hs.lock().append(unix_nanos(SystemTime::now()), &z)?));
                 match written {
                     Ok(parts) if parts > 1 && !warned_split => {
                         warn!("a snapshot spans {parts} slots: the ring now holds less than its duration");
@@ -437,9 +431,11 @@ fn parse_time(text: &str) -> Result<u64, String> {
             return Ok((secs * 1e9) as u64);
         }
     }
-    humantime::parse_rfc3339_weak(text).map(nanos).map_err(|_| {
-        format!("{text:?} is not a time (RFC 3339, e.g. 2026-11-24T10:00:00Z, or Unix seconds)")
-    })
+    humantime::parse_rfc3339_weak(text)
+        .map(unix_nanos)
+        .map_err(|_| {
+            format!("{text:?} is not a time (RFC 3339, e.g. 2026-11-24T10:00:00Z, or Unix seconds)")
+        })
 }
 
 impl DumpQuery {
@@ -451,7 +447,7 @@ impl DumpQuery {
             let d = humantime::parse_duration(last)
                 .map_err(|e| format!("last={last:?}: {e} (e.g. last=5m)"))?;
             return Ok(Window {
-                start_ns: Some(nanos(SystemTime::now()).saturating_sub(d.as_nanos() as u64)),
+                start_ns: Some(unix_nanos(SystemTime::now()).saturating_sub(d.as_nanos() as u64)),
                 end_ns: None,
             });
         }

@@ -17,12 +17,12 @@ use std::fs::OpenOptions;
 use std::io::{IsTerminal, Write};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant, SystemTime};
 
 use anyhow::{bail, Context};
 use tracing::{info, warn};
 
-use crate::client::{next_tick, snapshot_url, Client};
+use crate::client::{next_tick, snapshot_url, unix_nanos, Client};
 use journal::{Gap, Header};
 
 /// `rezolus record`: capture an agent's snapshots to Parquet.
@@ -130,12 +130,6 @@ fn sleep_until(at: SystemTime) -> bool {
             _ => return true,
         }
     }
-}
-
-fn nanos(t: SystemTime) -> u64 {
-    t.duration_since(UNIX_EPOCH)
-        .map(|d| d.as_nanos() as u64)
-        .unwrap_or(0)
 }
 
 pub fn journal_path(output: &Path) -> PathBuf {
@@ -309,7 +303,7 @@ pub fn record(args: RecordArgs) -> anyhow::Result<()> {
         match client.fetch_bytes() {
             Ok(bytes) => {
                 if let Some((start_ns, error)) = failing.take() {
-                    let now = nanos(SystemTime::now());
+                    let now = unix_nanos(SystemTime::now());
                     info!(
                         "reading the agent again after {}",
                         humantime::format_duration(Duration::from_millis(
@@ -331,7 +325,7 @@ pub fn record(args: RecordArgs) -> anyhow::Result<()> {
                 if failing.is_none() {
                     progress.done();
                     warn!("cannot read the agent at {url}: {e}; recording the gap and retrying every {}", humantime::format_duration(args.interval));
-                    failing = Some((nanos(tick), e));
+                    failing = Some((unix_nanos(tick), e));
                 }
             }
         }
@@ -359,7 +353,7 @@ pub fn record(args: RecordArgs) -> anyhow::Result<()> {
     if let Some((start_ns, error)) = failing.take() {
         journal.gap(&Gap {
             start_ns,
-            end_ns: nanos(SystemTime::now()),
+            end_ns: unix_nanos(SystemTime::now()),
             error,
         })?;
     }

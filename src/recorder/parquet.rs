@@ -30,6 +30,7 @@ use parquet::file::metadata::KeyValue;
 use parquet::file::properties::{EnabledStatistics, WriterProperties};
 
 use super::journal::{Gap, JournalError, Reader, Record};
+use crate::client::unix_nanos;
 use crate::snapshot::Received;
 
 /// Raw bytes of column data held before a row group is written.
@@ -195,12 +196,6 @@ fn decode(bytes: &[u8]) -> Option<Received> {
     Received::from_msgpack(bytes).ok()
 }
 
-fn nanos(t: std::time::SystemTime) -> u64 {
-    t.duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_nanos() as u64)
-        .unwrap_or(0)
-}
-
 /// Writes the journal at `journal` as Parquet at `output`: first to a
 /// temporary file beside it, renamed into place when complete, so
 /// `output` is never a partial file. `progress(done, total)` is called as
@@ -348,7 +343,7 @@ fn convert_in_groups(
                 continue;
             };
             filled.iter_mut().for_each(|f| *f = false);
-            timestamps.append_value(nanos(snap.systemtime));
+            timestamps.append_value(unix_nanos(snap.systemtime));
             durations.append_value(snap.duration.as_nanos() as u64);
             let mut slot = |name: &str| -> Option<usize> {
                 let i = *columns.index.get(name)?;
