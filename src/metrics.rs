@@ -8,6 +8,7 @@
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
 /// The histogram scheme used end to end: the `histogram` crate's log-linear
@@ -98,6 +99,8 @@ pub struct Series {
     /// Snapshot metadata: `metric`, `unit`, the labels, and for histograms
     /// the bucketing parameters.
     metadata: BTreeMap<String, String>,
+    /// The highest value served for this (counter) series.
+    high_water: AtomicU64,
 }
 
 impl Series {
@@ -120,7 +123,8 @@ impl Series {
                 if i > 0 {
                     name.push(',');
                 }
-                let _ = write!(name, "{key}=\"{value}\"");
+                // a quote inside a value is escaped so the name stays parsable
+                let _ = write!(name, "{key}=\"{}\"", value.replace('"', "\\\""));
             }
             name.push('}');
         }
@@ -142,7 +146,20 @@ impl Series {
             def,
             name,
             metadata,
+            high_water: AtomicU64::new(0),
         })
+    }
+
+    /// For counters: `Ok(value)` if `value` is at least every value this
+    /// series has served (and it becomes the new highest), else
+    /// `Err(highest)`, the value to serve instead.
+    pub fn raise_high_water(&self, value: u64) -> Result<u64, u64> {
+        let highest = self.high_water.fetch_max(value, Ordering::Relaxed);
+        if value >= highest {
+            Ok(value)
+        } else {
+            Err(highest)
+        }
     }
 
     pub fn def(&self) -> &'static MetricDef {

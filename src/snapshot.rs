@@ -25,6 +25,29 @@ pub struct Snapshot {
     pub counters: Vec<(Arc<Series>, u64)>,
     pub gauges: Vec<(Arc<Series>, i64)>,
     pub histograms: Vec<(Arc<Series>, histogram::Histogram)>,
+    /// Counter readings corrected while this snapshot was built (not part of
+    /// the wire format; the agent totals them in `rezolus_counter_corrections`).
+    pub corrections: Vec<(&'static crate::metrics::MetricDef, Correction)>,
+}
+
+/// Why a counter reading was not served as read.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Correction {
+    /// The reading was below the last value served: the last value was
+    /// served instead.
+    Held,
+    /// The source restarted (its reading fell below half of the last one, or
+    /// it came back after being absent) and was handled per source.
+    Restart,
+}
+
+impl Correction {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Correction::Held => "held",
+            Correction::Restart => "restart",
+        }
+    }
 }
 
 impl Snapshot {
@@ -39,6 +62,7 @@ impl Snapshot {
             counters: Vec::new(),
             gauges: Vec::new(),
             histograms: Vec::new(),
+            corrections: Vec::new(),
         }
     }
 
@@ -82,9 +106,25 @@ impl<'a> Emitter<'a> {
         Self { snapshot }
     }
 
+    /// Emits a counter. A value below the last one emitted for this series
+    /// is never served: the last value is, and the reading is counted as a
+    /// [`Correction::Held`] (samplers whose sources restart handle that
+    /// themselves first, see `samplers::common`).
     pub fn counter(&mut self, series: &Arc<Series>, value: u64) {
         debug_assert_eq!(series.def().kind, Kind::Counter, "{}", series.name());
+        let value = match series.raise_high_water(value) {
+            Ok(value) => value,
+            Err(held) => {
+                self.correction(series.def(), Correction::Held);
+                held
+            }
+        };
         self.snapshot.counters.push((Arc::clone(series), value));
+    }
+
+    /// Records that a reading of a `def` counter was corrected.
+    pub fn correction(&mut self, def: &'static crate::metrics::MetricDef, why: Correction) {
+        self.snapshot.corrections.push((def, why));
     }
 
     pub fn gauge(&mut self, series: &Arc<Series>, value: i64) {

@@ -1,15 +1,18 @@
 //! Runs the samplers: initialises them from the config, refreshes them into
 //! snapshots, and keeps each one's state for `/samplers` and the log.
 
+use std::collections::BTreeMap;
 use std::panic::{catch_unwind, AssertUnwindSafe};
+use std::sync::Arc;
 use std::time::{Instant, SystemTime};
 
 use serde::Serialize;
 use tracing::{debug, error, info, warn};
 
 use crate::agent::config::Config;
+use crate::metrics::{MetricDef, Series};
 use crate::samplers::{registry, Absent, Sampler, SamplerContext};
-use crate::snapshot::{Emitter, Snapshot};
+use crate::snapshot::{Correction, Emitter, Snapshot};
 use crate::source::is_unsupported;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -42,8 +45,18 @@ struct Slot {
     sampler: Option<Box<dyn Sampler>>,
 }
 
+/// Counter readings the agent did not serve as read, by counter and reason
+/// (see `samplers::common`). A series appears with its first correction.
+pub static COUNTER_CORRECTIONS: MetricDef = MetricDef::counter(
+    "rezolus_counter_corrections",
+    "readings",
+    "Counter readings not served as read: `held` (below the last value served, which was served instead) or `restart` (the source restarted and was counted per source)",
+)
+.labels(&["counter", "reason"]);
+
 pub struct Collector {
     slots: Vec<Slot>,
+    corrections: BTreeMap<(&'static str, Correction), (Arc<Series>, u64)>,
 }
 
 impl Collector {
@@ -84,7 +97,10 @@ impl Collector {
                 Slot { status, sampler }
             })
             .collect();
-        Self { slots }
+        Self {
+            slots,
+            corrections: BTreeMap::new(),
+        }
     }
 
     /// A collector over the given samplers, all active (for tests and benchmarks).
@@ -102,7 +118,10 @@ impl Collector {
                 sampler: Some(sampler),
             })
             .collect();
-        Self { slots }
+        Self {
+            slots,
+            corrections: BTreeMap::new(),
+        }
     }
 
     pub fn status(&self) -> Vec<Status> {
@@ -153,8 +172,36 @@ impl Collector {
                 }
             }
         }
+        self.count_corrections(&mut snapshot);
         snapshot.duration = started.elapsed();
         snapshot
+    }
+
+    /// Adds this snapshot's counter corrections to the running totals and
+    /// emits every total.
+    fn count_corrections(&mut self, snapshot: &mut Snapshot) {
+        for (def, why) in std::mem::take(&mut snapshot.corrections) {
+            let (_, count) = self
+                .corrections
+                .entry((def.name, why))
+                .or_insert_with(|| {
+                    info!(
+                        counter = def.name,
+                        "a {} reading was corrected ({}); counted in {}",
+                        def.name,
+                        why.as_str(),
+                        COUNTER_CORRECTIONS.name
+                    );
+                    let labels = [("counter", def.name), ("reason", why.as_str())];
+                    (Series::new(&COUNTER_CORRECTIONS, &labels), 0)
+                });
+            *count += 1;
+        }
+        let mut out = Emitter::new(snapshot);
+        for (series, count) in self.corrections.values() {
+            out.counter(series, *count);
+        }
+        snapshot.corrections.clear();
     }
 }
 

@@ -589,7 +589,13 @@ mod tests {
         let (mut dumps, mut rows_seen) = (0, 0);
         let until = Instant::now() + Duration::from_millis(1500);
         while Instant::now() < until {
-            let converted = hs.dump(Window::default(), &out).unwrap();
+            let converted = match hs.dump(Window::default(), &out) {
+                Ok(converted) => converted,
+                // on a loaded machine the writer can overwrite every record
+                // the dump was about to read: nothing mixed, nothing written
+                Err(e) if format!("{e:#}").contains("holds no snapshot") => continue,
+                Err(e) => panic!("dump failed: {e:#}"),
+            };
             // a record mixed from two snapshots would not even decompress:
             // it must never have reached the file's journal
             assert_eq!(converted.skipped, 0, "mixed records were written");

@@ -8,15 +8,26 @@
 //! count the same IO twice. A device that has never completed an IO (an
 //! unattached loop device, an unused zram) is left out until it does.
 //! Fields a kernel lacks (discards before 4.18, flushes before 5.5) are absent.
+//! No total over devices is computed here: the all-device figures come from
+//! the `blockio` sampler, which counts requests where they reach a driver.
+//!
+//! Device names are bytes; they become labels through
+//! [`crate::source::label_value`] (invalid UTF-8 escaped as `\xHH`). A line
+//! that does not parse costs only that device. Each counter is kept by a
+//! [`CounterGuard`]: a device removed and re-added under the same name
+//! continues from its last value plus its new count, never backwards.
 
 use std::collections::HashMap;
+use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use crate::metrics::{MetricDef, Series};
+use crate::samplers::common::{CounterGuard, Restart};
 use crate::samplers::{Sampler, SamplerContext, SamplerSpec, Source, SAMPLERS};
 use crate::snapshot::Emitter;
-use crate::source::{ParseError, ProcFile};
+use crate::source::{fields, label_value, lines, parse_u64, ParseError, ProcFile, Skipped};
 
 pub static OPERATIONS: MetricDef = MetricDef::counter("blockio_device_operations", "operations", "Block IO operations completed").labels(&["op", "device"]);
 pub static BYTES: MetricDef = MetricDef::counter("blockio_device_bytes", "bytes", "Bytes transferred by completed block IO").labels(&["op", "device"]);
@@ -61,7 +72,8 @@ const BUSY_COLUMN: usize = 9;
 /// One `/proc/diskstats` line: the device name and its 11, 15 or 17 columns.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct DiskStats<'a> {
-    pub name: &'a str,
+    /// The name as the kernel wrote it (any bytes).
+    pub name: &'a [u8],
     pub columns: Vec<u64>,
 }
 
@@ -76,48 +88,88 @@ impl DiskStats<'_> {
 }
 
 /// Parses `/proc/diskstats`; a line with a non-numeric or missing column is
-/// skipped (that device is absent from this refresh).
-pub fn parse(text: &str) -> Vec<DiskStats<'_>> {
-    text.lines()
-        .filter_map(|line| {
-            let mut fields = line.split_whitespace();
-            fields.next()?.parse::<u32>().ok()?; // major
-            fields.next()?.parse::<u32>().ok()?; // minor
-            let name = fields.next()?;
-            let columns = fields.map(str::parse).collect::<Result<Vec<u64>, _>>().ok()?;
-            (columns.len() >= 11).then_some(DiskStats { name, columns })
-        })
-        .collect()
+/// skipped and reported (that device is absent from this refresh).
+pub fn parse(text: &[u8]) -> (Vec<DiskStats<'_>>, Skipped<'_>) {
+    let mut out = Vec::new();
+    let mut skipped = Skipped::default();
+    for line in lines(text) {
+        match parse_line(line) {
+            Some(disk) => out.push(disk),
+            None => skipped.add(line),
+        }
+    }
+    (out, skipped)
 }
 
+fn parse_line(line: &[u8]) -> Option<DiskStats<'_>> {
+    let mut fields = fields(line);
+    parse_u64(fields.next()?)?; // major
+    parse_u64(fields.next()?)?; // minor
+    let name = fields.next()?;
+    let columns = fields.map(parse_u64).collect::<Option<Vec<u64>>>()?;
+    (columns.len() >= 11).then_some(DiskStats { name, columns })
+}
+
+/// How long a device that disappeared is remembered, so that if it comes
+/// back its series continue instead of starting over.
+const FORGET_AFTER: Duration = Duration::from_secs(600);
+
 struct DeviceSeries {
-    ops: Vec<Arc<Series>>,
-    busy: Arc<Series>,
+    ops: Vec<(Arc<Series>, Option<CounterGuard>)>,
+    busy: (Arc<Series>, Option<CounterGuard>),
     in_flight: Arc<Series>,
+    seen: Instant,
+    /// The last read it was in.
+    round: u64,
 }
 
 impl DeviceSeries {
-    fn new(device: &str) -> Self {
+    fn new(device: &str, now: Instant) -> Self {
         Self {
             ops: OP_COLUMNS
                 .iter()
-                .map(|(def, op, _, _)| Series::new(def, &[("op", op), ("device", device)]))
+                .map(|(def, op, _, _)| (Series::new(def, &[("op", op), ("device", device)]), None))
                 .collect(),
-            busy: Series::new(&BUSY, &[("device", device)]),
+            busy: (Series::new(&BUSY, &[("device", device)]), None),
             in_flight: Series::new(&IN_FLIGHT, &[("device", device)]),
+            seen: now,
+            round: 0,
         }
+    }
+}
+
+/// Feeds one reading to a device counter's guard and emits the served value.
+fn emit_guarded(
+    (series, guard): &mut (Arc<Series>, Option<CounterGuard>),
+    value: u64,
+    returned: bool,
+    out: &mut Emitter<'_>,
+) {
+    match guard {
+        None => *guard = Some(CounterGuard::new(value)),
+        Some(g) if returned => {
+            g.reappear(value, Restart::FromZero);
+        }
+        Some(g) => {
+            g.update(value, Restart::FromZero, series.def(), out);
+        }
+    }
+    if let Some(g) = guard {
+        out.counter(series, g.served());
     }
 }
 
 struct Devices {
     file: ProcFile,
     sys_block: PathBuf,
-    devices: HashMap<String, DeviceSeries>,
+    devices: HashMap<Vec<u8>, DeviceSeries>,
+    round: u64,
 }
 
 /// Whole devices are listed in `/sys/block` (with `/` in names as `!`).
-fn is_whole_device(sys_block: &Path, name: &str) -> bool {
-    sys_block.join(name.replace('/', "!")).exists()
+fn is_whole_device(sys_block: &Path, name: &[u8]) -> bool {
+    let name: Vec<u8> = name.iter().map(|&b| if b == b'/' { b'!' } else { b }).collect();
+    sys_block.join(std::ffi::OsStr::from_bytes(&name)).exists()
 }
 
 fn init(ctx: &SamplerContext) -> anyhow::Result<Box<dyn Sampler>> {
@@ -127,40 +179,52 @@ fn init(ctx: &SamplerContext) -> anyhow::Result<Box<dyn Sampler>> {
         return Err(crate::source::Unsupported(format!("{} does not exist", sys_block.display())).into());
     }
     let text = file.read()?;
-    if !text.trim().is_empty() && parse(text).is_empty() {
+    if !text.trim_ascii().is_empty() && parse(text).0.is_empty() {
         return Err(ParseError::new(file.path(), "no parsable device lines", None).into());
     }
     Ok(Box::new(Devices {
         file,
         sys_block,
         devices: HashMap::new(),
+        round: 0,
     }))
 }
 
 impl Sampler for Devices {
     fn refresh(&mut self, out: &mut Emitter<'_>) -> anyhow::Result<()> {
-        let stats = parse(self.file.read()?);
-        self.devices.retain(|name, _| stats.iter().any(|s| s.name == name));
+        let now = Instant::now();
+        self.round += 1;
+        let round = self.round;
+        let (stats, skipped) = parse(self.file.read()?);
+        let skipped = skipped.summary();
         for disk in stats.iter().filter(|d| d.ever_used()) {
             if !self.devices.contains_key(disk.name) {
                 if !is_whole_device(&self.sys_block, disk.name) {
                     continue;
                 }
-                self.devices.insert(disk.name.to_string(), DeviceSeries::new(disk.name));
+                self.devices.insert(disk.name.to_vec(), DeviceSeries::new(&label_value(disk.name), now));
             }
-            let series = &self.devices[disk.name];
-            for (s, (_, _, column, scale)) in series.ops.iter().zip(&OP_COLUMNS) {
+            let Some(series) = self.devices.get_mut(disk.name) else { continue };
+            if series.round == round {
+                continue; // the same name twice in one read: the first line counts
+            }
+            let returned = series.round != 0 && series.round + 1 != round;
+            (series.seen, series.round) = (now, round);
+            for (s, (_, _, column, scale)) in series.ops.iter_mut().zip(&OP_COLUMNS) {
                 if let Some(value) = disk.column(*column) {
-                    out.counter(s, value.saturating_mul(*scale));
+                    emit_guarded(s, value.saturating_mul(*scale), returned, out);
                 }
             }
             if let Some(busy) = disk.column(BUSY_COLUMN) {
-                out.counter(&series.busy, busy.saturating_mul(NS_PER_MS));
+                emit_guarded(&mut series.busy, busy.saturating_mul(NS_PER_MS), returned, out);
             }
             if let Some(in_flight) = disk.column(IN_FLIGHT_COLUMN) {
                 out.gauge(&series.in_flight, i64::try_from(in_flight).unwrap_or(i64::MAX));
             }
         }
+        self.file.report(skipped);
+        self.devices
+            .retain(|_, d| d.round == round || now.duration_since(d.seen) < FORGET_AFTER);
         Ok(())
     }
 }

@@ -1,17 +1,28 @@
 //! `cpu_usage`: time spent per CPU state, per CPU and in total.
 //!
-//! Source: `/proc/stat` (`cpu` and `cpuN` lines), converted from USER_HZ ticks
-//! to nanoseconds. Emits `cpu_usage{state}` and `cpu_usage{state,id}`.
-//! As in the kernel's accounting, `guest` time is also counted in `user` and
-//! `guest_nice` in `nice`.
+//! Source: `/proc/stat` (`cpuN` lines), converted from USER_HZ ticks to
+//! nanoseconds. Emits `cpu_usage{state,id}` per CPU and `cpu_usage{state}`
+//! in total. As in the kernel's accounting, `guest` time is also counted in
+//! `user` and `guest_nice` in `nice`.
+//!
+//! The kernel's idle and iowait ticks may go back a little (proc(5)), and a
+//! CPU that goes offline and comes back continues from an unrelated base.
+//! Each per-CPU series is therefore kept by a [`CounterGuard`]: a small
+//! decrease holds the last value, a CPU coming back (or a count falling below
+//! half) continues from its new value without adding it. The total is the
+//! sum of every CPU's increase (starting from the sum of the per-CPU lines at
+//! the first read), not the kernel's `cpu` line, so an offline CPU can never
+//! move it backwards. A malformed `cpuN` line costs only that CPU for that
+//! read.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use crate::metrics::{MetricDef, Series};
+use crate::samplers::common::{CounterGuard, Restart};
 use crate::samplers::{Sampler, SamplerContext, SamplerSpec, Source, SAMPLERS};
-use crate::snapshot::Emitter;
-use crate::source::{ParseError, ProcFile};
+use crate::snapshot::{Correction, Emitter};
+use crate::source::{fields, lines, parse_u64, ParseError, ProcFile, Skipped};
 
 pub static CPU_USAGE: MetricDef = MetricDef::counter(
     "cpu_usage",
@@ -43,67 +54,81 @@ static SPEC: SamplerSpec = SamplerSpec {
     init,
 };
 
-/// One `cpu` line: `id` is `None` for the all-CPU total. A state the kernel
-/// does not report (older kernels have fewer columns) is `None`.
+/// One `cpu` line: `id` is `None` for the kernel's all-CPU line. A state
+/// the kernel does not report (older kernels have fewer columns) is `None`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct CpuTicks {
     pub id: Option<u32>,
     pub ticks: [Option<u64>; 10],
 }
 
-/// Parses the `cpu` lines of `/proc/stat`. A malformed `cpu` line is an error
-/// naming it: columns after a bad one cannot be trusted.
-pub fn parse(text: &str, path: &std::path::Path) -> Result<Vec<CpuTicks>, ParseError> {
+/// Parses the `cpu` lines of `/proc/stat`. A malformed `cpu` line (bad id,
+/// a non-numeric column, no columns, not UTF-8) is skipped and reported:
+/// its columns cannot be trusted, the other CPUs' can.
+pub fn parse(text: &[u8]) -> (Vec<CpuTicks>, Skipped<'_>) {
     let mut out = Vec::new();
-    for line in text.lines() {
-        let mut fields = line.split_whitespace();
-        let Some(label) = fields.next() else { continue };
-        let Some(suffix) = label.strip_prefix("cpu") else {
+    let mut skipped = Skipped::default();
+    for line in lines(text) {
+        if !line.starts_with(b"cpu") {
             continue;
-        };
-        let id = if suffix.is_empty() {
-            None
-        } else {
-            Some(
-                suffix
-                    .parse::<u32>()
-                    .map_err(|_| ParseError::new(path, "bad cpu id", Some(line)))?,
-            )
-        };
-        let mut ticks = [None; 10];
-        for (slot, field) in ticks.iter_mut().zip(fields) {
-            *slot = Some(
-                field
-                    .parse::<u64>()
-                    .map_err(|_| ParseError::new(path, "bad tick count", Some(line)))?,
-            );
         }
-        if ticks[0].is_none() {
-            return Err(ParseError::new(path, "cpu line without values", Some(line)));
+        match parse_line(line) {
+            Some(cpu) => out.push(cpu),
+            None => skipped.add(line),
         }
-        out.push(CpuTicks { id, ticks });
     }
-    if !out.iter().any(|c| c.id.is_none()) {
-        return Err(ParseError::new(path, "no aggregate `cpu` line", None));
+    (out, skipped)
+}
+
+fn parse_line(line: &[u8]) -> Option<CpuTicks> {
+    let mut columns = fields(line);
+    let suffix = &columns.next()?[3..];
+    let id = if suffix.is_empty() {
+        None
+    } else {
+        Some(u32::try_from(parse_u64(suffix)?).ok()?)
+    };
+    let mut ticks = [None; 10];
+    for (slot, field) in ticks.iter_mut().zip(columns) {
+        *slot = Some(parse_u64(field)?);
     }
-    Ok(out)
+    ticks[0]?;
+    Some(CpuTicks { id, ticks })
+}
+
+/// One CPU's series and guards, one per state.
+struct Cpu {
+    series: Vec<Arc<Series>>,
+    guards: Vec<Option<CounterGuard>>,
+    /// The last read it was in.
+    round: u64,
 }
 
 struct CpuUsage {
     file: ProcFile,
     ns_per_tick: u64,
-    /// Series per CPU (`None` = total), one per state.
-    series: BTreeMap<Option<u32>, Vec<Arc<Series>>>,
+    cpus: BTreeMap<u32, Cpu>,
+    total: Vec<Arc<Series>>,
+    totals: [Option<u64>; 10],
+    round: u64,
 }
 
 fn init(ctx: &SamplerContext) -> anyhow::Result<Box<dyn Sampler>> {
     let mut file = ProcFile::open(&ctx.root, "proc/stat")?;
-    let path = file.path().to_path_buf();
-    parse(file.read()?, &path)?;
+    let (cpus, _) = parse(file.read()?);
+    if !cpus.iter().any(|c| c.id.is_some()) {
+        return Err(ParseError::new(file.path(), "no parsable `cpuN` line", None).into());
+    }
     Ok(Box::new(CpuUsage {
         file,
         ns_per_tick: ns_per_tick(),
-        series: BTreeMap::new(),
+        cpus: BTreeMap::new(),
+        total: STATES
+            .iter()
+            .map(|state| Series::new(&CPU_USAGE, &[("state", state)]))
+            .collect(),
+        totals: [None; 10],
+        round: 0,
     }))
 }
 
@@ -120,25 +145,59 @@ pub fn ns_per_tick() -> u64 {
 
 impl Sampler for CpuUsage {
     fn refresh(&mut self, out: &mut Emitter<'_>) -> anyhow::Result<()> {
-        let path = self.file.path().to_path_buf();
-        let cpus = parse(self.file.read()?, &path)?;
-        for cpu in cpus {
-            let series = self.series.entry(cpu.id).or_insert_with(|| {
-                let id = cpu.id.map(|id| id.to_string());
-                STATES
-                    .iter()
-                    .map(|state| match &id {
-                        Some(id) => Series::new(&CPU_USAGE, &[("state", state), ("id", id)]),
-                        None => Series::new(&CPU_USAGE, &[("state", state)]),
-                    })
-                    .collect()
+        let (parsed, skipped) = parse(self.file.read()?);
+        let skipped = skipped.summary();
+        self.round += 1;
+        let (round, first) = (self.round, self.round == 1);
+        for cpu in &parsed {
+            let Some(id) = cpu.id else { continue };
+            let tracked = self.cpus.entry(id).or_insert_with(|| {
+                let id = id.to_string();
+                Cpu {
+                    series: STATES
+                        .iter()
+                        .map(|state| Series::new(&CPU_USAGE, &[("state", state), ("id", &id)]))
+                        .collect(),
+                    guards: vec![None; STATES.len()],
+                    round: 0,
+                }
             });
-            for (series, ticks) in series.iter().zip(cpu.ticks) {
-                if let Some(ticks) = ticks {
-                    out.counter(series, ticks.saturating_mul(self.ns_per_tick));
+            if tracked.round == round {
+                continue; // the same CPU twice in one read: the first line counts
+            }
+            let returned = tracked.round != 0 && tracked.round + 1 != round;
+            if returned {
+                out.correction(&CPU_USAGE, Correction::Restart);
+            }
+            tracked.round = round;
+            for (state, ticks) in cpu.ticks.iter().enumerate() {
+                let Some(ticks) = ticks else { continue };
+                let ns = ticks.saturating_mul(self.ns_per_tick);
+                let delta = match &mut tracked.guards[state] {
+                    // a CPU seen for the first time after the first read was
+                    // offline: its ticks are from before, not new
+                    None => {
+                        tracked.guards[state] = Some(CounterGuard::new(ns));
+                        if first { ns } else { 0 }
+                    }
+                    Some(guard) if returned => guard.reappear(ns, Restart::Rebase),
+                    Some(guard) => guard.update(ns, Restart::Rebase, &CPU_USAGE, out),
+                };
+                let total = &mut self.totals[state];
+                *total = Some(total.unwrap_or(0).saturating_add(delta));
+            }
+            for (series, guard) in tracked.series.iter().zip(&tracked.guards) {
+                if let Some(guard) = guard {
+                    out.counter(series, guard.served());
                 }
             }
         }
+        for (series, total) in self.total.iter().zip(self.totals) {
+            if let Some(total) = total {
+                out.counter(series, total);
+            }
+        }
+        self.file.report(skipped);
         Ok(())
     }
 }
@@ -147,12 +206,13 @@ impl Sampler for CpuUsage {
 mod tests {
     use super::*;
     use crate::samplers::testing::{counter, fixture, fixture_copy, init, refresh};
-    use std::path::Path;
+    use crate::snapshot::Snapshot;
 
     #[test]
     fn parses_real_stat() {
-        let text = std::fs::read_to_string(fixture("vm6.18/proc/stat")).unwrap();
-        let cpus = parse(&text, Path::new("stat")).unwrap();
+        let text = std::fs::read(fixture("vm6.18/proc/stat")).unwrap();
+        let (cpus, skipped) = parse(&text);
+        assert_eq!(skipped.count, 0);
         assert_eq!(cpus.len(), 3);
         assert_eq!(cpus[0].id, None);
         assert_eq!(cpus[1].id, Some(0));
@@ -180,21 +240,88 @@ mod tests {
     }
 
     #[test]
-    fn malformed_line_is_an_error_naming_it() {
-        let err = parse("cpu  1 2 3\ncpu0 1 x 3\n", Path::new("/proc/stat")).unwrap_err();
-        let msg = err.to_string();
-        assert!(msg.contains("/proc/stat") && msg.contains("cpu0 1 x 3"), "{msg}");
-        assert!(parse("intr 1 2\n", Path::new("s")).is_err());
+    fn a_malformed_line_costs_only_its_cpu() {
+        let text = b"cpu  9 9 9\ncpu0 1 x 3\ncpu1 4 5 6\ncpu\xff 1 2 3\ncpu2\ncpuX 1\n";
+        let (cpus, skipped) = parse(text);
+        assert_eq!(cpus.iter().map(|c| c.id).collect::<Vec<_>>(), vec![None, Some(1)]);
+        assert_eq!(skipped.count, 4);
+        assert_eq!(skipped.first, Some(&b"cpu0 1 x 3"[..]));
+    }
+
+    fn write_stat(path: &std::path::Path, cpus: &[(u32, [u64; 5])]) {
+        let mut text = String::from("cpu  0 0 0 0 0 0 0 0 0 0\n");
+        for (id, t) in cpus {
+            text += &format!("cpu{id} {} {} {} {} {} 0 0 0 0 0\n", t[0], t[1], t[2], t[3], t[4]);
+        }
+        text += "intr 1\nctxt 2\n";
+        std::fs::write(path, text).unwrap();
+    }
+
+    fn iowait(snap: &Snapshot, id: Option<&str>) -> u64 {
+        let mut labels = vec![("state", "iowait")];
+        labels.extend(id.map(|id| ("id", id)));
+        counter(snap, "cpu_usage", &labels).unwrap() / ns_per_tick()
     }
 
     #[test]
-    fn refresh_after_the_file_goes_bad_fails_then_recovers() {
+    fn iowait_going_back_a_tick_is_held_not_served() {
+        let dir = fixture_copy("vm6.18");
+        let stat = dir.path().join("proc/stat");
+        write_stat(&stat, &[(0, [5, 0, 5, 100, 1000]), (1, [5, 0, 5, 100, 1000])]);
+        let mut sampler = init("cpu_usage", dir.path()).unwrap();
+        let mut seen = vec![];
+        for ticks in [1000, 999, 998, 1001, 1003] {
+            write_stat(&stat, &[(0, [5, 0, 5, 100, ticks]), (1, [5, 0, 5, 100, 1000])]);
+            let snap = refresh(sampler.as_mut()).unwrap();
+            seen.push((iowait(&snap, Some("0")), iowait(&snap, None)));
+        }
+        assert_eq!(
+            seen,
+            vec![(1000, 2000), (1000, 2000), (1000, 2000), (1001, 2001), (1003, 2003)]
+        );
+    }
+
+    #[test]
+    fn a_cpu_going_offline_and_back_never_moves_the_total_backwards() {
+        let dir = fixture_copy("vm6.18");
+        let stat = dir.path().join("proc/stat");
+        write_stat(&stat, &[(0, [500, 0, 0, 100, 10]), (1, [700, 0, 0, 100, 10])]);
+        let mut sampler = init("cpu_usage", dir.path()).unwrap();
+        let user = |s: &Snapshot, id: Option<&str>| {
+            let mut labels = vec![("state", "user")];
+            labels.extend(id.map(|id| ("id", id)));
+            counter(s, "cpu_usage", &labels).map(|v| v / ns_per_tick())
+        };
+        let snap = refresh(sampler.as_mut()).unwrap();
+        assert_eq!(user(&snap, None), Some(1200));
+        // cpu1 goes offline: its series are absent, the total keeps its part
+        write_stat(&stat, &[(0, [510, 0, 0, 100, 10])]);
+        let snap = refresh(sampler.as_mut()).unwrap();
+        assert_eq!((user(&snap, None), user(&snap, Some("1"))), (Some(1210), None));
+        // it comes back with its counters from an unrelated base (here far
+        // lower): nothing is added, its series continues from its last value
+        write_stat(&stat, &[(0, [520, 0, 0, 100, 10]), (1, [50, 0, 0, 100, 10])]);
+        let snap = refresh(sampler.as_mut()).unwrap();
+        assert_eq!((user(&snap, None), user(&snap, Some("1"))), (Some(1220), Some(700)));
+        write_stat(&stat, &[(0, [520, 0, 0, 100, 10]), (1, [60, 0, 0, 100, 10])]);
+        let snap = refresh(sampler.as_mut()).unwrap();
+        assert_eq!((user(&snap, None), user(&snap, Some("1"))), (Some(1230), Some(710)));
+        // a CPU first seen after the start (offline until now) adds nothing
+        // to the total at first, then its increases
+        write_stat(&stat, &[(0, [520, 0, 0, 100, 10]), (1, [60, 0, 0, 100, 10]), (2, [9000, 0, 0, 1, 1])]);
+        let snap = refresh(sampler.as_mut()).unwrap();
+        assert_eq!((user(&snap, None), user(&snap, Some("2"))), (Some(1230), Some(9000)));
+    }
+
+    #[test]
+    fn refresh_after_the_file_goes_bad_then_recovers() {
         let dir = fixture_copy("vm6.18");
         let mut sampler = init("cpu_usage", dir.path()).unwrap();
         let stat = dir.path().join("proc/stat");
-        let good = std::fs::read_to_string(&stat).unwrap();
+        let good = std::fs::read(&stat).unwrap();
         std::fs::write(&stat, "garbage\n").unwrap();
-        assert!(refresh(sampler.as_mut()).is_err());
+        // nothing to report, but not an error that drops other samplers
+        assert!(refresh(sampler.as_mut()).unwrap().counters.is_empty());
         std::fs::write(&stat, good).unwrap();
         let snap = refresh(sampler.as_mut()).unwrap();
         assert_eq!(snap.counters.len(), 30);

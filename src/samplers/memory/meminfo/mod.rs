@@ -8,7 +8,7 @@ use std::sync::Arc;
 use crate::metrics::{MetricDef, Series};
 use crate::samplers::{Sampler, SamplerContext, SamplerSpec, Source, SAMPLERS};
 use crate::snapshot::Emitter;
-use crate::source::{ParseError, ProcFile};
+use crate::source::{fields, lines, parse_u64, ParseError, ProcFile, Skipped};
 
 /// A `/proc/meminfo` key and the gauge it feeds.
 pub struct Field {
@@ -58,21 +58,30 @@ static SPEC: SamplerSpec = SamplerSpec {
 };
 
 /// Parses `/proc/meminfo` into `(key, value)` pairs, values in bytes for `kB`
-/// fields and as-is for unitless ones. Malformed lines are skipped: their
-/// value is absent.
-pub fn parse(text: &str) -> Vec<(&str, u64)> {
-    text.lines()
-        .filter_map(|line| {
-            let (key, rest) = line.split_once(':')?;
-            let mut parts = rest.split_whitespace();
-            let value: u64 = parts.next()?.parse().ok()?;
-            match parts.next() {
-                None => Some((key.trim(), value)),
-                Some("kB") => Some((key.trim(), value.checked_mul(1024)?)),
-                Some(_) => None,
-            }
-        })
-        .collect()
+/// fields and as-is for unitless ones. A malformed line is skipped and
+/// reported: its value is absent, the others are kept.
+pub fn parse(text: &[u8]) -> (Vec<(&str, u64)>, Skipped<'_>) {
+    let mut out = Vec::new();
+    let mut skipped = Skipped::default();
+    for line in lines(text) {
+        match parse_line(line) {
+            Some(pair) => out.push(pair),
+            None => skipped.add(line),
+        }
+    }
+    (out, skipped)
+}
+
+fn parse_line(line: &[u8]) -> Option<(&str, u64)> {
+    let colon = line.iter().position(|&b| b == b':')?;
+    let key = std::str::from_utf8(line[..colon].trim_ascii()).ok()?;
+    let mut parts = fields(&line[colon + 1..]);
+    let value = parse_u64(parts.next()?)?;
+    match (parts.next(), parts.next()) {
+        (None, _) => Some((key, value)),
+        (Some(b"kB"), None) => Some((key, value.checked_mul(1024)?)),
+        _ => None,
+    }
 }
 
 struct Meminfo {
@@ -83,7 +92,7 @@ struct Meminfo {
 
 fn init(ctx: &SamplerContext) -> anyhow::Result<Box<dyn Sampler>> {
     let mut file = ProcFile::open(&ctx.root, "proc/meminfo")?;
-    let found = parse(file.read()?).len();
+    let found = parse(file.read()?).0.len();
     if found == 0 {
         return Err(ParseError::new(file.path(), "no fields", None).into());
     }
@@ -95,11 +104,14 @@ fn init(ctx: &SamplerContext) -> anyhow::Result<Box<dyn Sampler>> {
 
 impl Sampler for Meminfo {
     fn refresh(&mut self, out: &mut Emitter<'_>) -> anyhow::Result<()> {
-        for (key, value) in parse(self.file.read()?) {
+        let (pairs, skipped) = parse(self.file.read()?);
+        let skipped = skipped.summary();
+        for (key, value) in pairs {
             if let Some(i) = FIELDS.iter().position(|f| f.key == key) {
                 out.gauge(&self.series[i], i64::try_from(value).unwrap_or(i64::MAX));
             }
         }
+        self.file.report(skipped);
         Ok(())
     }
 }
@@ -133,6 +145,14 @@ mod tests {
 
     #[test]
     fn unitless_fields_are_kept_raw() {
-        assert_eq!(parse("HugePages_Total:       4\n"), vec![("HugePages_Total", 4)]);
+        assert_eq!(parse(b"HugePages_Total:       4\n").0, vec![("HugePages_Total", 4)]);
+    }
+
+    #[test]
+    fn an_odd_line_costs_only_itself() {
+        let text = b"MemTotal: 10 kB\n\xff\xfe: 3 kB\nMemFree: 1 MB\nCached: 2 kB extra\nBuffers: 4 kB\n";
+        let (pairs, skipped) = parse(text);
+        assert_eq!(pairs, vec![("MemTotal", 10 * 1024), ("Buffers", 4 * 1024)]);
+        assert_eq!(skipped.count, 3);
     }
 }

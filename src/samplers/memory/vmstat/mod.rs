@@ -9,7 +9,7 @@ use std::sync::Arc;
 use crate::metrics::{MetricDef, Series};
 use crate::samplers::{Sampler, SamplerContext, SamplerSpec, Source, SAMPLERS};
 use crate::snapshot::Emitter;
-use crate::source::{ParseError, ProcFile};
+use crate::source::{fields, lines, parse_u64, ParseError, ProcFile, Skipped};
 
 pub static PAGE_FAULTS: MetricDef = MetricDef::counter(
     "memory_page_faults",
@@ -55,14 +55,23 @@ static SPEC: SamplerSpec = SamplerSpec {
     init,
 };
 
-/// Parses `key value` lines; malformed ones are skipped.
-pub fn parse(text: &str) -> Vec<(&str, u64)> {
-    text.lines()
-        .filter_map(|line| {
-            let (key, value) = line.split_once(' ')?;
-            Some((key, value.trim().parse().ok()?))
-        })
-        .collect()
+/// Parses `key value` lines; a malformed one is skipped and reported.
+pub fn parse(text: &[u8]) -> (Vec<(&str, u64)>, Skipped<'_>) {
+    let mut out = Vec::new();
+    let mut skipped = Skipped::default();
+    for line in lines(text) {
+        let mut parts = fields(line);
+        let pair = (|| {
+            let key = std::str::from_utf8(parts.next()?).ok()?;
+            let value = parse_u64(parts.next()?)?;
+            parts.next().is_none().then_some((key, value))
+        })();
+        match pair {
+            Some(pair) => out.push(pair),
+            None => skipped.add(line),
+        }
+    }
+    (out, skipped)
 }
 
 struct Vmstat {
@@ -76,7 +85,7 @@ struct Vmstat {
 
 fn init(ctx: &SamplerContext) -> anyhow::Result<Box<dyn Sampler>> {
     let mut file = ProcFile::open(&ctx.root, "proc/vmstat")?;
-    if parse(file.read()?).is_empty() {
+    if parse(file.read()?).0.is_empty() {
         return Err(ParseError::new(file.path(), "no fields", None).into());
     }
     Ok(Box::new(Vmstat {
@@ -92,7 +101,9 @@ fn init(ctx: &SamplerContext) -> anyhow::Result<Box<dyn Sampler>> {
 impl Sampler for Vmstat {
     fn refresh(&mut self, out: &mut Emitter<'_>) -> anyhow::Result<()> {
         let (mut all_faults, mut major_faults) = (None, None);
-        for (key, value) in parse(self.file.read()?) {
+        let (pairs, skipped) = parse(self.file.read()?);
+        let skipped = skipped.summary();
+        for (key, value) in pairs {
             match key {
                 "pgfault" => all_faults = Some(value),
                 "pgmajfault" => major_faults = Some(value),
@@ -112,6 +123,7 @@ impl Sampler for Vmstat {
         if let Some(major) = major_faults {
             out.counter(&self.major, major);
         }
+        self.file.report(skipped);
         Ok(())
     }
 }
@@ -122,8 +134,8 @@ mod tests {
 
     #[test]
     fn real_vmstat() {
-        let text = std::fs::read_to_string(fixture("vm6.18/proc/vmstat")).unwrap();
-        let find = |k: &str| super::parse(&text).into_iter().find(|(key, _)| *key == k).map(|(_, v)| v);
+        let text = std::fs::read(fixture("vm6.18/proc/vmstat")).unwrap();
+        let find = |k: &str| super::parse(&text).0.into_iter().find(|(key, _)| *key == k).map(|(_, v)| v);
         let mut sampler = init("memory_vmstat", &fixture("vm6.18")).unwrap();
         let snap = refresh(sampler.as_mut()).unwrap();
         let major = find("pgmajfault").unwrap();

@@ -110,8 +110,10 @@ fn init(ctx: &SamplerContext) -> anyhow::Result<Box<dyn Sampler>> {
 }
 
 impl Protocols {
-    fn emit(series: &[Arc<Series>], text: &str, out: &mut Emitter<'_>) {
-        for (section, key, value) in parse_keyed_tables(text) {
+    fn emit(series: &[Arc<Series>], file: &mut ProcFile, out: &mut Emitter<'_>) -> anyhow::Result<()> {
+        let (values, skipped) = parse_keyed_tables(file.read()?);
+        let skipped = skipped.summary();
+        for (section, key, value) in values {
             let Some(i) = FIELDS.iter().position(|f| f.section == section && f.key == key) else {
                 continue;
             };
@@ -125,14 +127,16 @@ impl Protocols {
                 }
             }
         }
+        file.report(skipped);
+        Ok(())
     }
 }
 
 impl Sampler for Protocols {
     fn refresh(&mut self, out: &mut Emitter<'_>) -> anyhow::Result<()> {
-        Self::emit(&self.series, self.snmp.read()?, out);
+        Self::emit(&self.series, &mut self.snmp, out)?;
         if let Some(netstat) = &mut self.netstat {
-            Self::emit(&self.series, netstat.read()?, out);
+            Self::emit(&self.series, netstat, out)?;
         }
         Ok(())
     }
@@ -146,8 +150,9 @@ mod tests {
     fn real_snmp_and_netstat() {
         let mut sampler = init("network_protocols", &fixture("vm6.18")).unwrap();
         let snap = refresh(sampler.as_mut()).unwrap();
-        let netstat = std::fs::read_to_string(fixture("vm6.18/proc/net/netstat")).unwrap();
+        let netstat = std::fs::read(fixture("vm6.18/proc/net/netstat")).unwrap();
         let timeouts = crate::source::parse_keyed_tables(&netstat)
+            .0
             .into_iter()
             .find(|(s, k, _)| *s == "TcpExt" && *k == "TCPTimeouts")
             .unwrap()

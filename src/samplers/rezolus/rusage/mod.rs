@@ -79,10 +79,9 @@ impl Sampler for Rusage {
         out.counter(&self.involuntary, usage.ru_nivcsw.max(0) as u64);
         // statm: size resident shared text lib data dt, in pages
         let statm = self.statm.read()?;
-        let resident = statm
-            .split_whitespace()
+        let resident = crate::source::fields(statm)
             .nth(1)
-            .and_then(|v| v.parse::<u64>().ok())
+            .and_then(crate::source::parse_u64)
             .map(|pages| (pages * self.page_size) as i64);
         if let Some(resident) = resident {
             out.gauge(&self.resident, resident);
