@@ -139,7 +139,8 @@ pub fn lines(text: &[u8]) -> impl Iterator<Item = &[u8]> {
 /// The fields of a line separated by ASCII whitespace, as the kernel writes
 /// them (`%s %llu ...`, padded with spaces).
 pub fn fields(line: &[u8]) -> impl Iterator<Item = &[u8]> {
-    line.split(u8::is_ascii_whitespace).filter(|f| !f.is_empty())
+    line.split(u8::is_ascii_whitespace)
+        .filter(|f| !f.is_empty())
 }
 
 /// A decimal `u64` field (digits only, no sign, no overflow).

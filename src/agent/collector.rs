@@ -181,20 +181,17 @@ impl Collector {
     /// emits every total.
     fn count_corrections(&mut self, snapshot: &mut Snapshot) {
         for (def, why) in std::mem::take(&mut snapshot.corrections) {
-            let (_, count) = self
-                .corrections
-                .entry((def.name, why))
-                .or_insert_with(|| {
-                    info!(
-                        counter = def.name,
-                        "a {} reading was corrected ({}); counted in {}",
-                        def.name,
-                        why.as_str(),
-                        COUNTER_CORRECTIONS.name
-                    );
-                    let labels = [("counter", def.name), ("reason", why.as_str())];
-                    (Series::new(&COUNTER_CORRECTIONS, &labels), 0)
-                });
+            let (_, count) = self.corrections.entry((def.name, why)).or_insert_with(|| {
+                info!(
+                    counter = def.name,
+                    "a {} reading was corrected ({}); counted in {}",
+                    def.name,
+                    why.as_str(),
+                    COUNTER_CORRECTIONS.name
+                );
+                let labels = [("counter", def.name), ("reason", why.as_str())];
+                (Series::new(&COUNTER_CORRECTIONS, &labels), 0)
+            });
             *count += 1;
         }
         let mut out = Emitter::new(snapshot);

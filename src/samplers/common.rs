@@ -146,10 +146,7 @@ mod tests {
     static C: MetricDef = MetricDef::counter("test_counter", "", "");
 
     /// Feeds readings to one guard; returns (served values, deltas, corrections).
-    fn run(
-        readings: &[u64],
-        restart: Restart,
-    ) -> (Vec<u64>, Vec<u64>, Vec<Correction>) {
+    fn run(readings: &[u64], restart: Restart) -> (Vec<u64>, Vec<u64>, Vec<Correction>) {
         let mut snap = Snapshot::new(std::time::SystemTime::now());
         let mut out = Emitter::new(&mut snap);
         let mut guard = CounterGuard::new(readings[0]);
@@ -178,8 +175,7 @@ mod tests {
     #[test]
     fn a_restart_counts_from_zero_or_rebases_per_source() {
         // an interface re-created: 1 GB then 300 bytes then 500
-        let (served, deltas, corrections) =
-            run(&[1_000_000_000, 300, 500], Restart::FromZero);
+        let (served, deltas, corrections) = run(&[1_000_000_000, 300, 500], Restart::FromZero);
         assert_eq!(served, vec![1_000_000_000, 1_000_000_300, 1_000_000_500]);
         assert_eq!(deltas, vec![300, 200]);
         assert_eq!(corrections, vec![Correction::Restart]);
@@ -196,7 +192,16 @@ mod tests {
         let t0 = Instant::now();
         let mut g = CounterGuard::new(1000);
         assert_eq!(g.update_at(900, Restart::Rebase, &C, &mut out, t0), 0);
-        assert_eq!(g.update_at(905, Restart::Rebase, &C, &mut out, t0 + Duration::from_secs(10)), 0);
+        assert_eq!(
+            g.update_at(
+                905,
+                Restart::Rebase,
+                &C,
+                &mut out,
+                t0 + Duration::from_secs(10)
+            ),
+            0
+        );
         // still below after the limit: continues from the lowest reading (900)
         let late = t0 + HOLD_LIMIT + Duration::from_secs(1);
         assert_eq!(g.update_at(950, Restart::Rebase, &C, &mut out, late), 50);

@@ -20,12 +20,24 @@ use crate::metrics::{MetricDef, Series};
 use crate::samplers::{Sampler, SamplerContext, SamplerSpec, Source, SAMPLERS};
 use crate::snapshot::Emitter;
 
-pub static OPERATIONS: MetricDef =
-    MetricDef::counter("blockio_operations", "operations", "Block IO requests completed, by op").labels(&["op"]);
-pub static BYTES: MetricDef =
-    MetricDef::counter("blockio_bytes", "bytes", "Bytes completed by block IO requests, by op").labels(&["op"]);
-pub static SIZE: MetricDef =
-    MetricDef::histogram("blockio_size", "bytes", "Size of completed block IO requests, by op").labels(&["op"]);
+pub static OPERATIONS: MetricDef = MetricDef::counter(
+    "blockio_operations",
+    "operations",
+    "Block IO requests completed, by op",
+)
+.labels(&["op"]);
+pub static BYTES: MetricDef = MetricDef::counter(
+    "blockio_bytes",
+    "bytes",
+    "Bytes completed by block IO requests, by op",
+)
+.labels(&["op"]);
+pub static SIZE: MetricDef = MetricDef::histogram(
+    "blockio_size",
+    "bytes",
+    "Size of completed block IO requests, by op",
+)
+.labels(&["op"]);
 pub static LATENCY: MetricDef = MetricDef::histogram(
     "blockio_latency",
     "nanoseconds",
@@ -63,9 +75,15 @@ fn init(_: &SamplerContext) -> anyhow::Result<Box<dyn Sampler>> {
         .counters
         .set_max_entries(possible_cpus()? as u32)
         .map_err(|e| classify(e, "sizing the blockio counter banks"))?;
-    let mut skel = open.load().map_err(|e| classify(e, "loading the blockio BPF programs"))?;
-    skel.attach()
-        .map_err(|e| classify(e, "attaching to tp_btf/block_rq_issue and block_rq_complete"))?;
+    let mut skel = open
+        .load()
+        .map_err(|e| classify(e, "loading the blockio BPF programs"))?;
+    skel.attach().map_err(|e| {
+        classify(
+            e,
+            "attaching to tp_btf/block_rq_issue and block_rq_complete",
+        )
+    })?;
     let counters = MmapArray::new(&skel.maps.counters)?;
     let histograms = MmapArray::new(&skel.maps.histograms)?;
     Ok(Box::new(Blockio {

@@ -14,8 +14,12 @@ use crate::metrics::MetricDef;
 use crate::samplers::{Sampler, SamplerContext, SamplerSpec, Source, SAMPLERS};
 use crate::snapshot::Emitter;
 
-pub static SOFTIRQ: MetricDef =
-    MetricDef::counter("softirq", "softirqs", "Softirqs handled, by kind; without `id`, all CPUs").labels(&["kind", "id"]);
+pub static SOFTIRQ: MetricDef = MetricDef::counter(
+    "softirq",
+    "softirqs",
+    "Softirqs handled, by kind; without `id`, all CPUs",
+)
+.labels(&["kind", "id"]);
 pub static SOFTIRQ_TIME: MetricDef = MetricDef::counter(
     "softirq_time",
     "nanoseconds",
@@ -54,7 +58,9 @@ fn init(_: &SamplerContext) -> anyhow::Result<Box<dyn Sampler>> {
         .softirqs
         .set_max_entries(cpus as u32)
         .map_err(|e| classify(e, "sizing the softirq banks"))?;
-    let mut skel = open.load().map_err(|e| classify(e, "loading the softirq BPF programs"))?;
+    let mut skel = open
+        .load()
+        .map_err(|e| classify(e, "loading the softirq BPF programs"))?;
     skel.attach()
         .map_err(|e| classify(e, "attaching to tp_btf/softirq_entry and softirq_exit"))?;
     let banks = MmapArray::new(&skel.maps.softirqs)?;
@@ -62,7 +68,12 @@ fn init(_: &SamplerContext) -> anyhow::Result<Box<dyn Sampler>> {
     let mut counters = Vec::new();
     for (m, def) in [&SOFTIRQ, &SOFTIRQ_TIME].into_iter().enumerate() {
         for (k, kind) in KINDS.iter().enumerate() {
-            counters.push(BankCounter::new(def, &[("kind", kind)], m * KINDS.len() + k, Some(cpus)));
+            counters.push(BankCounter::new(
+                def,
+                &[("kind", kind)],
+                m * KINDS.len() + k,
+                Some(cpus),
+            ));
         }
     }
     Ok(Box::new(Softirq {

@@ -4,8 +4,22 @@
 
 /// The op classes, in the order of the BPF counter bank and histograms.
 pub const CLASSES: [&str; 16] = [
-    "other", "read", "write", "poll", "lock", "time", "sleep", "socket", "yield", "filesystem", "memory",
-    "process", "query", "ipc", "timer", "event",
+    "other",
+    "read",
+    "write",
+    "poll",
+    "lock",
+    "time",
+    "sleep",
+    "socket",
+    "yield",
+    "filesystem",
+    "memory",
+    "process",
+    "query",
+    "ipc",
+    "timer",
+    "event",
 ];
 
 /// Size of the BPF lookup table (`MAX_SYSCALL_NR` in syscall.bpf.c).

@@ -22,16 +22,20 @@ use std::sync::Arc;
 use libbpf_rs::skel::{OpenSkel, Skel, SkelBuilder};
 
 use crate::bpf::{
-    check_support, classify, object_storage, possible_cpus, BankCounter, MmapArray, HISTOGRAM_BUCKETS,
+    check_support, classify, object_storage, possible_cpus, BankCounter, MmapArray,
+    HISTOGRAM_BUCKETS,
 };
 use crate::metrics::{MetricDef, Series, HISTOGRAM_GROUPING_POWER, HISTOGRAM_MAX_VALUE_POWER};
 use crate::samplers::{Sampler, SamplerContext, SamplerOption, SamplerSpec, Source, SAMPLERS};
 use crate::snapshot::Emitter;
 use classes::CLASSES;
 
-pub static SYSCALL: MetricDef =
-    MetricDef::counter("syscall", "syscalls", "System calls entered, by op class; without `op`, all of them")
-        .labels(&["op"]);
+pub static SYSCALL: MetricDef = MetricDef::counter(
+    "syscall",
+    "syscalls",
+    "System calls entered, by op class; without `op`, all of them",
+)
+.labels(&["op"]);
 pub static SYSCALL_LATENCY: MetricDef = MetricDef::histogram(
     "syscall_latency",
     "nanoseconds",
@@ -83,7 +87,9 @@ fn init(ctx: &SamplerContext) -> anyhow::Result<Box<dyn Sampler>> {
         .counts
         .set_max_entries(possible_cpus()? as u32)
         .map_err(|e| classify(e, "sizing the syscall counter banks"))?;
-    let mut skel = open.load().map_err(|e| classify(e, "loading the syscall BPF programs"))?;
+    let mut skel = open
+        .load()
+        .map_err(|e| classify(e, "loading the syscall BPF programs"))?;
     skel.attach()
         .map_err(|e| classify(e, "attaching to tp_btf/sys_enter and sys_exit"))?;
     let counts = MmapArray::new(&skel.maps.counts)?;
@@ -99,7 +105,10 @@ fn init(ctx: &SamplerContext) -> anyhow::Result<Box<dyn Sampler>> {
             .map(|(i, class)| BankCounter::new(&SYSCALL, &[("op", class)], i, None))
             .collect(),
         latency_total: Series::new(&SYSCALL_LATENCY, &[]),
-        latency_per_class: CLASSES.iter().map(|c| Series::new(&SYSCALL_LATENCY, &[("op", c)])).collect(),
+        latency_per_class: CLASSES
+            .iter()
+            .map(|c| Series::new(&SYSCALL_LATENCY, &[("op", c)]))
+            .collect(),
         scratch: Vec::new(),
     }))
 }
@@ -120,7 +129,11 @@ impl Sampler for Syscall {
             }
             out.histogram(series, histogram);
         }
-        let all = histogram::Histogram::from_buckets(HISTOGRAM_GROUPING_POWER, HISTOGRAM_MAX_VALUE_POWER, all)?;
+        let all = histogram::Histogram::from_buckets(
+            HISTOGRAM_GROUPING_POWER,
+            HISTOGRAM_MAX_VALUE_POWER,
+            all,
+        )?;
         out.histogram(&self.latency_total, all);
         Ok(())
     }

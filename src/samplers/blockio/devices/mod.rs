@@ -29,12 +29,42 @@ use crate::samplers::{Sampler, SamplerContext, SamplerSpec, Source, SAMPLERS};
 use crate::snapshot::Emitter;
 use crate::source::{fields, label_value, lines, parse_u64, ParseError, ProcFile, Skipped};
 
-pub static OPERATIONS: MetricDef = MetricDef::counter("blockio_device_operations", "operations", "Block IO operations completed").labels(&["op", "device"]);
-pub static BYTES: MetricDef = MetricDef::counter("blockio_device_bytes", "bytes", "Bytes transferred by completed block IO").labels(&["op", "device"]);
-pub static MERGES: MetricDef = MetricDef::counter("blockio_device_merges", "operations", "Adjacent block IO requests merged before issue").labels(&["op", "device"]);
-pub static TIME: MetricDef = MetricDef::counter("blockio_device_time", "nanoseconds", "Time spent by block IO operations, summed over operations (millisecond resolution)").labels(&["op", "device"]);
-pub static BUSY: MetricDef = MetricDef::counter("blockio_device_busy", "nanoseconds", "Time the device had IO in flight (millisecond resolution)").labels(&["device"]);
-pub static IN_FLIGHT: MetricDef = MetricDef::gauge("blockio_device_in_flight", "operations", "Block IO operations issued and not yet completed").labels(&["device"]);
+pub static OPERATIONS: MetricDef = MetricDef::counter(
+    "blockio_device_operations",
+    "operations",
+    "Block IO operations completed",
+)
+.labels(&["op", "device"]);
+pub static BYTES: MetricDef = MetricDef::counter(
+    "blockio_device_bytes",
+    "bytes",
+    "Bytes transferred by completed block IO",
+)
+.labels(&["op", "device"]);
+pub static MERGES: MetricDef = MetricDef::counter(
+    "blockio_device_merges",
+    "operations",
+    "Adjacent block IO requests merged before issue",
+)
+.labels(&["op", "device"]);
+pub static TIME: MetricDef = MetricDef::counter(
+    "blockio_device_time",
+    "nanoseconds",
+    "Time spent by block IO operations, summed over operations (millisecond resolution)",
+)
+.labels(&["op", "device"]);
+pub static BUSY: MetricDef = MetricDef::counter(
+    "blockio_device_busy",
+    "nanoseconds",
+    "Time the device had IO in flight (millisecond resolution)",
+)
+.labels(&["device"]);
+pub static IN_FLIGHT: MetricDef = MetricDef::gauge(
+    "blockio_device_in_flight",
+    "operations",
+    "Block IO operations issued and not yet completed",
+)
+.labels(&["device"]);
 
 #[linkme::distributed_slice(SAMPLERS)]
 static SPEC: SamplerSpec = SamplerSpec {
@@ -83,7 +113,9 @@ impl DiskStats<'_> {
     }
 
     fn ever_used(&self) -> bool {
-        [0, 4, 11, 15].iter().any(|&i| self.column(i).unwrap_or(0) > 0)
+        [0, 4, 11, 15]
+            .iter()
+            .any(|&i| self.column(i).unwrap_or(0) > 0)
     }
 }
 
@@ -168,7 +200,10 @@ struct Devices {
 
 /// Whole devices are listed in `/sys/block` (with `/` in names as `!`).
 fn is_whole_device(sys_block: &Path, name: &[u8]) -> bool {
-    let name: Vec<u8> = name.iter().map(|&b| if b == b'/' { b'!' } else { b }).collect();
+    let name: Vec<u8> = name
+        .iter()
+        .map(|&b| if b == b'/' { b'!' } else { b })
+        .collect();
     sys_block.join(std::ffi::OsStr::from_bytes(&name)).exists()
 }
 
@@ -176,7 +211,9 @@ fn init(ctx: &SamplerContext) -> anyhow::Result<Box<dyn Sampler>> {
     let mut file = ProcFile::open(&ctx.root, "proc/diskstats")?;
     let sys_block = ctx.root.join("sys/block");
     if !sys_block.is_dir() {
-        return Err(crate::source::Unsupported(format!("{} does not exist", sys_block.display())).into());
+        return Err(
+            crate::source::Unsupported(format!("{} does not exist", sys_block.display())).into(),
+        );
     }
     let text = file.read()?;
     if !text.trim_ascii().is_empty() && parse(text).0.is_empty() {
@@ -202,9 +239,14 @@ impl Sampler for Devices {
                 if !is_whole_device(&self.sys_block, disk.name) {
                     continue;
                 }
-                self.devices.insert(disk.name.to_vec(), DeviceSeries::new(&label_value(disk.name), now));
+                self.devices.insert(
+                    disk.name.to_vec(),
+                    DeviceSeries::new(&label_value(disk.name), now),
+                );
             }
-            let Some(series) = self.devices.get_mut(disk.name) else { continue };
+            let Some(series) = self.devices.get_mut(disk.name) else {
+                continue;
+            };
             if series.round == round {
                 continue; // the same name twice in one read: the first line counts
             }
@@ -216,10 +258,18 @@ impl Sampler for Devices {
                 }
             }
             if let Some(busy) = disk.column(BUSY_COLUMN) {
-                emit_guarded(&mut series.busy, busy.saturating_mul(NS_PER_MS), returned, out);
+                emit_guarded(
+                    &mut series.busy,
+                    busy.saturating_mul(NS_PER_MS),
+                    returned,
+                    out,
+                );
             }
             if let Some(in_flight) = disk.column(IN_FLIGHT_COLUMN) {
-                out.gauge(&series.in_flight, i64::try_from(in_flight).unwrap_or(i64::MAX));
+                out.gauge(
+                    &series.in_flight,
+                    i64::try_from(in_flight).unwrap_or(i64::MAX),
+                );
             }
         }
         self.file.report(skipped);
@@ -238,15 +288,39 @@ mod tests {
         let mut sampler = init("blockio_devices", &fixture("vm6.18")).unwrap();
         let snap = refresh(sampler.as_mut()).unwrap();
         let vda = |op| [("op", op), ("device", "vda")];
-        assert_eq!(counter(&snap, "blockio_device_operations", &vda("read")), Some(5640));
-        assert_eq!(counter(&snap, "blockio_device_bytes", &vda("write")), Some(353_328 * 512));
-        assert_eq!(counter(&snap, "blockio_device_operations", &vda("flush")), Some(18));
-        assert_eq!(counter(&snap, "blockio_device_operations", &vda("discard")), Some(3037));
-        assert_eq!(counter(&snap, "blockio_device_time", &vda("read")), Some(5637 * 1_000_000));
-        assert_eq!(counter(&snap, "blockio_device_busy", &[("device", "vda")]), Some(1644 * 1_000_000));
-        assert_eq!(gauge(&snap, "blockio_device_in_flight", &[("device", "vda")]), Some(0));
+        assert_eq!(
+            counter(&snap, "blockio_device_operations", &vda("read")),
+            Some(5640)
+        );
+        assert_eq!(
+            counter(&snap, "blockio_device_bytes", &vda("write")),
+            Some(353_328 * 512)
+        );
+        assert_eq!(
+            counter(&snap, "blockio_device_operations", &vda("flush")),
+            Some(18)
+        );
+        assert_eq!(
+            counter(&snap, "blockio_device_operations", &vda("discard")),
+            Some(3037)
+        );
+        assert_eq!(
+            counter(&snap, "blockio_device_time", &vda("read")),
+            Some(5637 * 1_000_000)
+        );
+        assert_eq!(
+            counter(&snap, "blockio_device_busy", &[("device", "vda")]),
+            Some(1644 * 1_000_000)
+        );
+        assert_eq!(
+            gauge(&snap, "blockio_device_in_flight", &[("device", "vda")]),
+            Some(0)
+        );
         // idle loop and zram devices are left out
-        assert!(snap.counters.iter().all(|(s, _)| s.label("device") == Some("vda")));
+        assert!(snap
+            .counters
+            .iter()
+            .all(|(s, _)| s.label("device") == Some("vda")));
     }
 
     #[test]
@@ -254,11 +328,23 @@ mod tests {
         let mut sampler = init("blockio_devices", &fixture("old-kernel")).unwrap();
         let snap = refresh(sampler.as_mut()).unwrap();
         let sda = |op| [("op", op), ("device", "sda")];
-        assert_eq!(counter(&snap, "blockio_device_operations", &sda("write")), Some(2000));
+        assert_eq!(
+            counter(&snap, "blockio_device_operations", &sda("write")),
+            Some(2000)
+        );
         // 11-column kernel: no discard or flush fields
-        assert_eq!(counter(&snap, "blockio_device_operations", &sda("discard")), None);
-        assert_eq!(counter(&snap, "blockio_device_operations", &sda("flush")), None);
+        assert_eq!(
+            counter(&snap, "blockio_device_operations", &sda("discard")),
+            None
+        );
+        assert_eq!(
+            counter(&snap, "blockio_device_operations", &sda("flush")),
+            None
+        );
         // sda1 is a partition; sdb's line is malformed
-        assert!(snap.counters.iter().all(|(s, _)| s.label("device") == Some("sda")));
+        assert!(snap
+            .counters
+            .iter()
+            .all(|(s, _)| s.label("device") == Some("sda")));
     }
 }

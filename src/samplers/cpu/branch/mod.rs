@@ -5,7 +5,9 @@
 //! `cpu_branch_misses` per CPU (`id`) and in total, and the group times.
 
 use crate::metrics::MetricDef;
-use crate::perf::{ids, Counter, CountingSampler, Event, Kind, GROUP_TIME_ENABLED, GROUP_TIME_RUNNING};
+use crate::perf::{
+    ids, Counter, CountingSampler, Event, Kind, GROUP_TIME_ENABLED, GROUP_TIME_RUNNING,
+};
 use crate::samplers::{SamplerContext, SamplerSpec, Source, SAMPLERS};
 
 pub static BRANCH_INSTRUCTIONS: MetricDef = MetricDef::counter(
@@ -23,13 +25,19 @@ pub static BRANCH_MISSES: MetricDef = MetricDef::counter(
 
 static COUNTERS: [Counter; 2] = [
     Counter {
-        event: Event { name: "branch-instructions", kind: Kind::Hardware(ids::BRANCH_INSTRUCTIONS) },
+        event: Event {
+            name: "branch-instructions",
+            kind: Kind::Hardware(ids::BRANCH_INSTRUCTIONS),
+        },
         metric: &BRANCH_INSTRUCTIONS,
         labels: &[],
         primary: true,
     },
     Counter {
-        event: Event { name: "branch-misses", kind: Kind::Hardware(ids::BRANCH_MISSES) },
+        event: Event {
+            name: "branch-misses",
+            kind: Kind::Hardware(ids::BRANCH_MISSES),
+        },
         metric: &BRANCH_MISSES,
         labels: &[],
         primary: true,
@@ -41,7 +49,14 @@ static SPEC: SamplerSpec = SamplerSpec {
     name: "cpu_branch",
     source: Source::Perf("branch-instructions, branch-misses (needs a hardware PMU)"),
     options: &[],
-    metrics: || vec![&BRANCH_INSTRUCTIONS, &BRANCH_MISSES, &GROUP_TIME_ENABLED, &GROUP_TIME_RUNNING],
+    metrics: || {
+        vec![
+            &BRANCH_INSTRUCTIONS,
+            &BRANCH_MISSES,
+            &GROUP_TIME_ENABLED,
+            &GROUP_TIME_RUNNING,
+        ]
+    },
     init,
 };
 

@@ -33,7 +33,11 @@ static LLC: [Counter; 2] = [
     Counter {
         event: Event {
             name: "LLC-loads",
-            kind: Kind::Cache { cache: ids::CACHE_LL, op: ids::OP_READ, result: ids::RESULT_ACCESS },
+            kind: Kind::Cache {
+                cache: ids::CACHE_LL,
+                op: ids::OP_READ,
+                result: ids::RESULT_ACCESS,
+            },
         },
         metric: &CACHE_ACCESS,
         labels: &[("event", "llc")],
@@ -42,7 +46,11 @@ static LLC: [Counter; 2] = [
     Counter {
         event: Event {
             name: "LLC-load-misses",
-            kind: Kind::Cache { cache: ids::CACHE_LL, op: ids::OP_READ, result: ids::RESULT_MISS },
+            kind: Kind::Cache {
+                cache: ids::CACHE_LL,
+                op: ids::OP_READ,
+                result: ids::RESULT_MISS,
+            },
         },
         metric: &CACHE_MISS,
         labels: &[("event", "llc")],
@@ -52,13 +60,19 @@ static LLC: [Counter; 2] = [
 
 static GENERIC: [Counter; 2] = [
     Counter {
-        event: Event { name: "cache-references", kind: Kind::Hardware(ids::CACHE_REFERENCES) },
+        event: Event {
+            name: "cache-references",
+            kind: Kind::Hardware(ids::CACHE_REFERENCES),
+        },
         metric: &CACHE_ACCESS,
         labels: &[("event", "generic")],
         primary: true,
     },
     Counter {
-        event: Event { name: "cache-misses", kind: Kind::Hardware(ids::CACHE_MISSES) },
+        event: Event {
+            name: "cache-misses",
+            kind: Kind::Hardware(ids::CACHE_MISSES),
+        },
         metric: &CACHE_MISS,
         labels: &[("event", "generic")],
         primary: true,
@@ -72,7 +86,14 @@ static SPEC: SamplerSpec = SamplerSpec {
         "LLC-loads, LLC-load-misses, else cache-references, cache-misses (needs a hardware PMU)",
     ),
     options: &[],
-    metrics: || vec![&CACHE_ACCESS, &CACHE_MISS, &GROUP_TIME_ENABLED, &GROUP_TIME_RUNNING],
+    metrics: || {
+        vec![
+            &CACHE_ACCESS,
+            &CACHE_MISS,
+            &GROUP_TIME_ENABLED,
+            &GROUP_TIME_RUNNING,
+        ]
+    },
     init,
 };
 
@@ -80,7 +101,10 @@ fn init(ctx: &SamplerContext) -> anyhow::Result<Box<dyn crate::samplers::Sampler
     // LLC only as a pair: an access count without its misses is no ratio
     let llc = match Probe::run(&ctx.root, &LLC) {
         Ok(probe) if probe.counts_all(&["LLC-loads", "LLC-load-misses"]) => {
-            return Ok(Box::new(CountingSampler(PerfCounters::start("cpu_cache", probe)?)))
+            return Ok(Box::new(CountingSampler(PerfCounters::start(
+                "cpu_cache",
+                probe,
+            )?)))
         }
         Ok(probe) => probe
             .absent()
@@ -100,7 +124,10 @@ fn init(ctx: &SamplerContext) -> anyhow::Result<Box<dyn crate::samplers::Sampler
     let mut counters = PerfCounters::start("cpu_cache", probe)?;
     counters.add_absent(Absent {
         metric: "cpu_cache_access{event=\"llc\"}, cpu_cache_miss{event=\"llc\"}".into(),
-        reason: format!("counting cache-references and cache-misses instead: {}", llc.join("; ")),
+        reason: format!(
+            "counting cache-references and cache-misses instead: {}",
+            llc.join("; ")
+        ),
     });
     Ok(Box::new(CountingSampler(counters)))
 }

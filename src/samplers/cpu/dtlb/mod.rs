@@ -6,7 +6,9 @@
 //! (`id`) and in total, and the group times.
 
 use crate::metrics::MetricDef;
-use crate::perf::{ids, Counter, CountingSampler, Event, Kind, GROUP_TIME_ENABLED, GROUP_TIME_RUNNING};
+use crate::perf::{
+    ids, Counter, CountingSampler, Event, Kind, GROUP_TIME_ENABLED, GROUP_TIME_RUNNING,
+};
 use crate::samplers::{SamplerContext, SamplerSpec, Source, SAMPLERS};
 
 pub static DTLB_MISS: MetricDef = MetricDef::counter(
@@ -20,7 +22,11 @@ static COUNTERS: [Counter; 2] = [
     Counter {
         event: Event {
             name: "dTLB-load-misses",
-            kind: Kind::Cache { cache: ids::CACHE_DTLB, op: ids::OP_READ, result: ids::RESULT_MISS },
+            kind: Kind::Cache {
+                cache: ids::CACHE_DTLB,
+                op: ids::OP_READ,
+                result: ids::RESULT_MISS,
+            },
         },
         metric: &DTLB_MISS,
         labels: &[("op", "load")],
@@ -29,7 +35,11 @@ static COUNTERS: [Counter; 2] = [
     Counter {
         event: Event {
             name: "dTLB-store-misses",
-            kind: Kind::Cache { cache: ids::CACHE_DTLB, op: ids::OP_WRITE, result: ids::RESULT_MISS },
+            kind: Kind::Cache {
+                cache: ids::CACHE_DTLB,
+                op: ids::OP_WRITE,
+                result: ids::RESULT_MISS,
+            },
         },
         metric: &DTLB_MISS,
         labels: &[("op", "store")],

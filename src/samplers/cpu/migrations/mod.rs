@@ -50,14 +50,18 @@ fn init(_: &SamplerContext) -> anyhow::Result<Box<dyn Sampler>> {
         .migrations
         .set_max_entries(cpus as u32)
         .map_err(|e| classify(e, "sizing the migration banks"))?;
-    let mut skel = open.load().map_err(|e| classify(e, "loading the cpu_migrations BPF program"))?;
+    let mut skel = open
+        .load()
+        .map_err(|e| classify(e, "loading the cpu_migrations BPF program"))?;
     skel.attach()
         .map_err(|e| classify(e, "attaching to tp_btf/sched_migrate_task"))?;
     let banks = MmapArray::new(&skel.maps.migrations)?;
     let counters = DIRECTIONS
         .iter()
         .enumerate()
-        .map(|(i, direction)| BankCounter::new(&CPU_MIGRATIONS, &[("direction", direction)], i, Some(cpus)))
+        .map(|(i, direction)| {
+            BankCounter::new(&CPU_MIGRATIONS, &[("direction", direction)], i, Some(cpus))
+        })
         .collect();
     Ok(Box::new(Migrations {
         _skel: skel,

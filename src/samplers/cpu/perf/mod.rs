@@ -63,31 +63,46 @@ const MPERF_EVENT: &str = "msr/mperf";
 
 static COUNTERS: [Counter; 5] = [
     Counter {
-        event: Event { name: CYCLES_EVENT, kind: Kind::Hardware(ids::CPU_CYCLES) },
+        event: Event {
+            name: CYCLES_EVENT,
+            kind: Kind::Hardware(ids::CPU_CYCLES),
+        },
         metric: &CYCLES,
         labels: &[],
         primary: true,
     },
     Counter {
-        event: Event { name: "instructions", kind: Kind::Hardware(ids::INSTRUCTIONS) },
+        event: Event {
+            name: "instructions",
+            kind: Kind::Hardware(ids::INSTRUCTIONS),
+        },
         metric: &INSTRUCTIONS,
         labels: &[],
         primary: true,
     },
     Counter {
-        event: Event { name: TSC_EVENT, kind: Kind::Msr("tsc") },
+        event: Event {
+            name: TSC_EVENT,
+            kind: Kind::Msr("tsc"),
+        },
         metric: &TSC,
         labels: &[],
         primary: false,
     },
     Counter {
-        event: Event { name: APERF_EVENT, kind: Kind::Msr("aperf") },
+        event: Event {
+            name: APERF_EVENT,
+            kind: Kind::Msr("aperf"),
+        },
         metric: &APERF,
         labels: &[],
         primary: false,
     },
     Counter {
-        event: Event { name: MPERF_EVENT, kind: Kind::Msr("mperf") },
+        event: Event {
+            name: MPERF_EVENT,
+            kind: Kind::Msr("mperf"),
+        },
         metric: &MPERF,
         labels: &[],
         primary: false,
@@ -97,9 +112,22 @@ static COUNTERS: [Counter; 5] = [
 #[linkme::distributed_slice(SAMPLERS)]
 static SPEC: SamplerSpec = SamplerSpec {
     name: "cpu_perf",
-    source: Source::Perf("cycles, instructions (needs a hardware PMU), msr/tsc, msr/aperf, msr/mperf"),
+    source: Source::Perf(
+        "cycles, instructions (needs a hardware PMU), msr/tsc, msr/aperf, msr/mperf",
+    ),
     options: &[],
-    metrics: || vec![&CYCLES, &INSTRUCTIONS, &TSC, &APERF, &MPERF, &FREQUENCY, &GROUP_TIME_ENABLED, &GROUP_TIME_RUNNING],
+    metrics: || {
+        vec![
+            &CYCLES,
+            &INSTRUCTIONS,
+            &TSC,
+            &APERF,
+            &MPERF,
+            &FREQUENCY,
+            &GROUP_TIME_ENABLED,
+            &GROUP_TIME_RUNNING,
+        ]
+    },
     init,
 };
 
@@ -107,7 +135,11 @@ static SPEC: SamplerSpec = SamplerSpec {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Method {
     /// TSC rate x APERF/MPERF: the average frequency while not idle.
-    AperfMperf { aperf: usize, mperf: usize, tsc: usize },
+    AperfMperf {
+        aperf: usize,
+        mperf: usize,
+        tsc: usize,
+    },
     /// Cycles over elapsed (enabled) time. Cycles stop while a CPU is
     /// halted, so on a partly idle CPU this is below its running frequency.
     CyclesElapsed { cycles: usize },
@@ -190,10 +222,19 @@ impl Frequency {
             let (prev, hz, series) = self.state.entry(id).or_insert_with(|| {
                 let label = method.label();
                 let series = match id {
-                    Some(id) => Series::new(&FREQUENCY, &[("method", label), ("id", &id.to_string())]),
+                    Some(id) => {
+                        Series::new(&FREQUENCY, &[("method", label), ("id", &id.to_string())])
+                    }
                     None => Series::new(&FREQUENCY, &[("method", label)]),
                 };
-                (Totals { values: vec![0; now.values.len()], ..Default::default() }, None, series)
+                (
+                    Totals {
+                        values: vec![0; now.values.len()],
+                        ..Default::default()
+                    },
+                    None,
+                    series,
+                )
             });
             match estimate(method, prev, &now) {
                 Estimate::TooShort => {}
@@ -222,7 +263,12 @@ fn init(ctx: &SamplerContext) -> anyhow::Result<Box<dyn Sampler>> {
     let probe = Probe::run(&ctx.root, &COUNTERS)?;
     let mut counters = PerfCounters::start("cpu_perf", probe)?;
     let pos = |name| counters.position(name);
-    let method = match (pos(APERF_EVENT), pos(MPERF_EVENT), pos(TSC_EVENT), pos(CYCLES_EVENT)) {
+    let method = match (
+        pos(APERF_EVENT),
+        pos(MPERF_EVENT),
+        pos(TSC_EVENT),
+        pos(CYCLES_EVENT),
+    ) {
         (Some(aperf), Some(mperf), Some(tsc), _) => Some(Method::AperfMperf { aperf, mperf, tsc }),
         (_, _, _, Some(cycles)) => Some(Method::CyclesElapsed { cycles }),
         _ => None,
@@ -235,7 +281,10 @@ fn init(ctx: &SamplerContext) -> anyhow::Result<Box<dyn Sampler>> {
     }
     Ok(Box::new(CpuPerf {
         counters,
-        frequency: method.map(|method| Frequency { method, state: BTreeMap::new() }),
+        frequency: method.map(|method| Frequency {
+            method,
+            state: BTreeMap::new(),
+        }),
     }))
 }
 
@@ -259,15 +308,30 @@ mod tests {
     use super::*;
 
     fn totals(values: &[u64], enabled: u64) -> Totals {
-        Totals { values: values.to_vec(), enabled, running: enabled }
+        Totals {
+            values: values.to_vec(),
+            enabled,
+            running: enabled,
+        }
     }
 
     #[test]
     fn aperf_mperf_scales_the_tsc_rate() {
         // TSC at 2.5 GHz for 100 ms; busy half the time at 1.2x base
-        let method = Method::AperfMperf { aperf: 0, mperf: 1, tsc: 2 };
+        let method = Method::AperfMperf {
+            aperf: 0,
+            mperf: 1,
+            tsc: 2,
+        };
         let prev = totals(&[1_000, 2_000, 3_000], 5_000_000_000);
-        let now = totals(&[1_000 + 150_000_000, 2_000 + 125_000_000, 3_000 + 250_000_000], 5_100_000_000);
+        let now = totals(
+            &[
+                1_000 + 150_000_000,
+                2_000 + 125_000_000,
+                3_000 + 250_000_000,
+            ],
+            5_100_000_000,
+        );
         match estimate(method, &prev, &now) {
             Estimate::Hertz(hz) => assert!((hz - 3.0e9).abs() < 1.0, "{hz}"),
             other => panic!("{other:?}"),

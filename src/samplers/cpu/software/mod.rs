@@ -7,7 +7,9 @@
 //! `cpu_software_migrations`, per CPU (`id`) and in total, and the group times.
 
 use crate::metrics::MetricDef;
-use crate::perf::{ids, Counter, CountingSampler, Event, Kind, GROUP_TIME_ENABLED, GROUP_TIME_RUNNING};
+use crate::perf::{
+    ids, Counter, CountingSampler, Event, Kind, GROUP_TIME_ENABLED, GROUP_TIME_RUNNING,
+};
 use crate::samplers::{SamplerContext, SamplerSpec, Source, SAMPLERS};
 
 pub static PAGE_FAULTS: MetricDef = MetricDef::counter(
@@ -31,25 +33,37 @@ pub static MIGRATIONS: MetricDef = MetricDef::counter(
 
 static COUNTERS: [Counter; 4] = [
     Counter {
-        event: Event { name: "context-switches", kind: Kind::Software(ids::SW_CONTEXT_SWITCHES) },
+        event: Event {
+            name: "context-switches",
+            kind: Kind::Software(ids::SW_CONTEXT_SWITCHES),
+        },
         metric: &CONTEXT_SWITCHES,
         labels: &[],
         primary: true,
     },
     Counter {
-        event: Event { name: "cpu-migrations", kind: Kind::Software(ids::SW_CPU_MIGRATIONS) },
+        event: Event {
+            name: "cpu-migrations",
+            kind: Kind::Software(ids::SW_CPU_MIGRATIONS),
+        },
         metric: &MIGRATIONS,
         labels: &[],
         primary: true,
     },
     Counter {
-        event: Event { name: "minor-faults", kind: Kind::Software(ids::SW_PAGE_FAULTS_MIN) },
+        event: Event {
+            name: "minor-faults",
+            kind: Kind::Software(ids::SW_PAGE_FAULTS_MIN),
+        },
         metric: &PAGE_FAULTS,
         labels: &[("kind", "minor")],
         primary: true,
     },
     Counter {
-        event: Event { name: "major-faults", kind: Kind::Software(ids::SW_PAGE_FAULTS_MAJ) },
+        event: Event {
+            name: "major-faults",
+            kind: Kind::Software(ids::SW_PAGE_FAULTS_MAJ),
+        },
         metric: &PAGE_FAULTS,
         labels: &[("kind", "major")],
         primary: true,
@@ -61,7 +75,15 @@ static SPEC: SamplerSpec = SamplerSpec {
     name: "cpu_software",
     source: Source::Perf("context-switches, cpu-migrations, minor-faults, major-faults"),
     options: &[],
-    metrics: || vec![&PAGE_FAULTS, &CONTEXT_SWITCHES, &MIGRATIONS, &GROUP_TIME_ENABLED, &GROUP_TIME_RUNNING],
+    metrics: || {
+        vec![
+            &PAGE_FAULTS,
+            &CONTEXT_SWITCHES,
+            &MIGRATIONS,
+            &GROUP_TIME_ENABLED,
+            &GROUP_TIME_RUNNING,
+        ]
+    },
     init,
 };
 

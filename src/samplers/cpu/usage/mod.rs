@@ -178,7 +178,11 @@ impl Sampler for CpuUsage {
                     // offline: its ticks are from before, not new
                     None => {
                         tracked.guards[state] = Some(CounterGuard::new(ns));
-                        if first { ns } else { 0 }
+                        if first {
+                            ns
+                        } else {
+                            0
+                        }
                     }
                     Some(guard) if returned => guard.reappear(ns, Restart::Rebase),
                     Some(guard) => guard.update(ns, Restart::Rebase, &CPU_USAGE, out),
@@ -233,17 +237,29 @@ mod tests {
         let mut sampler = init("cpu_usage", &root).unwrap();
         let snap = refresh(sampler.as_mut()).unwrap();
         let ns = ns_per_tick();
-        assert_eq!(counter(&snap, "cpu_usage", &[("state", "user")]), Some(4705 * ns));
-        assert_eq!(counter(&snap, "cpu_usage", &[("state", "softirq"), ("id", "1")]), Some(3 * ns));
+        assert_eq!(
+            counter(&snap, "cpu_usage", &[("state", "user")]),
+            Some(4705 * ns)
+        );
+        assert_eq!(
+            counter(&snap, "cpu_usage", &[("state", "softirq"), ("id", "1")]),
+            Some(3 * ns)
+        );
         assert_eq!(counter(&snap, "cpu_usage", &[("state", "steal")]), None);
-        assert_eq!(counter(&snap, "cpu_usage", &[("state", "guest_nice")]), None);
+        assert_eq!(
+            counter(&snap, "cpu_usage", &[("state", "guest_nice")]),
+            None
+        );
     }
 
     #[test]
     fn a_malformed_line_costs_only_its_cpu() {
         let text = b"cpu  9 9 9\ncpu0 1 x 3\ncpu1 4 5 6\ncpu\xff 1 2 3\ncpu2\ncpuX 1\n";
         let (cpus, skipped) = parse(text);
-        assert_eq!(cpus.iter().map(|c| c.id).collect::<Vec<_>>(), vec![None, Some(1)]);
+        assert_eq!(
+            cpus.iter().map(|c| c.id).collect::<Vec<_>>(),
+            vec![None, Some(1)]
+        );
         assert_eq!(skipped.count, 4);
         assert_eq!(skipped.first, Some(&b"cpu0 1 x 3"[..]));
     }
@@ -251,7 +267,10 @@ mod tests {
     fn write_stat(path: &std::path::Path, cpus: &[(u32, [u64; 5])]) {
         let mut text = String::from("cpu  0 0 0 0 0 0 0 0 0 0\n");
         for (id, t) in cpus {
-            text += &format!("cpu{id} {} {} {} {} {} 0 0 0 0 0\n", t[0], t[1], t[2], t[3], t[4]);
+            text += &format!(
+                "cpu{id} {} {} {} {} {} 0 0 0 0 0\n",
+                t[0], t[1], t[2], t[3], t[4]
+            );
         }
         text += "intr 1\nctxt 2\n";
         std::fs::write(path, text).unwrap();
@@ -267,17 +286,29 @@ mod tests {
     fn iowait_going_back_a_tick_is_held_not_served() {
         let dir = fixture_copy("vm6.18");
         let stat = dir.path().join("proc/stat");
-        write_stat(&stat, &[(0, [5, 0, 5, 100, 1000]), (1, [5, 0, 5, 100, 1000])]);
+        write_stat(
+            &stat,
+            &[(0, [5, 0, 5, 100, 1000]), (1, [5, 0, 5, 100, 1000])],
+        );
         let mut sampler = init("cpu_usage", dir.path()).unwrap();
         let mut seen = vec![];
         for ticks in [1000, 999, 998, 1001, 1003] {
-            write_stat(&stat, &[(0, [5, 0, 5, 100, ticks]), (1, [5, 0, 5, 100, 1000])]);
+            write_stat(
+                &stat,
+                &[(0, [5, 0, 5, 100, ticks]), (1, [5, 0, 5, 100, 1000])],
+            );
             let snap = refresh(sampler.as_mut()).unwrap();
             seen.push((iowait(&snap, Some("0")), iowait(&snap, None)));
         }
         assert_eq!(
             seen,
-            vec![(1000, 2000), (1000, 2000), (1000, 2000), (1001, 2001), (1003, 2003)]
+            vec![
+                (1000, 2000),
+                (1000, 2000),
+                (1000, 2000),
+                (1001, 2001),
+                (1003, 2003)
+            ]
         );
     }
 
@@ -285,7 +316,10 @@ mod tests {
     fn a_cpu_going_offline_and_back_never_moves_the_total_backwards() {
         let dir = fixture_copy("vm6.18");
         let stat = dir.path().join("proc/stat");
-        write_stat(&stat, &[(0, [500, 0, 0, 100, 10]), (1, [700, 0, 0, 100, 10])]);
+        write_stat(
+            &stat,
+            &[(0, [500, 0, 0, 100, 10]), (1, [700, 0, 0, 100, 10])],
+        );
         let mut sampler = init("cpu_usage", dir.path()).unwrap();
         let user = |s: &Snapshot, id: Option<&str>| {
             let mut labels = vec![("state", "user")];
@@ -297,20 +331,45 @@ mod tests {
         // cpu1 goes offline: its series are absent, the total keeps its part
         write_stat(&stat, &[(0, [510, 0, 0, 100, 10])]);
         let snap = refresh(sampler.as_mut()).unwrap();
-        assert_eq!((user(&snap, None), user(&snap, Some("1"))), (Some(1210), None));
+        assert_eq!(
+            (user(&snap, None), user(&snap, Some("1"))),
+            (Some(1210), None)
+        );
         // it comes back with its counters from an unrelated base (here far
         // lower): nothing is added, its series continues from its last value
-        write_stat(&stat, &[(0, [520, 0, 0, 100, 10]), (1, [50, 0, 0, 100, 10])]);
+        write_stat(
+            &stat,
+            &[(0, [520, 0, 0, 100, 10]), (1, [50, 0, 0, 100, 10])],
+        );
         let snap = refresh(sampler.as_mut()).unwrap();
-        assert_eq!((user(&snap, None), user(&snap, Some("1"))), (Some(1220), Some(700)));
-        write_stat(&stat, &[(0, [520, 0, 0, 100, 10]), (1, [60, 0, 0, 100, 10])]);
+        assert_eq!(
+            (user(&snap, None), user(&snap, Some("1"))),
+            (Some(1220), Some(700))
+        );
+        write_stat(
+            &stat,
+            &[(0, [520, 0, 0, 100, 10]), (1, [60, 0, 0, 100, 10])],
+        );
         let snap = refresh(sampler.as_mut()).unwrap();
-        assert_eq!((user(&snap, None), user(&snap, Some("1"))), (Some(1230), Some(710)));
+        assert_eq!(
+            (user(&snap, None), user(&snap, Some("1"))),
+            (Some(1230), Some(710))
+        );
         // a CPU first seen after the start (offline until now) adds nothing
         // to the total at first, then its increases
-        write_stat(&stat, &[(0, [520, 0, 0, 100, 10]), (1, [60, 0, 0, 100, 10]), (2, [9000, 0, 0, 1, 1])]);
+        write_stat(
+            &stat,
+            &[
+                (0, [520, 0, 0, 100, 10]),
+                (1, [60, 0, 0, 100, 10]),
+                (2, [9000, 0, 0, 1, 1]),
+            ],
+        );
         let snap = refresh(sampler.as_mut()).unwrap();
-        assert_eq!((user(&snap, None), user(&snap, Some("2"))), (Some(1230), Some(9000)));
+        assert_eq!(
+            (user(&snap, None), user(&snap, Some("2"))),
+            (Some(1230), Some(9000))
+        );
     }
 
     #[test]

@@ -26,26 +26,78 @@ const fn field(key: &'static str, name: &'static str, description: &'static str)
 pub static FIELDS: [Field; 22] = [
     field("MemTotal", "memory_total", "Usable physical memory"),
     field("MemFree", "memory_free", "Memory not in use at all"),
-    field("MemAvailable", "memory_available", "Memory available for new work without swapping (kernel estimate)"),
-    field("Buffers", "memory_buffers", "Memory in block device buffers"),
-    field("Cached", "memory_cached", "Page cache, excluding swap cache"),
-    field("SwapCached", "memory_swap_cached", "Swapped-out memory also still in memory"),
-    field("Active", "memory_active", "Memory used recently, rarely reclaimed"),
-    field("Inactive", "memory_inactive", "Memory not used recently, reclaim candidates"),
-    field("Unevictable", "memory_unevictable", "Memory that cannot be reclaimed (mlocked, ramfs, ...)"),
+    field(
+        "MemAvailable",
+        "memory_available",
+        "Memory available for new work without swapping (kernel estimate)",
+    ),
+    field(
+        "Buffers",
+        "memory_buffers",
+        "Memory in block device buffers",
+    ),
+    field(
+        "Cached",
+        "memory_cached",
+        "Page cache, excluding swap cache",
+    ),
+    field(
+        "SwapCached",
+        "memory_swap_cached",
+        "Swapped-out memory also still in memory",
+    ),
+    field(
+        "Active",
+        "memory_active",
+        "Memory used recently, rarely reclaimed",
+    ),
+    field(
+        "Inactive",
+        "memory_inactive",
+        "Memory not used recently, reclaim candidates",
+    ),
+    field(
+        "Unevictable",
+        "memory_unevictable",
+        "Memory that cannot be reclaimed (mlocked, ramfs, ...)",
+    ),
     field("SwapTotal", "memory_swap_total", "Total swap space"),
     field("SwapFree", "memory_swap_free", "Unused swap space"),
-    field("Dirty", "memory_dirty", "Memory waiting to be written back to disk"),
-    field("Writeback", "memory_writeback", "Memory being written back to disk"),
-    field("AnonPages", "memory_anon", "Anonymous pages mapped into user page tables"),
+    field(
+        "Dirty",
+        "memory_dirty",
+        "Memory waiting to be written back to disk",
+    ),
+    field(
+        "Writeback",
+        "memory_writeback",
+        "Memory being written back to disk",
+    ),
+    field(
+        "AnonPages",
+        "memory_anon",
+        "Anonymous pages mapped into user page tables",
+    ),
     field("Mapped", "memory_mapped", "Files mapped into memory"),
     field("Shmem", "memory_shmem", "Shared memory and tmpfs"),
     field("Slab", "memory_slab", "Kernel slab allocations"),
-    field("SReclaimable", "memory_slab_reclaimable", "Reclaimable part of the slab"),
-    field("SUnreclaim", "memory_slab_unreclaimable", "Unreclaimable part of the slab"),
+    field(
+        "SReclaimable",
+        "memory_slab_reclaimable",
+        "Reclaimable part of the slab",
+    ),
+    field(
+        "SUnreclaim",
+        "memory_slab_unreclaimable",
+        "Unreclaimable part of the slab",
+    ),
     field("KernelStack", "memory_kernel_stack", "Kernel stacks"),
     field("PageTables", "memory_page_tables", "Page tables"),
-    field("Committed_AS", "memory_committed", "Memory committed to allocations (may exceed physical memory)"),
+    field(
+        "Committed_AS",
+        "memory_committed",
+        "Memory committed to allocations (may exceed physical memory)",
+    ),
 ];
 
 #[linkme::distributed_slice(SAMPLERS)]
@@ -126,7 +178,10 @@ mod tests {
         let mut sampler = init("memory_meminfo", &fixture("vm6.18")).unwrap();
         let snap = refresh(sampler.as_mut()).unwrap();
         assert_eq!(gauge(&snap, "memory_total", &[]), Some(24_684_084 * 1024));
-        assert_eq!(gauge(&snap, "memory_available", &[]), Some(24_394_948 * 1024));
+        assert_eq!(
+            gauge(&snap, "memory_available", &[]),
+            Some(24_394_948 * 1024)
+        );
         assert_eq!(gauge(&snap, "memory_buffers", &[]), Some(1264 * 1024));
         assert_eq!(snap.gauges.len(), FIELDS.len());
     }
@@ -145,12 +200,16 @@ mod tests {
 
     #[test]
     fn unitless_fields_are_kept_raw() {
-        assert_eq!(parse(b"HugePages_Total:       4\n").0, vec![("HugePages_Total", 4)]);
+        assert_eq!(
+            parse(b"HugePages_Total:       4\n").0,
+            vec![("HugePages_Total", 4)]
+        );
     }
 
     #[test]
     fn an_odd_line_costs_only_itself() {
-        let text = b"MemTotal: 10 kB\n\xff\xfe: 3 kB\nMemFree: 1 MB\nCached: 2 kB extra\nBuffers: 4 kB\n";
+        let text =
+            b"MemTotal: 10 kB\n\xff\xfe: 3 kB\nMemFree: 1 MB\nCached: 2 kB extra\nBuffers: 4 kB\n";
         let (pairs, skipped) = parse(text);
         assert_eq!(pairs, vec![("MemTotal", 10 * 1024), ("Buffers", 4 * 1024)]);
         assert_eq!(skipped.count, 3);

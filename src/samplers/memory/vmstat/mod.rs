@@ -18,7 +18,8 @@ pub static PAGE_FAULTS: MetricDef = MetricDef::counter(
 )
 .labels(&["kind"]);
 pub static SWAP_IN: MetricDef = MetricDef::counter("memory_swap_in", "pages", "Pages swapped in");
-pub static SWAP_OUT: MetricDef = MetricDef::counter("memory_swap_out", "pages", "Pages swapped out");
+pub static SWAP_OUT: MetricDef =
+    MetricDef::counter("memory_swap_out", "pages", "Pages swapped out");
 
 /// `/proc/vmstat` keys copied through unchanged.
 pub struct Field {
@@ -34,12 +35,36 @@ const fn numa(key: &'static str, name: &'static str, description: &'static str) 
 }
 
 pub static NUMA: [Field; 6] = [
-    numa("numa_hit", "memory_numa_hit", "Allocations satisfied from the intended node"),
-    numa("numa_miss", "memory_numa_miss", "Allocations satisfied from another node than intended"),
-    numa("numa_foreign", "memory_numa_foreign", "Allocations intended for this node served elsewhere"),
-    numa("numa_interleave", "memory_numa_interleave", "Interleave-policy allocations satisfied from the intended node"),
-    numa("numa_local", "memory_numa_local", "Allocations satisfied from the local node"),
-    numa("numa_other", "memory_numa_other", "Allocations on this node by a process running elsewhere"),
+    numa(
+        "numa_hit",
+        "memory_numa_hit",
+        "Allocations satisfied from the intended node",
+    ),
+    numa(
+        "numa_miss",
+        "memory_numa_miss",
+        "Allocations satisfied from another node than intended",
+    ),
+    numa(
+        "numa_foreign",
+        "memory_numa_foreign",
+        "Allocations intended for this node served elsewhere",
+    ),
+    numa(
+        "numa_interleave",
+        "memory_numa_interleave",
+        "Interleave-policy allocations satisfied from the intended node",
+    ),
+    numa(
+        "numa_local",
+        "memory_numa_local",
+        "Allocations satisfied from the local node",
+    ),
+    numa(
+        "numa_other",
+        "memory_numa_other",
+        "Allocations on this node by a process running elsewhere",
+    ),
 ];
 
 #[linkme::distributed_slice(SAMPLERS)]
@@ -135,11 +160,20 @@ mod tests {
     #[test]
     fn real_vmstat() {
         let text = std::fs::read(fixture("vm6.18/proc/vmstat")).unwrap();
-        let find = |k: &str| super::parse(&text).0.into_iter().find(|(key, _)| *key == k).map(|(_, v)| v);
+        let find = |k: &str| {
+            super::parse(&text)
+                .0
+                .into_iter()
+                .find(|(key, _)| *key == k)
+                .map(|(_, v)| v)
+        };
         let mut sampler = init("memory_vmstat", &fixture("vm6.18")).unwrap();
         let snap = refresh(sampler.as_mut()).unwrap();
         let major = find("pgmajfault").unwrap();
-        assert_eq!(counter(&snap, "memory_page_faults", &[("kind", "major")]), Some(major));
+        assert_eq!(
+            counter(&snap, "memory_page_faults", &[("kind", "major")]),
+            Some(major)
+        );
         assert_eq!(
             counter(&snap, "memory_page_faults", &[("kind", "minor")]),
             Some(find("pgfault").unwrap() - major)
@@ -153,7 +187,10 @@ mod tests {
         let mut sampler = init("memory_vmstat", &fixture("old-kernel")).unwrap();
         let snap = refresh(sampler.as_mut()).unwrap();
         assert_eq!(counter(&snap, "memory_numa_hit", &[]), None);
-        assert_eq!(counter(&snap, "memory_page_faults", &[("kind", "major")]), Some(12));
+        assert_eq!(
+            counter(&snap, "memory_page_faults", &[("kind", "major")]),
+            Some(12)
+        );
         // pswpout line is malformed in the fixture: absent
         assert_eq!(counter(&snap, "memory_swap_out", &[]), None);
         assert_eq!(counter(&snap, "memory_swap_in", &[]), Some(7));

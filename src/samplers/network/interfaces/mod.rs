@@ -46,10 +46,18 @@ use crate::source::{fields, label_value, lines, parse_u64, ParseError, ProcFile,
 
 const LABELS: &[&str] = &["direction", "interface"];
 
-pub static BYTES: MetricDef = MetricDef::counter("network_bytes", "bytes", "Bytes received or transmitted").labels(LABELS);
-pub static PACKETS: MetricDef = MetricDef::counter("network_packets", "packets", "Packets received or transmitted").labels(LABELS);
-pub static ERRORS: MetricDef = MetricDef::counter("network_errors", "packets", "Packets with errors").labels(LABELS);
-pub static DROPS: MetricDef = MetricDef::counter("network_drops", "packets", "Packets dropped").labels(LABELS);
+pub static BYTES: MetricDef =
+    MetricDef::counter("network_bytes", "bytes", "Bytes received or transmitted").labels(LABELS);
+pub static PACKETS: MetricDef = MetricDef::counter(
+    "network_packets",
+    "packets",
+    "Packets received or transmitted",
+)
+.labels(LABELS);
+pub static ERRORS: MetricDef =
+    MetricDef::counter("network_errors", "packets", "Packets with errors").labels(LABELS);
+pub static DROPS: MetricDef =
+    MetricDef::counter("network_drops", "packets", "Packets dropped").labels(LABELS);
 
 /// The metrics, and their column in each direction's block of `/proc/net/dev`.
 static COLUMNS: [(&MetricDef, usize); 4] = [(&BYTES, 0), (&PACKETS, 1), (&ERRORS, 2), (&DROPS, 3)];
@@ -90,7 +98,11 @@ impl Interface<'_> {
     /// The value of series `index` (see [`SERIES`]).
     fn value(&self, index: usize) -> u64 {
         let (m, d) = (index / 2, index % 2);
-        let block = if d == 0 { &self.receive } else { &self.transmit };
+        let block = if d == 0 {
+            &self.receive
+        } else {
+            &self.transmit
+        };
         block[COLUMNS[m].1]
     }
 }
@@ -223,10 +235,14 @@ fn counted<'a>(
 ) -> HashMap<&'a [u8], bool> {
     let present = tracked.iter().filter(|(_, t)| t.round == round);
     if all {
-        return present.map(|(n, t)| (n.as_slice(), !t.kind.loopback)).collect();
+        return present
+            .map(|(n, t)| (n.as_slice(), !t.kind.loopback))
+            .collect();
     }
     if tracked.values().any(|t| t.round == round && t.kind.device) {
-        return present.map(|(n, t)| (n.as_slice(), t.kind.device)).collect();
+        return present
+            .map(|(n, t)| (n.as_slice(), t.kind.device))
+            .collect();
     }
     present
         .map(|(n, t)| {
@@ -250,7 +266,12 @@ impl Sampler for Interfaces {
                 // read last time too: an ordinary update
                 Some(t) if t.round + 1 == round => {
                     for (i, guard) in t.guards.iter_mut().enumerate() {
-                        delta[i] = guard.update(interface.value(i), Restart::FromZero, COLUMNS[i / 2].0, out);
+                        delta[i] = guard.update(
+                            interface.value(i),
+                            Restart::FromZero,
+                            COLUMNS[i / 2].0,
+                            out,
+                        );
                     }
                     (t.seen, t.round) = (now, round);
                 }
@@ -278,7 +299,9 @@ impl Sampler for Interfaces {
                         interface.name.to_vec(),
                         Tracked {
                             series: series_set(Some(&label_value(interface.name))),
-                            guards: (0..SERIES).map(|i| CounterGuard::new(interface.value(i))).collect(),
+                            guards: (0..SERIES)
+                                .map(|i| CounterGuard::new(interface.value(i)))
+                                .collect(),
                             kind,
                             seen: now,
                             round,
@@ -370,11 +393,32 @@ mod tests {
         let mut sampler = init("network_interfaces", &fixture("vm6.18")).unwrap();
         let snap = refresh(sampler.as_mut()).unwrap();
         let get = |metric, labels: &[(&str, &str)]| counter(&snap, metric, labels);
-        assert_eq!(get("network_bytes", &[("direction", "receive"), ("interface", "eth0")]), Some(19_253_954));
-        assert_eq!(get("network_packets", &[("direction", "transmit"), ("interface", "eth0")]), Some(732));
-        assert_eq!(get("network_bytes", &[("direction", "receive"), ("interface", "lo")]), Some(3193));
+        assert_eq!(
+            get(
+                "network_bytes",
+                &[("direction", "receive"), ("interface", "eth0")]
+            ),
+            Some(19_253_954)
+        );
+        assert_eq!(
+            get(
+                "network_packets",
+                &[("direction", "transmit"), ("interface", "eth0")]
+            ),
+            Some(732)
+        );
+        assert_eq!(
+            get(
+                "network_bytes",
+                &[("direction", "receive"), ("interface", "lo")]
+            ),
+            Some(3193)
+        );
         // the total counts the device-backed eth0 only (not lo, not the ifbs)
-        assert_eq!(get("network_bytes", &[("direction", "receive")]), Some(19_253_954));
+        assert_eq!(
+            get("network_bytes", &[("direction", "receive")]),
+            Some(19_253_954)
+        );
         assert_eq!(get("network_drops", &[("direction", "transmit")]), Some(0));
         // 4 interfaces and the total, 4 metrics, 2 directions
         assert_eq!(snap.counters.len(), 5 * 8);
@@ -394,7 +438,10 @@ mod tests {
         let (interfaces, skipped) = parse(&text);
         let names: Vec<&[u8]> = interfaces.iter().map(|i| i.name).collect();
         let emoji = "wlan\u{1f600}".as_bytes();
-        assert_eq!(names, vec![&b"lo"[..], b"eth0", b"team0:1", b"bond0:2", emoji]);
+        assert_eq!(
+            names,
+            vec![&b"lo"[..], b"eth0", b"team0:1", b"bond0:2", emoji]
+        );
         assert_eq!(skipped.count, 0);
         assert_eq!(interfaces[3].receive[0], 5000);
         assert_eq!(interfaces[3].transmit[0], 6000);
@@ -413,21 +460,38 @@ mod tests {
             line(b"eth1", 5, 6),
         ]);
         let (interfaces, skipped) = parse(&text);
-        assert_eq!(interfaces.iter().map(|i| i.name).collect::<Vec<_>>(), vec![&b"eth0"[..], b"eth1"]);
+        assert_eq!(
+            interfaces.iter().map(|i| i.name).collect::<Vec<_>>(),
+            vec![&b"eth0"[..], b"eth1"]
+        );
         assert_eq!(skipped.count, 5);
     }
 
     #[test]
     fn a_name_that_is_not_utf8_is_escaped_and_the_rest_are_served() {
         let dir = root(&[("eth0", true, &[])]);
-        write(&dir, &[line(b"eth0", 100, 200), line(b"bad\xff\xfe", 30, 40), line(b"lo", 1, 1)]);
+        write(
+            &dir,
+            &[
+                line(b"eth0", 100, 200),
+                line(b"bad\xff\xfe", 30, 40),
+                line(b"lo", 1, 1),
+            ],
+        );
         let mut sampler = init("network_interfaces", dir.path()).unwrap();
         let snap = refresh(sampler.as_mut()).unwrap();
         assert_eq!(bytes(&snap, "receive", Some("eth0")), Some(100));
         assert_eq!(bytes(&snap, "receive", Some("bad\\xff\\xfe")), Some(30));
         assert_eq!(bytes(&snap, "receive", Some("lo")), Some(1));
         // and a second one appearing later does not disturb the others
-        write(&dir, &[line(b"eth0", 150, 250), line(b"bad\xff\xfe", 31, 41), line(b"\xc3(x", 5, 5)]);
+        write(
+            &dir,
+            &[
+                line(b"eth0", 150, 250),
+                line(b"bad\xff\xfe", 31, 41),
+                line(b"\xc3(x", 5, 5),
+            ],
+        );
         let snap = refresh(sampler.as_mut()).unwrap();
         assert_eq!(bytes(&snap, "transmit", Some("eth0")), Some(250));
         assert_eq!(bytes(&snap, "transmit", Some("\\xc3(x")), Some(5));
@@ -477,14 +541,30 @@ mod tests {
         };
         write(&dir, &traffic(1));
         let mut all = (spec.init)(&ctx).unwrap();
-        assert_eq!(bytes(&refresh(all.as_mut()).unwrap(), "receive", None), Some(1000 + 1000 + 1000 + 3000 + 3000));
+        assert_eq!(
+            bytes(&refresh(all.as_mut()).unwrap(), "receive", None),
+            Some(1000 + 1000 + 1000 + 3000 + 3000)
+        );
     }
 
     #[test]
     fn without_device_backed_interfaces_the_total_counts_unstacked_ones() {
         // a container's namespace: a veth and a bridge over another veth
-        let dir = root(&[("eth0", false, &[]), ("br0", false, &["veth9"]), ("veth9", false, &[]), ("lo", false, &[])]);
-        write(&dir, &[line(b"eth0", 100, 10), line(b"br0", 50, 5), line(b"veth9", 50, 5), line(b"lo", 7, 7)]);
+        let dir = root(&[
+            ("eth0", false, &[]),
+            ("br0", false, &["veth9"]),
+            ("veth9", false, &[]),
+            ("lo", false, &[]),
+        ]);
+        write(
+            &dir,
+            &[
+                line(b"eth0", 100, 10),
+                line(b"br0", 50, 5),
+                line(b"veth9", 50, 5),
+                line(b"lo", 7, 7),
+            ],
+        );
         let mut sampler = init("network_interfaces", dir.path()).unwrap();
         let snap = refresh(sampler.as_mut()).unwrap();
         assert_eq!(bytes(&snap, "receive", None), Some(150));
@@ -500,7 +580,10 @@ mod tests {
             write(&dir, &lines);
             let s = sampler.get_or_insert_with(|| init("network_interfaces", dir.path()).unwrap());
             let snap = refresh(s.as_mut()).unwrap();
-            (bytes(&snap, "receive", Some("eth0")), bytes(&snap, "receive", None).unwrap())
+            (
+                bytes(&snap, "receive", Some("eth0")),
+                bytes(&snap, "receive", None).unwrap(),
+            )
         };
         assert_eq!(step(Some(1_000_000), 10), (Some(1_000_000), 1_000_010));
         // a driver's counter dips and recovers: held, then counted once
@@ -525,7 +608,13 @@ mod tests {
 
         let without_eth0: String = original
             .lines()
-            .map(|l| if l.contains("eth0") { "  eth0: 1 2 three" } else { l })
+            .map(|l| {
+                if l.contains("eth0") {
+                    "  eth0: 1 2 three"
+                } else {
+                    l
+                }
+            })
             .collect::<Vec<_>>()
             .join("\n");
         std::fs::write(&dev, without_eth0).unwrap();

@@ -11,25 +11,97 @@ use crate::samplers::{Sampler, SamplerContext, SamplerSpec, Source, SAMPLERS};
 use crate::snapshot::Emitter;
 use crate::source::{parse_keyed_tables, ProcFile};
 
-pub static TCP_SEGMENTS: MetricDef = MetricDef::counter("tcp_segments", "segments", "TCP segments received or transmitted (transmit excludes retransmits)").labels(&["direction"]);
-pub static TCP_RETRANSMITS: MetricDef = MetricDef::counter("tcp_retransmits", "segments", "TCP segments retransmitted");
-pub static TCP_RESETS: MetricDef = MetricDef::counter("tcp_resets", "segments", "TCP segments sent with the RST flag");
-pub static TCP_RECEIVE_ERRORS: MetricDef = MetricDef::counter("tcp_receive_errors", "segments", "TCP segments received in error");
-pub static TCP_CHECKSUM_ERRORS: MetricDef = MetricDef::counter("tcp_checksum_errors", "segments", "TCP segments received with a bad checksum");
-pub static TCP_ACTIVE_OPENS: MetricDef = MetricDef::counter("tcp_active_opens", "connections", "TCP connections opened by this host (SYN sent)");
-pub static TCP_PASSIVE_OPENS: MetricDef = MetricDef::counter("tcp_passive_opens", "connections", "TCP connections accepted by this host");
-pub static TCP_ATTEMPT_FAILS: MetricDef = MetricDef::counter("tcp_attempt_fails", "connections", "TCP connection attempts that failed");
-pub static TCP_ESTABLISHED_RESETS: MetricDef = MetricDef::counter("tcp_established_resets", "connections", "Established TCP connections reset");
-pub static TCP_ESTABLISHED: MetricDef = MetricDef::gauge("tcp_established", "connections", "TCP connections currently established or closing");
-pub static TCP_LISTEN_OVERFLOWS: MetricDef = MetricDef::counter("tcp_listen_overflows", "connections", "Times a listen queue overflowed");
-pub static TCP_LISTEN_DROPS: MetricDef = MetricDef::counter("tcp_listen_drops", "connections", "SYNs and connections dropped at a listening socket");
-pub static TCP_TIMEOUTS: MetricDef = MetricDef::counter("tcp_timeouts", "events", "TCP retransmission timeouts");
-pub static UDP_DATAGRAMS: MetricDef = MetricDef::counter("udp_datagrams", "datagrams", "UDP datagrams delivered to or sent by sockets").labels(&["direction"]);
-pub static UDP_RECEIVE_ERRORS: MetricDef = MetricDef::counter("udp_receive_errors", "datagrams", "UDP datagrams that could not be delivered (buffer and checksum errors included)");
-pub static UDP_NO_PORTS: MetricDef = MetricDef::counter("udp_no_ports", "datagrams", "UDP datagrams to a port with no listener");
-pub static UDP_RECEIVE_BUFFER_ERRORS: MetricDef = MetricDef::counter("udp_receive_buffer_errors", "datagrams", "UDP datagrams dropped for a full receive buffer");
-pub static UDP_SEND_BUFFER_ERRORS: MetricDef = MetricDef::counter("udp_send_buffer_errors", "datagrams", "UDP datagrams dropped for a full send buffer");
-pub static UDP_CHECKSUM_ERRORS: MetricDef = MetricDef::counter("udp_checksum_errors", "datagrams", "UDP datagrams received with a bad checksum");
+pub static TCP_SEGMENTS: MetricDef = MetricDef::counter(
+    "tcp_segments",
+    "segments",
+    "TCP segments received or transmitted (transmit excludes retransmits)",
+)
+.labels(&["direction"]);
+pub static TCP_RETRANSMITS: MetricDef =
+    MetricDef::counter("tcp_retransmits", "segments", "TCP segments retransmitted");
+pub static TCP_RESETS: MetricDef = MetricDef::counter(
+    "tcp_resets",
+    "segments",
+    "TCP segments sent with the RST flag",
+);
+pub static TCP_RECEIVE_ERRORS: MetricDef = MetricDef::counter(
+    "tcp_receive_errors",
+    "segments",
+    "TCP segments received in error",
+);
+pub static TCP_CHECKSUM_ERRORS: MetricDef = MetricDef::counter(
+    "tcp_checksum_errors",
+    "segments",
+    "TCP segments received with a bad checksum",
+);
+pub static TCP_ACTIVE_OPENS: MetricDef = MetricDef::counter(
+    "tcp_active_opens",
+    "connections",
+    "TCP connections opened by this host (SYN sent)",
+);
+pub static TCP_PASSIVE_OPENS: MetricDef = MetricDef::counter(
+    "tcp_passive_opens",
+    "connections",
+    "TCP connections accepted by this host",
+);
+pub static TCP_ATTEMPT_FAILS: MetricDef = MetricDef::counter(
+    "tcp_attempt_fails",
+    "connections",
+    "TCP connection attempts that failed",
+);
+pub static TCP_ESTABLISHED_RESETS: MetricDef = MetricDef::counter(
+    "tcp_established_resets",
+    "connections",
+    "Established TCP connections reset",
+);
+pub static TCP_ESTABLISHED: MetricDef = MetricDef::gauge(
+    "tcp_established",
+    "connections",
+    "TCP connections currently established or closing",
+);
+pub static TCP_LISTEN_OVERFLOWS: MetricDef = MetricDef::counter(
+    "tcp_listen_overflows",
+    "connections",
+    "Times a listen queue overflowed",
+);
+pub static TCP_LISTEN_DROPS: MetricDef = MetricDef::counter(
+    "tcp_listen_drops",
+    "connections",
+    "SYNs and connections dropped at a listening socket",
+);
+pub static TCP_TIMEOUTS: MetricDef =
+    MetricDef::counter("tcp_timeouts", "events", "TCP retransmission timeouts");
+pub static UDP_DATAGRAMS: MetricDef = MetricDef::counter(
+    "udp_datagrams",
+    "datagrams",
+    "UDP datagrams delivered to or sent by sockets",
+)
+.labels(&["direction"]);
+pub static UDP_RECEIVE_ERRORS: MetricDef = MetricDef::counter(
+    "udp_receive_errors",
+    "datagrams",
+    "UDP datagrams that could not be delivered (buffer and checksum errors included)",
+);
+pub static UDP_NO_PORTS: MetricDef = MetricDef::counter(
+    "udp_no_ports",
+    "datagrams",
+    "UDP datagrams to a port with no listener",
+);
+pub static UDP_RECEIVE_BUFFER_ERRORS: MetricDef = MetricDef::counter(
+    "udp_receive_buffer_errors",
+    "datagrams",
+    "UDP datagrams dropped for a full receive buffer",
+);
+pub static UDP_SEND_BUFFER_ERRORS: MetricDef = MetricDef::counter(
+    "udp_send_buffer_errors",
+    "datagrams",
+    "UDP datagrams dropped for a full send buffer",
+);
+pub static UDP_CHECKSUM_ERRORS: MetricDef = MetricDef::counter(
+    "udp_checksum_errors",
+    "datagrams",
+    "UDP datagrams received with a bad checksum",
+);
 
 /// A protocol table cell and the series it feeds.
 pub struct Field {
@@ -40,11 +112,26 @@ pub struct Field {
 }
 
 const fn f(section: &'static str, key: &'static str, def: &'static MetricDef) -> Field {
-    Field { section, key, def, direction: None }
+    Field {
+        section,
+        key,
+        def,
+        direction: None,
+    }
 }
 
-const fn dir(section: &'static str, key: &'static str, def: &'static MetricDef, direction: &'static str) -> Field {
-    Field { section, key, def, direction: Some(direction) }
+const fn dir(
+    section: &'static str,
+    key: &'static str,
+    def: &'static MetricDef,
+    direction: &'static str,
+) -> Field {
+    Field {
+        section,
+        key,
+        def,
+        direction: Some(direction),
+    }
 }
 
 pub static FIELDS: [Field; 21] = [
@@ -106,15 +193,26 @@ fn init(ctx: &SamplerContext) -> anyhow::Result<Box<dyn Sampler>> {
             None => Series::new(field.def, &[]),
         })
         .collect();
-    Ok(Box::new(Protocols { snmp, netstat, series }))
+    Ok(Box::new(Protocols {
+        snmp,
+        netstat,
+        series,
+    }))
 }
 
 impl Protocols {
-    fn emit(series: &[Arc<Series>], file: &mut ProcFile, out: &mut Emitter<'_>) -> anyhow::Result<()> {
+    fn emit(
+        series: &[Arc<Series>],
+        file: &mut ProcFile,
+        out: &mut Emitter<'_>,
+    ) -> anyhow::Result<()> {
         let (values, skipped) = parse_keyed_tables(file.read()?);
         let skipped = skipped.summary();
         for (section, key, value) in values {
-            let Some(i) = FIELDS.iter().position(|f| f.section == section && f.key == key) else {
+            let Some(i) = FIELDS
+                .iter()
+                .position(|f| f.section == section && f.key == key)
+            else {
                 continue;
             };
             let series = &series[i];

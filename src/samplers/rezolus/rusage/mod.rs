@@ -12,18 +12,49 @@ use crate::samplers::{Sampler, SamplerContext, SamplerSpec, Source, SAMPLERS};
 use crate::snapshot::Emitter;
 use crate::source::ProcFile;
 
-pub static CPU_USAGE: MetricDef = MetricDef::counter("rezolus_cpu_usage", "nanoseconds", "CPU time used by the agent").labels(&["state"]);
-pub static RESIDENT: MetricDef = MetricDef::gauge("rezolus_memory_resident", "bytes", "The agent's resident set size");
-pub static RESIDENT_PEAK: MetricDef = MetricDef::gauge("rezolus_memory_resident_peak", "bytes", "The agent's largest resident set size so far");
-pub static PAGE_FAULTS: MetricDef = MetricDef::counter("rezolus_page_faults", "faults", "Page faults taken by the agent").labels(&["kind"]);
-pub static CONTEXT_SWITCH: MetricDef = MetricDef::counter("rezolus_context_switch", "switches", "The agent's context switches").labels(&["kind"]);
+pub static CPU_USAGE: MetricDef = MetricDef::counter(
+    "rezolus_cpu_usage",
+    "nanoseconds",
+    "CPU time used by the agent",
+)
+.labels(&["state"]);
+pub static RESIDENT: MetricDef = MetricDef::gauge(
+    "rezolus_memory_resident",
+    "bytes",
+    "The agent's resident set size",
+);
+pub static RESIDENT_PEAK: MetricDef = MetricDef::gauge(
+    "rezolus_memory_resident_peak",
+    "bytes",
+    "The agent's largest resident set size so far",
+);
+pub static PAGE_FAULTS: MetricDef = MetricDef::counter(
+    "rezolus_page_faults",
+    "faults",
+    "Page faults taken by the agent",
+)
+.labels(&["kind"]);
+pub static CONTEXT_SWITCH: MetricDef = MetricDef::counter(
+    "rezolus_context_switch",
+    "switches",
+    "The agent's context switches",
+)
+.labels(&["kind"]);
 
 #[linkme::distributed_slice(SAMPLERS)]
 static SPEC: SamplerSpec = SamplerSpec {
     name: "rezolus_rusage",
     source: Source::Process("getrusage, /proc/self/statm"),
     options: &[],
-    metrics: || vec![&CPU_USAGE, &RESIDENT, &RESIDENT_PEAK, &PAGE_FAULTS, &CONTEXT_SWITCH],
+    metrics: || {
+        vec![
+            &CPU_USAGE,
+            &RESIDENT,
+            &RESIDENT_PEAK,
+            &PAGE_FAULTS,
+            &CONTEXT_SWITCH,
+        ]
+    },
     init,
 };
 
@@ -87,7 +118,10 @@ impl Sampler for Rusage {
             out.gauge(&self.resident, resident);
         }
         // ru_maxrss is updated lazily by the kernel and can trail the current RSS
-        let peak = usage.ru_maxrss.saturating_mul(1024).max(resident.unwrap_or(0));
+        let peak = usage
+            .ru_maxrss
+            .saturating_mul(1024)
+            .max(resident.unwrap_or(0));
         out.gauge(&self.resident_peak, peak);
         Ok(())
     }
@@ -103,7 +137,10 @@ mod tests {
         let before = refresh(sampler.as_mut()).unwrap();
         // spin for 50 ms of this thread's own CPU time
         let thread_cpu = || {
-            let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
+            let mut ts = libc::timespec {
+                tv_sec: 0,
+                tv_nsec: 0,
+            };
             unsafe { libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &mut ts) };
             ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
         };

@@ -26,8 +26,11 @@ pub static RUNQUEUE_LATENCY: MetricDef = MetricDef::histogram(
     "nanoseconds",
     "Time tasks wait on a run queue: from wakeup or preemption until they run",
 );
-pub static RUNNING: MetricDef =
-    MetricDef::histogram("scheduler_running", "nanoseconds", "Time tasks run on a CPU per slice");
+pub static RUNNING: MetricDef = MetricDef::histogram(
+    "scheduler_running",
+    "nanoseconds",
+    "Time tasks run on a CPU per slice",
+);
 pub static OFFCPU: MetricDef = MetricDef::histogram(
     "scheduler_offcpu",
     "nanoseconds",
@@ -72,9 +75,15 @@ fn init(_: &SamplerContext) -> anyhow::Result<Box<dyn Sampler>> {
         .switches
         .set_max_entries(cpus as u32)
         .map_err(|e| classify(e, "sizing the context switch banks"))?;
-    let mut skel = open.load().map_err(|e| classify(e, "loading the scheduler BPF programs"))?;
-    skel.attach()
-        .map_err(|e| classify(e, "attaching to tp_btf/sched_wakeup, sched_wakeup_new, sched_switch"))?;
+    let mut skel = open
+        .load()
+        .map_err(|e| classify(e, "loading the scheduler BPF programs"))?;
+    skel.attach().map_err(|e| {
+        classify(
+            e,
+            "attaching to tp_btf/sched_wakeup, sched_wakeup_new, sched_switch",
+        )
+    })?;
     let switches = MmapArray::new(&skel.maps.switches)?;
     let histograms = MmapArray::new(&skel.maps.histograms)?;
     Ok(Box::new(Runqueue {
