@@ -248,6 +248,54 @@ mod tests {
         }
     }
 
+    static C: MetricDef = MetricDef::counter("test_counter", "", "");
+
+    /// Serves the given readings of one counter, one per refresh.
+    struct Readings(std::vec::IntoIter<u64>, Arc<Series>);
+
+    impl Sampler for Readings {
+        fn refresh(&mut self, out: &mut Emitter<'_>) -> anyhow::Result<()> {
+            if let Some(value) = self.0.next() {
+                out.counter(&self.1, value);
+            }
+            Ok(())
+        }
+    }
+
+    #[test]
+    fn a_counter_reading_below_the_last_is_held_and_counted() {
+        let sampler = Readings(vec![10, 12, 11, 9, 15].into_iter(), Series::new(&C, &[]));
+        let mut collector = Collector::from_samplers(vec![("readings", Box::new(sampler))]);
+        let mut served = vec![];
+        let mut corrections = vec![];
+        for _ in 0..5 {
+            let snap = collector.collect();
+            let value = |metric: &str| {
+                snap.counters
+                    .iter()
+                    .find(|(s, _)| s.def().name == metric)
+                    .map(|(s, v)| {
+                        (
+                            s.label("counter").map(str::to_string),
+                            s.label("reason").map(str::to_string),
+                            *v,
+                        )
+                    })
+            };
+            served.push(value("test_counter").unwrap().2);
+            corrections.push(value("rezolus_counter_corrections"));
+        }
+        assert_eq!(served, vec![10, 12, 12, 12, 15]);
+        let held = |n| {
+            Some((
+                Some("test_counter".to_string()),
+                Some("held".to_string()),
+                n,
+            ))
+        };
+        assert_eq!(corrections, vec![None, None, held(1), held(2), held(2)]);
+    }
+
     struct Panicky;
     impl Sampler for Panicky {
         fn refresh(&mut self, _: &mut Emitter<'_>) -> anyhow::Result<()> {

@@ -68,6 +68,9 @@ pub struct State {
     fetches: u64,
     errors: u64,
     resets: u64,
+    /// Every counter's value at the last successful read (kept across failed
+    /// reads, so an agent restarted during a gap is seen as a reset).
+    counters: HashMap<String, u64>,
     last_success: Option<SystemTime>,
     rendered: String,
 }
@@ -83,6 +86,7 @@ impl State {
             fetches: 0,
             errors: 0,
             resets: 0,
+            counters: HashMap::new(),
             last_success: None,
             rendered: String::new(),
         };
@@ -113,14 +117,54 @@ impl State {
             Ok(snap) => {
                 self.up = true;
                 self.last_success = Some(SystemTime::now());
+                let counter_back = self.counters_went_back(&snap);
                 self.add_rates(&snap);
                 if boundary {
+                    let histogram_back = self.histograms_went_back(&snap);
+                    self.resets += u64::from(counter_back || histogram_back);
                     self.rendered = self.render(Some(&snap));
                     self.rates.clear();
                     self.boundary = Some(snap);
+                } else {
+                    self.resets += u64::from(counter_back);
                 }
             }
         }
+    }
+
+    /// Whether any counter is below its value at the last successful read
+    /// (every counter, oversampled or not); remembers the new values.
+    fn counters_went_back(&mut self, snap: &Received) -> bool {
+        let mut back = false;
+        for c in &snap.counters {
+            match self.counters.get_mut(&c.name) {
+                Some(last) => {
+                    back |= c.value < *last;
+                    *last = c.value;
+                }
+                None => {
+                    self.counters.insert(c.name.clone(), c.value);
+                }
+            }
+        }
+        back
+    }
+
+    /// Whether any histogram lost counts since the last interval boundary.
+    fn histograms_went_back(&self, snap: &Received) -> bool {
+        let Some(boundary) = &self.boundary else {
+            return false;
+        };
+        let previous: HashMap<&str, &Histogram> = boundary
+            .histograms
+            .iter()
+            .map(|h| (h.name.as_str(), &h.value))
+            .collect();
+        snap.histograms.iter().any(|h| {
+            previous
+                .get(h.name.as_str())
+                .is_some_and(|p| h.value.checked_sub(p).is_err())
+        })
     }
 
     fn add_rates(&mut self, snap: &Received) {
@@ -146,14 +190,12 @@ impl State {
         if dt.is_zero() {
             return;
         }
-        let mut reset = false;
         for c in snap.counters.iter().filter(chosen) {
             let Some(&old) = before.get(&c.name) else {
                 continue;
             };
             if c.value < old {
-                reset = true;
-                continue;
+                continue; // counted in `resets` by `counters_went_back`
             }
             let rates = self.rates.entry(c.name.clone()).or_insert_with(|| Rates {
                 naming: Naming::new(c.metric(), c.unit()),
@@ -167,7 +209,6 @@ impl State {
                 .values
                 .push((c.value - old) as f64 / rates.naming.divisor / dt.as_secs_f64());
         }
-        self.resets += reset as u64;
     }
 
     fn render(&mut self, snap: Option<&Received>) -> String {
@@ -243,14 +284,12 @@ impl State {
             .flat_map(|b| b.histograms.iter().map(|h| (h.name.as_str(), &h.value)))
             .collect();
         let interval = humantime::format_duration(self.options.interval).to_string();
-        let mut reset = false;
         for h in &snap.histograms {
             let n = Naming::new(h.metric(), h.unit());
             if self.options.summaries {
                 let delta = previous
                     .get(h.name.as_str())
                     .map(|p| h.value.checked_sub(p));
-                reset |= matches!(delta, Some(Err(_)));
                 let text = || {
                     format!(
                         "{}; percentiles over the last {interval} (upper edge of the bucket holding each)",
@@ -281,7 +320,6 @@ impl State {
                 render_histogram(out, h, &n, self.options.grouping_power);
             }
         }
-        self.resets += reset as u64;
         for rates in self.rates.values_mut() {
             if rates.values.is_empty() {
                 continue;
@@ -443,6 +481,55 @@ mod tests {
             text.contains("rezolus_exporter_agent_resets_total 1\n"),
             "{text}"
         );
+    }
+
+    fn plain() -> State {
+        State::new(Options::from_config(&Config::parse("").unwrap()))
+    }
+
+    fn resets(s: &State) -> u64 {
+        let line = s
+            .rendered()
+            .lines()
+            .find(|l| l.starts_with("rezolus_exporter_agent_resets_total "))
+            .unwrap()
+            .to_string();
+        line.rsplit(' ').next().unwrap().parse().unwrap()
+    }
+
+    #[test]
+    fn resets_count_reads_where_any_counter_went_back_without_oversampling() {
+        let mut s = plain();
+        s.observe(Ok(received(0, 100, &[])), true);
+        s.observe(Ok(received(1_000, 200, &[])), true);
+        assert_eq!(resets(&s), 0);
+        s.observe(Ok(received(2_000, 199, &[])), true); // back by one
+        assert_eq!(resets(&s), 1);
+        s.observe(Ok(received(3_000, 250, &[])), true);
+        assert_eq!(resets(&s), 1);
+        // the agent restarted during a gap: seen when reads resume
+        s.observe(Err("connection refused".into()), true);
+        s.observe(Ok(received(5_000, 3, &[])), true);
+        assert_eq!(resets(&s), 2);
+    }
+
+    #[test]
+    fn resets_count_non_oversampled_counters_and_histograms_with_oversampling() {
+        static OTHER: MetricDef = MetricDef::counter("other", "", "");
+        let with_other = |at_ms, other| {
+            let mut snap = Snapshot::new(SystemTime::UNIX_EPOCH + Duration::from_millis(at_ms));
+            Emitter::new(&mut snap).counter(&Series::new(&OTHER, &[]), other);
+            Received::from_msgpack(&snap.to_msgpack().unwrap()).unwrap()
+        };
+        let mut s = state(); // oversamples `syscall` only
+        s.observe(Ok(with_other(0, 10)), false);
+        s.observe(Ok(with_other(100, 9)), false);
+        s.observe(Ok(with_other(200, 12)), true);
+        assert_eq!(resets(&s), 1);
+        // a histogram losing counts between boundaries
+        s.observe(Ok(received(1_000, 1, &[5, 6, 7])), true);
+        s.observe(Ok(received(2_000, 2, &[5])), true);
+        assert_eq!(resets(&s), 2);
     }
 
     #[test]

@@ -22,6 +22,7 @@ pub struct Agent {
     pub addr: SocketAddr,
     pub log: mpsc::Receiver<String>,
     _dir: tempfile::TempDir,
+    _bin_dir: Option<tempfile::TempDir>,
 }
 
 impl Agent {
@@ -57,9 +58,53 @@ impl Agent {
 
     /// Starts `rezolus ROLE... CONFIG` with a config listening on an
     /// ephemeral loopback port, and waits until it answers.
+    /// Starts the agent like [`Agent::start`], with `setup` run in the
+    /// child between fork and exec (e.g. to enter a mount namespace).
+    pub fn start_with_setup(
+        setup: impl FnMut() -> std::io::Result<()> + Send + Sync + 'static,
+        general_extra: &str,
+        extra: &str,
+    ) -> Self {
+        use std::os::unix::process::CommandExt;
+        let mut command = Command::new(BIN);
+        // SAFETY: the tests' setups only make async-signal-safe system calls
+        unsafe { command.pre_exec(setup) };
+        Self::spawn_command(
+            command,
+            &[],
+            &format!("ttl = \"0s\"\n{general_extra}"),
+            extra,
+        )
+    }
+
     fn spawn(uid: Option<u32>, role: &[&str], general_extra: &str, extra: &str) -> Self {
         use std::os::unix::fs::PermissionsExt;
         use std::os::unix::process::CommandExt;
+        let mut command = Command::new(BIN);
+        if let Some(uid) = uid {
+            // the user must be able to reach a copy of the binary
+            let dir = tempfile::tempdir().unwrap();
+            let mode = |m| std::fs::Permissions::from_mode(m);
+            std::fs::set_permissions(dir.path(), mode(0o755)).unwrap();
+            let bin = dir.path().join("rezolus");
+            std::fs::copy(BIN, &bin).unwrap();
+            std::fs::set_permissions(&bin, mode(0o755)).unwrap();
+            command = Command::new(bin);
+            command.uid(uid).gid(uid);
+            let mut agent = Self::spawn_command(command, role, general_extra, extra);
+            agent._bin_dir = Some(dir);
+            return agent;
+        }
+        Self::spawn_command(command, role, general_extra, extra)
+    }
+
+    fn spawn_command(
+        mut command: Command,
+        role: &[&str],
+        general_extra: &str,
+        extra: &str,
+    ) -> Self {
+        use std::os::unix::fs::PermissionsExt;
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("config.toml");
         let mut f = std::fs::File::create(&path).unwrap();
@@ -68,18 +113,10 @@ impl Agent {
             "[general]\nlisten = \"127.0.0.1:0\"\n{general_extra}\n{extra}"
         )
         .unwrap();
-        let mut command = Command::new(BIN);
-        if let Some(uid) = uid {
-            // the user must be able to reach the config and the binary
-            let mode = |m| std::fs::Permissions::from_mode(m);
-            std::fs::set_permissions(dir.path(), mode(0o755)).unwrap();
-            std::fs::set_permissions(&path, mode(0o644)).unwrap();
-            let bin = dir.path().join("rezolus");
-            std::fs::copy(BIN, &bin).unwrap();
-            std::fs::set_permissions(&bin, mode(0o755)).unwrap();
-            command = Command::new(bin);
-            command.uid(uid).gid(uid);
-        }
+        // an unprivileged agent must be able to reach the config
+        let mode = |m| std::fs::Permissions::from_mode(m);
+        std::fs::set_permissions(dir.path(), mode(0o755)).unwrap();
+        std::fs::set_permissions(&path, mode(0o644)).unwrap();
         let mut child = command
             .args(role)
             .arg(&path)
@@ -118,6 +155,7 @@ impl Agent {
             addr,
             log: rx,
             _dir: dir,
+            _bin_dir: None,
         };
         while agent.try_get("/").is_none() {
             assert!(Instant::now() < deadline, "agent never answered on {addr}");
