@@ -55,9 +55,39 @@ impl Agent {
         Self::spawn(None, &["exporter"], general_extra, extra)
     }
 
+    /// Starts `rezolus ROLE... CONFIG` (like [`Agent::start`] for the agent)
+    /// with its open file limit (soft and hard) set to `nofile` and `env`
+    /// added to its environment.
+    pub fn start_limited(
+        role: &[&str],
+        general_extra: &str,
+        extra: &str,
+        nofile: u64,
+        env: &[(&str, &str)],
+    ) -> Self {
+        let launch = Launch {
+            nofile: Some(nofile),
+            env: env
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
+        };
+        Self::spawn_with(None, role, general_extra, extra, &launch)
+    }
+
     /// Starts `rezolus ROLE... CONFIG` with a config listening on an
     /// ephemeral loopback port, and waits until it answers.
     fn spawn(uid: Option<u32>, role: &[&str], general_extra: &str, extra: &str) -> Self {
+        Self::spawn_with(uid, role, general_extra, extra, &Launch::default())
+    }
+
+    fn spawn_with(
+        uid: Option<u32>,
+        role: &[&str],
+        general_extra: &str,
+        extra: &str,
+        launch: &Launch,
+    ) -> Self {
         use std::os::unix::fs::PermissionsExt;
         use std::os::unix::process::CommandExt;
         let dir = tempfile::tempdir().unwrap();
@@ -80,7 +110,24 @@ impl Agent {
             command = Command::new(bin);
             command.uid(uid).gid(uid);
         }
+        if let Some(nofile) = launch.nofile {
+            let limit = libc::rlimit {
+                rlim_cur: nofile,
+                rlim_max: nofile,
+            };
+            // SAFETY: setrlimit is async-signal-safe and reads only `limit`
+            unsafe {
+                command.pre_exec(move || {
+                    if libc::setrlimit(libc::RLIMIT_NOFILE, &limit) == 0 {
+                        Ok(())
+                    } else {
+                        Err(std::io::Error::last_os_error())
+                    }
+                });
+            }
+        }
         let mut child = command
+            .envs(launch.env.iter().map(|(k, v)| (k, v)))
             .args(role)
             .arg(&path)
             .stdin(Stdio::null())
@@ -171,6 +218,14 @@ impl Agent {
             std::thread::sleep(Duration::from_millis(20));
         }
     }
+}
+
+/// How to start the binary, beyond its config.
+#[derive(Default)]
+struct Launch {
+    /// RLIMIT_NOFILE, soft and hard.
+    nofile: Option<u64>,
+    env: Vec<(String, String)>,
 }
 
 impl Drop for Agent {
