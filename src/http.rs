@@ -15,10 +15,12 @@
 //!   hard limit; the cap is that limit minus the descriptors already open
 //!   minus a margin of 64, clamped to 16..=1024. When a connection arrives and
 //!   the cap is reached, the connection idle the longest (no request being
-//!   handled, oldest by accept time or last response) is closed to make room;
-//!   if every connection is busy, accepting pauses (the kernel's backlog
-//!   holds new ones) until one finishes. The first time (then at most once a
-//!   minute) this is logged as a warning.
+//!   handled, oldest by accept time or last response) is closed to make room
+//!   (failing that, the one that has been sending a response the longest: a
+//!   client that does not read); a connection whose handler runs is never
+//!   closed for room. If every connection is busy, accepting pauses (the
+//!   kernel's backlog holds new ones) until one finishes. The first time
+//!   (then at most once a minute) this is logged as a warning.
 //! * **Accept errors** (`EMFILE`, `ENFILE`, ...) are logged at most once a
 //!   minute; the server waits 75 ms and goes on accepting. When out of
 //!   descriptors it also closes the connection idle the longest.
@@ -238,14 +240,13 @@ where
                 }
             }
         };
-        // make room: close the connection idle the longest, or wait for one
+        // make room: close the connection idle the longest
         while server.len() >= cap {
             if due(&mut cap_warned) {
                 warn!("HTTP connection limit of {cap} reached: closing the oldest idle connections to make room (logged at most once a minute)");
             }
-            if server.evict_oldest_idle() {
-                continue;
-            }
+            // then wait for it to close, or for one to finish or go idle
+            server.evict_oldest_idle();
             tokio::select! {
                 biased;
                 _ = &mut shutdown => break 'accept,
@@ -314,6 +315,7 @@ impl Server {
                 in_flight: 0,
                 requests: 0,
                 since: Instant::now(),
+                evicted: false,
             }),
             evict: Notify::new(),
         });
@@ -327,19 +329,30 @@ impl Server {
         }
     }
 
-    /// Closes the connection idle the longest, if any is idle; it no longer
-    /// counts as open from now on (its task closes it at once).
+    /// Asks the connection idle the longest to close, if any is idle, else
+    /// the one that has been sending a response (its handler done) the
+    /// longest, if any; never one whose handler runs. Does nothing while an
+    /// earlier such connection has not closed yet (it counts as open until
+    /// its socket is closed, then `changed` is notified). Returns whether a
+    /// connection is closing.
     fn evict_oldest_idle(&self) -> bool {
-        let mut conns = self.conns();
-        let oldest = conns
-            .values()
-            .filter_map(|c| {
-                let s = c.state();
-                (s.in_flight == 0).then_some((s.since, c.id))
-            })
-            .min();
-        match oldest.and_then(|(_, id)| conns.remove(&id)) {
-            Some(conn) => {
+        let conns = self.conns();
+        let mut oldest = None;
+        for conn in conns.values() {
+            let s = conn.state();
+            if s.evicted {
+                return true;
+            }
+            if s.handling == 0 {
+                let key = (s.in_flight > 0, s.since, conn.id);
+                if oldest.as_ref().is_none_or(|(k, _)| key < *k) {
+                    oldest = Some((key, conn));
+                }
+            }
+        }
+        match oldest {
+            Some((_, conn)) => {
+                conn.state().evicted = true;
                 conn.evict.notify_one();
                 true
             }
@@ -365,6 +378,8 @@ struct ConnState {
     /// When the state last changed: accept, request received, handler
     /// returned, response sent.
     since: Instant,
+    /// Asked to close to make room.
+    evicted: bool,
 }
 
 impl Conn {
@@ -414,6 +429,9 @@ impl Busy {
             let mut s = self.conn.state();
             s.handling -= 1;
             s.since = Instant::now();
+            drop(s);
+            // it may now be closed to make room
+            self.server.changed.notify_one();
         }
     }
 }
@@ -489,9 +507,9 @@ async fn connection(
             }
         })
     };
-    let http =
-        hyper::server::conn::http1::Builder::new().serve_connection(TokioIo::new(stream), service);
-    tokio::pin!(http);
+    let mut http = Box::pin(
+        hyper::server::conn::http1::Builder::new().serve_connection(TokioIo::new(stream), service),
+    );
     let mut stopping = *stop.borrow();
     if stopping {
         http.as_mut().graceful_shutdown();
@@ -523,6 +541,8 @@ async fn connection(
             }
         }
     }
+    // close the socket before it stops counting as open
+    drop(http);
     server.remove(conn.id);
 }
 
@@ -537,5 +557,48 @@ mod tests {
         assert_eq!(cap_for(1 << 20, 20), MAX_CONNECTIONS);
         assert_eq!(cap_for(64, 20), MIN_CONNECTIONS);
         assert_eq!(cap_for(10, 20), MIN_CONNECTIONS);
+    }
+
+    #[tokio::test]
+    async fn eviction_prefers_the_longest_idle_then_the_longest_sending() {
+        let server = Arc::new(Server::default());
+        let t0 = Instant::now();
+        let set = |conn: &Conn, handling, in_flight, at: u64| {
+            let mut s = conn.state();
+            s.handling = handling;
+            s.in_flight = in_flight;
+            s.since = t0 + Duration::from_secs(at);
+        };
+        let handling = server.add(0);
+        set(&handling, 1, 1, 0);
+        let sending = server.add(1);
+        set(&sending, 0, 1, 1);
+        let idle_new = server.add(2);
+        set(&idle_new, 0, 0, 3);
+        let idle_old = server.add(3);
+        set(&idle_old, 0, 0, 2);
+        // the one asked to close, which then closes
+        let next = |server: &Server| -> Option<u64> {
+            if !server.evict_oldest_idle() {
+                return None;
+            }
+            // nothing more while it has not closed
+            assert!(server.evict_oldest_idle());
+            let evicted: Vec<u64> = server
+                .conns()
+                .values()
+                .filter(|c| c.state().evicted)
+                .map(|c| c.id)
+                .collect();
+            assert_eq!(evicted.len(), 1);
+            server.remove(evicted[0]);
+            Some(evicted[0])
+        };
+        assert_eq!(next(&server), Some(3));
+        assert_eq!(next(&server), Some(2));
+        assert_eq!(next(&server), Some(1));
+        // a handler is running: never closed for room
+        assert_eq!(next(&server), None);
+        assert_eq!(server.len(), 1);
     }
 }

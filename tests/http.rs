@@ -74,11 +74,6 @@ fn closed_within(stream: &mut TcpStream, within: Duration) -> Option<Duration> {
     }
 }
 
-/// Lines logged so far that contain `text`.
-fn logged(server: &Agent, text: &str) -> usize {
-    server.log.try_iter().filter(|l| l.contains(text)).count()
-}
-
 /// Holds `n` connections that send nothing, then scrapes `path` several
 /// times, each within 1 s; the cap warning is logged once.
 fn scrapes_survive_idle_flood(server: &Agent, path: &str, n: usize) {
@@ -107,11 +102,15 @@ fn scrapes_survive_idle_flood(server: &Agent, path: &str, n: usize) {
     let (status, _) = get(server.addr, path, Duration::from_secs(1))
         .unwrap_or_else(|e| panic!("scrape after the second wave: {e}"));
     assert_eq!(status, 200);
+    let log: Vec<String> = server.log.try_iter().collect();
+    let count = |text: &str| log.iter().filter(|l| l.contains(text)).count();
     assert_eq!(
-        logged(server, CAP_WARNING),
+        count(CAP_WARNING),
         1,
         "the connection limit warning is logged exactly once"
     );
+    // the cap keeps the process within its descriptors
+    assert_eq!(count("cannot accept"), 0, "accept failed: {log:?}");
     drop((held, more));
 }
 
