@@ -273,3 +273,23 @@ fn a_thousand_concurrent_binary_scrapes_all_succeed() {
         &failures[..failures.len().min(5)]
     );
 }
+
+#[test]
+fn sigterm_exits_promptly_with_connections_held() {
+    let agent = Agent::start("", "");
+    let _silent: Vec<TcpStream> = (0..20)
+        .map(|_| TcpStream::connect(agent.addr).unwrap())
+        .collect();
+    let mut kept = TcpStream::connect(agent.addr).unwrap();
+    assert_eq!(request_on(&mut kept, "/"), 200);
+    let start = Instant::now();
+    let status = agent.stop(libc::SIGTERM);
+    assert!(status.success(), "{status:?}");
+    assert!(
+        start.elapsed() < Duration::from_secs(3),
+        "took {:?} to stop",
+        start.elapsed()
+    );
+    // the keep-alive connection was closed, not left hanging
+    assert!(closed_within(&mut kept, Duration::from_secs(1)).is_some());
+}
