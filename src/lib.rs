@@ -8,6 +8,7 @@ pub mod bpf;
 pub mod client;
 pub mod exporter;
 pub mod hindsight;
+pub mod http;
 pub mod logging;
 pub mod metrics;
 pub mod perf;

@@ -159,6 +159,8 @@ async fn json(State(agent): State<Arc<Agent>>) -> Response {
 pub fn run(path: &Path) -> anyhow::Result<()> {
     let config = Config::load(path)?;
     crate::logging::init(config.log.level.into());
+    // before the samplers open their perf events and BPF maps
+    crate::http::raise_fd_limit();
 
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
@@ -177,10 +179,14 @@ pub fn run(path: &Path) -> anyhow::Result<()> {
         let collector = Collector::from_config(&config, &SamplerContext::default());
         let agent = Arc::new(Agent::new(collector, config.general.ttl));
         info!("listening on {}", listener.local_addr()?);
-        axum::serve(listener, router(agent))
-            .with_graceful_shutdown(shutdown_signal())
-            .await
-            .context("serving HTTP")?;
+        crate::http::serve(
+            listener,
+            router(agent),
+            crate::http::Limits::from_env(),
+            shutdown_signal(),
+        )
+        .await
+        .context("serving HTTP")?;
         info!("stopped");
         Ok(())
     })

@@ -149,10 +149,14 @@ pub fn run(path: &Path) -> anyhow::Result<()> {
                 .unwrap_or_default()
         );
         info!("listening on {}", listener.local_addr()?);
-        let served = axum::serve(listener, router(state))
-            .with_graceful_shutdown(crate::agent::shutdown_signal())
-            .await
-            .context("serving HTTP");
+        let served = crate::http::serve(
+            listener,
+            router(state),
+            crate::http::Limits::from_env(),
+            crate::agent::shutdown_signal(),
+        )
+        .await
+        .context("serving HTTP");
         drop(stop_tx);
         let _ = reader.join();
         served?;

@@ -336,11 +336,10 @@ pub fn run(path: &Path) -> anyhow::Result<()> {
                 info!("listening on {}", listener.local_addr()?);
                 let app = router(Arc::clone(&hs));
                 Some(tokio::spawn(async move {
-                    axum::serve(listener, app)
-                        .with_graceful_shutdown(async {
-                            let _ = server_stopped.await;
-                        })
-                        .await
+                    crate::http::serve(listener, app, crate::http::Limits::from_env(), async {
+                        let _ = server_stopped.await;
+                    })
+                    .await
                 }))
             }
             None => None,

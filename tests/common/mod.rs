@@ -56,8 +56,26 @@ impl Agent {
         Self::spawn(None, &["exporter"], general_extra, extra)
     }
 
-    /// Starts `rezolus ROLE... CONFIG` with a config listening on an
-    /// ephemeral loopback port, and waits until it answers.
+    /// Starts `rezolus ROLE... CONFIG` (like [`Agent::start`] for the agent)
+    /// with its open file limit (soft and hard) set to `nofile` and `env`
+    /// added to its environment.
+    pub fn start_limited(
+        role: &[&str],
+        general_extra: &str,
+        extra: &str,
+        nofile: u64,
+        env: &[(&str, &str)],
+    ) -> Self {
+        let launch = Launch {
+            nofile: Some(nofile),
+            env: env
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
+        };
+        Self::spawn_with(None, role, general_extra, extra, &launch)
+    }
+
     /// Starts the agent like [`Agent::start`], with `setup` run in the
     /// child between fork and exec (e.g. to enter a mount namespace).
     pub fn start_with_setup(
@@ -78,9 +96,36 @@ impl Agent {
     }
 
     fn spawn(uid: Option<u32>, role: &[&str], general_extra: &str, extra: &str) -> Self {
+        Self::spawn_with(uid, role, general_extra, extra, &Launch::default())
+    }
+
+    fn spawn_with(
+        uid: Option<u32>,
+        role: &[&str],
+        general_extra: &str,
+        extra: &str,
+        launch: &Launch,
+    ) -> Self {
         use std::os::unix::fs::PermissionsExt;
         use std::os::unix::process::CommandExt;
         let mut command = Command::new(BIN);
+        command.envs(launch.env.iter().map(|(k, v)| (k, v)));
+        if let Some(nofile) = launch.nofile {
+            let limit = libc::rlimit {
+                rlim_cur: nofile,
+                rlim_max: nofile,
+            };
+            // SAFETY: setrlimit is async-signal-safe and reads only `limit`
+            unsafe {
+                command.pre_exec(move || {
+                    if libc::setrlimit(libc::RLIMIT_NOFILE, &limit) == 0 {
+                        Ok(())
+                    } else {
+                        Err(std::io::Error::last_os_error())
+                    }
+                });
+            }
+        }
         if let Some(uid) = uid {
             // the user must be able to reach a copy of the binary
             let dir = tempfile::tempdir().unwrap();
@@ -98,6 +143,8 @@ impl Agent {
         Self::spawn_command(command, role, general_extra, extra)
     }
 
+    /// Starts `command ROLE... CONFIG` with a config listening on an
+    /// ephemeral loopback port, and waits until it answers.
     fn spawn_command(
         mut command: Command,
         role: &[&str],
@@ -209,6 +256,14 @@ impl Agent {
             std::thread::sleep(Duration::from_millis(20));
         }
     }
+}
+
+/// How to start the binary, beyond its config.
+#[derive(Default)]
+struct Launch {
+    /// RLIMIT_NOFILE, soft and hard.
+    nofile: Option<u64>,
+    env: Vec<(String, String)>,
 }
 
 impl Drop for Agent {
