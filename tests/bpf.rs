@@ -283,35 +283,64 @@ impl Drop for LoopDevice {
     }
 }
 
-/// N O_DIRECT writes of S bytes to a loop device move the write counters by
-/// N and N*S, the size histogram's bucket for S by N, and the per-device
-/// procfs counters agree.
-#[test]
-fn blockio_follows_direct_writes_to_a_loop_device() {
+/// N O_DIRECT writes of S bytes of a file on the root filesystem's disk.
+fn direct_writes(path: &std::path::Path, n: usize, s: usize) {
     use std::os::unix::fs::{FileExt, OpenOptionsExt};
-    const N: usize = 256;
-    const S: usize = 65536;
-    let agent = Agent::start("", "");
-    require_active(&agent, &["blockio", "blockio_devices"]);
-    let device = LoopDevice::new((N * S) as u64);
-
     // O_DIRECT needs an aligned buffer
-    let layout = std::alloc::Layout::from_size_align(S, 4096).unwrap();
-    let buf = unsafe { std::slice::from_raw_parts_mut(std::alloc::alloc_zeroed(layout), S) };
+    let layout = std::alloc::Layout::from_size_align(s, 4096).unwrap();
+    let buf = unsafe { std::slice::from_raw_parts_mut(std::alloc::alloc_zeroed(layout), s) };
     buf.fill(0xab);
     let file = std::fs::OpenOptions::new()
         .write(true)
         .custom_flags(libc::O_DIRECT)
-        .open(&device.path)
+        .open(path)
         .unwrap();
-
-    let before = agent.snapshot();
-    for i in 0..N {
-        file.write_all_at(buf, (i * S) as u64).unwrap();
+    for i in 0..n {
+        file.write_all_at(buf, (i * s) as u64).unwrap();
     }
     drop(file);
-    let after = agent.snapshot();
     unsafe { std::alloc::dealloc(buf.as_mut_ptr(), layout) };
+}
+
+/// The whole disk holding `path` (its kernel name, e.g. `vda`).
+fn disk_of(path: &std::path::Path) -> String {
+    use std::os::unix::fs::MetadataExt;
+    let dev = std::fs::metadata(path).unwrap().dev();
+    let (major, minor) = (libc::major(dev), libc::minor(dev));
+    let sys = std::fs::canonicalize(format!("/sys/dev/block/{major}:{minor}")).unwrap();
+    // a partition's directory sits inside its disk's
+    let disk = if sys.join("partition").exists() {
+        sys.parent().unwrap().to_path_buf()
+    } else {
+        sys
+    };
+    disk.file_name().unwrap().to_str().unwrap().to_string()
+}
+
+/// N O_DIRECT writes of S bytes to a file on a real disk move the write
+/// counters by N and N*S, the size histogram's bucket for S by N, and the
+/// disk's procfs counters agree. The same writes to a loop device (backed by
+/// tmpfs) show in the loop device's own procfs counters but not in the
+/// all-device totals: a virtual disk passes its IO on to another device,
+/// where it would be counted again.
+#[test]
+fn blockio_follows_direct_writes_to_a_disk_and_skips_loop_devices() {
+    const N: usize = 256;
+    const S: usize = 65536;
+    let agent = Agent::start("", "");
+    require_active(&agent, &["blockio", "blockio_devices"]);
+
+    // a file on the disk under the build directory (not tmpfs)
+    let dir = tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).unwrap();
+    let path = dir.path().join("direct");
+    std::fs::File::create(&path)
+        .unwrap()
+        .set_len((N * S) as u64)
+        .unwrap();
+    let disk = disk_of(&path);
+    let before = agent.snapshot();
+    direct_writes(&path, N, S);
+    let after = agent.snapshot();
 
     let ops = counter_delta(&before, &after, "blockio_operations", &[("op", "write")]);
     assert!(
@@ -331,9 +360,20 @@ fn blockio_follows_direct_writes_to_a_loop_device() {
     );
     let latency = |s: &Snap| s.histogram("blockio_latency", &[("op", "write")]).clone();
     assert!(added(&latency(&before), &latency(&after)) >= N as u64);
+    let labels = [("op", "write"), ("device", disk.as_str())];
+    let per_device = counter_delta(&before, &after, "blockio_device_operations", &labels);
+    assert!(
+        per_device >= N as i128,
+        "{disk} wrote {per_device} in /proc/diskstats"
+    );
 
-    // the device was new, so procfs has it only in the second snapshot
+    // the same to a loop device: its own series move, the totals do not
+    let device = LoopDevice::new((N * S) as u64);
+    let before = agent.snapshot();
+    direct_writes(std::path::Path::new(&device.path), N, S);
+    let after = agent.snapshot();
     let labels = [("op", "write"), ("device", device.name())];
+    // the device was new, so procfs has it only in the second snapshot
     let per_device = after.value("blockio_device_operations", &labels)
         - before
             .get("blockio_device_operations", &labels)
@@ -342,6 +382,11 @@ fn blockio_follows_direct_writes_to_a_loop_device() {
         per_device >= N as i128,
         "{} wrote {per_device} in /proc/diskstats",
         device.name()
+    );
+    let ops = counter_delta(&before, &after, "blockio_operations", &[("op", "write")]);
+    assert!(
+        ops < N as i128 / 4,
+        "blockio_operations{{op=write}} moved {ops} for {N} writes to a loop device on tmpfs"
     );
 }
 

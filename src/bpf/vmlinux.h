@@ -60,7 +60,24 @@ struct task_struct {
 
 struct pt_regs;
 
+struct device {
+	struct device *parent;
+} __attribute__((preserve_access_index));
+
+struct block_device {
+	struct device bd_device;
+} __attribute__((preserve_access_index));
+
+struct gendisk {
+	struct block_device *part0;
+} __attribute__((preserve_access_index));
+
+struct request_queue {
+	struct gendisk *disk;
+} __attribute__((preserve_access_index));
+
 struct request {
+	struct request_queue *q;
 	unsigned int cmd_flags;
 	unsigned int __data_len;
 } __attribute__((preserve_access_index));

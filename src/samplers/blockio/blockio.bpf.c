@@ -1,9 +1,29 @@
 // SPDX-License-Identifier: GPL-2.0
 /* blockio: operations and bytes per op (per-CPU banks, counted at
  * completion), and histograms of request size and issue-to-completion
- * latency per op. Issue times are kept in a hash map keyed by request. */
+ * latency per op. Issue times are kept in a hash map keyed by request.
+ *
+ * Only requests to disks backed by a device are counted (the gendisk's
+ * device has a parent: a PCI, virtio, SCSI, NVMe, MMC ... device). Virtual
+ * request-based disks (loop, nbd, ublk, request-based device-mapper) pass
+ * their IO on to another disk or to the network, where it is counted once:
+ * counting them too would count the same bytes twice. Partitions, md and
+ * most device-mapper targets issue no requests of their own. */
 #include "rezolus.h"
+#include <bpf/bpf_core_read.h>
 #include <bpf/bpf_tracing.h>
+
+/* Whether the request goes to a disk with no parent device (a virtual one).
+ * Kernels without request_queue.disk (before 5.15) count every disk. */
+static __always_inline bool on_virtual_disk(struct request *rq)
+{
+	if (!bpf_core_field_exists(rq->q->disk))
+		return false;
+	struct gendisk *disk = BPF_CORE_READ(rq, q, disk);
+	if (!disk)
+		return false;
+	return BPF_CORE_READ(disk, part0, bd_device.parent) == NULL;
+}
 
 #define REQ_OP_MASK 0xff
 /* REQ_OP_READ, REQ_OP_WRITE, REQ_OP_FLUSH, REQ_OP_DISCARD are 0..3 */
@@ -27,6 +47,8 @@ struct {
 SEC("tp_btf/block_rq_issue")
 int BPF_PROG(block_rq_issue, struct request *rq)
 {
+	if (on_virtual_disk(rq))
+		return 0;
 	u64 key = (u64)rq;
 	u64 now = bpf_ktime_get_ns();
 	bpf_map_update_elem(&issued, &key, &now, BPF_ANY);
@@ -36,6 +58,8 @@ int BPF_PROG(block_rq_issue, struct request *rq)
 SEC("tp_btf/block_rq_complete")
 int BPF_PROG(block_rq_complete, struct request *rq, int error, unsigned int nr_bytes)
 {
+	if (on_virtual_disk(rq))
+		return 0;
 	u64 key = (u64)rq;
 	u32 op = rq->cmd_flags & REQ_OP_MASK;
 	u64 *start = bpf_map_lookup_elem(&issued, &key);

@@ -3,8 +3,10 @@
 //! Hooks: `tp_btf/block_rq_issue`, `tp_btf/block_rq_complete`. Emits counters
 //! `blockio_operations{op}` and `blockio_bytes{op}`, histograms
 //! `blockio_size{op}` (bytes per completed request) and `blockio_latency{op}`
-//! (issue to completion), for `op` = read, write, flush, discard, over all
-//! devices. Other request ops (write-zeroes, secure erase, zone and driver
+//! (issue to completion), for `op` = read, write, flush, discard, over the
+//! disks backed by a device (virtual request-based disks such as loop and
+//! nbd pass their IO on to another device and are left out, so nothing is
+//! counted twice). Other request ops (write-zeroes, secure erase, zone and driver
 //! ops) are not counted. Per-device figures come from `blockio_devices`.
 
 mod bpf {
