@@ -105,18 +105,19 @@ pub(crate) fn duration<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Duratio
 /// line or key) is reported with the file's path.
 pub(crate) fn load_with<T>(
     path: &Path,
-    parse: impl FnOnce(&str) -> Result<T, String>,
+    parse: impl FnOnce(&str) -> Result<T, ConfigProblem>,
 ) -> Result<T, ConfigError> {
     let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
         path: path.display().to_string(),
         source,
     })?;
-    parse(&text).map_err(|message| ConfigError::Invalid {
+    parse(&text).map_err(|problem| ConfigError::Invalid {
         path: path.display().to_string(),
-        message,
+        problem,
     })
 }
 
+/// A config file that can't be used.
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
     #[error("cannot read config file {path}")]
@@ -124,8 +125,83 @@ pub enum ConfigError {
         path: String,
         source: std::io::Error,
     },
-    #[error("invalid config file {path}: {message}")]
-    Invalid { path: String, message: String },
+    #[error("invalid config file {path}: {problem}")]
+    Invalid {
+        path: String,
+        problem: ConfigProblem,
+    },
+}
+
+/// What is wrong in a config's text: the key it concerns, as a dotted path
+/// (`general.interval`, `samplers.syscall.latency_sampling`), and the line
+/// (1-based) when they are known, and a message for people that names them.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{message}")]
+pub struct ConfigProblem {
+    pub key: Option<String>,
+    pub line: Option<usize>,
+    pub message: String,
+}
+
+impl ConfigProblem {
+    /// A problem with the value (or the presence) of `key`.
+    pub fn key(key: &str, message: impl Into<String>) -> Self {
+        Self {
+            key: Some(key.to_string()),
+            line: None,
+            message: message.into(),
+        }
+    }
+
+    /// A TOML syntax or type error in `text`: the line from the error's
+    /// position, and the key written on that line under its table header.
+    pub fn toml(text: &str, err: &toml::de::Error) -> Self {
+        let message = err.to_string().trim_end().to_string();
+        let Some(span) = err.span() else {
+            return Self {
+                key: None,
+                line: None,
+                message,
+            };
+        };
+        let before = &text[..span.start.min(text.len())];
+        let line = before.matches('\n').count() + 1;
+        Self {
+            key: key_on_line(text, line),
+            line: Some(line),
+            message,
+        }
+    }
+}
+
+/// The dotted key defined on `line` (1-based) of TOML `text`: the last
+/// `[table]` header above it joined with the key before `=` on that line
+/// (or the header itself when the line is one).
+fn key_on_line(text: &str, line: usize) -> Option<String> {
+    let mut table = String::new();
+    for (n, l) in text.lines().enumerate().take(line) {
+        let l = l.trim();
+        if let Some(header) = l.strip_prefix('[').and_then(|h| h.strip_suffix(']')) {
+            table = header
+                .trim_matches(|c| c == '[' || c == ']')
+                .trim()
+                .to_string();
+            if n + 1 == line {
+                return Some(table);
+            }
+        } else if n + 1 == line {
+            let key = l.split_once('=')?.0.trim().trim_matches('"');
+            if key.is_empty() {
+                return None;
+            }
+            return Some(if table.is_empty() {
+                key.to_string()
+            } else {
+                format!("{table}.{key}")
+            });
+        }
+    }
+    None
 }
 
 impl Config {
@@ -135,42 +211,50 @@ impl Config {
     }
 
     /// Parses and validates config text; the error names the line or key.
-    pub fn parse(text: &str) -> Result<Self, String> {
-        let config: Config =
-            toml::from_str(text).map_err(|e| e.to_string().trim_end().to_string())?;
+    pub fn parse(text: &str) -> Result<Self, ConfigProblem> {
+        let config: Config = toml::from_str(text).map_err(|e| ConfigProblem::toml(text, &e))?;
         for (name, sampler) in &config.samplers {
             let Some(spec) = crate::samplers::find(name) else {
                 let known: Vec<_> = crate::samplers::registry().iter().map(|s| s.name).collect();
-                return Err(format!(
-                    "unknown sampler `samplers.{name}` (known samplers: {})",
-                    known.join(", ")
+                return Err(ConfigProblem::key(
+                    &format!("samplers.{name}"),
+                    format!(
+                        "unknown sampler `samplers.{name}` (known samplers: {})",
+                        known.join(", ")
+                    ),
                 ));
             };
             for (key, value) in &sampler.options {
                 let Some(option) = spec.options.iter().find(|o| o.key == key) else {
                     let mut keys = vec!["enabled"];
                     keys.extend(spec.options.iter().map(|o| o.key));
-                    return Err(format!(
-                        "unknown key `samplers.{name}.{key}` (keys for {name}: {})",
-                        keys.join(", ")
+                    return Err(ConfigProblem::key(
+                        &format!("samplers.{name}.{key}"),
+                        format!(
+                            "unknown key `samplers.{name}.{key}` (keys for {name}: {})",
+                            keys.join(", ")
+                        ),
                     ));
                 };
                 match value.as_integer() {
                     Some(v) if (option.min..=option.max).contains(&v) => {}
                     _ => {
-                        return Err(format!(
+                        return Err(ConfigProblem::key(
+                            &format!("samplers.{name}.{key}"),
+                            format!(
                             "`samplers.{name}.{key}` must be an integer from {} to {}, not {value}",
                             option.min, option.max
+                        ),
                         ))
                     }
                 }
             }
         }
         if config.general.ttl > Duration::from_secs(60) {
-            return Err(format!(
+            return Err(ConfigProblem::key("general.ttl", format!(
                 "`general.ttl` is {:?}; at most 60s is allowed (snapshots older than that are not high-resolution)",
                 config.general.ttl
-            ));
+            )));
         }
         Ok(config)
     }
@@ -250,23 +334,36 @@ mod tests {
         assert_eq!(Config::parse("").unwrap(), Config::default());
     }
 
+    /// The typed error's key and line, and its message naming them.
+    fn problem(text: &str) -> (Option<String>, Option<usize>, String) {
+        let e = Config::parse(text).unwrap_err();
+        let message = e.to_string();
+        (e.key, e.line, message)
+    }
+
     #[test]
     fn errors_name_the_line_or_key() {
-        let e = Config::parse("[general]\nlisten = \n").unwrap_err();
+        let key = |k: &str| Some(k.to_string());
+        let (k, line, e) = problem("[general]\nlisten = \n");
+        assert_eq!((k, line), (key("general.listen"), Some(2)), "{e}");
         assert!(e.contains("line 2"), "{e}");
-        let e = Config::parse("[general]\nlisen = \"127.0.0.1:1\"\n").unwrap_err();
+        let (k, line, e) = problem("# comment\n[general]\nlisen = \"127.0.0.1:1\"\n");
+        assert_eq!((k, line), (key("general.lisen"), Some(3)), "{e}");
         assert!(e.contains("lisen"), "{e}");
-        let e = Config::parse("[samplers.cpu_usgae]\nenabled = false\n").unwrap_err();
+        let (k, _, e) = problem("[samplers.cpu_usgae]\nenabled = false\n");
+        assert_eq!(k, key("samplers.cpu_usgae"));
         assert!(
             e.contains("samplers.cpu_usgae") && e.contains("cpu_usage"),
             "{e}"
         );
-        let e = Config::parse("[samplers.cpu_usage]\nenable = false\n").unwrap_err();
-        assert!(e.contains("enable"), "{e}");
-        let e = Config::parse("[general]\nttl = \"10 parsecs\"\n").unwrap_err();
-        assert!(e.contains("ttl") || e.contains("line 2"), "{e}");
-        let e = Config::parse("[general]\nlisten = \"localhost\"\n").unwrap_err();
-        assert!(e.contains("line 2"), "{e}");
+        let (k, _, e) = problem("[samplers.cpu_usage]\nenable = false\n");
+        assert_eq!(k, key("samplers.cpu_usage.enable"), "{e}");
+        let (k, _, e) = problem("[general]\nttl = \"10 parsecs\"\n");
+        assert_eq!(k, key("general.ttl"), "{e}");
+        let (k, line, e) = problem("[general]\nlisten = \"localhost\"\n");
+        assert_eq!((k, line), (key("general.listen"), Some(2)), "{e}");
+        let (k, _, e) = problem("[general]\nttl = \"2m\"\n");
+        assert_eq!(k, key("general.ttl"), "{e}");
     }
 
     #[test]
@@ -275,14 +372,18 @@ mod tests {
         let spec = crate::samplers::find("syscall").unwrap();
         assert_eq!(c.options(spec)["latency_sampling"], 8);
         assert_eq!(Config::default().options(spec)["latency_sampling"], 1);
-        let e = Config::parse("[samplers.syscall]\nlatency_sampling = 0\n").unwrap_err();
+        let wanted = Some("samplers.syscall.latency_sampling".to_string());
+        let (k, _, e) = problem("[samplers.syscall]\nlatency_sampling = 0\n");
+        assert_eq!(k, wanted);
         assert!(
             e.contains("samplers.syscall.latency_sampling") && e.contains("from 1"),
             "{e}"
         );
-        let e = Config::parse("[samplers.syscall]\nlatency_sampling = \"8\"\n").unwrap_err();
+        let (k, _, e) = problem("[samplers.syscall]\nlatency_sampling = \"8\"\n");
+        assert_eq!(k, wanted);
         assert!(e.contains("must be an integer"), "{e}");
-        let e = Config::parse("[samplers.cpu_usage]\nlatency_sampling = 8\n").unwrap_err();
+        let (k, _, e) = problem("[samplers.cpu_usage]\nlatency_sampling = 8\n");
+        assert_eq!(k.as_deref(), Some("samplers.cpu_usage.latency_sampling"));
         assert!(
             e.contains("unknown key `samplers.cpu_usage.latency_sampling`"),
             "{e}"

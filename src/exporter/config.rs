@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
-use crate::agent::config::{duration, load_with, ConfigError, Log};
+use crate::agent::config::{duration, load_with, ConfigError, ConfigProblem, Log};
 
 #[derive(Debug, Clone, PartialEq, Deserialize, Default)]
 #[serde(deny_unknown_fields, default)]
@@ -106,44 +106,52 @@ impl Config {
     }
 
     /// Parses and validates config text; the error names the line or key.
-    pub fn parse(text: &str) -> Result<Self, String> {
-        let config: Config =
-            toml::from_str(text).map_err(|e| e.to_string().trim_end().to_string())?;
+    pub fn parse(text: &str) -> Result<Self, ConfigProblem> {
+        let config: Config = toml::from_str(text).map_err(|e| ConfigProblem::toml(text, &e))?;
         let interval = config.general.interval;
         if interval < Duration::from_millis(10) || interval > Duration::from_secs(3600) {
-            return Err(format!(
-                "`general.interval` is {interval:?}; it must be from 10ms to 1h"
+            return Err(ConfigProblem::key(
+                "general.interval",
+                format!("`general.interval` is {interval:?}; it must be from 10ms to 1h"),
             ));
         }
         if interval.subsec_nanos() % 1_000_000 != 0 {
-            return Err(format!(
-                "`general.interval` is {interval:?}; it must be whole milliseconds"
+            return Err(ConfigProblem::key(
+                "general.interval",
+                format!("`general.interval` is {interval:?}; it must be whole milliseconds"),
             ));
         }
         config.source_url()?;
         let p = &config.prometheus;
         if p.summaries && p.percentiles.is_empty() {
-            return Err(
-                "`prometheus.percentiles` is empty while `prometheus.summaries` is on".into(),
-            );
-        }
-        if let Some(bad) = p.percentiles.iter().find(|p| !(**p > 0.0 && **p <= 100.0)) {
-            return Err(format!(
-                "`prometheus.percentiles` holds {bad}; each must be above 0 and at most 100 (e.g. 99.9)"
+            return Err(ConfigProblem::key(
+                "prometheus.percentiles",
+                "`prometheus.percentiles` is empty while `prometheus.summaries` is on",
             ));
         }
+        if let Some(bad) = p.percentiles.iter().find(|p| !(**p > 0.0 && **p <= 100.0)) {
+            return Err(ConfigProblem::key("prometheus.percentiles", format!(
+                "`prometheus.percentiles` holds {bad}; each must be above 0 and at most 100 (e.g. 99.9)"
+            )));
+        }
         if p.histogram_grouping_power > 3 {
-            return Err(format!(
-                "`prometheus.histogram_grouping_power` is {}; it must be from 0 to 3",
-                p.histogram_grouping_power
+            return Err(ConfigProblem::key(
+                "prometheus.histogram_grouping_power",
+                format!(
+                    "`prometheus.histogram_grouping_power` is {}; it must be from 0 to 3",
+                    p.histogram_grouping_power
+                ),
             ));
         }
         if let Some(resolution) = config.oversample.resolution {
             let (r, i) = (resolution.as_nanos(), interval.as_nanos());
             if resolution < Duration::from_millis(10) || r >= i || i % r != 0 {
-                return Err(format!(
+                return Err(ConfigProblem::key(
+                    "oversample.resolution",
+                    format!(
                     "`oversample.resolution` is {resolution:?}; it must be at least 10ms, below \
                      `general.interval` ({interval:?}) and divide it evenly"
+                ),
                 ));
             }
         }
@@ -151,9 +159,9 @@ impl Config {
     }
 
     /// The URL of the agent's binary snapshot.
-    pub fn source_url(&self) -> Result<String, String> {
+    pub fn source_url(&self) -> Result<String, ConfigProblem> {
         crate::client::snapshot_url(&self.general.source)
-            .map_err(|e| format!("`general.source`: {e}"))
+            .map_err(|e| ConfigProblem::key("general.source", format!("`general.source`: {e}")))
     }
 }
 
@@ -208,7 +216,7 @@ mod tests {
         ];
         for (text, key) in cases {
             let e = Config::parse(text).unwrap_err();
-            assert!(e.contains(key), "{text:?}: {e}");
+            assert!(e.to_string().contains(key), "{text:?}: {e}");
         }
     }
 

@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
-use crate::agent::config::{duration, load_with, ConfigError, Log};
+use crate::agent::config::{duration, load_with, ConfigError, ConfigProblem, Log};
 
 #[derive(Debug, Clone, PartialEq, Deserialize, Default)]
 #[serde(deny_unknown_fields, default)]
@@ -52,33 +52,39 @@ impl Config {
         load_with(path, Self::parse)
     }
 
-    pub fn parse(text: &str) -> Result<Self, String> {
-        let config: Config =
-            toml::from_str(text).map_err(|e| e.to_string().trim_end().to_string())?;
+    pub fn parse(text: &str) -> Result<Self, ConfigProblem> {
+        let config: Config = toml::from_str(text).map_err(|e| ConfigProblem::toml(text, &e))?;
         let g = &config.general;
         if g.interval < Duration::from_millis(10) || g.interval.subsec_nanos() % 1_000_000 != 0 {
-            return Err(format!(
-                "`general.interval` is {:?}; it must be whole milliseconds, at least 10ms",
-                g.interval
+            return Err(ConfigProblem::key(
+                "general.interval",
+                format!(
+                    "`general.interval` is {:?}; it must be whole milliseconds, at least 10ms",
+                    g.interval
+                ),
             ));
         }
         if g.duration < g.interval {
-            return Err(format!(
-                "`general.duration` ({:?}) must be at least `general.interval` ({:?})",
-                g.duration, g.interval
+            return Err(ConfigProblem::key(
+                "general.duration",
+                format!(
+                    "`general.duration` ({:?}) must be at least `general.interval` ({:?})",
+                    g.duration, g.interval
+                ),
             ));
         }
         if config.slots() as u128 > MAX_SLOTS {
-            return Err(format!(
+            return Err(ConfigProblem::key("general.duration", format!(
                 "`general.duration` / `general.interval` is {} snapshots; at most {MAX_SLOTS} are allowed",
                 g.duration.as_nanos() / g.interval.as_nanos()
-            ));
+            )));
         }
-        crate::client::snapshot_url(&g.source).map_err(|e| format!("`general.source`: {e}"))?;
+        crate::client::snapshot_url(&g.source)
+            .map_err(|e| ConfigProblem::key("general.source", format!("`general.source`: {e}")))?;
         if g.output.as_os_str().is_empty() || g.output.file_name().is_none() {
-            return Err(format!(
-                "`general.output` is {:?}; it must name a file",
-                g.output
+            return Err(ConfigProblem::key(
+                "general.output",
+                format!("`general.output` is {:?}; it must name a file", g.output),
             ));
         }
         Ok(config)
@@ -126,7 +132,7 @@ mod tests {
             ("[general]\nintervl = \"1s\"\n", "intervl"),
         ] {
             let e = Config::parse(text).unwrap_err();
-            assert!(e.contains(key), "{text:?}: {e}");
+            assert!(e.to_string().contains(key), "{text:?}: {e}");
         }
     }
 }
