@@ -174,14 +174,12 @@ impl DeviceSeries {
 fn emit_guarded(
     (series, guard): &mut (Arc<Series>, Option<CounterGuard>),
     value: u64,
-    returned: bool,
     out: &mut Emitter<'_>,
 ) {
+    // a device missing from some reads is updated as usual: if it was
+    // re-created its small count is a restart from zero
     match guard {
         None => *guard = Some(CounterGuard::new(value)),
-        Some(g) if returned => {
-            g.reappear(value, Restart::FromZero);
-        }
         Some(g) => {
             g.update(value, Restart::FromZero, series.def(), out);
         }
@@ -250,20 +248,14 @@ impl Sampler for Devices {
             if series.round == round {
                 continue; // the same name twice in one read: the first line counts
             }
-            let returned = series.round != 0 && series.round + 1 != round;
             (series.seen, series.round) = (now, round);
             for (s, (_, _, column, scale)) in series.ops.iter_mut().zip(&OP_COLUMNS) {
                 if let Some(value) = disk.column(*column) {
-                    emit_guarded(s, value.saturating_mul(*scale), returned, out);
+                    emit_guarded(s, value.saturating_mul(*scale), out);
                 }
             }
             if let Some(busy) = disk.column(BUSY_COLUMN) {
-                emit_guarded(
-                    &mut series.busy,
-                    busy.saturating_mul(NS_PER_MS),
-                    returned,
-                    out,
-                );
+                emit_guarded(&mut series.busy, busy.saturating_mul(NS_PER_MS), out);
             }
             if let Some(in_flight) = disk.column(IN_FLIGHT_COLUMN) {
                 out.gauge(

@@ -115,9 +115,11 @@ struct CpuUsage {
 
 fn init(ctx: &SamplerContext) -> anyhow::Result<Box<dyn Sampler>> {
     let mut file = ProcFile::open(&ctx.root, "proc/stat")?;
-    let (cpus, _) = parse(file.read()?);
+    let path = file.path().to_path_buf();
+    let (cpus, skipped) = parse(file.read()?);
     if !cpus.iter().any(|c| c.id.is_some()) {
-        return Err(ParseError::new(file.path(), "no parsable `cpuN` line", None).into());
+        let reason = "no parsable `cpuN` line";
+        return Err(ParseError::new(&path, reason, skipped.first).into());
     }
     Ok(Box::new(CpuUsage {
         file,
@@ -171,8 +173,11 @@ impl Sampler for CpuUsage {
             }
             tracked.round = round;
             for (state, ticks) in cpu.ticks.iter().enumerate() {
-                let Some(ticks) = ticks else { continue };
-                let ns = ticks.saturating_mul(self.ns_per_tick);
+                // a count that overflows in nanoseconds (over 5,000 years of
+                // ticks) is not a reading: skipped, the last value is served
+                let Some(ns) = ticks.and_then(|t| t.checked_mul(self.ns_per_tick)) else {
+                    continue;
+                };
                 let delta = match &mut tracked.guards[state] {
                     // a CPU seen for the first time after the first read was
                     // offline: its ticks are from before, not new
@@ -310,6 +315,28 @@ mod tests {
                 (1003, 2003)
             ]
         );
+    }
+
+    #[test]
+    fn an_impossible_count_is_skipped_not_served_forever() {
+        let dir = fixture_copy("vm6.18");
+        let stat = dir.path().join("proc/stat");
+        write_stat(&stat, &[(0, [5, 0, 5, 100, 500]), (1, [5, 0, 5, 100, 500])]);
+        let mut sampler = init("cpu_usage", dir.path()).unwrap();
+        refresh(sampler.as_mut()).unwrap();
+        // a glitch: more ticks than fit in u64 nanoseconds
+        write_stat(
+            &stat,
+            &[
+                (0, [5, 0, 5, 100, u64::MAX / 1000]),
+                (1, [5, 0, 5, 100, 500]),
+            ],
+        );
+        let snap = refresh(sampler.as_mut()).unwrap();
+        assert_eq!((iowait(&snap, Some("0")), iowait(&snap, None)), (500, 1000));
+        write_stat(&stat, &[(0, [5, 0, 5, 100, 570]), (1, [5, 0, 5, 100, 500])]);
+        let snap = refresh(sampler.as_mut()).unwrap();
+        assert_eq!((iowait(&snap, Some("0")), iowait(&snap, None)), (570, 1070));
     }
 
     #[test]

@@ -27,10 +27,12 @@
 //! that does not parse costs only that interface.
 //!
 //! **Monotonic.** Each series is kept by a [`CounterGuard`]: a counter that
-//! dips holds its value, an interface that disappears and comes back (or is
-//! re-created between two reads, seen as its counters falling below half)
-//! continues from its last value plus its new count. The total is the sum of
-//! each counted interface's increase.
+//! dips holds its value; an interface re-created (seen as its counters
+//! falling below half, whether or not it was missing from some reads)
+//! continues from its last value plus its new count; one missing from a read
+//! and back with larger counters adds only the increase; one renamed (same
+//! `ifindex`) continues under its new name. The total is the sum of each
+//! counted interface's increase.
 
 use std::collections::HashMap;
 use std::os::unix::ffi::OsStrExt;
@@ -107,17 +109,17 @@ impl Interface<'_> {
     }
 }
 
-/// Parses `/proc/net/dev`. The two header lines (with `|`) are ignored; a
-/// line that does not end in 16 numbers after a `:` is skipped and reported.
+/// Parses `/proc/net/dev`. The two header lines (column groups separated by
+/// `|`, no `:`) are ignored; a line that does not end in 16 numbers after a
+/// `:` is skipped and reported.
 pub fn parse(text: &[u8]) -> (Vec<Interface<'_>>, Skipped<'_>) {
     let mut out = Vec::new();
     let mut skipped = Skipped::default();
     for line in lines(text) {
-        if line.contains(&b'|') {
-            continue;
-        }
         match parse_line(line) {
             Some(interface) => out.push(interface),
+            // the two header lines: `|` between column groups, no `:`
+            None if line.contains(&b'|') && !line.contains(&b':') => {}
             None => skipped.add(line),
         }
     }
@@ -176,6 +178,9 @@ struct Tracked {
     series: Vec<Arc<Series>>,
     guards: Vec<CounterGuard>,
     kind: Kind,
+    /// The kernel's interface index (`/sys/class/net/<name>/ifindex`), which
+    /// survives a rename.
+    ifindex: Option<u64>,
     /// When it was last in `/proc/net/dev`.
     seen: Instant,
     /// The last read (see `Interfaces::round`) it was in.
@@ -275,34 +280,69 @@ impl Sampler for Interfaces {
                     }
                     (t.seen, t.round) = (now, round);
                 }
-                // back after being absent: re-created, counting from zero
-                Some(t) if t.round != round => {
+                // the same name twice in one read: the first line counts
+                Some(t) if t.round == round => continue,
+                // back after being absent for some reads (a line that did not
+                // parse, or an interface re-created): an ordinary update,
+                // where a re-created one's small count is a restart from zero
+                Some(t) => {
                     for (i, guard) in t.guards.iter_mut().enumerate() {
-                        delta[i] = guard.reappear(interface.value(i), Restart::FromZero);
+                        delta[i] = guard.update(
+                            interface.value(i),
+                            Restart::FromZero,
+                            COLUMNS[i / 2].0,
+                            out,
+                        );
                     }
-                    out.correction(&BYTES, crate::snapshot::Correction::Restart);
                     (t.seen, t.round) = (now, round);
                 }
-                // the same name twice in one read: the first line counts
-                Some(_) => continue,
                 None => {
                     let dir = sysfs_dir(&self.sys_class_net, interface.name);
                     let kind = Kind {
                         device: dir.join("device").exists(),
                         loopback: interface.name == b"lo",
                     };
-                    // a new interface counts from zero: all of its count is new
-                    for (i, d) in delta.iter_mut().enumerate() {
-                        *d = interface.value(i);
-                    }
+                    let ifindex = std::fs::read(dir.join("ifindex"))
+                        .ok()
+                        .and_then(|text| parse_u64(text.trim_ascii()));
+                    // an interface renamed since the last read keeps its
+                    // ifindex: its counters continue under the new name
+                    let renamed = ifindex.and_then(|index| {
+                        self.per_interface
+                            .iter()
+                            .find(|(_, t)| t.ifindex == Some(index) && t.round != round)
+                            .map(|(name, _)| name.clone())
+                    });
+                    let guards = match renamed.and_then(|old| self.per_interface.remove(&old)) {
+                        Some(mut old) => {
+                            for (i, guard) in old.guards.iter_mut().enumerate() {
+                                delta[i] = guard.update(
+                                    interface.value(i),
+                                    Restart::FromZero,
+                                    COLUMNS[i / 2].0,
+                                    out,
+                                );
+                            }
+                            old.guards
+                        }
+                        None => {
+                            // a new interface counts from zero: all of its
+                            // count is new
+                            for (i, d) in delta.iter_mut().enumerate() {
+                                *d = interface.value(i);
+                            }
+                            (0..SERIES)
+                                .map(|i| CounterGuard::new(interface.value(i)))
+                                .collect()
+                        }
+                    };
                     self.per_interface.insert(
                         interface.name.to_vec(),
                         Tracked {
                             series: series_set(Some(&label_value(interface.name))),
-                            guards: (0..SERIES)
-                                .map(|i| CounterGuard::new(interface.value(i)))
-                                .collect(),
+                            guards,
                             kind,
+                            ifindex,
                             seen: now,
                             round,
                         },
@@ -595,6 +635,60 @@ mod tests {
         // gone: the total keeps its contribution; back (re-created): from zero
         assert_eq!(step(None, 30), (None, 1_000_830));
         assert_eq!(step(Some(50), 30), (Some(1_000_850), 1_000_880));
+    }
+
+    #[test]
+    fn a_pipe_in_a_name_is_not_a_header() {
+        let text = net_dev(&[line(b"a|b", 5, 6), line(b"eth0", 1, 2)]);
+        let (interfaces, skipped) = parse(&text);
+        assert_eq!(
+            interfaces.iter().map(|i| i.name).collect::<Vec<_>>(),
+            vec![&b"a|b"[..], b"eth0"]
+        );
+        assert_eq!(skipped.count, 0);
+    }
+
+    #[test]
+    fn a_line_missing_for_one_read_adds_only_the_increase() {
+        let dir = root(&[("eth0", true, &[])]);
+        write(&dir, &[line(b"eth0", 1100, 2100)]);
+        let mut sampler = init("network_interfaces", dir.path()).unwrap();
+        refresh(sampler.as_mut()).unwrap();
+        write(
+            &dir,
+            &[b"  eth0: 99999999999999999999 1 0 0 0 0 0 0 1 2 0 0 0 0 0 0\n".to_vec()],
+        );
+        let snap = refresh(sampler.as_mut()).unwrap();
+        assert_eq!(bytes(&snap, "receive", Some("eth0")), None);
+        assert_eq!(bytes(&snap, "receive", None), Some(1100));
+        write(&dir, &[line(b"eth0", 1300, 2300)]);
+        let snap = refresh(sampler.as_mut()).unwrap();
+        assert_eq!(bytes(&snap, "receive", Some("eth0")), Some(1300));
+        assert_eq!(bytes(&snap, "transmit", None), Some(2300));
+    }
+
+    #[test]
+    fn a_renamed_interface_continues_under_its_new_name() {
+        let dir = root(&[("eth0", true, &[]), ("wan0", true, &[])]);
+        for (name, index) in [("eth0", "2\n"), ("wan0", "2\n")] {
+            std::fs::write(
+                dir.path().join("sys/class/net").join(name).join("ifindex"),
+                index,
+            )
+            .unwrap();
+        }
+        write(&dir, &[line(b"eth0", 5_000_000, 10)]);
+        let mut sampler = init("network_interfaces", dir.path()).unwrap();
+        refresh(sampler.as_mut()).unwrap();
+        write(&dir, &[line(b"wan0", 5_000_100, 10)]);
+        let snap = refresh(sampler.as_mut()).unwrap();
+        assert_eq!(bytes(&snap, "receive", Some("wan0")), Some(5_000_100));
+        assert_eq!(bytes(&snap, "receive", None), Some(5_000_100));
+        // and back again
+        write(&dir, &[line(b"eth0", 5_000_300, 10)]);
+        let snap = refresh(sampler.as_mut()).unwrap();
+        assert_eq!(bytes(&snap, "receive", Some("eth0")), Some(5_000_300));
+        assert_eq!(bytes(&snap, "receive", None), Some(5_000_300));
     }
 
     #[test]
