@@ -131,6 +131,26 @@ impl<'a> Skipped<'a> {
     }
 }
 
+/// Parses each non-empty line of `text` with `line`: a line it returns
+/// `Some` for is kept, one it returns `None` for is skipped and reported,
+/// unless `ignore` says it is an expected non-data line (a header).
+pub fn parse_lines<'a, T>(
+    text: &'a [u8],
+    ignore: impl Fn(&[u8]) -> bool,
+    line: impl Fn(&'a [u8]) -> Option<T>,
+) -> (Vec<T>, Skipped<'a>) {
+    let mut out = Vec::new();
+    let mut skipped = Skipped::default();
+    for l in lines(text) {
+        match line(l) {
+            Some(item) => out.push(item),
+            None if ignore(l) => {}
+            None => skipped.add(l),
+        }
+    }
+    (out, skipped)
+}
+
 /// The non-empty lines of kernel text, as bytes, without their newline.
 pub fn lines(text: &[u8]) -> impl Iterator<Item = &[u8]> {
     text.split(|&b| b == b'\n').filter(|l| !l.is_empty())

@@ -27,7 +27,7 @@ use crate::metrics::{MetricDef, Series};
 use crate::samplers::common::{CounterGuard, Restart};
 use crate::samplers::{Sampler, SamplerContext, SamplerSpec, Source, SAMPLERS};
 use crate::snapshot::Emitter;
-use crate::source::{fields, label_value, lines, parse_u64, ParseError, ProcFile, Skipped};
+use crate::source::{fields, label_value, parse_lines, parse_u64, ParseError, ProcFile, Skipped};
 
 pub static OPERATIONS: MetricDef = MetricDef::counter(
     "blockio_device_operations",
@@ -122,15 +122,7 @@ impl DiskStats<'_> {
 /// Parses `/proc/diskstats`; a line with a non-numeric or missing column is
 /// skipped and reported (that device is absent from this refresh).
 pub fn parse(text: &[u8]) -> (Vec<DiskStats<'_>>, Skipped<'_>) {
-    let mut out = Vec::new();
-    let mut skipped = Skipped::default();
-    for line in lines(text) {
-        match parse_line(line) {
-            Some(disk) => out.push(disk),
-            None => skipped.add(line),
-        }
-    }
-    (out, skipped)
+    parse_lines(text, |_| false, parse_line)
 }
 
 fn parse_line(line: &[u8]) -> Option<DiskStats<'_>> {

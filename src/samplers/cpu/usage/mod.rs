@@ -22,7 +22,7 @@ use crate::metrics::{MetricDef, Series};
 use crate::samplers::common::{CounterGuard, Restart};
 use crate::samplers::{Sampler, SamplerContext, SamplerSpec, Source, SAMPLERS};
 use crate::snapshot::{Correction, Emitter};
-use crate::source::{fields, lines, parse_u64, ParseError, ProcFile, Skipped};
+use crate::source::{fields, parse_lines, parse_u64, ParseError, ProcFile, Skipped};
 
 pub static CPU_USAGE: MetricDef = MetricDef::counter(
     "cpu_usage",
@@ -66,23 +66,13 @@ pub struct CpuTicks {
 /// a non-numeric column, no columns, not UTF-8) is skipped and reported:
 /// its columns cannot be trusted, the other CPUs' can.
 pub fn parse(text: &[u8]) -> (Vec<CpuTicks>, Skipped<'_>) {
-    let mut out = Vec::new();
-    let mut skipped = Skipped::default();
-    for line in lines(text) {
-        if !line.starts_with(b"cpu") {
-            continue;
-        }
-        match parse_line(line) {
-            Some(cpu) => out.push(cpu),
-            None => skipped.add(line),
-        }
-    }
-    (out, skipped)
+    // lines other than `cpu...` (intr, ctxt, ...) are not ours to report
+    parse_lines(text, |line| !line.starts_with(b"cpu"), parse_line)
 }
 
 fn parse_line(line: &[u8]) -> Option<CpuTicks> {
     let mut columns = fields(line);
-    let suffix = &columns.next()?[3..];
+    let suffix = columns.next()?.strip_prefix(b"cpu")?;
     let id = if suffix.is_empty() {
         None
     } else {

@@ -8,7 +8,7 @@ use std::sync::Arc;
 use crate::metrics::{MetricDef, Series};
 use crate::samplers::{Sampler, SamplerContext, SamplerSpec, Source, SAMPLERS};
 use crate::snapshot::Emitter;
-use crate::source::{fields, lines, parse_u64, ParseError, ProcFile, Skipped};
+use crate::source::{fields, parse_lines, parse_u64, ParseError, ProcFile, Skipped};
 
 /// A `/proc/meminfo` key and the gauge it feeds.
 pub struct Field {
@@ -113,15 +113,7 @@ static SPEC: SamplerSpec = SamplerSpec {
 /// fields and as-is for unitless ones. A malformed line is skipped and
 /// reported: its value is absent, the others are kept.
 pub fn parse(text: &[u8]) -> (Vec<(&str, u64)>, Skipped<'_>) {
-    let mut out = Vec::new();
-    let mut skipped = Skipped::default();
-    for line in lines(text) {
-        match parse_line(line) {
-            Some(pair) => out.push(pair),
-            None => skipped.add(line),
-        }
-    }
-    (out, skipped)
+    parse_lines(text, |_| false, parse_line)
 }
 
 fn parse_line(line: &[u8]) -> Option<(&str, u64)> {

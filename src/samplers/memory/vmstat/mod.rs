@@ -9,7 +9,7 @@ use std::sync::Arc;
 use crate::metrics::{MetricDef, Series};
 use crate::samplers::{Sampler, SamplerContext, SamplerSpec, Source, SAMPLERS};
 use crate::snapshot::Emitter;
-use crate::source::{fields, lines, parse_u64, ParseError, ProcFile, Skipped};
+use crate::source::{fields, parse_lines, parse_u64, ParseError, ProcFile, Skipped};
 
 pub static PAGE_FAULTS: MetricDef = MetricDef::counter(
     "memory_page_faults",
@@ -82,21 +82,16 @@ static SPEC: SamplerSpec = SamplerSpec {
 
 /// Parses `key value` lines; a malformed one is skipped and reported.
 pub fn parse(text: &[u8]) -> (Vec<(&str, u64)>, Skipped<'_>) {
-    let mut out = Vec::new();
-    let mut skipped = Skipped::default();
-    for line in lines(text) {
-        let mut parts = fields(line);
-        let pair = (|| {
+    parse_lines(
+        text,
+        |_| false,
+        |line| {
+            let mut parts = fields(line);
             let key = std::str::from_utf8(parts.next()?).ok()?;
             let value = parse_u64(parts.next()?)?;
             parts.next().is_none().then_some((key, value))
-        })();
-        match pair {
-            Some(pair) => out.push(pair),
-            None => skipped.add(line),
-        }
-    }
-    (out, skipped)
+        },
+    )
 }
 
 struct Vmstat {

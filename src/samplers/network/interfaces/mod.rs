@@ -44,7 +44,7 @@ use crate::metrics::{MetricDef, Series};
 use crate::samplers::common::{CounterGuard, Restart};
 use crate::samplers::{Sampler, SamplerContext, SamplerOption, SamplerSpec, Source, SAMPLERS};
 use crate::snapshot::Emitter;
-use crate::source::{fields, label_value, lines, parse_u64, ParseError, ProcFile, Skipped};
+use crate::source::{fields, label_value, parse_lines, parse_u64, ParseError, ProcFile, Skipped};
 
 const LABELS: &[&str] = &["direction", "interface"];
 
@@ -113,17 +113,9 @@ impl Interface<'_> {
 /// `|`, no `:`) are ignored; a line that does not end in 16 numbers after a
 /// `:` is skipped and reported.
 pub fn parse(text: &[u8]) -> (Vec<Interface<'_>>, Skipped<'_>) {
-    let mut out = Vec::new();
-    let mut skipped = Skipped::default();
-    for line in lines(text) {
-        match parse_line(line) {
-            Some(interface) => out.push(interface),
-            // the two header lines: `|` between column groups, no `:`
-            None if line.contains(&b'|') && !line.contains(&b':') => {}
-            None => skipped.add(line),
-        }
-    }
-    (out, skipped)
+    // the two header lines: `|` between column groups, no `:`
+    let header = |line: &[u8]| line.contains(&b'|') && !line.contains(&b':');
+    parse_lines(text, header, parse_line)
 }
 
 fn parse_line(line: &[u8]) -> Option<Interface<'_>> {
@@ -230,6 +222,21 @@ fn is_stacked(dir: &Path) -> bool {
         .unwrap_or(false)
 }
 
+/// Feeds one interface's new readings to its guards; returns how much each
+/// served value grew. A re-created interface (counts below half) restarts
+/// from zero.
+fn update(
+    guards: &mut [CounterGuard],
+    interface: &Interface<'_>,
+    out: &mut Emitter<'_>,
+) -> [u64; SERIES] {
+    let mut delta = [0; SERIES];
+    for (i, guard) in guards.iter_mut().enumerate() {
+        delta[i] = guard.update(interface.value(i), Restart::FromZero, COLUMNS[i / 2].0, out);
+    }
+    delta
+}
+
 /// Which of the interfaces in read `round` the total counts (see the
 /// module docs).
 fn counted<'a>(
@@ -270,14 +277,7 @@ impl Sampler for Interfaces {
             match self.per_interface.get_mut(interface.name) {
                 // read last time too: an ordinary update
                 Some(t) if t.round + 1 == round => {
-                    for (i, guard) in t.guards.iter_mut().enumerate() {
-                        delta[i] = guard.update(
-                            interface.value(i),
-                            Restart::FromZero,
-                            COLUMNS[i / 2].0,
-                            out,
-                        );
-                    }
+                    delta = update(&mut t.guards, interface, out);
                     (t.seen, t.round) = (now, round);
                 }
                 // the same name twice in one read: the first line counts
@@ -286,14 +286,7 @@ impl Sampler for Interfaces {
                 // parse, or an interface re-created): an ordinary update,
                 // where a re-created one's small count is a restart from zero
                 Some(t) => {
-                    for (i, guard) in t.guards.iter_mut().enumerate() {
-                        delta[i] = guard.update(
-                            interface.value(i),
-                            Restart::FromZero,
-                            COLUMNS[i / 2].0,
-                            out,
-                        );
-                    }
+                    delta = update(&mut t.guards, interface, out);
                     (t.seen, t.round) = (now, round);
                 }
                 None => {
@@ -315,14 +308,7 @@ impl Sampler for Interfaces {
                     });
                     let guards = match renamed.and_then(|old| self.per_interface.remove(&old)) {
                         Some(mut old) => {
-                            for (i, guard) in old.guards.iter_mut().enumerate() {
-                                delta[i] = guard.update(
-                                    interface.value(i),
-                                    Restart::FromZero,
-                                    COLUMNS[i / 2].0,
-                                    out,
-                                );
-                            }
+                            delta = update(&mut old.guards, interface, out);
                             old.guards
                         }
                         None => {
