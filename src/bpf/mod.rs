@@ -42,12 +42,14 @@ fn has_bpf_privilege() -> bool {
     const CAP_SYS_ADMIN: u32 = 21;
     const CAP_PERFMON: u32 = 38;
     const CAP_BPF: u32 = 39;
-    let Ok(status) = std::fs::read_to_string("/proc/self/status") else {
+    // bytes, not text: the `Name:` line holds the process name, which may
+    // be any bytes
+    let Ok(status) = std::fs::read("/proc/self/status") else {
         return false;
     };
-    let effective = status
-        .lines()
-        .find_map(|l| l.strip_prefix("CapEff:"))
+    let effective = crate::source::lines(&status)
+        .find_map(|l| l.strip_prefix(b"CapEff:"))
+        .and_then(|v| std::str::from_utf8(v).ok())
         .and_then(|v| u64::from_str_radix(v.trim(), 16).ok())
         .unwrap_or(0);
     let has = |cap: u32| effective & (1 << cap) != 0;
