@@ -14,5 +14,7 @@ pub mod metrics;
 pub mod perf;
 pub mod recorder;
 pub mod samplers;
+pub mod signals;
 pub mod snapshot;
 pub mod source;
+pub mod ticker;

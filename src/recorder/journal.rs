@@ -8,7 +8,7 @@
 //! The first record is the header (JSON [`Header`]); then snapshots (the
 //! agent's msgpack bytes, as served, zstd-compressed: a snapshot is mostly
 //! empty histogram buckets, so this is about a tenth of the bytes) and gaps
-//! (JSON [`Gap`]). A crash can
+//! (JSON [`Gap`]) and wall-clock steps (JSON [`ClockStep`]). A crash can
 //! only tear the last record: reading stops at the first record that is
 //! short or fails its checksum, and says how many bytes it left.
 
@@ -29,6 +29,7 @@ pub enum Kind {
     Header = 1,
     Snapshot = 2,
     Gap = 3,
+    ClockStep = 4,
 }
 
 impl Kind {
@@ -37,6 +38,7 @@ impl Kind {
             1 => Some(Kind::Header),
             2 => Some(Kind::Snapshot),
             3 => Some(Kind::Gap),
+            4 => Some(Kind::ClockStep),
             _ => None,
         }
     }
@@ -61,6 +63,17 @@ pub struct Gap {
     /// ... and the first successful one after it (or the capture's end).
     pub end_ns: u64,
     pub error: String,
+}
+
+/// A step of the recorder's wall clock: its samples are stamped with the
+/// wall clock, so timestamps jump by `step_ns` here while the sampling
+/// cadence (kept on the monotonic clock) does not.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ClockStep {
+    /// The wall clock after the step, nanoseconds since the epoch.
+    pub at_ns: u64,
+    /// How far it moved, in nanoseconds (negative: backwards).
+    pub step_ns: i64,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -131,6 +144,11 @@ impl Writer {
         self.append(Kind::Gap, &json)
     }
 
+    pub fn clock_step(&mut self, step: &ClockStep) -> io::Result<()> {
+        let json = serde_json::to_vec(step).map_err(io::Error::other)?;
+        self.append(Kind::ClockStep, &json)
+    }
+
     /// Makes everything appended so far durable (power loss included).
     pub fn sync(&mut self) -> io::Result<()> {
         self.file.sync_data()
@@ -146,6 +164,10 @@ impl Writer {
 pub enum Record {
     Snapshot(Vec<u8>),
     Gap(Gap),
+    ClockStep(ClockStep),
+    /// A record that passed its checksum but could not be decoded (not
+    /// written by this recorder): what was wrong.
+    Undecodable(String),
 }
 
 /// Reads a journal's records in order.
@@ -156,9 +178,6 @@ pub struct Reader<R> {
     /// Set when reading stopped at a torn or corrupt record: its offset and
     /// what was wrong.
     pub torn: Option<(u64, String)>,
-    /// Records that passed their checksum but could not be decoded
-    /// (skipped).
-    pub undecodable: u64,
 }
 
 impl Reader<BufReader<File>> {
@@ -182,7 +201,6 @@ impl<R: Read> Reader<R> {
             },
             offset: MAGIC.len() as u64,
             torn: None,
-            undecodable: 0,
         };
         match this.raw()? {
             Some((Kind::Header, payload)) => {
@@ -196,23 +214,28 @@ impl<R: Read> Reader<R> {
 
     /// The next record; `None` at the end or at a torn record (see `torn`).
     pub fn next_record(&mut self) -> Result<Option<Record>, JournalError> {
+        let undecodable = |what: &str, e: &dyn std::fmt::Display| {
+            Ok(Some(Record::Undecodable(format!("{what}: {e}"))))
+        };
         loop {
-            match self.raw()? {
-                None => return Ok(None),
+            return match self.raw()? {
+                None => Ok(None),
                 Some((Kind::Snapshot, payload)) => {
-                    // a record that passed its checksum but does not
-                    // decompress was not written by us: skipped
                     match zstd::stream::decode_all(payload.as_slice()) {
-                        Ok(msgpack) => return Ok(Some(Record::Snapshot(msgpack))),
-                        Err(_) => self.undecodable += 1,
+                        Ok(msgpack) => Ok(Some(Record::Snapshot(msgpack))),
+                        Err(e) => undecodable("snapshot record does not decompress", &e),
                     }
                 }
                 Some((Kind::Gap, payload)) => match serde_json::from_slice(&payload) {
-                    Ok(gap) => return Ok(Some(Record::Gap(gap))),
-                    Err(_) => self.undecodable += 1,
+                    Ok(gap) => Ok(Some(Record::Gap(gap))),
+                    Err(e) => undecodable("gap record", &e),
+                },
+                Some((Kind::ClockStep, payload)) => match serde_json::from_slice(&payload) {
+                    Ok(step) => Ok(Some(Record::ClockStep(step))),
+                    Err(e) => undecodable("clock step record", &e),
                 },
                 Some((Kind::Header, _)) => continue,
-            }
+            };
         }
     }
 

@@ -7,10 +7,17 @@
 //!   named `<series>:buckets`; a series missing from a snapshot (e.g. one
 //!   that appeared later) is null there;
 //! - column metadata: `metric`, `metric_type`, `unit`, the labels, and for
-//!   histograms `grouping_power` and `max_value_power`;
+//!   histograms `grouping_power` and `max_value_power`. A column holds only
+//!   values its metadata describes: when a series changes type, unit, labels
+//!   or histogram layout mid-capture (an agent upgraded during the capture),
+//!   its values from then on go to a new column named `<series>#2` (then
+//!   `#3`, ...; `<series>#2:buckets` for histograms) with its own metadata,
+//!   and each column is null in the rows where the other is used;
 //! - file metadata: `source`, `version`, `sampling_interval_ms`, the
-//!   `--metadata` pairs, and `gaps` (JSON) when the agent was unreachable
-//!   for a while.
+//!   `--metadata` pairs, `gaps` (JSON) for stretches with no sample: the
+//!   agent unreachable, a journal record that could not be decoded, or a
+//!   torn end (each with its `error`), and `clock_steps` (JSON) when the
+//!   recorder's wall clock stepped during the capture.
 //!
 //! Two passes over the journal: the first finds every column, the second
 //! writes row groups of bounded size, so memory does not grow with the
@@ -29,7 +36,7 @@ use parquet::basic::{Compression, ZstdLevel};
 use parquet::file::metadata::KeyValue;
 use parquet::file::properties::{EnabledStatistics, WriterProperties};
 
-use super::journal::{Gap, JournalError, Reader, Record};
+use super::journal::{ClockStep, Gap, JournalError, Reader, Record};
 use crate::client::unix_nanos;
 use crate::snapshot::Received;
 
@@ -52,7 +59,8 @@ pub struct Converted {
     pub rows: u64,
     pub columns: usize,
     pub gaps: Vec<Gap>,
-    /// Records skipped as undecodable.
+    pub clock_steps: Vec<ClockStep>,
+    /// Records skipped as undecodable (each also listed in `gaps`).
     pub skipped: u64,
     /// Where reading stopped early (a torn last record), and why.
     pub torn: Option<(u64, String)>,
@@ -69,6 +77,9 @@ enum Kind {
 struct Column {
     name: String,
     kind: Kind,
+    /// The series' metadata as the snapshot gave it: values of the series
+    /// go to this column only while it stays the same.
+    source: std::collections::BTreeMap<String, String>,
     metadata: HashMap<String, String>,
 }
 
@@ -117,34 +128,55 @@ fn histogram_column(name: &str) -> String {
 #[derive(Default)]
 struct Columns {
     list: Vec<Column>,
-    index: HashMap<String, usize>,
+    /// Columns by series name (several when the series changed description).
+    index: HashMap<String, Vec<usize>>,
     buckets: usize,
 }
 
 impl Columns {
+    /// The column for series `name` of `kind` described by `metadata`.
+    fn find(
+        &self,
+        name: &str,
+        kind: Kind,
+        metadata: &std::collections::BTreeMap<String, String>,
+    ) -> Option<usize> {
+        self.index
+            .get(name)?
+            .iter()
+            .copied()
+            .find(|&i| self.list[i].kind == kind && self.list[i].source == *metadata)
+    }
+
     fn add(
         &mut self,
         name: String,
         kind: Kind,
-        metadata: &std::collections::BTreeMap<String, String>,
+        source: &std::collections::BTreeMap<String, String>,
     ) {
-        if self.index.contains_key(&name) {
+        if self.find(&name, kind, source).is_some() {
             return;
         }
-        let mut metadata: HashMap<String, String> = metadata
-            .iter()
-            .map(|(k, v)| (k.clone(), v.clone()))
-            .collect();
+        let variants = self.index.get(&name).map_or(0, Vec::len);
+        let column = match (variants, kind) {
+            (0, Kind::Histogram) => histogram_column(&name),
+            (0, _) => name.clone(),
+            (n, Kind::Histogram) => histogram_column(&format!("{name}#{}", n + 1)),
+            (n, _) => format!("{name}#{}", n + 1),
+        };
+        let mut metadata: HashMap<String, String> =
+            source.iter().map(|(k, v)| (k.clone(), v.clone())).collect();
         let kind_name = match kind {
             Kind::Counter => "counter",
             Kind::Gauge => "gauge",
             Kind::Histogram => "histogram",
         };
         metadata.insert("metric_type".into(), kind_name.into());
-        self.index.insert(name.clone(), self.list.len());
+        self.index.entry(name).or_default().push(self.list.len());
         self.list.push(Column {
-            name,
+            name: column,
             kind,
+            source: source.clone(),
             metadata,
         });
     }
@@ -158,7 +190,7 @@ impl Columns {
         }
         for h in &snap.histograms {
             self.buckets = self.buckets.max(h.value.as_slice().len());
-            self.add(histogram_column(&h.name), Kind::Histogram, &h.metadata);
+            self.add(h.name.clone(), Kind::Histogram, &h.metadata);
         }
     }
 
@@ -225,22 +257,60 @@ fn convert_in_groups(
     let mut rows = 0u64;
     let mut skipped = 0u64;
     let mut gaps = Vec::new();
+    let mut clock_steps = Vec::new();
     let mut agent_metadata = None;
+    // undecodable records since the last good snapshot, whose gap ends at
+    // the next good one
+    let mut pending: Vec<String> = Vec::new();
+    let mut last_ns = 0u64;
     while let Some(record) = reader.next_record().map_err(jerr)? {
-        match record {
-            Record::Snapshot(bytes) => match decode(&bytes) {
-                Some(snap) => {
+        let bad = match record {
+            Record::Snapshot(bytes) => match Received::from_msgpack(&bytes) {
+                Ok(snap) => {
                     columns.observe(&snap);
                     rows += 1;
+                    let at = unix_nanos(snap.systemtime);
+                    for error in pending.drain(..) {
+                        gaps.push(Gap {
+                            start_ns: last_ns.min(at),
+                            end_ns: at,
+                            error,
+                        });
+                    }
+                    last_ns = at;
                     agent_metadata.get_or_insert(snap.metadata);
+                    None
                 }
-                None => skipped += 1,
+                Err(e) => Some(format!("snapshot record is not a Rezolus snapshot: {e}")),
             },
-            Record::Gap(gap) => gaps.push(gap),
+            Record::Gap(gap) => {
+                gaps.push(gap);
+                None
+            }
+            Record::ClockStep(step) => {
+                clock_steps.push(step);
+                None
+            }
+            Record::Undecodable(why) => Some(why),
+        };
+        if let Some(why) = bad {
+            skipped += 1;
+            pending.push(why);
         }
     }
     let torn = reader.torn.clone();
-    skipped += reader.undecodable;
+    if let Some((offset, why)) = &torn {
+        pending.push(format!(
+            "journal cut at byte {offset} ({why}): later records lost"
+        ));
+    }
+    for error in pending {
+        gaps.push(Gap {
+            start_ns: last_ns,
+            end_ns: last_ns,
+            error,
+        });
+    }
     if rows == 0 {
         return Err(ConvertError::Empty(journal.display().to_string()));
     }
@@ -274,6 +344,12 @@ fn convert_in_groups(
         file_metadata.insert(
             "gaps".into(),
             serde_json::to_string(&gaps).unwrap_or_default(),
+        );
+    }
+    if !clock_steps.is_empty() {
+        file_metadata.insert(
+            "clock_steps".into(),
+            serde_json::to_string(&clock_steps).unwrap_or_default(),
         );
     }
     let schema = Arc::new(columns.schema(file_metadata.clone()));
@@ -345,26 +421,26 @@ fn convert_in_groups(
             filled.iter_mut().for_each(|f| *f = false);
             timestamps.append_value(unix_nanos(snap.systemtime));
             durations.append_value(snap.duration.as_nanos() as u64);
-            let mut slot = |name: &str| -> Option<usize> {
-                let i = *columns.index.get(name)?;
+            let mut slot = |name: &str, kind, metadata| -> Option<usize> {
+                let i = columns.find(name, kind, metadata)?;
                 (!std::mem::replace(&mut filled[i], true)).then_some(i)
             };
             for c in &snap.counters {
-                if let Some(i) = slot(&c.name) {
+                if let Some(i) = slot(&c.name, Kind::Counter, &c.metadata) {
                     if let Builder::Counter(b) = &mut builders[i] {
                         b.append_value(c.value);
                     }
                 }
             }
             for g in &snap.gauges {
-                if let Some(i) = slot(&g.name) {
+                if let Some(i) = slot(&g.name, Kind::Gauge, &g.metadata) {
                     if let Builder::Gauge(b) = &mut builders[i] {
                         b.append_value(g.value);
                     }
                 }
             }
             for h in &snap.histograms {
-                if let Some(i) = slot(&histogram_column(&h.name)) {
+                if let Some(i) = slot(&h.name, Kind::Histogram, &h.metadata) {
                     if let Builder::Histogram(b) = &mut builders[i] {
                         b.values().append_slice(h.value.as_slice());
                         b.append(true);
@@ -414,6 +490,7 @@ fn convert_in_groups(
         rows: written,
         columns: columns.list.len() + 2,
         gaps,
+        clock_steps,
         skipped,
         torn,
         bytes,
@@ -546,5 +623,190 @@ mod tests {
             Err(ConvertError::Empty(_))
         ));
         assert!(!out.exists());
+    }
+
+    /// A snapshot as another agent might serve it: any metadata.
+    mod crafted {
+        use serde::Serialize;
+        use std::collections::BTreeMap;
+        use std::time::{Duration, SystemTime};
+
+        #[derive(Serialize)]
+        pub struct Entry<V> {
+            pub name: String,
+            pub value: V,
+            pub metadata: BTreeMap<String, String>,
+        }
+
+        #[derive(Serialize)]
+        pub struct Snap {
+            pub systemtime: SystemTime,
+            pub duration: Duration,
+            pub metadata: BTreeMap<String, String>,
+            pub counters: Vec<Entry<u64>>,
+            pub gauges: Vec<Entry<i64>>,
+            pub histograms: Vec<Entry<histogram::Histogram>>,
+        }
+
+        pub fn meta(pairs: &[(&str, &str)]) -> BTreeMap<String, String> {
+            pairs
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect()
+        }
+    }
+
+    /// Row 0: counter `x`, histogram `h` (grouping power 3) holding 1000;
+    /// row 1: `x` as a gauge, `h` with grouping power 2; then a record that
+    /// is not a snapshot; row 2: as row 0, but `h`'s unit changed; then a
+    /// torn record.
+    fn drifting_journal(dir: &Path) -> PathBuf {
+        use crafted::{meta, Entry, Snap};
+        let path = dir.join("drift.journal");
+        let header = Header {
+            url: "http://x:1/metrics/binary".into(),
+            sampling_interval_ms: 1000,
+            metadata: Default::default(),
+        };
+        let mut w = Writer::create(File::create(&path).unwrap(), &header).unwrap();
+        let histogram = |power: u8, unit: &str| {
+            let mut h = histogram::Histogram::new(power, 64).unwrap();
+            h.increment(1000).unwrap();
+            let power = power.to_string();
+            let metadata = meta(&[
+                ("metric", "h"),
+                ("unit", unit),
+                ("grouping_power", &power),
+                ("max_value_power", "64"),
+            ]);
+            Entry {
+                name: "h".into(),
+                value: h,
+                metadata,
+            }
+        };
+        let x = |v: u64| Entry {
+            name: "x".into(),
+            value: v,
+            metadata: meta(&[("metric", "x")]),
+        };
+        let snap = |s: u64, counters, gauges, histograms| Snap {
+            systemtime: std::time::UNIX_EPOCH + std::time::Duration::from_secs(s),
+            duration: Default::default(),
+            metadata: Default::default(),
+            counters,
+            gauges,
+            histograms,
+        };
+        let rows = [
+            snap(100, vec![x(5)], vec![], vec![histogram(3, "nanoseconds")]),
+            snap(
+                101,
+                vec![],
+                vec![Entry {
+                    name: "x".into(),
+                    value: -7i64,
+                    metadata: meta(&[("metric", "x")]),
+                }],
+                vec![histogram(2, "nanoseconds")],
+            ),
+            snap(103, vec![x(9)], vec![], vec![histogram(3, "microseconds")]),
+        ];
+        for (i, row) in rows.iter().enumerate() {
+            w.snapshot(&rmp_serde::to_vec(row).unwrap()).unwrap();
+            if i == 1 {
+                w.snapshot(b"not msgpack").unwrap();
+            }
+        }
+        w.sync().unwrap();
+        drop(w);
+        // a record cut short, as a crash mid-write leaves it
+        let mut f = std::fs::OpenOptions::new()
+            .append(true)
+            .open(&path)
+            .unwrap();
+        std::io::Write::write_all(&mut f, &[2, 100, 0, 0, 0, 1, 2]).unwrap();
+        path
+    }
+
+    #[test]
+    fn a_series_that_changes_description_gets_a_column_per_description() {
+        let dir = tempfile::tempdir().unwrap();
+        let journal = drifting_journal(dir.path());
+        let out = dir.path().join("drift.parquet");
+        let c = convert(&journal, &out, &mut |_, _| {}).unwrap();
+        assert_eq!((c.rows, c.skipped), (3, 1));
+        // the undecodable record and the torn end are listed as gaps
+        assert_eq!(c.gaps.len(), 2, "{:?}", c.gaps);
+        assert_eq!(
+            (c.gaps[0].start_ns, c.gaps[0].end_ns),
+            (101_000_000_000, 103_000_000_000)
+        );
+        assert!(c.gaps[1].error.contains("cut"), "{:?}", c.gaps[1]);
+
+        let reader = ParquetRecordBatchReaderBuilder::try_new(File::open(&out).unwrap()).unwrap();
+        let schema = reader.schema().clone();
+        let names: Vec<&str> = schema.fields().iter().map(|f| f.name().as_str()).collect();
+        assert_eq!(
+            names,
+            [
+                "timestamp",
+                "duration",
+                "x",
+                "h:buckets",
+                "x#2",
+                "h#2:buckets",
+                "h#3:buckets"
+            ]
+        );
+        let field_meta = |name: &str| schema.field_with_name(name).unwrap().metadata().clone();
+        assert_eq!(field_meta("x")["metric_type"], "counter");
+        assert_eq!(field_meta("x#2")["metric_type"], "gauge");
+        assert_eq!(field_meta("x#2")["metric"], "x");
+        assert_eq!(field_meta("h#2:buckets")["grouping_power"], "2");
+        assert_eq!(field_meta("h#3:buckets")["unit"], "microseconds");
+        let kv = reader
+            .metadata()
+            .file_metadata()
+            .key_value_metadata()
+            .unwrap()
+            .clone();
+        assert!(kv.iter().any(|k| k.key == "gaps"));
+
+        let batch = reader.build().unwrap().next().unwrap().unwrap();
+        let col = |name: &str| batch.column_by_name(name).unwrap().clone();
+        let x = col("x");
+        let x = x.as_any().downcast_ref::<UInt64Array>().unwrap();
+        assert_eq!((x.value(0), x.is_null(1), x.value(2)), (5, true, 9));
+        let x2 = col("x#2");
+        let x2 = x2.as_any().downcast_ref::<Int64Array>().unwrap();
+        assert_eq!(
+            (x2.is_null(0), x2.value(1), x2.is_null(2)),
+            (true, -7, true)
+        );
+        // every histogram value, decoded with its own column's metadata,
+        // holds the true value 1000
+        for (name, row) in [("h:buckets", 0), ("h#2:buckets", 1), ("h#3:buckets", 2)] {
+            let meta = field_meta(name);
+            let list = col(name);
+            let list = list.as_any().downcast_ref::<ListArray>().unwrap();
+            for other in (0..3).filter(|r| *r != row) {
+                assert!(list.is_null(other), "{name} row {other}");
+            }
+            let buckets = list.value(row);
+            let buckets = buckets
+                .as_any()
+                .downcast_ref::<UInt64Array>()
+                .unwrap()
+                .values()
+                .to_vec();
+            let power: u8 = meta["grouping_power"].parse().unwrap();
+            let h = histogram::Histogram::from_buckets(power, 64, buckets).unwrap();
+            let bucket = h.iter().find(|b| b.count() > 0).unwrap();
+            assert!(
+                bucket.start() <= 1000 && 1000 <= bucket.end(),
+                "{name}: {bucket:?}"
+            );
+        }
     }
 }
