@@ -19,18 +19,6 @@ pub fn snapshot_url(source: &str) -> Result<String, String> {
     Ok(format!("http://{rest}/metrics/binary"))
 }
 
-/// The first tick strictly after `now` on the grid of `step` since the Unix
-/// epoch: samplers on many hosts read in step, and a caller that fell behind
-/// skips the ticks it missed instead of bursting.
-pub fn next_tick(now: std::time::SystemTime, step: Duration) -> std::time::SystemTime {
-    let since = now
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap_or_default()
-        .as_nanos();
-    let step = step.as_nanos().max(1);
-    std::time::UNIX_EPOCH + Duration::from_nanos(((since / step + 1) * step) as u64)
-}
-
 /// Nanoseconds since the Unix epoch (0 for a time before it).
 pub fn unix_nanos(t: std::time::SystemTime) -> u64 {
     t.duration_since(std::time::UNIX_EPOCH)

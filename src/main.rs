@@ -54,7 +54,22 @@ enum ParquetCommand {
     },
 }
 
+/// Blocks SIGINT, SIGTERM and SIGHUP before `main` runs at all (from the
+/// C runtime's initialisers), so the window in which a signal can take its
+/// default action is only the dynamic loader's; `main` then starts the
+/// thread that takes them.
+extern "C" fn block_signals_before_main() {
+    rezolus::signals::block_in_this_thread();
+}
+
+#[used]
+#[link_section = ".init_array"]
+static BLOCK_SIGNALS: extern "C" fn() = block_signals_before_main;
+
 fn main() -> ExitCode {
+    // before anything else: no signal may take its default action (SIGHUP's
+    // is to terminate) while a role is starting
+    rezolus::signals::block();
     let cli = Cli::parse();
     let result = match (cli.command, cli.config) {
         (Some(Command::Agent { config }), _) | (None, Some(config)) => rezolus::agent::run(&config),

@@ -57,13 +57,20 @@ fn handled() -> libc::sigset_t {
     }
 }
 
+/// Blocks SIGINT, SIGTERM and SIGHUP in the calling thread only (safe to
+/// call before `main`: no allocation, no other state).
+pub fn block_in_this_thread() {
+    let set = handled();
+    // SAFETY: a valid, initialised set; the old mask is not wanted.
+    unsafe { libc::pthread_sigmask(libc::SIG_BLOCK, &set, std::ptr::null_mut()) };
+}
+
 /// Blocks SIGINT, SIGTERM and SIGHUP in this thread (and so in every thread
 /// it starts) and starts the thread that takes them. Call it first in `main`,
 /// before any other thread exists.
 pub fn block() {
+    block_in_this_thread();
     let set = handled();
-    // SAFETY: a valid, initialised set; the old mask is not wanted.
-    unsafe { libc::pthread_sigmask(libc::SIG_BLOCK, &set, std::ptr::null_mut()) };
     let shared = shared();
     let started = std::thread::Builder::new()
         .name("signals".into())
@@ -155,6 +162,16 @@ pub fn hangups() -> watch::Receiver<u64> {
 pub trait StopWait {
     /// Waits up to `timeout`; true if the loop must stop.
     fn wait(&self, timeout: Duration) -> bool;
+}
+
+/// A channel whose sender is dropped (or sends) to stop a loop.
+impl StopWait for std::sync::mpsc::Receiver<()> {
+    fn wait(&self, timeout: Duration) -> bool {
+        !matches!(
+            self.recv_timeout(timeout),
+            Err(std::sync::mpsc::RecvTimeoutError::Timeout)
+        )
+    }
 }
 
 /// SIGINT and SIGTERM, as a [`StopWait`].

@@ -94,6 +94,11 @@ impl Ticker {
         self.interval
     }
 
+    /// When the next tick fires (monotonic).
+    pub fn next_due(&self) -> Instant {
+        self.next
+    }
+
     /// Waits for the next tick; `None` if `stop` asks to stop first.
     pub fn wait(&mut self, stop: &impl StopWait) -> Option<Tick> {
         loop {

@@ -159,6 +159,9 @@ async fn json(State(agent): State<Arc<Agent>>) -> Response {
 pub fn run(path: &Path) -> anyhow::Result<()> {
     let config = Config::load(path)?;
     crate::logging::init(config.log.level.into());
+    crate::signals::on_hangup(
+        "ignored: the agent has nothing to reload; restart it to apply a new config",
+    );
     // before the samplers open their perf events and BPF maps
     crate::http::raise_fd_limit();
 
@@ -192,20 +195,9 @@ pub fn run(path: &Path) -> anyhow::Result<()> {
     })
 }
 
-/// Resolves on SIGINT or SIGTERM.
+/// Resolves on SIGINT or SIGTERM (see [`crate::signals`]).
 pub async fn shutdown_signal() {
-    use tokio::signal::unix::{signal, SignalKind};
-    let mut term = match signal(SignalKind::terminate()) {
-        Ok(s) => s,
-        Err(e) => {
-            error!("cannot watch SIGTERM: {e}");
-            return std::future::pending().await;
-        }
-    };
-    tokio::select! {
-        _ = term.recv() => info!("SIGTERM received, shutting down"),
-        _ = tokio::signal::ctrl_c() => info!("SIGINT received, shutting down"),
-    }
+    crate::signals::stop_requested().await
 }
 
 #[cfg(test)]

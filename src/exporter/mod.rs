@@ -11,9 +11,9 @@ pub mod prometheus;
 pub mod state;
 
 use std::path::Path;
-use std::sync::mpsc::{self, RecvTimeoutError};
+use std::sync::mpsc;
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use anyhow::Context;
 use axum::extract::State as AxumState;
@@ -23,7 +23,8 @@ use axum::routing::get;
 use axum::Router;
 use tracing::{info, warn};
 
-use crate::client::Client;
+use crate::client::{unix_nanos, Client};
+use crate::ticker::Ticker;
 use config::Config;
 use state::{Options, State};
 
@@ -60,18 +61,9 @@ async fn metrics(AxumState(state): AxumState<Shared>) -> impl IntoResponse {
     )
 }
 
-/// The next read: the first tick after `now` on the grid of `step` since the
-/// epoch, and whether it is also on the grid of `interval`.
-fn next_tick(now: SystemTime, step: Duration, interval: Duration) -> (SystemTime, bool) {
-    let tick = crate::client::next_tick(now, step);
-    let since = tick
-        .duration_since(UNIX_EPOCH)
-        .unwrap_or_default()
-        .as_nanos();
-    (tick, since % interval.as_nanos().max(1) == 0)
-}
-
-/// Reads the agent on every tick until `stop` says otherwise.
+/// Reads the agent on every tick (every `step`, on the monotonic clock; see
+/// [`crate::ticker`]) until `stop` says otherwise. A tick on the grid of
+/// `interval` is an interval boundary.
 fn read_loop(
     client: Client,
     step: Duration,
@@ -81,13 +73,15 @@ fn read_loop(
 ) {
     let url = client.url().to_string();
     let mut failing = false;
-    loop {
-        let (tick, boundary) = next_tick(SystemTime::now(), step, interval);
-        let wait = tick.duration_since(SystemTime::now()).unwrap_or_default();
-        match stop.recv_timeout(wait) {
-            Err(RecvTimeoutError::Timeout) => {}
-            _ => return,
+    let mut ticker = Ticker::new(step);
+    while let Some(tick) = ticker.wait(&stop) {
+        if let Some(step_ns) = tick.step_ns {
+            warn!(
+                "the wall clock stepped by {:.3} s: reads keep their cadence and re-align to the new time",
+                step_ns as f64 / 1e9
+            );
         }
+        let boundary = unix_nanos(tick.grid) % interval.as_nanos().max(1) as u64 == 0;
         let fetched = client.fetch();
         match (&fetched, failing) {
             (Err(e), false) => warn!("cannot read the agent at {url}: {e}"),
@@ -106,6 +100,9 @@ fn read_loop(
 pub fn run(path: &Path) -> anyhow::Result<()> {
     let config = Config::load(path)?;
     crate::logging::init(config.log.level.into());
+    crate::signals::on_hangup(
+        "ignored: the exporter has nothing to reload; restart it to apply a new config",
+    );
     let url = config
         .source_url()
         .map_err(|e| anyhow::anyhow!("invalid config file {}: {e}", path.display()))?;
@@ -153,7 +150,7 @@ pub fn run(path: &Path) -> anyhow::Result<()> {
             listener,
             router(state),
             crate::http::Limits::from_env(),
-            crate::agent::shutdown_signal(),
+            crate::signals::stop_requested(),
         )
         .await
         .context("serving HTTP");
@@ -163,21 +160,4 @@ pub fn run(path: &Path) -> anyhow::Result<()> {
         info!("stopped");
         Ok(())
     })
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn ticks_align_to_the_wall_clock() {
-        let at = |ms: u64| UNIX_EPOCH + Duration::from_millis(ms);
-        let s = Duration::from_secs(1);
-        let r = Duration::from_millis(100);
-        assert_eq!(next_tick(at(1_000_250), r, s), (at(1_000_300), false));
-        assert_eq!(next_tick(at(1_000_950), r, s), (at(1_001_000), true));
-        // exactly on a tick: the next one, not the same one again
-        assert_eq!(next_tick(at(1_001_000), r, s), (at(1_001_100), false));
-        assert_eq!(next_tick(at(1_001_000), s, s), (at(1_002_000), true));
-    }
 }

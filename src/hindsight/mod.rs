@@ -15,7 +15,7 @@ pub mod ring;
 
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::mpsc::{self, RecvTimeoutError};
+use std::sync::mpsc;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
@@ -28,10 +28,11 @@ use axum::{Json, Router};
 use serde::{Deserialize, Serialize};
 use tracing::{error, info, warn};
 
-use crate::client::{next_tick, snapshot_url, unix_nanos, Client};
+use crate::client::{snapshot_url, unix_nanos, Client};
 use crate::recorder::human_bytes;
 use crate::recorder::journal::{self, Kind};
 use crate::recorder::parquet::{convert, Converted};
+use crate::ticker::Ticker;
 use config::Config;
 use ring::{complete_records, Record, Ring, Slot};
 
@@ -97,6 +98,17 @@ impl Hindsight {
         // a record missing a part (overwritten by the ring wrapping, or
         // damaged, which is counted above) is left out
         Ok((complete_records(infos), damaged))
+    }
+
+    /// Waits until the ring holds a snapshot (a new ring's first arrives
+    /// within an interval), at most `timeout`.
+    fn wait_for_a_snapshot(&self, timeout: Duration) {
+        let deadline = Instant::now() + timeout;
+        while Instant::now() < deadline
+            && self.records().map(|(r, _)| r.is_empty()).unwrap_or(false)
+        {
+            std::thread::sleep(Duration::from_millis(20));
+        }
     }
 
     pub fn status(&self) -> std::io::Result<Status> {
@@ -203,12 +215,17 @@ fn sample(hs: Arc<Hindsight>, client: Client, stop: mpsc::Receiver<()>) {
             return;
         }
     };
+    let mut ticker = Ticker::new(hs.interval);
     loop {
-        let tick = next_tick(SystemTime::now(), hs.interval);
-        let wait = tick.duration_since(SystemTime::now()).unwrap_or_default();
-        if !matches!(stop.recv_timeout(wait), Err(RecvTimeoutError::Timeout)) {
+        let Some(tick) = ticker.wait(&stop) else {
             let _ = hs.lock().sync();
             return;
+        };
+        if let Some(step_ns) = tick.step_ns {
+            warn!(
+                "the wall clock stepped by {:.3} s: sampling keeps its cadence; snapshots are stamped with the new time",
+                step_ns as f64 / 1e9
+            );
         }
         match client.fetch_bytes() {
             Ok(bytes) => {
@@ -219,7 +236,7 @@ fn sample(hs: Arc<Hindsight>, client: Client, stop: mpsc::Receiver<()>) {
                 let written = compressor
                     .compress(&bytes)
                     .map_err(anyhow::Error::from)
-                    .and_then(|z| Ok(hs.lock().append(unix_nanos(SystemTime::now()), &z)?));
+                    .and_then(|z| Ok(hs.lock().append(unix_nanos(tick.wall), &z)?));
                 match written {
                     Ok(parts) if parts > 1 && !warned_split => {
                         warn!("a snapshot spans {parts} slots: the ring now holds less than its duration");
@@ -265,6 +282,7 @@ fn slot_size_for(client: &Client) -> u32 {
 pub fn run(path: &Path) -> anyhow::Result<()> {
     let config = Config::load(path)?;
     crate::logging::init(config.log.level.into());
+    crate::signals::on_hangup("writing the ring to Parquet");
     let g = &config.general;
     let url = snapshot_url(&g.source).map_err(|e| anyhow::anyhow!("`general.source`: {e}"))?;
     let output = g.output.clone();
@@ -326,13 +344,17 @@ pub fn run(path: &Path) -> anyhow::Result<()> {
         .build()
         .context("starting the async runtime")?;
     let result = runtime.block_on(async {
-        use tokio::signal::unix::{signal, SignalKind};
         let (server_stop, server_stopped) = tokio::sync::oneshot::channel::<()>();
         let server = match g.listen {
             Some(listen) => {
-                let listener = tokio::net::TcpListener::bind(listen).await.with_context(|| {
-                    format!("cannot listen on {listen} (general.listen in {})", path.display())
-                })?;
+                let listener = tokio::net::TcpListener::bind(listen)
+                    .await
+                    .with_context(|| {
+                        format!(
+                            "cannot listen on {listen} (general.listen in {})",
+                            path.display()
+                        )
+                    })?;
                 info!("listening on {}", listener.local_addr()?);
                 let app = router(Arc::clone(&hs));
                 Some(tokio::spawn(async move {
@@ -344,17 +366,31 @@ pub fn run(path: &Path) -> anyhow::Result<()> {
             }
             None => None,
         };
-        let mut hup = signal(SignalKind::hangup()).context("watching SIGHUP")?;
-        let shutdown = crate::agent::shutdown_signal();
+        let mut hup = crate::signals::hangups();
+        let shutdown = crate::signals::stop_requested();
         tokio::pin!(shutdown);
         let mut dumps = Vec::new();
         info!("running: SIGHUP writes the ring to {}", output.display());
+        // SIGHUPs that came during start-up are acted on now, once
+        let mut pending = *hup.borrow_and_update() > 0;
+        if pending {
+            info!("a SIGHUP came during start-up: writing the ring once it holds a snapshot");
+        }
         loop {
+            if std::mem::take(&mut pending) {
+                let (hs, output) = (Arc::clone(&hs), output.clone());
+                dumps.push(tokio::task::spawn_blocking(move || {
+                    hs.wait_for_a_snapshot(hs.interval * 2 + Duration::from_secs(5));
+                    log_dump(hs.dump(Window::default(), &output), &output)
+                }));
+            }
             tokio::select! {
-                _ = hup.recv() => {
-                    info!("SIGHUP: writing the ring to {}", output.display());
-                    let (hs, output) = (Arc::clone(&hs), output.clone());
-                    dumps.push(tokio::task::spawn_blocking(move || log_dump(hs.dump(Window::default(), &output), &output)));
+                changed = hup.changed() => {
+                    if changed.is_err() {
+                        break;
+                    }
+                    hup.borrow_and_update();
+                    pending = true;
                 }
                 _ = &mut shutdown => break,
             }

@@ -16,14 +16,15 @@ use std::collections::BTreeMap;
 use std::fs::OpenOptions;
 use std::io::{IsTerminal, Write};
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant, SystemTime};
 
 use anyhow::{bail, Context};
 use tracing::{info, warn};
 
-use crate::client::{next_tick, snapshot_url, unix_nanos, Client};
-use journal::{Gap, Header};
+use crate::client::{snapshot_url, unix_nanos, Client};
+use crate::signals::{self, Signals};
+use crate::ticker::Ticker;
+use journal::{ClockStep, Gap, Header};
 
 /// `rezolus record`: capture an agent's snapshots to Parquet.
 #[derive(Debug, clap::Args)]
@@ -34,7 +35,7 @@ use journal::{Gap, Header};
     becomes OUTPUT when the capture ends. If the recorder is killed, recover it with \
     `rezolus parquet recover OUTPUT.journal`.")]
 pub struct RecordArgs {
-    /// Time between samples, aligned to the wall clock (e.g. 100ms, 1s)
+    /// Time between samples (e.g. 100ms, 1s), kept on the monotonic clock and starting on a multiple of it since the epoch
     #[arg(long, default_value = "1s", value_parser = parse_interval)]
     pub interval: Duration,
     /// How long to record (e.g. 30s, 15m); without it, until Ctrl-C or SIGTERM
@@ -92,44 +93,6 @@ fn parse_metadata(text: &str) -> Result<(String, String), String> {
         return Err(format!("{k:?} is set by the recorder itself"));
     }
     Ok((k.to_string(), v.to_string()))
-}
-
-static STOP: AtomicBool = AtomicBool::new(false);
-
-extern "C" fn on_signal(_: libc::c_int) {
-    STOP.store(true, Ordering::SeqCst);
-}
-
-fn install_signal_handlers() {
-    let handler: extern "C" fn(libc::c_int) = on_signal;
-    // SAFETY: the handler only stores to an atomic, which is async-signal-safe.
-    unsafe {
-        libc::signal(libc::SIGINT, handler as libc::sighandler_t);
-        libc::signal(libc::SIGTERM, handler as libc::sighandler_t);
-    }
-}
-
-/// Sleeps until `at`; false if a stop signal came first. A signal
-/// interrupts the sleep (EINTR), so it is seen at once; one that lands just
-/// before the sleep starts is seen within a second.
-fn sleep_until(at: SystemTime) -> bool {
-    loop {
-        if STOP.load(Ordering::SeqCst) {
-            return false;
-        }
-        match at.duration_since(SystemTime::now()) {
-            Ok(left) if !left.is_zero() => {
-                let left = left.min(Duration::from_secs(1));
-                let ts = libc::timespec {
-                    tv_sec: left.as_secs() as libc::time_t,
-                    tv_nsec: left.subsec_nanos() as libc::c_long,
-                };
-                // SAFETY: a valid timespec; the remainder is not wanted.
-                unsafe { libc::nanosleep(&ts, std::ptr::null_mut()) };
-            }
-            _ => return true,
-        }
-    }
 }
 
 pub fn journal_path(output: &Path) -> PathBuf {
@@ -237,21 +200,23 @@ pub fn record(args: RecordArgs) -> anyhow::Result<()> {
     };
     let url = snapshot_url(&source).map_err(|e| anyhow::anyhow!("SOURCE: {e}"))?;
     check_output(&output, args.force)?;
-    install_signal_handlers();
+    signals::on_hangup("ignored: `rezolus record` keeps capturing (SIGINT or SIGTERM ends it)");
 
     let client = Client::new(
         url.clone(),
         args.interval
             .clamp(Duration::from_secs(1), Duration::from_secs(5)),
     );
-    let first = client
-        .fetch_bytes()
-        .and_then(|b| {
-            crate::snapshot::Received::from_msgpack(&b)
-                .map(|_| b)
-                .map_err(|e| format!("not a Rezolus snapshot: {e}"))
-        })
-        .map_err(|e| anyhow::anyhow!("cannot read the agent at {url}: {e}"))?;
+    let first = client.fetch_bytes().and_then(|b| {
+        crate::snapshot::Received::from_msgpack(&b)
+            .map(|_| b)
+            .map_err(|e| format!("not a Rezolus snapshot: {e}"))
+    });
+    if signals::stopped() {
+        info!("stopped before the capture began: nothing written");
+        return Ok(());
+    }
+    let first = first.map_err(|e| anyhow::anyhow!("cannot read the agent at {url}: {e}"))?;
 
     let journal_file = journal_path(&output);
     let file = OpenOptions::new()
@@ -267,12 +232,19 @@ pub fn record(args: RecordArgs) -> anyhow::Result<()> {
     };
     let mut journal = journal::Writer::create(file, &header)
         .with_context(|| format!("writing {}", journal_file.display()))?;
-    journal
-        .snapshot(&first)
-        .with_context(|| format!("writing {}", journal_file.display()))?;
-    let started = SystemTime::now();
+    // a write that fails (a full disk) stops the capture; what was written
+    // stays a valid journal, recoverable once there is space
+    let stopped_by = |e: std::io::Error| {
+        anyhow::Error::new(e).context(format!(
+            "writing {journal}: the capture stopped. The samples so far are kept in it; once \
+             there is space, turn them into Parquet with `rezolus parquet recover {journal} {output}`",
+            journal = journal_file.display(),
+            output = output.display()
+        ))
+    };
+    journal.snapshot(&first).map_err(stopped_by)?;
     let started_at = Instant::now();
-    let end = args.duration.map(|d| started + d);
+    let end = args.duration.map(|d| started_at + d);
     info!(
         "recording {url} every {} {} to {} (journal {})",
         humantime::format_duration(args.interval),
@@ -291,14 +263,28 @@ pub fn record(args: RecordArgs) -> anyhow::Result<()> {
         .duration
         .map(|d| format!(" of {}", round(d)))
         .unwrap_or_default();
+    let mut ticker = Ticker::new(args.interval);
     loop {
-        let tick = next_tick(SystemTime::now(), args.interval);
-        if end.is_some_and(|end| tick >= end) {
-            let _ = sleep_until(end.unwrap_or(tick));
+        if let Some(end) = end.filter(|end| ticker.next_due() >= *end) {
+            signals::wait_for_stop(end.saturating_duration_since(Instant::now()));
             break;
         }
-        if !sleep_until(tick) {
+        let Some(tick) = ticker.wait(&Signals) else {
             break;
+        };
+        if let Some(step_ns) = tick.step_ns {
+            progress.done();
+            warn!(
+                "the wall clock stepped {} by {}: sampling keeps its cadence; rows are stamped with the new time, and the step is noted in the file's clock_steps metadata",
+                if step_ns < 0 { "back" } else { "forward" },
+                humantime::format_duration(Duration::from_nanos(step_ns.unsigned_abs()))
+            );
+            journal
+                .clock_step(&ClockStep {
+                    at_ns: unix_nanos(tick.wall),
+                    step_ns,
+                })
+                .map_err(stopped_by)?;
         }
         match client.fetch_bytes() {
             Ok(bytes) => {
@@ -307,32 +293,30 @@ pub fn record(args: RecordArgs) -> anyhow::Result<()> {
                     info!(
                         "reading the agent again after {}",
                         humantime::format_duration(Duration::from_millis(
-                            (now - start_ns) / 1_000_000
+                            now.saturating_sub(start_ns) / 1_000_000
                         ))
                     );
-                    journal.gap(&Gap {
-                        start_ns,
-                        end_ns: now,
-                        error,
-                    })?;
+                    journal
+                        .gap(&Gap {
+                            start_ns,
+                            end_ns: now,
+                            error,
+                        })
+                        .map_err(stopped_by)?;
                 }
-                journal
-                    .snapshot(&bytes)
-                    .with_context(|| format!("writing {}", journal_file.display()))?;
+                journal.snapshot(&bytes).map_err(stopped_by)?;
                 samples += 1;
             }
             Err(e) => {
                 if failing.is_none() {
                     progress.done();
                     warn!("cannot read the agent at {url}: {e}; recording the gap and retrying every {}", humantime::format_duration(args.interval));
-                    failing = Some((unix_nanos(tick), e));
+                    failing = Some((unix_nanos(tick.wall), e));
                 }
             }
         }
         if last_sync.elapsed() >= Duration::from_secs(1) {
-            journal
-                .sync()
-                .with_context(|| format!("syncing {}", journal_file.display()))?;
+            journal.sync().map_err(stopped_by)?;
             last_sync = Instant::now();
         }
         progress.show(format_args!(
@@ -347,19 +331,19 @@ pub fn record(args: RecordArgs) -> anyhow::Result<()> {
         ));
     }
     progress.done();
-    if STOP.load(Ordering::SeqCst) {
-        info!("stop signal received: finishing the capture");
+    if signals::stopped() {
+        info!("finishing the capture");
     }
     if let Some((start_ns, error)) = failing.take() {
-        journal.gap(&Gap {
-            start_ns,
-            end_ns: unix_nanos(SystemTime::now()),
-            error,
-        })?;
+        journal
+            .gap(&Gap {
+                start_ns,
+                end_ns: unix_nanos(SystemTime::now()),
+                error,
+            })
+            .map_err(stopped_by)?;
     }
-    journal
-        .sync()
-        .with_context(|| format!("syncing {}", journal_file.display()))?;
+    journal.sync().map_err(stopped_by)?;
     drop(journal);
     finish(&journal_file, &output, &mut progress)
 }

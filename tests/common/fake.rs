@@ -20,6 +20,8 @@ pub struct FakeAgent {
 }
 
 pub type Make = Box<dyn FnMut(SystemTime) -> Snapshot + Send>;
+/// Builds the response body itself (any bytes: another agent's encoding).
+pub type MakeBytes = Box<dyn FnMut(SystemTime) -> Vec<u8> + Send>;
 
 impl FakeAgent {
     pub fn start(make: Make) -> Self {
@@ -27,6 +29,17 @@ impl FakeAgent {
     }
 
     pub fn start_on(listener: TcpListener, mut make: Make) -> Self {
+        Self::start_bytes_on(
+            listener,
+            Box::new(move |now| make(now).to_msgpack().unwrap()),
+        )
+    }
+
+    pub fn start_bytes(make: MakeBytes) -> Self {
+        Self::start_bytes_on(TcpListener::bind("127.0.0.1:0").unwrap(), make)
+    }
+
+    pub fn start_bytes_on(listener: TcpListener, mut make: MakeBytes) -> Self {
         let addr = listener.local_addr().unwrap();
         listener.set_nonblocking(true).unwrap();
         let stop = Arc::new(AtomicBool::new(false));
@@ -48,7 +61,7 @@ impl FakeAgent {
                         Ok(n) => request.extend_from_slice(&buf[..n]),
                     }
                 }
-                let body = make(SystemTime::now()).to_msgpack().unwrap();
+                let body = make(SystemTime::now());
                 let head = format!(
                     "HTTP/1.1 200 OK\r\nContent-Type: application/msgpack\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
                     body.len()
