@@ -470,3 +470,81 @@ fn series_that_change_description_mid_capture_are_recorded_exactly() {
         assert!(seen >= 1, "{name} holds no value");
     }
 }
+
+static NOISE: MetricDef = MetricDef::gauge("noise", "", "").labels(&["id"]);
+
+/// Unmounts a tmpfs when dropped.
+struct Tmpfs(PathBuf);
+
+impl Tmpfs {
+    fn mount(dir: &Path, size: &str) -> Self {
+        let status = Command::new("mount")
+            .args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"])
+            .arg(dir)
+            .status()
+            .expect("run mount");
+        assert!(status.success(), "mount tmpfs on {}", dir.display());
+        Self(dir.to_path_buf())
+    }
+}
+
+impl Drop for Tmpfs {
+    fn drop(&mut self) {
+        let _ = Command::new("umount").arg(&self.0).status();
+    }
+}
+
+/// A recording on a disk that fills up stops with an error that names the
+/// journal and the command that recovers it; that command, run with the
+/// output elsewhere, gives a valid file of what was captured.
+#[test]
+fn a_full_disk_stops_the_recorder_with_the_recovery_command() {
+    let dir = tempfile::tempdir().unwrap();
+    let small = dir.path().join("small");
+    std::fs::create_dir(&small).unwrap();
+    let _tmpfs = Tmpfs::mount(&small, "256k");
+    // incompressible gauges: about 8 KiB per journal record
+    let mut x = 0x9E37_79B9_7F4A_7C15u64;
+    let fake = FakeAgent::start(Box::new(move |now| {
+        let mut snap = Snapshot::new(now);
+        let mut out = Emitter::new(&mut snap);
+        for i in 0..1000 {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            out.gauge(&Series::new(&NOISE, &[("id", &i.to_string())]), x as i64);
+        }
+        snap
+    }));
+    let out = small.join("rec.parquet");
+    let url = format!("http://{}", fake.addr);
+    let output = Command::new(BIN)
+        .args(["record", "--interval", "20ms", "--duration", "60s", &url])
+        .arg(&out)
+        .output()
+        .unwrap();
+    assert!(!output.status.success());
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    let journal = format!("{}.journal", out.display());
+    let command = format!("rezolus parquet recover {journal} {}", out.display());
+    assert!(stderr.contains(&command), "{stderr}");
+    assert_eq!(
+        stderr.matches("No space left on device").count(),
+        1,
+        "the cause once: {stderr}"
+    );
+
+    let elsewhere = dir.path().join("rec.parquet");
+    let recovered = Command::new(BIN)
+        .args(["parquet", "recover", &journal])
+        .arg(&elsewhere)
+        .output()
+        .unwrap();
+    assert!(
+        recovered.status.success(),
+        "{}",
+        String::from_utf8_lossy(&recovered.stderr)
+    );
+    let file = read_parquet(&elsewhere);
+    assert!(file["rows"].as_u64().unwrap() >= 5, "{}", file["rows"]);
+}
