@@ -4,17 +4,31 @@ use std::time::Duration;
 
 use crate::snapshot::Received;
 
+/// A source that is not an agent address.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{0:?} is not an agent address; expected host:port or http://host:port (e.g. \"127.0.0.1:4241\")")]
+pub struct BadSource(pub String);
+
+/// Why a snapshot could not be read.
+#[derive(Debug, thiserror::Error)]
+pub enum FetchError {
+    /// No answer: refused, unreachable, timed out, or an HTTP error status.
+    #[error("{0}")]
+    Request(#[from] ureq::Error),
+    /// An answer that is not a Rezolus snapshot.
+    #[error("not a Rezolus snapshot: {0}")]
+    NotASnapshot(#[from] rmp_serde::decode::Error),
+}
+
 /// The URL of an agent's binary snapshot, from `host:port`,
 /// `http://host:port` (a trailing `/` is fine) or the full
 /// `http://host:port/metrics/binary`.
-pub fn snapshot_url(source: &str) -> Result<String, String> {
+pub fn snapshot_url(source: &str) -> Result<String, BadSource> {
     let trimmed = source.trim().trim_end_matches('/');
     let trimmed = trimmed.strip_suffix("/metrics/binary").unwrap_or(trimmed);
     let rest = trimmed.strip_prefix("http://").unwrap_or(trimmed);
     if rest.is_empty() || rest.contains('/') || rest.contains("://") {
-        return Err(format!(
-            "{source:?} is not an agent address; expected host:port or http://host:port (e.g. \"127.0.0.1:4241\")"
-        ));
+        return Err(BadSource(source.to_string()));
     }
     Ok(format!("http://{rest}/metrics/binary"))
 }
@@ -47,24 +61,18 @@ impl Client {
     }
 
     /// The snapshot's bytes, as served.
-    pub fn fetch_bytes(&self) -> Result<Vec<u8>, String> {
-        let mut response = self
-            .agent
-            .get(&self.url)
-            .call()
-            .map_err(|e| e.to_string())?;
-        response
+    pub fn fetch_bytes(&self) -> Result<Vec<u8>, FetchError> {
+        let mut response = self.agent.get(&self.url).call()?;
+        Ok(response
             .body_mut()
             .with_config()
             .limit(256 << 20)
-            .read_to_vec()
-            .map_err(|e| e.to_string())
+            .read_to_vec()?)
     }
 
     /// The snapshot, decoded.
-    pub fn fetch(&self) -> Result<Received, String> {
-        let bytes = self.fetch_bytes()?;
-        Received::from_msgpack(&bytes).map_err(|e| format!("not a Rezolus snapshot: {e}"))
+    pub fn fetch(&self) -> Result<Received, FetchError> {
+        Ok(Received::from_msgpack(&self.fetch_bytes()?)?)
     }
 }
 

@@ -92,7 +92,7 @@ fn read_loop(
         state
             .lock()
             .unwrap_or_else(|p| p.into_inner())
-            .observe(fetched, boundary);
+            .observe(fetched.map_err(|e| e.to_string()), boundary);
     }
 }
 

@@ -207,10 +207,10 @@ pub fn record(args: RecordArgs) -> anyhow::Result<()> {
         args.interval
             .clamp(Duration::from_secs(1), Duration::from_secs(5)),
     );
+    // the first read must be a snapshot: later ones are kept as served
     let first = client.fetch_bytes().and_then(|b| {
-        crate::snapshot::Received::from_msgpack(&b)
-            .map(|_| b)
-            .map_err(|e| format!("not a Rezolus snapshot: {e}"))
+        crate::snapshot::Received::from_msgpack(&b)?;
+        Ok(b)
     });
     if signals::stopped() {
         info!("stopped before the capture began: nothing written");
@@ -311,7 +311,7 @@ pub fn record(args: RecordArgs) -> anyhow::Result<()> {
                 if failing.is_none() {
                     progress.done();
                     warn!("cannot read the agent at {url}: {e}; recording the gap and retrying every {}", humantime::format_duration(args.interval));
-                    failing = Some((unix_nanos(tick.wall), e));
+                    failing = Some((unix_nanos(tick.wall), e.to_string()));
                 }
             }
         }
