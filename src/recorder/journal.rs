@@ -65,7 +65,7 @@ pub struct Gap {
 
 #[derive(Debug, thiserror::Error)]
 pub enum JournalError {
-    #[error("{0}")]
+    #[error(transparent)]
     Io(#[from] io::Error),
     #[error("not a rezolus capture journal (no `REZOLUS-JOURNAL 1` magic)")]
     NotAJournal,
