@@ -326,6 +326,36 @@ fn bad_config_is_a_clear_error() {
     fails_with(&[&path], &["ttl", "fast"]);
 }
 
+/// Another role's config given to the agent names that role and the
+/// command to run.
+#[test]
+fn another_roles_config_names_its_role() {
+    fails_with(
+        &["config/exporter.toml"],
+        &[
+            "config/exporter.toml looks like an exporter config (it sets ",
+            "`general.source`",
+            "`prometheus`",
+            "run `rezolus exporter config/exporter.toml`",
+        ],
+    );
+    fails_with(
+        &["agent", "config/hindsight.toml"],
+        &[
+            "config/hindsight.toml looks like a hindsight config",
+            "`general.output`",
+            "run `rezolus hindsight config/hindsight.toml`",
+        ],
+    );
+    fails_with(
+        &["exporter", "config/hindsight.toml"],
+        &[
+            "looks like a hindsight config",
+            "run `rezolus hindsight config/hindsight.toml`",
+        ],
+    );
+}
+
 #[test]
 fn address_in_use_is_a_clear_error() {
     let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();

@@ -140,8 +140,12 @@ fn exporter_answers_scrapes_while_more_idle_connections_than_fds_are_held() {
 #[test]
 fn hindsight_answers_while_more_idle_connections_than_fds_are_held() {
     let dir = tempfile::tempdir().unwrap();
+    // hindsight sizes its ring from the agent's first snapshot before it
+    // serves: an agent to read
+    let agent = Agent::start("", "");
     let general = format!(
-        "source = \"127.0.0.1:1\"\noutput = \"{}\"\n",
+        "source = \"{}\"\noutput = \"{}\"\n",
+        agent.addr,
         dir.path().join("out.parquet").display()
     );
     let hindsight = Agent::start_limited(&["hindsight"], &general, "", 256, NO_HEADER_TIMEOUT);

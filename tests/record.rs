@@ -480,6 +480,37 @@ fn bad_outputs_sources_and_arguments_are_refused() {
         ],
         "does not exist",
     );
+    // a Parquet file given for the journal: said plainly, once, and no
+    // suggestion to run the same command again
+    let parquet = dir.path().join("x.parquet");
+    std::fs::write(&parquet, b"PAR1 not a journal PAR1").unwrap();
+    for args in [
+        vec!["parquet", "recover", parquet.to_str().unwrap()],
+        vec!["parquet", "recover", parquet.to_str().unwrap(), "y.parquet"],
+    ] {
+        let out = run(&args);
+        assert!(!out.status.success());
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            err.contains(&format!(
+                "{} is a Parquet file, not a recorder journal",
+                parquet.display()
+            )) && err.contains("journal files end in .journal"),
+            "{err}"
+        );
+        assert_eq!(err.matches("not a recorder journal").count(), 1, "{err}");
+        assert!(!err.contains("retry") && !err.contains("`rezolus"), "{err}");
+    }
+    // any other file that is not a journal
+    let text = dir.path().join("notes.journal");
+    std::fs::write(&text, b"hello").unwrap();
+    let out = run(&["parquet", "recover", text.to_str().unwrap()]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(
+        err.contains("is not a recorder journal") && !err.contains("retry"),
+        "{err}"
+    );
 
     // --force overwrites
     let ok = run(&[

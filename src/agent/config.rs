@@ -102,19 +102,129 @@ pub(crate) fn duration<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Duratio
 }
 
 /// Reads a config file and parses it with `parse`, whose error (naming the
-/// line or key) is reported with the file's path.
+/// line or key) is reported with the file's path; when the file sets keys
+/// `role` does not know and is a valid config of another role, the error
+/// says so instead.
 pub(crate) fn load_with<T>(
     path: &Path,
+    role: Role,
     parse: impl FnOnce(&str) -> Result<T, ConfigProblem>,
 ) -> Result<T, ConfigError> {
     let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
         path: path.display().to_string(),
         source,
     })?;
-    parse(&text).map_err(|problem| ConfigError::Invalid {
-        path: path.display().to_string(),
-        problem,
+    parse(&text).map_err(|problem| match other_role(&text, role) {
+        Some((other, keys)) => ConfigError::OtherRole {
+            path: path.display().to_string(),
+            role: other,
+            keys,
+            problem,
+        },
+        None => ConfigError::Invalid {
+            path: path.display().to_string(),
+            problem,
+        },
     })
+}
+
+/// The roles that read a config file.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Role {
+    Agent,
+    Exporter,
+    Hindsight,
+}
+
+impl Role {
+    const ALL: [Role; 3] = [Role::Agent, Role::Exporter, Role::Hindsight];
+
+    /// `an agent`, `an exporter`, `a hindsight`.
+    pub fn with_article(self) -> &'static str {
+        match self {
+            Role::Agent => "an agent",
+            Role::Exporter => "an exporter",
+            Role::Hindsight => "a hindsight",
+        }
+    }
+
+    /// The command that runs this role with the config at `path`.
+    pub fn command(self, path: &str) -> String {
+        match self {
+            Role::Agent => format!("rezolus {path}"),
+            Role::Exporter => format!("rezolus exporter {path}"),
+            Role::Hindsight => format!("rezolus hindsight {path}"),
+        }
+    }
+
+    /// The tables and `general` keys (dotted) this role's config knows.
+    fn keys(self) -> &'static [&'static str] {
+        match self {
+            Role::Agent => &[
+                "general.listen",
+                "general.ttl",
+                "log",
+                "defaults",
+                "samplers",
+            ],
+            Role::Exporter => &[
+                "general.listen",
+                "general.source",
+                "general.interval",
+                "log",
+                "prometheus",
+                "oversample",
+            ],
+            Role::Hindsight => &[
+                "general.interval",
+                "general.duration",
+                "general.source",
+                "general.output",
+                "general.keep_dumps",
+                "general.listen",
+                "log",
+            ],
+        }
+    }
+
+    /// Whether `text` is a valid config for this role.
+    fn parses(self, text: &str) -> bool {
+        match self {
+            Role::Agent => Config::parse(text).is_ok(),
+            Role::Exporter => crate::exporter::config::Config::parse(text).is_ok(),
+            Role::Hindsight => crate::hindsight::config::Config::parse(text).is_ok(),
+        }
+    }
+}
+
+/// Another role whose config `text` is, if it sets tables or `general`
+/// keys that `role` does not know: that role, and those keys (dotted,
+/// sorted).
+pub fn other_role(text: &str, role: Role) -> Option<(Role, Vec<String>)> {
+    let table: toml::Table = text.parse().ok()?;
+    let mut set = Vec::new();
+    for (name, value) in &table {
+        match (name.as_str(), value) {
+            ("general", toml::Value::Table(general)) => {
+                set.extend(general.keys().map(|k| format!("general.{k}")))
+            }
+            _ => set.push(name.clone()),
+        }
+    }
+    let unknown: Vec<String> = set
+        .into_iter()
+        .filter(|k| !role.keys().contains(&k.as_str()))
+        .collect();
+    if unknown.is_empty() {
+        return None;
+    }
+    Role::ALL
+        .into_iter()
+        .filter(|&other| other != role)
+        .find(|other| {
+            unknown.iter().all(|k| other.keys().contains(&k.as_str())) && other.parses(text)
+        })
+        .map(|other| (other, unknown))
 }
 
 /// A config file that can't be used.
@@ -128,6 +238,22 @@ pub enum ConfigError {
     #[error("invalid config file {path}: {problem}")]
     Invalid {
         path: String,
+        problem: ConfigProblem,
+    },
+    /// A valid config of another role.
+    #[error(
+        "{path} looks like {} config (it sets {}); run `{}`",
+        role.with_article(),
+        keys.iter().map(|k| format!("`{k}`")).collect::<Vec<_>>().join(", "),
+        role.command(path)
+    )]
+    OtherRole {
+        path: String,
+        /// The role it is a config of.
+        role: Role,
+        /// What it sets that the role it was given to does not know.
+        keys: Vec<String>,
+        /// The error as a config of the role it was given to.
         problem: ConfigProblem,
     },
 }
@@ -207,7 +333,7 @@ fn key_on_line(text: &str, line: usize) -> Option<String> {
 impl Config {
     /// Reads, parses and validates a config file.
     pub fn load(path: &Path) -> Result<Self, ConfigError> {
-        load_with(path, Self::parse)
+        load_with(path, Role::Agent, Self::parse)
     }
 
     /// Parses and validates config text; the error names the line or key.
@@ -400,5 +526,50 @@ mod tests {
         let c = Config::parse("[general]\nttl = \"250ms\"\nlisten = \"0.0.0.0:9\"\n").unwrap();
         assert_eq!(c.general.ttl, Duration::from_millis(250));
         assert_eq!(c.general.listen.port(), 9);
+    }
+
+    /// Each shipped config, given to another role, is named as its own
+    /// role's; keys of one role's own tables are all in its key list.
+    #[test]
+    fn another_roles_config_is_named_as_such() {
+        let read = |name: &str| {
+            std::fs::read_to_string(format!("{}/config/{name}.toml", env!("CARGO_MANIFEST_DIR")))
+                .unwrap()
+        };
+        let shipped = [
+            (Role::Agent, read("agent")),
+            (Role::Exporter, read("exporter")),
+            (Role::Hindsight, read("hindsight")),
+        ];
+        for (own, text) in &shipped {
+            assert_eq!(other_role(text, *own), None, "{own:?}");
+            for given in Role::ALL.into_iter().filter(|r| r != own) {
+                let (role, keys) = other_role(text, given)
+                    .unwrap_or_else(|| panic!("{own:?} config given to {given:?}"));
+                assert_eq!(role, *own);
+                assert!(!keys.is_empty());
+                assert!(keys.iter().all(|k| !given.keys().contains(&k.as_str())));
+            }
+        }
+        let (role, keys) = other_role(&shipped[1].1, Role::Agent).unwrap();
+        assert_eq!(role, Role::Exporter);
+        assert!(keys.contains(&"general.source".to_string()), "{keys:?}");
+        assert!(keys.contains(&"prometheus".to_string()), "{keys:?}");
+        // a typo is not another role
+        assert_eq!(other_role("[general]\nlisen = \"x\"\n", Role::Agent), None);
+        // every message names the path and the command to run
+        let e = ConfigError::OtherRole {
+            path: "config/exporter.toml".into(),
+            role,
+            keys,
+            problem: ConfigProblem::key("general.source", "x"),
+        };
+        let text = e.to_string();
+        assert!(
+            text.starts_with("config/exporter.toml looks like an exporter config (it sets `")
+                && text.contains("`general.source`")
+                && text.ends_with("run `rezolus exporter config/exporter.toml`"),
+            "{text}"
+        );
     }
 }

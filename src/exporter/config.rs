@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
-use crate::agent::config::{duration, load_with, ConfigError, ConfigProblem, Log};
+use crate::agent::config::{duration, load_with, ConfigError, ConfigProblem, Log, Role};
 
 #[derive(Debug, Clone, PartialEq, Deserialize, Default)]
 #[serde(deny_unknown_fields, default)]
@@ -102,7 +102,7 @@ fn optional_duration<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<Du
 impl Config {
     /// Reads, parses and validates a config file.
     pub fn load(path: &Path) -> Result<Self, ConfigError> {
-        load_with(path, Self::parse)
+        load_with(path, Role::Exporter, Self::parse)
     }
 
     /// Parses and validates config text; the error names the line or key.

@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
-use crate::agent::config::{duration, load_with, ConfigError, ConfigProblem, Log};
+use crate::agent::config::{duration, load_with, ConfigError, ConfigProblem, Log, Role};
 
 #[derive(Debug, Clone, PartialEq, Deserialize, Default)]
 #[serde(deny_unknown_fields, default)]
@@ -26,8 +26,13 @@ pub struct General {
     pub duration: Duration,
     /// The agent: `host:port` or `http://host:port`.
     pub source: String,
-    /// Where dumps are written; the ring lives beside it (`<output>.ring`).
+    /// Names the dumps: each is written beside it as `<stem>-<UTC
+    /// time><ext>` (`hindsight-20261130T103456Z.parquet`); the ring lives
+    /// beside it too (`<output>.ring`).
     pub output: PathBuf,
+    /// Dumps kept: writing one more deletes the oldest of these (only files
+    /// named like hindsight's dumps of this `output`); 0 keeps every one.
+    pub keep_dumps: usize,
     /// HTTP endpoints (`/status`, `/dump`, `/dump/file`); off when absent.
     pub listen: Option<SocketAddr>,
 }
@@ -39,6 +44,7 @@ impl Default for General {
             duration: Duration::from_secs(15 * 60),
             source: "127.0.0.1:4241".into(),
             output: PathBuf::from("/var/lib/rezolus/hindsight.parquet"),
+            keep_dumps: 10,
             listen: None,
         }
     }
@@ -49,7 +55,7 @@ const MAX_SLOTS: u128 = 1_000_000;
 
 impl Config {
     pub fn load(path: &Path) -> Result<Self, ConfigError> {
-        load_with(path, Self::parse)
+        load_with(path, Role::Hindsight, Self::parse)
     }
 
     pub fn parse(text: &str) -> Result<Self, ConfigProblem> {

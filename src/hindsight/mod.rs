@@ -8,7 +8,15 @@
 //! read under the lock the sampler writes under, so it never sees a record
 //! half-written), checks every record's checksum, and writes the records
 //! oldest first, through the recorder's journal, to Parquet: beside the
-//! destination first, renamed into place when complete.
+//! destination first, renamed into place when complete. Each SIGHUP or
+//! `POST /dump/file` writes a new file named after `output` with the UTC
+//! time (`hindsight-20261130T103456Z.parquet`), keeping the newest
+//! `keep_dumps`.
+//!
+//! The ring's blocks are all allocated when it is opened (hindsight refuses
+//! to start if they cannot be), so a disk filled by something else never
+//! stops it. The slot size comes from the agent's first snapshot: if the
+//! agent is not up yet, hindsight waits for it before creating the ring.
 
 pub mod config;
 pub mod ring;
@@ -19,7 +27,7 @@ use std::sync::mpsc;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use anyhow::{bail, Context};
+use anyhow::Context;
 use axum::extract::{Query, State};
 use axum::http::{header, StatusCode};
 use axum::response::{IntoResponse, Response};
@@ -29,6 +37,7 @@ use serde::{Deserialize, Serialize};
 use tracing::{error, info, warn};
 
 use crate::client::{snapshot_url, unix_nanos, Client};
+use crate::logging::Repeated;
 use crate::recorder::human_bytes;
 use crate::recorder::journal::{self, Kind};
 use crate::recorder::parquet::{convert, Converted};
@@ -46,6 +55,21 @@ pub struct Hindsight {
     /// One dump at a time.
     dumping: Mutex<()>,
     dumps: AtomicU64,
+    /// Dump files kept (0: all).
+    keep_dumps: usize,
+}
+
+/// Why a dump wrote nothing.
+#[derive(Debug, thiserror::Error)]
+pub enum DumpError {
+    /// No complete snapshot in the requested window (or the ring is empty).
+    #[error("the ring holds no snapshot in that window")]
+    Empty,
+    #[error("reading the ring: {0}")]
+    Ring(std::io::Error),
+    /// Writing the file failed (a full disk, say); nothing is left behind.
+    #[error("writing {path}: {cause:#}")]
+    Write { path: String, cause: anyhow::Error },
 }
 
 /// A time window of a dump, in nanoseconds since the epoch.
@@ -140,10 +164,29 @@ impl Hindsight {
 
     /// Writes the ring's snapshots within `window`, oldest first, to
     /// `output` (through a temporary file beside it).
-    pub fn dump(&self, window: Window, output: &Path) -> anyhow::Result<Converted> {
+    pub fn dump(&self, window: Window, output: &Path) -> Result<Converted, DumpError> {
         let _one = self.dumping.lock().unwrap_or_else(|p| p.into_inner());
+        self.dump_locked(window, output)
+    }
+
+    /// Writes the whole ring to a new dump file beside `output` (see
+    /// [`dump_path`]), then deletes the oldest dumps beyond `keep_dumps`.
+    /// Returns the file written.
+    pub fn dump_file(&self) -> Result<(PathBuf, Converted), DumpError> {
+        let _one = self.dumping.lock().unwrap_or_else(|p| p.into_inner());
+        let now = SystemTime::now();
+        let path = (0u32..)
+            .map(|n| dump_path(&self.output, now, n))
+            .find(|p| !p.exists())
+            .unwrap_or_else(|| dump_path(&self.output, now, u32::MAX));
+        let converted = self.dump_locked(Window::default(), &path)?;
+        prune_dumps(&self.output, self.keep_dumps);
+        Ok((path, converted))
+    }
+
+    fn dump_locked(&self, window: Window, output: &Path) -> Result<Converted, DumpError> {
         let n = self.dumps.fetch_add(1, Ordering::SeqCst);
-        let (records, damaged) = self.records().context("reading the ring")?;
+        let (records, damaged) = self.records().map_err(DumpError::Ring)?;
         if damaged > 0 {
             warn!("{damaged} damaged slots in the ring (torn or corrupted): their snapshots are skipped");
         }
@@ -155,7 +198,7 @@ impl Hindsight {
             })
             .collect();
         if chosen.is_empty() {
-            bail!("the ring holds no snapshot in that window");
+            return Err(DumpError::Empty);
         }
         let dir = output
             .parent()
@@ -168,7 +211,9 @@ impl Hindsight {
         let result = (|| {
             let file = std::fs::File::create(&journal_path)
                 .with_context(|| format!("creating {}", journal_path.display()))?;
-            let mut journal = journal::Writer::create(file, &self.header)?;
+            let mut journal = journal::Writer::create(file, &self.header)
+                .with_context(|| format!("writing {}", journal_path.display()))?;
+            let mut appended = 0usize;
             for record in &chosen {
                 let mut payload = Vec::new();
                 let mut intact = true;
@@ -186,14 +231,120 @@ impl Hindsight {
                 }
                 if intact {
                     // ring payloads are already zstd-compressed msgpack
-                    journal.append(Kind::Snapshot, &payload)?;
+                    journal
+                        .append(Kind::Snapshot, &payload)
+                        .with_context(|| format!("writing {}", journal_path.display()))?;
+                    appended += 1;
                 }
             }
             drop(journal);
-            convert(&journal_path, output, &mut |_, _| {}).map_err(anyhow::Error::from)
+            if appended == 0 {
+                // every record chosen was overwritten while it was read
+                return Ok(None);
+            }
+            convert(&journal_path, output, &mut |_, _| {})
+                .map(Some)
+                .map_err(anyhow::Error::from)
         })();
         let _ = std::fs::remove_file(&journal_path);
-        result
+        match result {
+            Ok(Some(converted)) => Ok(converted),
+            Ok(None) => Err(DumpError::Empty),
+            Err(cause) => Err(DumpError::Write {
+                path: output.display().to_string(),
+                cause,
+            }),
+        }
+    }
+}
+
+/// The dump file written at `at` beside `output`: its stem, `-`, the UTC
+/// time to the second, `-n` when `n` > 0 (a second dump within the same
+/// second), then its extension: `hs.parquet` → `hs-20261130T103456Z.parquet`.
+pub fn dump_path(output: &Path, at: SystemTime, n: u32) -> PathBuf {
+    let (stem, ext) = split_name(output);
+    let stamp: String = humantime::format_rfc3339_seconds(at)
+        .to_string()
+        .chars()
+        .filter(|c| !matches!(c, '-' | ':'))
+        .collect();
+    let counter = if n > 0 {
+        format!("-{n}")
+    } else {
+        String::new()
+    };
+    output.with_file_name(format!("{stem}-{stamp}{counter}{ext}"))
+}
+
+/// `output`'s file name as stem and extension (with its dot, or empty).
+fn split_name(output: &Path) -> (String, String) {
+    let name = output
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    match name.rfind('.') {
+        Some(dot) if dot > 0 => (name[..dot].to_string(), name[dot..].to_string()),
+        _ => (name, String::new()),
+    }
+}
+
+/// If `name` is one of `output`'s dumps (exactly as [`dump_path`] names
+/// them), its order key: the UTC time, then the counter.
+fn dump_order(output: &Path, name: &str) -> Option<(String, u32)> {
+    let (stem, ext) = split_name(output);
+    let rest = name.strip_prefix(&stem)?.strip_prefix('-')?;
+    let rest = rest.strip_suffix(ext.as_str())?;
+    let (stamp, counter) = match rest.split_once('-') {
+        Some((stamp, n)) if !n.is_empty() && n.bytes().all(|b| b.is_ascii_digit()) => {
+            (stamp, n.parse().ok()?)
+        }
+        Some(_) => return None,
+        None => (rest, 0),
+    };
+    // yyyymmddThhmmssZ
+    let b = stamp.as_bytes();
+    let shaped = b.len() == 16
+        && b[8] == b'T'
+        && b[15] == b'Z'
+        && b[..8].iter().chain(&b[9..15]).all(u8::is_ascii_digit);
+    shaped.then(|| (stamp.to_string(), counter))
+}
+
+/// Deletes the oldest of `output`'s dumps beyond the newest `keep` (none
+/// when `keep` is 0). Other files are never touched.
+fn prune_dumps(output: &Path, keep: usize) {
+    if keep == 0 {
+        return;
+    }
+    let dir = output
+        .parent()
+        .filter(|d| !d.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
+    let entries = match std::fs::read_dir(dir) {
+        Ok(entries) => entries,
+        Err(e) => {
+            warn!("cannot list {} to delete old dumps: {e}", dir.display());
+            return;
+        }
+    };
+    let mut dumps: Vec<((String, u32), PathBuf)> = entries
+        .filter_map(Result::ok)
+        .filter(|e| e.file_type().is_ok_and(|t| t.is_file()))
+        .filter_map(|e| {
+            let name = e.file_name().to_string_lossy().into_owned();
+            dump_order(output, &name).map(|key| (key, e.path()))
+        })
+        .collect();
+    dumps.sort();
+    let excess = dumps.len().saturating_sub(keep);
+    for (_, path) in dumps.into_iter().take(excess) {
+        match std::fs::remove_file(&path) {
+            Ok(()) => info!(
+                "deleted the old dump {} (keep_dumps = {keep})",
+                path.display()
+            ),
+            Err(e) => warn!("cannot delete the old dump {}: {e}", path.display()),
+        }
     }
 }
 
@@ -205,7 +356,9 @@ pub fn ring_path(output: &Path) -> PathBuf {
 
 /// Writes a snapshot every interval until `stop` is dropped.
 fn sample(hs: Arc<Hindsight>, client: Client, stop: mpsc::Receiver<()>) {
-    let mut failing = false;
+    let mut fetch_errors = Repeated::new();
+    let mut write_errors = Repeated::new();
+    let mut sync_errors = Repeated::new();
     let mut warned_split = false;
     let mut last_sync = Instant::now();
     let mut compressor = match zstd::bulk::Compressor::new(1) {
@@ -229,53 +382,89 @@ fn sample(hs: Arc<Hindsight>, client: Client, stop: mpsc::Receiver<()>) {
         }
         match client.fetch_bytes() {
             Ok(bytes) => {
-                if failing {
+                if fetch_errors.ok() {
                     info!("reading the agent again");
-                    failing = false;
                 }
                 let written = compressor
                     .compress(&bytes)
                     .map_err(anyhow::Error::from)
                     .and_then(|z| Ok(hs.lock().append(unix_nanos(tick.wall), &z)?));
                 match written {
-                    Ok(parts) if parts > 1 && !warned_split => {
-                        warn!("a snapshot spans {parts} slots: the ring now holds less than its duration");
-                        warned_split = true;
+                    Ok(parts) => {
+                        if write_errors.ok() {
+                            info!("writing the ring again");
+                        }
+                        if parts > 1 && !warned_split {
+                            warn!("a snapshot spans {parts} slots: the ring now holds less than its duration");
+                            warned_split = true;
+                        }
                     }
-                    Ok(_) => {}
-                    Err(e) => error!("writing the ring: {e:#}"),
+                    Err(e) => write_errors.error("writing the ring", &format_args!("{e:#}")),
                 }
             }
-            Err(e) => {
-                if !failing {
-                    warn!(
-                        "cannot read the agent at {}: {e}; retrying every interval",
-                        client.url()
-                    );
-                    failing = true;
-                }
-            }
+            Err(e) => fetch_errors.warn(
+                &format!(
+                    "reading the agent at {} (retrying every interval)",
+                    client.url()
+                ),
+                &e,
+            ),
         }
         if last_sync.elapsed() >= Duration::from_secs(1) {
-            if let Err(e) = hs.lock().sync() {
-                error!("syncing the ring: {e}");
+            match hs.lock().sync() {
+                Ok(()) => {
+                    if sync_errors.ok() {
+                        info!("syncing the ring again");
+                    }
+                }
+                Err(e) => sync_errors.error("syncing the ring", &e),
             }
             last_sync = Instant::now();
         }
     }
 }
 
-/// A slot size that fits one compressed snapshot with room to grow.
-fn slot_size_for(client: &Client) -> u32 {
-    let compressed = client
-        .fetch_bytes()
-        .ok()
-        .and_then(|b| zstd::bulk::compress(&b, 1).ok())
-        .map(|z| z.len());
-    let want = compressed
-        .map(|n| n * 3 / 2 + ring::SLOT_HEADER)
-        .unwrap_or(64 << 10);
+/// A slot size, in bytes, that fits a snapshot compressed to `compressed`
+/// bytes with half again to grow, in whole 4 KiB pages (4 KiB to 16 MiB).
+fn slot_size_for(compressed: usize) -> u32 {
+    let want = compressed * 3 / 2 + ring::SLOT_HEADER;
     (want.div_ceil(4096) * 4096).clamp(4096, 16 << 20) as u32
+}
+
+/// The agent's first snapshot, compressed size in bytes; waits for the
+/// agent (trying every `interval`, at least 100 ms) while it is not up.
+/// `None` if `shutdown` (SIGINT or SIGTERM) completes first.
+async fn first_snapshot(
+    url: &str,
+    timeout: Duration,
+    interval: Duration,
+    shutdown: &mut std::pin::Pin<Box<impl std::future::Future<Output = ()>>>,
+) -> Option<usize> {
+    let mut waiting = Repeated::new();
+    loop {
+        let client = Client::new(url.to_string(), timeout);
+        let fetched = tokio::select! {
+            r = tokio::task::spawn_blocking(move || {
+                let bytes = client.fetch_bytes().map_err(|e| e.to_string())?;
+                zstd::bulk::compress(&bytes, 1).map_err(|e| format!("compressing a snapshot: {e}"))
+            }) => r.unwrap_or_else(|e| Err(e.to_string())),
+            _ = shutdown.as_mut() => return None,
+        };
+        match fetched {
+            Ok(z) => return Some(z.len()),
+            Err(e) => waiting.warn(
+                &format!(
+                    "waiting for the agent at {url} to size the ring from its first snapshot (retrying every {})",
+                    humantime::format_duration(interval.max(Duration::from_millis(100)))
+                ),
+                &e,
+            ),
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(interval.max(Duration::from_millis(100))) => {}
+            _ = shutdown.as_mut() => return None,
+        }
+    }
 }
 
 /// Runs hindsight with the config at `path` until SIGINT or SIGTERM.
@@ -300,8 +489,48 @@ pub fn run(path: &Path) -> anyhow::Result<()> {
             .clamp(Duration::from_millis(500), Duration::from_secs(5)),
     );
     let ring_file = ring_path(&output);
-    let (ring, replaced) = Ring::open(&ring_file, slot_size_for(&client), config.slots())
-        .with_context(|| format!("opening the ring {}", ring_file.display()))?;
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("starting the async runtime")?;
+    // watched from here on, so a signal while waiting for the agent stops us
+    let mut shutdown = Box::pin(crate::signals::stop_requested());
+    let slot_size = match Ring::existing_slot_size(&ring_file, config.slots()) {
+        Some(size) => {
+            info!(
+                "slots of {}: kept from the existing ring {}",
+                human_bytes(size as u64),
+                ring_file.display()
+            );
+            size
+        }
+        None => {
+            let timeout = g
+                .interval
+                .clamp(Duration::from_millis(500), Duration::from_secs(5));
+            let Some(compressed) =
+                runtime.block_on(first_snapshot(&url, timeout, g.interval, &mut shutdown))
+            else {
+                runtime.shutdown_background();
+                info!("stopped before the agent was reached");
+                return Ok(());
+            };
+            let size = slot_size_for(compressed);
+            info!(
+                "slots of {}: the agent's first snapshot is {} compressed, plus half again to grow",
+                human_bytes(size as u64),
+                human_bytes(compressed as u64)
+            );
+            size
+        }
+    };
+    let (ring, replaced) =
+        Ring::open(&ring_file, slot_size, config.slots()).map_err(|e| match e {
+            ring::RingError::NoSpace { .. } => anyhow::Error::from(e),
+            e => {
+                anyhow::Error::from(e).context(format!("opening the ring {}", ring_file.display()))
+            }
+        })?;
     if replaced {
         warn!(
             "{} had another size (duration / interval changed): started a new ring",
@@ -329,6 +558,7 @@ pub fn run(path: &Path) -> anyhow::Result<()> {
         duration: g.duration,
         dumping: Mutex::new(()),
         dumps: AtomicU64::new(0),
+        keep_dumps: g.keep_dumps,
     });
     let (stop, stopped) = mpsc::channel();
     let sampler = {
@@ -339,10 +569,6 @@ pub fn run(path: &Path) -> anyhow::Result<()> {
             .context("starting the sampler")?
     };
 
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .context("starting the async runtime")?;
     let result = runtime.block_on(async {
         let (server_stop, server_stopped) = tokio::sync::oneshot::channel::<()>();
         let server = match g.listen {
@@ -367,10 +593,11 @@ pub fn run(path: &Path) -> anyhow::Result<()> {
             None => None,
         };
         let mut hup = crate::signals::hangups();
-        let shutdown = crate::signals::stop_requested();
-        tokio::pin!(shutdown);
         let mut dumps = Vec::new();
-        info!("running: SIGHUP writes the ring to {}", output.display());
+        info!(
+            "running: SIGHUP writes the ring to a new file {}",
+            dump_path(&output, SystemTime::now(), 0).display()
+        );
         // SIGHUPs that came during start-up are acted on now, once
         let mut pending = *hup.borrow_and_update() > 0;
         if pending {
@@ -378,10 +605,10 @@ pub fn run(path: &Path) -> anyhow::Result<()> {
         }
         loop {
             if std::mem::take(&mut pending) {
-                let (hs, output) = (Arc::clone(&hs), output.clone());
+                let hs = Arc::clone(&hs);
                 dumps.push(tokio::task::spawn_blocking(move || {
                     hs.wait_for_a_snapshot(hs.interval * 2 + Duration::from_secs(5));
-                    log_dump(hs.dump(Window::default(), &output), &output)
+                    log_dump(hs.dump_file())
                 }));
             }
             tokio::select! {
@@ -392,7 +619,7 @@ pub fn run(path: &Path) -> anyhow::Result<()> {
                     hup.borrow_and_update();
                     pending = true;
                 }
-                _ = &mut shutdown => break,
+                _ = shutdown.as_mut() => break,
             }
         }
         let _ = server_stop.send(());
@@ -411,15 +638,15 @@ pub fn run(path: &Path) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn log_dump(result: anyhow::Result<Converted>, output: &Path) {
+fn log_dump(result: Result<(PathBuf, Converted), DumpError>) {
     match result {
-        Ok(c) => info!(
+        Ok((path, c)) => info!(
             "wrote {} snapshots to {} ({} bytes)",
             c.rows,
-            output.display(),
+            path.display(),
             c.bytes
         ),
-        Err(e) => error!("writing {}: {e:#}", output.display()),
+        Err(e) => error!("dump failed: {e}"),
     }
 }
 
@@ -510,7 +737,12 @@ async fn dump_body(State(hs): State<Arc<Hindsight>>, Query(q): Query<DumpQuery>)
             ".hindsight-http-{}-{n}.parquet",
             std::process::id()
         ));
-        let result = hs.dump(window, &tmp).and_then(|_| Ok(std::fs::read(&tmp)?));
+        let result = hs.dump(window, &tmp).and_then(|_| {
+            std::fs::read(&tmp).map_err(|e| DumpError::Write {
+                path: tmp.display().to_string(),
+                cause: e.into(),
+            })
+        });
         let _ = std::fs::remove_file(&tmp);
         result
     })
@@ -527,26 +759,38 @@ async fn dump_body(State(hs): State<Arc<Hindsight>>, Query(q): Query<DumpQuery>)
             bytes,
         )
             .into_response(),
-        Ok(Err(e)) if e.to_string().contains("no snapshot") => {
-            failure(StatusCode::NOT_FOUND, format!("{e:#}"))
-        }
-        Ok(Err(e)) => failure(StatusCode::INTERNAL_SERVER_ERROR, format!("{e:#}")),
+        Ok(Err(e @ DumpError::Empty)) => failure(StatusCode::NOT_FOUND, e.to_string()),
+        Ok(Err(e)) => failure(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
         Err(e) => failure(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
     }
 }
 
 async fn dump_file(State(hs): State<Arc<Hindsight>>) -> Response {
-    let output = hs.output.clone();
-    let path = output.display().to_string();
-    let result = tokio::task::spawn_blocking(move || hs.dump(Window::default(), &output)).await;
+    let result = tokio::task::spawn_blocking(move || {
+        let result = hs.dump_file();
+        if let Ok((path, c)) = &result {
+            info!(
+                "wrote {} snapshots to {} ({} bytes)",
+                c.rows,
+                path.display(),
+                c.bytes
+            );
+        }
+        result
+    })
+    .await;
     match result {
-        Ok(Ok(c)) => Json(serde_json::json!({
-            "path": path,
+        Ok(Ok((path, c))) => Json(serde_json::json!({
+            "path": path.display().to_string(),
             "snapshots": c.rows,
             "bytes": c.bytes,
         }))
         .into_response(),
-        Ok(Err(e)) => failure(StatusCode::INTERNAL_SERVER_ERROR, format!("{e:#}")),
+        Ok(Err(e @ DumpError::Empty)) => failure(StatusCode::NOT_FOUND, e.to_string()),
+        Ok(Err(e)) => {
+            error!("dump failed: {e}");
+            failure(StatusCode::INTERNAL_SERVER_ERROR, e.to_string())
+        }
         Err(e) => failure(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
     }
 }
@@ -579,6 +823,57 @@ mod tests {
         zstd::bulk::compress(&snap.to_msgpack().unwrap(), 1).unwrap()
     }
 
+    #[test]
+    fn dumps_are_named_by_time_and_only_ours_are_pruned() {
+        let at = humantime::parse_rfc3339("2026-11-30T10:34:56Z").unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        let output = dir.path().join("hs.parquet");
+        assert_eq!(
+            dump_path(&output, at, 0),
+            dir.path().join("hs-20261130T103456Z.parquet")
+        );
+        assert_eq!(
+            dump_path(&output, at, 2),
+            dir.path().join("hs-20261130T103456Z-2.parquet")
+        );
+        assert_eq!(
+            dump_path(Path::new("noext"), at, 0),
+            Path::new("noext-20261130T103456Z")
+        );
+        let ours = [
+            "hs-20261130T103455Z.parquet",
+            "hs-20261130T103456Z.parquet",
+            "hs-20261130T103456Z-1.parquet",
+            "hs-20261130T103456Z-10.parquet",
+            "hs-20261130T103457Z.parquet",
+        ];
+        let others = [
+            "hs.parquet",
+            "hs.parquet.ring",
+            "hs-notes.parquet",
+            "hs-20261130T103456Z.parquet.ring",
+            "hs-20261130T103456Z-x.parquet",
+            "hs-2026113XT103456Z.parquet",
+            "other-20261130T103454Z.parquet",
+            "hs-20261130T103454Z.csv",
+        ];
+        for name in ours.iter().chain(&others) {
+            std::fs::write(dir.path().join(name), b"x").unwrap();
+        }
+        prune_dumps(&output, 0);
+        prune_dumps(&output, 3);
+        let mut left: Vec<String> = std::fs::read_dir(dir.path())
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        left.sort();
+        let mut want: Vec<String> = others.iter().map(|s| s.to_string()).collect();
+        // the oldest two go: by time, then counter (10 after 1, numerically)
+        want.extend(ours[2..].iter().map(|s| s.to_string()));
+        want.sort();
+        assert_eq!(left, want);
+    }
+
     /// Dumps taken while a writer wraps a small ring of multi-slot records
     /// hold only whole records, each from a single snapshot, in order.
     #[test]
@@ -597,6 +892,7 @@ mod tests {
             duration: Duration::from_millis(12),
             dumping: Mutex::new(()),
             dumps: AtomicU64::new(0),
+            keep_dumps: 10,
         });
         assert!(
             snapshot(1).len() > 2 * hs.lock().capacity(),
@@ -628,8 +924,8 @@ mod tests {
                 Ok(converted) => converted,
                 // on a loaded machine the writer can overwrite every record
                 // the dump was about to read: nothing mixed, nothing written
-                Err(e) if format!("{e:#}").contains("holds no snapshot") => continue,
-                Err(e) => panic!("dump failed: {e:#}"),
+                Err(DumpError::Empty) => continue,
+                Err(e) => panic!("dump failed: {e}"),
             };
             // a record mixed from two snapshots would not even decompress:
             // it must never have reached the file's journal

@@ -12,8 +12,11 @@
 
 use std::fs::{File, OpenOptions};
 use std::io;
+use std::os::fd::AsRawFd;
 use std::os::unix::fs::FileExt;
-use std::path::Path;
+use std::path::{Path, PathBuf};
+
+use crate::recorder::human_bytes;
 
 pub const MAGIC: &[u8; 16] = b"REZOLUS-RING 1\n\0";
 pub const HEADER_BYTES: u64 = 4096;
@@ -22,8 +25,23 @@ pub const SLOT_HEADER: usize = 8 + 8 + 2 + 2 + 4 + 4;
 
 #[derive(Debug, thiserror::Error)]
 pub enum RingError {
-    #[error("{0}")]
+    /// The cause's own text, once (it is not also a `source`).
+    #[error(transparent)]
     Io(#[from] io::Error),
+    /// The ring's blocks could not all be allocated at open.
+    #[error(
+        "cannot reserve {} for the ring {}: {} free on that filesystem",
+        human_bytes(*needed),
+        path.display(),
+        human_bytes(*free)
+    )]
+    NoSpace {
+        path: PathBuf,
+        /// The ring's size, in bytes.
+        needed: u64,
+        /// Bytes free to unprivileged users on its filesystem (statvfs).
+        free: u64,
+    },
     #[error("a snapshot of {0} bytes needs more than 65535 slots")]
     TooLarge(usize),
 }
@@ -139,16 +157,60 @@ impl Ring {
             seq: 1,
         };
         let replaced = size > 0 && !same;
+        let no_space = |file: &File| RingError::NoSpace {
+            path: path.to_path_buf(),
+            needed: want,
+            free: free_bytes(file).unwrap_or(0),
+        };
         if !same {
             ring.file.set_len(0)?;
             ring.file.set_len(want)?;
+            match reserve(&ring.file, want, true) {
+                Ok(()) => {}
+                Err(e) if e.raw_os_error() == Some(libc::ENOSPC) => {
+                    // give back what was allocated before reporting what is free
+                    let _ = ring.file.set_len(0);
+                    let err = no_space(&ring.file);
+                    let _ = std::fs::remove_file(path);
+                    return Err(err);
+                }
+                Err(e) => return Err(e.into()),
+            }
             ring.file.write_all_at(&expected, 0)?;
             ring.file.sync_all()?;
-        } else if let Some(newest) = ring.scan()?.into_iter().max_by_key(|i| (i.seq, i.part)) {
-            ring.seq = newest.seq + 1;
-            ring.next = (newest.slot + 1) % slots;
+        } else {
+            // a ring written before rings were reserved may be sparse
+            match reserve(&ring.file, want, false) {
+                Ok(()) => {}
+                Err(e) if e.raw_os_error() == Some(libc::ENOSPC) => {
+                    return Err(no_space(&ring.file))
+                }
+                Err(e) => return Err(e.into()),
+            }
+            if let Some(newest) = ring.scan()?.into_iter().max_by_key(|i| (i.seq, i.part)) {
+                ring.seq = newest.seq + 1;
+                ring.next = (newest.slot + 1) % slots;
+            }
         }
         Ok((ring, replaced))
+    }
+
+    /// The slot size of the ring at `path` if it exists with `slots` slots
+    /// (so [`Ring::open`] would keep it), in bytes.
+    pub fn existing_slot_size(path: &Path, slots: u32) -> Option<u32> {
+        let file = File::open(path).ok()?;
+        let mut found = vec![0u8; HEADER_BYTES as usize];
+        file.read_exact_at(&mut found, 0).ok()?;
+        let at = MAGIC.len();
+        let size = u32::from_le_bytes(found.get(at..at + 4)?.try_into().ok()?);
+        let count = u32::from_le_bytes(found.get(at + 4..at + 8)?.try_into().ok()?);
+        let whole = HEADER_BYTES + size as u64 * slots as u64;
+        (found.starts_with(MAGIC)
+            && count == slots
+            && size as usize > SLOT_HEADER
+            && found == header_bytes(size, slots)
+            && file.metadata().ok()?.len() == whole)
+            .then_some(size)
     }
 
     fn offset(&self, slot: u32) -> u64 {
@@ -229,6 +291,76 @@ impl Ring {
     pub fn bytes(&self) -> u64 {
         HEADER_BYTES + self.slot_size as u64 * self.slots as u64
     }
+}
+
+/// Allocates every block of `file`'s first `len` bytes, so writes in
+/// place never need a new one (and never fail for a full disk). Uses
+/// fallocate; where the filesystem has none, writes zeros: over everything
+/// when `fresh` (the file is all holes), else over its holes only.
+fn reserve(file: &File, len: u64, fresh: bool) -> io::Result<()> {
+    let fd = file.as_raw_fd();
+    let Ok(want) = libc::off_t::try_from(len) else {
+        return Err(io::Error::from_raw_os_error(libc::EFBIG));
+    };
+    // SAFETY: a valid open descriptor; mode 0 only allocates (and would
+    // extend the size, already `len`)
+    if unsafe { libc::fallocate(fd, 0, 0, want) } == 0 {
+        return Ok(());
+    }
+    let err = io::Error::last_os_error();
+    if !matches!(
+        err.raw_os_error(),
+        Some(libc::EOPNOTSUPP) | Some(libc::ENOSYS)
+    ) {
+        return Err(err);
+    }
+    if fresh {
+        return write_zeros(file, 0, len);
+    }
+    fill_holes(file, len)
+}
+
+/// Writes zeros over each hole (found with SEEK_HOLE / SEEK_DATA) in
+/// `file`'s first `len` bytes.
+fn fill_holes(file: &File, len: u64) -> io::Result<()> {
+    let fd = file.as_raw_fd();
+    let want = libc::off_t::try_from(len).unwrap_or(libc::off_t::MAX);
+    let mut at: libc::off_t = 0;
+    while at < want {
+        // SAFETY: lseek on a valid descriptor
+        let hole = unsafe { libc::lseek(fd, at, libc::SEEK_HOLE) };
+        if hole < 0 || hole >= want {
+            return Ok(());
+        }
+        // SAFETY: as above
+        let data = unsafe { libc::lseek(fd, hole, libc::SEEK_DATA) };
+        let end = if data < 0 { want } else { data.min(want) };
+        write_zeros(file, hole as u64, end as u64)?;
+        at = end;
+    }
+    Ok(())
+}
+
+/// Writes zeros over `file`'s bytes `start..end`.
+fn write_zeros(file: &File, start: u64, end: u64) -> io::Result<()> {
+    let zeros = vec![0u8; 1 << 20];
+    let mut at = start;
+    while at < end {
+        let n = (end - at).min(zeros.len() as u64) as usize;
+        file.write_all_at(&zeros[..n], at)?;
+        at += n as u64;
+    }
+    file.sync_data()
+}
+
+/// Bytes free to unprivileged users on `file`'s filesystem.
+fn free_bytes(file: &File) -> io::Result<u64> {
+    // SAFETY: statvfs is plain data; fstatvfs fills it on success
+    let mut st: libc::statvfs = unsafe { std::mem::zeroed() };
+    if unsafe { libc::fstatvfs(file.as_raw_fd(), &mut st) } != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(st.f_bavail as u64 * st.f_frsize as u64)
 }
 
 /// One snapshot in the ring.
@@ -333,6 +465,51 @@ mod tests {
         let (ring, _) = Ring::open(&path, 64, 16).unwrap();
         let got = payloads(&ring);
         assert_eq!(got.iter().map(|p| p.0).collect::<Vec<_>>(), [1, 3]);
+    }
+
+    /// Allocated bytes of the file at `path`.
+    fn allocated(path: &Path) -> u64 {
+        use std::os::unix::fs::MetadataExt;
+        std::fs::metadata(path).unwrap().blocks() * 512
+    }
+
+    #[test]
+    fn the_ring_is_reserved_at_open_even_one_written_sparse() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("ring");
+        let (ring, _) = Ring::open(&path, 4096, 8).unwrap();
+        assert!(allocated(&path) >= ring.bytes(), "{}", allocated(&path));
+        assert_eq!(Ring::existing_slot_size(&path, 8), Some(4096));
+        assert_eq!(Ring::existing_slot_size(&path, 9), None);
+        drop(ring);
+        // a sparse ring, as written before reservation: reserved on reopen,
+        // its records kept
+        let sparse = dir.path().join("sparse");
+        let (mut ring, _) = Ring::open(&sparse, 4096, 8).unwrap();
+        ring.append(1, b"one").unwrap();
+        drop(ring);
+        let bytes = std::fs::read(&sparse).unwrap();
+        std::fs::remove_file(&sparse).unwrap();
+        let f = File::create(&sparse).unwrap();
+        f.set_len(bytes.len() as u64).unwrap();
+        f.write_all_at(&bytes[..2 * 4096], 0).unwrap();
+        drop(f);
+        assert!(allocated(&sparse) < 8 * 4096);
+        let (ring, replaced) = Ring::open(&sparse, 4096, 8).unwrap();
+        assert!(!replaced);
+        assert!(allocated(&sparse) >= ring.bytes());
+        assert_eq!(payloads(&ring), [(1, b"one".to_vec())]);
+        // the zero-writing fallback fills holes only
+        let holes = dir.path().join("holes");
+        let f = File::create(&holes).unwrap();
+        f.set_len(64 << 10).unwrap();
+        f.write_all_at(b"kept", 20 << 10).unwrap();
+        fill_holes(&f, 64 << 10).unwrap();
+        assert!(allocated(&holes) >= 64 << 10);
+        assert_eq!(
+            &std::fs::read(&holes).unwrap()[20 << 10..(20 << 10) + 4],
+            b"kept"
+        );
     }
 
     #[test]

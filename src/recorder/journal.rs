@@ -78,7 +78,7 @@ pub struct ClockStep {
 
 #[derive(Debug, thiserror::Error)]
 pub enum JournalError {
-    #[error("{0}")]
+    #[error(transparent)]
     Io(#[from] io::Error),
     #[error("not a rezolus capture journal (no `REZOLUS-JOURNAL 1` magic)")]
     NotAJournal,

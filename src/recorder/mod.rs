@@ -350,6 +350,17 @@ pub fn record(args: RecordArgs) -> anyhow::Result<()> {
 
 /// Journal to Parquet; removes the journal once the Parquet file is in place.
 fn finish(journal: &Path, output: &Path, progress: &mut Progress) -> anyhow::Result<()> {
+    finish_as(journal, output, progress, true)
+}
+
+/// [`finish`]; on failure, suggests `rezolus parquet recover` only when
+/// `suggest_recover` (not when that is the command that failed).
+fn finish_as(
+    journal: &Path,
+    output: &Path,
+    progress: &mut Progress,
+    suggest_recover: bool,
+) -> anyhow::Result<()> {
     let converted = parquet::convert(journal, output, &mut |done, total| {
         progress.show(format_args!(
             "writing {}: {done} of {total} rows",
@@ -358,12 +369,16 @@ fn finish(journal: &Path, output: &Path, progress: &mut Progress) -> anyhow::Res
     });
     progress.done();
     let converted = converted.with_context(|| {
-        format!(
-            "the capture is kept in {}; retry with `rezolus parquet recover {} {}`",
-            journal.display(),
-            journal.display(),
-            output.display()
-        )
+        if suggest_recover {
+            format!(
+                "the capture is kept in {}; retry with `rezolus parquet recover {} {}`",
+                journal.display(),
+                journal.display(),
+                output.display()
+            )
+        } else {
+            format!("cannot convert {} (left as it was)", journal.display())
+        }
     })?;
     if let Some((offset, why)) = &converted.torn {
         warn!(
@@ -392,9 +407,39 @@ fn finish(journal: &Path, output: &Path, progress: &mut Progress) -> anyhow::Res
     Ok(())
 }
 
+/// Fails, saying plainly what `path` is instead, unless it starts like a
+/// recorder journal.
+fn check_journal(path: &Path) -> anyhow::Result<()> {
+    use std::io::Read;
+    if !path.is_file() {
+        bail!("{} does not exist or is not a file", path.display());
+    }
+    let mut head = Vec::with_capacity(journal::MAGIC.len());
+    std::fs::File::open(path)
+        .and_then(|f| f.take(journal::MAGIC.len() as u64).read_to_end(&mut head))
+        .with_context(|| format!("cannot read {}", path.display()))?;
+    if head.starts_with(b"PAR1") {
+        bail!(
+            "{} is a Parquet file, not a recorder journal (a capture writes OUTPUT.journal \
+             while it runs and turns it into the Parquet file OUTPUT when it ends; journal \
+             files end in .journal)",
+            path.display()
+        );
+    }
+    if head != journal::MAGIC {
+        bail!(
+            "{} is not a recorder journal: it does not start with `REZOLUS-JOURNAL 1` \
+             (journal files end in .journal: a capture writes OUTPUT.journal while it runs)",
+            path.display()
+        );
+    }
+    Ok(())
+}
+
 /// `rezolus parquet recover JOURNAL [OUTPUT]`.
 pub fn recover(journal: &Path, output: Option<&Path>, force: bool) -> anyhow::Result<()> {
     crate::logging::init(tracing::Level::INFO);
+    check_journal(journal)?;
     let output = match output {
         Some(o) => o.to_path_buf(),
         None => {
@@ -408,13 +453,10 @@ pub fn recover(journal: &Path, output: Option<&Path>, force: bool) -> anyhow::Re
             }
         }
     };
-    if !journal.is_file() {
-        bail!("{} does not exist or is not a file", journal.display());
-    }
     if output.exists() && !force {
         bail!("{} exists; pass --force to overwrite it", output.display());
     }
-    finish(journal, &output, &mut Progress::new())
+    finish_as(journal, &output, &mut Progress::new(), false)
 }
 
 #[cfg(test)]

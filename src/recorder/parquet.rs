@@ -45,8 +45,9 @@ const ROW_GROUP_BYTES: usize = 16 << 20;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ConvertError {
-    #[error("reading journal {path}: {source}")]
-    Journal { path: String, source: JournalError },
+    /// `cause` is written in the message (not a `source`), so once.
+    #[error("reading journal {path}: {cause}")]
+    Journal { path: String, cause: JournalError },
     #[error("journal {0} holds no snapshot")]
     Empty(String),
     #[error("writing {path}: {message}")]
@@ -246,9 +247,9 @@ fn convert_in_groups(
     progress: &mut dyn FnMut(u64, u64),
     group_bytes: usize,
 ) -> Result<Converted, ConvertError> {
-    let jerr = |source| ConvertError::Journal {
+    let jerr = |cause| ConvertError::Journal {
         path: journal.display().to_string(),
-        source,
+        cause,
     };
     // pass 1: every column, the row count, the gaps
     let mut reader = Reader::open(journal).map_err(jerr)?;
@@ -475,8 +476,10 @@ fn convert_in_groups(
             return Err(werr(e));
         }
     };
-    std::fs::rename(&tmp, output)
-        .map_err(|e| werr(format!("renaming {} into place: {e}", tmp.display())))?;
+    std::fs::rename(&tmp, output).map_err(|e| {
+        let _ = std::fs::remove_file(&tmp);
+        werr(format!("renaming {} into place: {e}", tmp.display()))
+    })?;
     // the rename itself survives power loss only once the directory is synced
     let dir = output
         .parent()
