@@ -591,6 +591,23 @@ mod tests {
         assert_eq!(resets(&s), 2);
     }
 
+    /// `_sum` of a full histogram is in the base unit (seconds here), like
+    /// its `le` bounds.
+    #[test]
+    fn full_histogram_sum_is_in_seconds() {
+        let config = Config::parse("[prometheus]\nhistograms = true\n").unwrap();
+        let mut s = State::new(Options::from_config(&config));
+        s.observe(Ok(received(0, 0, &[1_000_000, 3_000_000])), true);
+        let text = s.rendered();
+        let line = text
+            .lines()
+            .find(|l| l.starts_with("syscall_latency_distribution_seconds_sum "))
+            .unwrap_or_else(|| panic!("{text}"));
+        let sum: f64 = line.rsplit(' ').next().unwrap().parse().unwrap();
+        // 4 ms, within the 12.5% bucket error
+        assert!((0.0035..0.0045).contains(&sum), "{line}");
+    }
+
     #[test]
     fn a_failed_read_breaks_the_interval() {
         let mut s = state();
