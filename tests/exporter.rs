@@ -445,6 +445,101 @@ fn free_port() -> u16 {
         .port()
 }
 
+/// A real Prometheus server scraping one target every second, with its
+/// storage in a temporary directory; killed on drop.
+struct PrometheusServer {
+    child: std::process::Child,
+    /// Its HTTP address (`host:port`).
+    web: String,
+    _dir: tempfile::TempDir,
+}
+
+impl PrometheusServer {
+    fn start(target: SocketAddr) -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let config = dir.path().join("prometheus.yml");
+        std::fs::write(
+            &config,
+            format!(
+                "global:\n  scrape_interval: 1s\n  evaluation_interval: 1s\nscrape_configs:\n  - job_name: rezolus\n    static_configs:\n      - targets: ['{target}']\n"
+            ),
+        )
+        .unwrap();
+        let web = format!("127.0.0.1:{}", free_port());
+        let child = std::process::Command::new("prometheus")
+            .arg(format!("--config.file={}", config.display()))
+            .arg(format!(
+                "--storage.tsdb.path={}",
+                dir.path().join("data").display()
+            ))
+            .arg(format!("--web.listen-address={web}"))
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .expect("prometheus (Debian package prometheus; scripts/deps installs it)");
+        Self {
+            child,
+            web,
+            _dir: dir,
+        }
+    }
+
+    /// The results of an instant query: (labels, value) per series; `None`
+    /// when Prometheus does not answer (yet).
+    fn query_all(&self, q: &str) -> Option<Vec<(BTreeMap<String, String>, f64)>> {
+        let url = format!("http://{}/api/v1/query", self.web);
+        let mut response = ureq::get(&url).query("query", q).call().ok()?;
+        let body: serde_json::Value =
+            serde_json::from_str(&response.body_mut().read_to_string().ok()?).ok()?;
+        body["data"]["result"]
+            .as_array()?
+            .iter()
+            .map(|r| {
+                let labels = r["metric"]
+                    .as_object()?
+                    .iter()
+                    .map(|(k, v)| Some((k.clone(), v.as_str()?.to_string())))
+                    .collect::<Option<_>>()?;
+                Some((labels, r["value"][1].as_str()?.parse().ok()?))
+            })
+            .collect()
+    }
+
+    /// The first result of an instant query.
+    fn query(&self, q: &str) -> Option<f64> {
+        self.query_all(q)?.first().map(|r| r.1)
+    }
+
+    /// A counter of Prometheus's own, summed over its labels.
+    fn own_counter(&self, name: &str) -> Option<f64> {
+        let url = format!("http://{}/metrics", self.web);
+        let text = ureq::get(&url)
+            .call()
+            .ok()?
+            .body_mut()
+            .read_to_string()
+            .ok()?;
+        let s = scrape(&text);
+        let values: Vec<f64> = s
+            .samples
+            .iter()
+            .filter(|x| x.metric == name)
+            .filter_map(|x| match x.value {
+                Value::Counter(v) | Value::Untyped(v) | Value::Gauge(v) => Some(v),
+                _ => None,
+            })
+            .collect();
+        (!values.is_empty()).then(|| values.iter().sum())
+    }
+}
+
+impl Drop for PrometheusServer {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
 /// A real Prometheus server scrapes the exporter and answers queries for a
 /// counter rate and for percentiles (summary and histogram_quantile).
 #[test]
@@ -457,36 +552,7 @@ fn prometheus_server_scrapes_the_exporter() {
         "interval = \"1s\"",
         "[prometheus]\nhistograms = true\n",
     );
-    let dir = tempfile::tempdir().unwrap();
-    let config = dir.path().join("prometheus.yml");
-    std::fs::write(
-        &config,
-        format!(
-            "global:\n  scrape_interval: 1s\n  evaluation_interval: 1s\nscrape_configs:\n  - job_name: rezolus\n    static_configs:\n      - targets: ['{}']\n",
-            exporter.addr
-        ),
-    )
-    .unwrap();
-    let web = format!("127.0.0.1:{}", free_port());
-    let mut prometheus = std::process::Command::new("prometheus")
-        .arg(format!("--config.file={}", config.display()))
-        .arg(format!(
-            "--storage.tsdb.path={}",
-            dir.path().join("data").display()
-        ))
-        .arg(format!("--web.listen-address={web}"))
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null())
-        .spawn()
-        .expect("prometheus (Debian package prometheus; scripts/deps installs it)");
-    struct Kill<'a>(&'a mut std::process::Child);
-    impl Drop for Kill<'_> {
-        fn drop(&mut self) {
-            let _ = self.0.kill();
-            let _ = self.0.wait();
-        }
-    }
-    let _kill = Kill(&mut prometheus);
+    let prometheus = PrometheusServer::start(exporter.addr);
 
     // a steady yield workload while Prometheus scrapes
     let stop = Arc::new(AtomicBool::new(false));
@@ -499,14 +565,7 @@ fn prometheus_server_scrapes_the_exporter() {
             }
         })
     };
-    let query = |q: &str| -> Option<f64> {
-        let url = format!("http://{web}/api/v1/query");
-        let mut response = ureq::get(&url).query("query", q).call().ok()?;
-        let body: serde_json::Value =
-            serde_json::from_str(&response.body_mut().read_to_string().ok()?).ok()?;
-        let result = body["data"]["result"].as_array()?.first()?.clone();
-        result["value"][1].as_str()?.parse().ok()
-    };
+    let query = |q: &str| prometheus.query(q);
     let found = Mutex::new(BTreeMap::new());
     let queries = [
         "rate(syscall_total{op=\"yield\"}[5s])",
@@ -555,4 +614,152 @@ fn bad_config_names_the_key_and_fails() {
     let out = run(&["exporter", "/nonexistent/exporter.toml"]);
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("/nonexistent/exporter.toml"));
+}
+
+static CLASH_LAT: MetricDef =
+    MetricDef::histogram("lat", "nanoseconds", "").labels(&["le", "quantile"]);
+static CLASH_G: MetricDef = MetricDef::gauge("g", "bytes", "").labels(&["a-b", "a.b"]);
+static CLASH_RESERVED: MetricDef = MetricDef::gauge("reserved", "", "").labels(&["__name__"]);
+static CLASH_FOO_DASH: MetricDef = MetricDef::gauge("foo-bar", "bytes", "");
+static CLASH_FOO: MetricDef = MetricDef::gauge("foo_bar", "bytes", "");
+static CLASH_REQ: MetricDef = MetricDef::counter("requests", "", "");
+static CLASH_REQ_TOTAL: MetricDef = MetricDef::counter("requests_total", "", "");
+static CLASH_REQ_RATE: MetricDef = MetricDef::gauge("requests_per_second", "", "");
+static CLASH_MISS: MetricDef = MetricDef::histogram("cache_miss", "", "");
+static CLASH_MISS_COUNT: MetricDef = MetricDef::gauge("cache_miss_count", "", "");
+static CLASH_MEM_H: MetricDef = MetricDef::histogram("mem", "bytes", "");
+static CLASH_MEM_G: MetricDef = MetricDef::gauge("mem", "bytes", "");
+static CLASH_NINE: MetricDef = MetricDef::gauge("9lives", "", "").labels(&["", "1x"]);
+static CLASH_UP: MetricDef = MetricDef::gauge("rezolus_exporter_agent_up", "", "");
+static CLASH_QUOTED: MetricDef = MetricDef::gauge("quoted", "", "").labels(&["v"]);
+static CLASH_DUP: MetricDef = MetricDef::gauge("dup", "", "").labels(&["a"]);
+
+/// A snapshot of families whose names or labels clash once translated to
+/// Prometheus (docs/EXPORTER.md, "Names that clash"); `ms` drives the
+/// counters and histograms.
+fn clashing(now: SystemTime, ms: u64) -> Snapshot {
+    let mut snap = Snapshot::new(now);
+    let mut out = Emitter::new(&mut snap);
+    let lat = latencies(1 + ms / 100, 9);
+    out.histogram(
+        &Series::new(&CLASH_LAT, &[("le", "y"), ("quantile", "x")]),
+        histogram_of(&lat),
+    );
+    out.gauge(&Series::new(&CLASH_G, &[("a-b", "1"), ("a.b", "2")]), 11);
+    out.gauge(&Series::new(&CLASH_RESERVED, &[("__name__", "n")]), 12);
+    out.gauge(&Series::new(&CLASH_FOO_DASH, &[]), 13);
+    out.gauge(&Series::new(&CLASH_FOO, &[]), 14);
+    out.counter(&Series::new(&CLASH_REQ, &[]), ms);
+    out.counter(&Series::new(&CLASH_REQ_TOTAL, &[]), 15);
+    out.gauge(&Series::new(&CLASH_REQ_RATE, &[]), 16);
+    out.histogram(&Series::new(&CLASH_MISS, &[]), histogram_of(&[1, 2, 3]));
+    out.gauge(&Series::new(&CLASH_MISS_COUNT, &[]), 17);
+    out.histogram(&Series::new(&CLASH_MEM_H, &[]), histogram_of(&[4096]));
+    out.gauge(&Series::new(&CLASH_MEM_G, &[]), 18);
+    out.gauge(&Series::new(&CLASH_NINE, &[("", "e"), ("1x", "a")]), 19);
+    out.gauge(&Series::new(&CLASH_UP, &[]), 20);
+    out.gauge(&Series::new(&CLASH_QUOTED, &[("v", "a\"b\\c\nd")]), 21);
+    out.gauge(&Series::new(&CLASH_DUP, &[("a", "")]), 22);
+    out.gauge(&Series::new(&CLASH_DUP, &[]), 23);
+    snap
+}
+
+/// Families whose names and labels clash once translated are all served,
+/// under their documented names, in text that promtool passes and that a
+/// real Prometheus server ingests whole: the target stays up and no sample
+/// is dropped as a duplicate.
+#[test]
+fn clashing_names_are_renamed_and_prometheus_keeps_every_series() {
+    let start = Instant::now();
+    let agent = FakeAgent::start(Box::new(move |now| {
+        clashing(now, start.elapsed().as_millis() as u64)
+    }));
+    let exporter = exporter_for(
+        agent.addr,
+        "interval = \"1s\"",
+        "[prometheus]\nhistograms = true\n[oversample]\nresolution = \"500ms\"\ncounters = [\"requests\"]\n",
+    );
+    // (PromQL selector, value if fixed)
+    let expected: &[(&str, Option<f64>)] = &[
+        ("up{job=\"rezolus\"}", Some(1.0)),
+        ("rezolus_exporter_agent_up", Some(1.0)),
+        ("exported_rezolus_exporter_agent_up", Some(20.0)),
+        (
+            "lat_distribution_seconds_bucket{exported_le=\"y\",exported_quantile=\"x\",le=\"+Inf\"}",
+            None,
+        ),
+        (
+            "lat_seconds_count{exported_le=\"y\",exported_quantile=\"x\"}",
+            None,
+        ),
+        (
+            "lat_seconds{exported_le=\"y\",exported_quantile=\"x\",quantile=\"0.5\"}",
+            None,
+        ),
+        ("g_bytes{a_b=\"1\",a_b_2=\"2\"}", Some(11.0)),
+        ("reserved{exported___name__=\"n\"}", Some(12.0)),
+        ("foo_bar_bytes", Some(14.0)),
+        ("foo_bar_bytes_2", Some(13.0)),
+        ("requests_total", Some(15.0)),
+        ("requests_2_total", None),
+        ("requests_per_second", Some(16.0)),
+        ("requests_per_second_2{quantile=\"1\"}", None),
+        ("cache_miss_count", Some(3.0)),
+        ("cache_miss_count_2", Some(17.0)),
+        ("mem_bytes", Some(18.0)),
+        ("mem_bytes_2_count", Some(1.0)),
+        ("mem_distribution_bytes_count", Some(1.0)),
+        ("_9lives{_=\"e\",_1x=\"a\"}", Some(19.0)),
+        ("quoted{v=\"a\\\"b\\\\c\\nd\"}", Some(21.0)),
+        ("dup", Some(23.0)),
+    ];
+
+    // the exposition itself
+    let text = wait_for(
+        &exporter,
+        Duration::from_secs(10),
+        "two intervals",
+        |s, _| scalar(s, "rezolus_exporter_agent_reads_total", &[]).unwrap_or(0.0) >= 4.0,
+    );
+    promtool_check(&text);
+    assert_eq!(
+        text.matches("dup{").count() + text.matches("\ndup ").count(),
+        1,
+        "{text}"
+    );
+
+    let prometheus = PrometheusServer::start(exporter.addr);
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let mut missing: Vec<String>;
+    loop {
+        missing = expected
+            .iter()
+            .filter(|(q, want)| match prometheus.query_all(q).as_deref() {
+                Some([(_, v)]) => want.is_some_and(|w| w != *v),
+                _ => true,
+            })
+            .map(|(q, want)| format!("{q} (want {want:?}, got {:?})", prometheus.query_all(q)))
+            .collect();
+        if missing.is_empty() || Instant::now() > deadline {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(250));
+    }
+    assert!(missing.is_empty(), "not in Prometheus as one series with the value expected: {missing:#?}\nexposition:\n{text}");
+    // nothing was rejected or dropped on ingestion
+    let dropped = prometheus
+        .query_all("rezolus_exporter_series_dropped_total{reason=\"duplicate_series\"}")
+        .unwrap_or_default();
+    assert!(dropped.first().is_some_and(|d| d.1 >= 1.0), "{dropped:?}");
+    for own in [
+        "prometheus_target_scrapes_sample_duplicate_timestamp_total",
+        "prometheus_target_scrapes_sample_out_of_order_total",
+        "prometheus_target_scrapes_exceeded_sample_limit_total",
+    ] {
+        assert_eq!(prometheus.own_counter(own), Some(0.0), "{own}");
+    }
+    assert_eq!(
+        prometheus.query("scrape_samples_scraped").map(|v| v > 0.0),
+        Some(true)
+    );
 }

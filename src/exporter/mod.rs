@@ -7,6 +7,7 @@
 //! rendered once per interval and served as is to every scrape.
 
 pub mod config;
+pub mod names;
 pub mod prometheus;
 pub mod state;
 

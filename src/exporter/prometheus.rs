@@ -155,6 +155,7 @@ impl Type {
 }
 
 struct Family {
+    name: String,
     kind: Type,
     help: String,
     /// Sample lines, each ending in a newline.
@@ -162,11 +163,13 @@ struct Family {
 }
 
 /// Collects samples by family, so each family is written once with one
-/// `# HELP` and `# TYPE` and its samples together.
+/// `# HELP` and `# TYPE` and its samples together. Names are written as
+/// given: making them valid and distinct is [`super::names::Plan`]'s job.
 #[derive(Default)]
 pub struct Exposition {
     families: BTreeMap<String, Family>,
-    /// Samples dropped because their family name was taken by another type.
+    /// Samples dropped because their family name was taken by another type
+    /// (never, for names from a plan).
     pub conflicts: Vec<String>,
 }
 
@@ -180,26 +183,32 @@ impl Exposition {
         kind: Type,
         help: impl FnOnce() -> String,
     ) -> Option<Samples<'_>> {
-        let entry = self
-            .families
-            .entry(name.to_string())
-            .or_insert_with(|| Family {
-                kind,
-                help: help(),
-                samples: String::new(),
-            });
-        if entry.kind != kind {
+        if !self.families.contains_key(name) {
+            self.families.insert(
+                name.to_string(),
+                Family {
+                    name: name.to_string(),
+                    kind,
+                    help: help(),
+                    samples: String::new(),
+                },
+            );
+        }
+        let family = self.families.get_mut(name)?;
+        if family.kind != kind {
             self.conflicts.push(name.to_string());
             return None;
         }
-        Some(Samples {
-            name: name.to_string(),
-            out: &mut entry.samples,
-        })
+        Some(Samples { family })
     }
 
     pub fn render(&self) -> String {
-        let mut out = String::new();
+        let size = self
+            .families
+            .values()
+            .map(|f| 2 * f.name.len() + f.help.len() + f.samples.len() + 32)
+            .sum();
+        let mut out = String::with_capacity(size);
         for (name, family) in &self.families {
             let _ = writeln!(out, "# HELP {name} {}", escape_help(&family.help));
             let _ = writeln!(out, "# TYPE {name} {}", family.kind.as_str());
@@ -211,36 +220,32 @@ impl Exposition {
 
 /// The samples of one family.
 pub struct Samples<'e> {
-    name: String,
-    out: &'e mut String,
+    family: &'e mut Family,
 }
 
 impl Samples<'_> {
-    /// Adds `name{suffix}` (suffix e.g. `_bucket`, or "") with `labels` and,
-    /// when given, one more label (`le` or `quantile`).
-    pub fn add<'a>(
-        &mut self,
-        suffix: &str,
-        labels: impl IntoIterator<Item = (&'a str, &'a str)>,
-        extra: Option<(&'a str, &'a str)>,
-        value: Value,
-    ) {
-        let out = &mut *self.out;
-        out.push_str(&self.name);
-        out.push_str(suffix);
-        let mut first = true;
-        for (k, v) in labels.into_iter().chain(extra) {
-            out.push(if first { '{' } else { ',' });
-            first = false;
-            out.push_str(&sanitize(k));
-            out.push_str("=\"");
-            out.push_str(&escape_label(v));
-            out.push('"');
+    /// Adds `name{suffix}` (suffix e.g. `_bucket`, or "") with `labels`
+    /// (already written: `k="v"` pairs joined by `,`, or "") and, when
+    /// given, one more label (`le` or `quantile`, value written as is).
+    pub fn add(&mut self, suffix: &str, labels: &str, extra: Option<(&str, &str)>, value: Value) {
+        let Family { name, samples, .. } = &mut *self.family;
+        samples.push_str(name);
+        samples.push_str(suffix);
+        if !labels.is_empty() || extra.is_some() {
+            samples.push('{');
+            samples.push_str(labels);
+            if let Some((k, v)) = extra {
+                if !labels.is_empty() {
+                    samples.push(',');
+                }
+                samples.push_str(k);
+                samples.push_str("=\"");
+                samples.push_str(v);
+                samples.push('"');
+            }
+            samples.push('}');
         }
-        if !first {
-            out.push('}');
-        }
-        let _ = writeln!(out, " {value}");
+        let _ = writeln!(samples, " {value}");
     }
 }
 
@@ -305,7 +310,7 @@ mod tests {
         let b = |e: &mut Exposition, id, v| {
             e.family("b_total", Type::Counter, help).unwrap().add(
                 "",
-                [("id", id)],
+                &format!("id=\"{id}\""),
                 None,
                 Value::U(v),
             )
@@ -313,7 +318,7 @@ mod tests {
         b(&mut e, "0", 1);
         e.family("a", Type::Gauge, help)
             .unwrap()
-            .add("", [], None, Value::I(2));
+            .add("", "", None, Value::I(2));
         b(&mut e, "1", 3);
         assert!(e.family("b_total", Type::Gauge, help).is_none());
         assert_eq!(e.conflicts, ["b_total"]);

@@ -3,13 +3,14 @@
 //! seen within the current interval (oversampling), and the agent's health.
 //! Pure: fed fetched snapshots, it renders the exposition text.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::OnceLock;
 use std::time::{Duration, SystemTime};
 
 use histogram::Histogram;
 
 use super::config::Config;
+use super::names::{DropReason, Placement, Plan, OWN_PREFIX};
 use super::prometheus::{quantile_label, Exposition, Naming, Type, Value};
 use crate::snapshot::{Received, ReceivedEntry};
 
@@ -52,10 +53,25 @@ impl Options {
 
 /// Rates of one oversampled counter series within the current interval.
 struct Rates {
-    naming: Naming,
-    labels: Vec<(String, String)>,
+    /// What the counter's values are divided by to be in the base unit.
+    divisor: f64,
+    /// Per second, in the base unit.
     values: Vec<f64>,
 }
+
+/// The exporter's own families, written after the agent's.
+const OWN: [&str; 6] = [
+    "rezolus_exporter_agent_up",
+    "rezolus_exporter_agent_reads_total",
+    "rezolus_exporter_agent_read_errors_total",
+    "rezolus_exporter_agent_resets_total",
+    "rezolus_exporter_agent_last_read_timestamp_seconds",
+    "rezolus_exporter_series_dropped_total",
+];
+
+/// At most this many distinct rename notes are remembered (so logged once);
+/// past it, notes are logged at debug level only.
+const NOTES_REMEMBERED: usize = 10_000;
 
 pub struct State {
     options: Options,
@@ -72,6 +88,13 @@ pub struct State {
     /// reads, so an agent restarted during a gap is seen as a reset).
     counters: HashMap<String, u64>,
     last_success: Option<SystemTime>,
+    /// The names of the last snapshot rendered, reused while its series
+    /// stay the same.
+    plan: Option<Plan>,
+    /// Rename and drop notes already logged.
+    noted: HashSet<String>,
+    /// Series left out of renders (one per series per interval), by reason.
+    dropped: BTreeMap<DropReason, u64>,
     rendered: String,
 }
 
@@ -88,6 +111,9 @@ impl State {
             resets: 0,
             counters: HashMap::new(),
             last_success: None,
+            plan: None,
+            noted: HashSet::new(),
+            dropped: BTreeMap::new(),
             rendered: String::new(),
         };
         this.rendered = this.render(None);
@@ -198,23 +224,27 @@ impl State {
                 continue; // counted in `resets` by `counters_went_back`
             }
             let rates = self.rates.entry(c.name.clone()).or_insert_with(|| Rates {
-                naming: Naming::new(c.metric(), c.unit()),
-                labels: c
-                    .labels()
-                    .map(|(k, v)| (k.to_string(), v.to_string()))
-                    .collect(),
+                divisor: Naming::new(c.metric(), c.unit()).divisor,
                 values: Vec::new(),
             });
             rates
                 .values
-                .push((c.value - old) as f64 / rates.naming.divisor / dt.as_secs_f64());
+                .push((c.value - old) as f64 / rates.divisor / dt.as_secs_f64());
         }
     }
 
     fn render(&mut self, snap: Option<&Received>) -> String {
         let mut out = Exposition::default();
         if let Some(snap) = snap {
-            self.render_agent(&mut out, snap);
+            let plan = match self.plan.take() {
+                Some(plan) if plan.fits(snap) => plan,
+                _ => self.plan_for(snap),
+            };
+            for reason in plan.dropped() {
+                *self.dropped.entry(reason).or_default() += 1;
+            }
+            self.render_agent(&mut out, snap, &plan);
+            self.plan = Some(plan);
         }
         let since_epoch = |t: SystemTime| {
             t.duration_since(SystemTime::UNIX_EPOCH)
@@ -256,7 +286,15 @@ impl State {
         for (name, kind, text, value) in own {
             if let (Some(value), Some(mut family)) = (value, out.family(name, kind, || text.into()))
             {
-                family.add("", [], None, value);
+                family.add("", "", None, value);
+            }
+        }
+        if let Some(mut family) = out.family(OWN[5], Type::Counter, || {
+            "Series of the agent left out of an interval's exposition (once per series and interval), by reason; see docs/EXPORTER.md".into()
+        }) {
+            for reason in DropReason::ALL {
+                let n = self.dropped.get(&reason).copied().unwrap_or(0);
+                family.add("", "", Some(("reason", reason.as_str())), Value::U(n));
             }
         }
         for conflict in &out.conflicts {
@@ -265,17 +303,41 @@ impl State {
         out.render()
     }
 
-    fn render_agent(&mut self, out: &mut Exposition, snap: &Received) {
-        for c in &snap.counters {
-            let n = Naming::new(c.metric(), c.unit());
-            if let Some(mut f) = out.family(&n.counter(), Type::Counter, || help(c.metric(), &n)) {
-                f.add("", c.labels(), None, Value::scaled_u(c.value, n.divisor));
+    /// A new plan of names for `snap`, its notes logged once each.
+    fn plan_for(&mut self, snap: &Received) -> Plan {
+        let plan = Plan::new(snap, &self.options, &OWN);
+        for note in &plan.notes {
+            if self.noted.contains(note) {
+                continue;
+            }
+            if self.noted.len() < NOTES_REMEMBERED {
+                tracing::warn!("{note}");
+                self.noted.insert(note.clone());
+            } else {
+                tracing::debug!("{note}");
             }
         }
-        for g in &snap.gauges {
-            let n = Naming::new(g.metric(), g.unit());
-            if let Some(mut f) = out.family(&n.base, Type::Gauge, || help(g.metric(), &n)) {
-                f.add("", g.labels(), None, Value::scaled_i(g.value, n.divisor));
+        plan
+    }
+
+    fn render_agent(&mut self, out: &mut Exposition, snap: &Received, plan: &Plan) {
+        debug_assert!(OWN.iter().all(|n| n.starts_with(OWN_PREFIX)));
+        for (c, p) in snap.counters.iter().zip(&plan.counters) {
+            if p.dropped.is_some() {
+                continue;
+            }
+            let Some(name) = &p.main else { continue };
+            if let Some(mut f) = out.family(name, Type::Counter, || help(c.metric(), p.divisor)) {
+                f.add("", &p.labels, None, Value::scaled_u(c.value, p.divisor));
+            }
+        }
+        for (g, p) in snap.gauges.iter().zip(&plan.gauges) {
+            if p.dropped.is_some() {
+                continue;
+            }
+            let Some(name) = &p.main else { continue };
+            if let Some(mut f) = out.family(name, Type::Gauge, || help(g.metric(), p.divisor)) {
+                f.add("", &p.labels, None, Value::scaled_i(g.value, p.divisor));
             }
         }
         let previous: HashMap<&str, &Histogram> = self
@@ -284,19 +346,21 @@ impl State {
             .flat_map(|b| b.histograms.iter().map(|h| (h.name.as_str(), &h.value)))
             .collect();
         let interval = humantime::format_duration(self.options.interval).to_string();
-        for h in &snap.histograms {
-            let n = Naming::new(h.metric(), h.unit());
-            if self.options.summaries {
+        for (h, p) in snap.histograms.iter().zip(&plan.histograms) {
+            if p.dropped.is_some() {
+                continue;
+            }
+            if let Some(name) = &p.main {
                 let delta = previous
                     .get(h.name.as_str())
                     .map(|p| h.value.checked_sub(p));
                 let text = || {
                     format!(
                         "{}; percentiles over the last {interval} (upper edge of the bucket holding each)",
-                        help(h.metric(), &n)
+                        help(h.metric(), p.divisor)
                     )
                 };
-                if let Some(mut f) = out.family(&n.base, Type::Summary, text) {
+                if let Some(mut f) = out.family(name, Type::Summary, text) {
                     if let Some(Ok(delta)) = delta {
                         let quantiles: Vec<f64> =
                             self.options.quantiles.iter().map(|q| q.0).collect();
@@ -307,47 +371,50 @@ impl State {
                         {
                             for ((_, label), bucket) in self.options.quantiles.iter().zip(buckets) {
                                 if let Some(bucket) = bucket {
-                                    let value = Value::scaled_u(bucket.end(), n.divisor);
-                                    f.add("", h.labels(), Some(("quantile", label)), value);
+                                    let value = Value::scaled_u(bucket.end(), p.divisor);
+                                    f.add("", &p.labels, Some(("quantile", label)), value);
                                 }
                             }
                         }
                     }
-                    f.add("_count", h.labels(), None, Value::U(total(&h.value)));
+                    f.add("_count", &p.labels, None, Value::U(total(&h.value)));
                 }
             }
-            if self.options.histograms {
-                render_histogram(out, h, &n, self.options.grouping_power);
+            if let Some(name) = &p.extra {
+                render_histogram(out, h, name, p, self.options.grouping_power);
             }
         }
-        for rates in self.rates.values_mut() {
+        for (c, p) in snap.counters.iter().zip(&plan.counters) {
+            let (None, Some(family), Some(counter)) = (p.dropped, &p.extra, &p.main) else {
+                continue;
+            };
+            let Some(rates) = self.rates.get_mut(&c.name) else {
+                continue;
+            };
             if rates.values.is_empty() {
                 continue;
             }
             rates.values.sort_by(f64::total_cmp);
-            let family = format!("{}_per_second", rates.naming.base);
             let text = || {
                 format!(
-                    "Rate of {} per second over each oversampling step within the last {interval}: quantile 0.5 is the median step, 1 the busiest",
-                    rates.naming.counter()
+                    "Rate of {counter} per second over each oversampling step within the last {interval}: quantile 0.5 is the median step, 1 the busiest"
                 )
             };
-            let Some(mut f) = out.family(&family, Type::Summary, text) else {
+            let Some(mut f) = out.family(family, Type::Summary, text) else {
                 continue;
             };
-            let labels = || rates.labels.iter().map(|(k, v)| (k.as_str(), v.as_str()));
             let len = rates.values.len();
             for (q, label) in RATE_QUANTILES {
                 // nearest rank
                 let rank = ((q * len as f64).ceil() as usize).clamp(1, len);
                 f.add(
                     "",
-                    labels(),
+                    &p.labels,
                     Some(("quantile", label)),
                     Value::F(rates.values[rank - 1]),
                 );
             }
-            f.add("_count", labels(), None, Value::U(len as u64));
+            f.add("_count", &p.labels, None, Value::U(len as u64));
         }
     }
 }
@@ -362,7 +429,8 @@ fn total(h: &Histogram) -> u64 {
 fn render_histogram(
     out: &mut Exposition,
     h: &ReceivedEntry<Histogram>,
-    n: &Naming,
+    family: &str,
+    p: &Placement,
     grouping_power: u8,
 ) {
     let value = if h.value.config().grouping_power() > grouping_power {
@@ -373,18 +441,13 @@ fn render_histogram(
     } else {
         h.value.clone()
     };
-    let metric = super::prometheus::sanitize(h.metric());
-    let family = format!(
-        "{metric}_distribution{}",
-        n.base.strip_prefix(&metric).unwrap_or("")
-    );
     let text = || {
         format!(
             "{}; the full distribution since the agent started (_sum is estimated from bucket midpoints)",
-            help(h.metric(), n)
+            help(h.metric(), p.divisor)
         )
     };
-    let Some(mut f) = out.family(&family, Type::Histogram, text) else {
+    let Some(mut f) = out.family(family, Type::Histogram, text) else {
         return;
     };
     let mut cumulative = 0u64;
@@ -395,26 +458,26 @@ fn render_histogram(
         }
         cumulative = cumulative.wrapping_add(bucket.count());
         sum += bucket.count() as f64 * (bucket.start() as f64 + bucket.end() as f64) / 2.0;
-        let le = Value::scaled_u(bucket.end(), n.divisor).to_string();
+        let le = Value::scaled_u(bucket.end(), p.divisor).to_string();
         f.add(
             "_bucket",
-            h.labels(),
+            &p.labels,
             Some(("le", &le)),
             Value::U(cumulative),
         );
     }
     f.add(
         "_bucket",
-        h.labels(),
+        &p.labels,
         Some(("le", "+Inf")),
         Value::U(cumulative),
     );
-    f.add("_count", h.labels(), None, Value::U(cumulative));
-    f.add("_sum", h.labels(), None, Value::F(sum * n.divisor));
+    f.add("_count", &p.labels, None, Value::U(cumulative));
+    f.add("_sum", &p.labels, None, Value::F(sum / p.divisor));
 }
 
 /// HELP text: the metric's description where this build knows it.
-fn help(metric: &str, n: &Naming) -> String {
+fn help(metric: &str, divisor: f64) -> String {
     static KNOWN: OnceLock<HashMap<&'static str, &'static str>> = OnceLock::new();
     let known = KNOWN.get_or_init(|| {
         crate::samplers::registry()
@@ -423,11 +486,7 @@ fn help(metric: &str, n: &Naming) -> String {
             .map(|m| (m.name, m.description))
             .collect()
     });
-    let unit = if n.divisor != 1.0 {
-        " (in seconds)"
-    } else {
-        ""
-    };
+    let unit = if divisor != 1.0 { " (in seconds)" } else { "" };
     match known.get(metric) {
         Some(d) if !d.is_empty() => format!("{d}{unit}"),
         _ => format!("Rezolus metric {metric}{unit}"),
@@ -530,6 +589,23 @@ mod tests {
         s.observe(Ok(received(1_000, 1, &[5, 6, 7])), true);
         s.observe(Ok(received(2_000, 2, &[5])), true);
         assert_eq!(resets(&s), 2);
+    }
+
+    /// `_sum` of a full histogram is in the base unit (seconds here), like
+    /// its `le` bounds.
+    #[test]
+    fn full_histogram_sum_is_in_seconds() {
+        let config = Config::parse("[prometheus]\nhistograms = true\n").unwrap();
+        let mut s = State::new(Options::from_config(&config));
+        s.observe(Ok(received(0, 0, &[1_000_000, 3_000_000])), true);
+        let text = s.rendered();
+        let line = text
+            .lines()
+            .find(|l| l.starts_with("syscall_latency_distribution_seconds_sum "))
+            .unwrap_or_else(|| panic!("{text}"));
+        let sum: f64 = line.rsplit(' ').next().unwrap().parse().unwrap();
+        // 4 ms, within the 12.5% bucket error
+        assert!((0.0035..0.0045).contains(&sum), "{line}");
     }
 
     #[test]
