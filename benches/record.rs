@@ -22,7 +22,7 @@ use std::time::{Duration, Instant, SystemTime};
 
 use rezolus::agent::collector::Collector;
 use rezolus::agent::config::Config;
-use rezolus::recorder::journal::{Header, Writer};
+use rezolus::recording::journal::{Header, Writer};
 use rezolus::samplers::SamplerContext;
 
 const BIN: &str = env!("CARGO_BIN_EXE_rezolus");

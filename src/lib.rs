@@ -6,6 +6,7 @@
 pub mod agent;
 pub mod bpf;
 pub mod client;
+pub mod config;
 pub mod exporter;
 pub mod hindsight;
 pub mod http;
@@ -13,6 +14,7 @@ pub mod logging;
 pub mod metrics;
 pub mod perf;
 pub mod recorder;
+pub mod recording;
 pub mod samplers;
 pub mod signals;
 pub mod snapshot;

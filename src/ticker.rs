@@ -141,6 +141,93 @@ impl Ticker {
     }
 }
 
+/// One reading of the agent: the tick it was taken on, and what came back.
+#[derive(Debug)]
+pub struct Reading {
+    pub tick: Tick,
+    /// The snapshot's bytes, as served.
+    pub fetched: Result<Vec<u8>, crate::client::FetchError>,
+    /// When the agent was first unreadable, if this reading ended a run of
+    /// failed ones (nanoseconds since the epoch), and the first error.
+    pub recovered: Option<(u64, String)>,
+}
+
+/// The loop shared by the exporter, the recorder and hindsight: wait for
+/// the tick, note a wall-clock step, read the agent. It logs what every
+/// role wants logged the same way, once each: a clock step, the agent
+/// becoming unreachable (then a count at most once a minute), and the agent
+/// answering again.
+pub struct Poller {
+    client: crate::client::Client,
+    ticker: Ticker,
+    failures: crate::logging::Repeated,
+    /// Since when reads fail, and the first error.
+    failing: Option<(u64, String)>,
+}
+
+impl Poller {
+    pub fn new(client: crate::client::Client, interval: Duration) -> Self {
+        Self {
+            client,
+            ticker: Ticker::new(interval),
+            failures: crate::logging::Repeated::new(),
+            failing: None,
+        }
+    }
+
+    /// When the next reading is due (monotonic).
+    pub fn next_due(&self) -> Instant {
+        self.ticker.next_due()
+    }
+
+    /// Since when the agent cannot be read, and the first error.
+    pub fn failing(&self) -> Option<&(u64, String)> {
+        self.failing.as_ref()
+    }
+
+    /// The next reading; `None` when `stop` asks to stop first.
+    pub fn next(&mut self, stop: &impl StopWait) -> Option<Reading> {
+        let tick = self.ticker.wait(stop)?;
+        if let Some(step_ns) = tick.step_ns {
+            tracing::warn!(
+                "the wall clock stepped {} by {}: sampling keeps its cadence on the monotonic clock and re-aligns to the new time",
+                if step_ns < 0 { "back" } else { "forward" },
+                humantime::format_duration(Duration::from_millis(step_ns.unsigned_abs() / 1_000_000))
+            );
+        }
+        let fetched = self.client.fetch_bytes();
+        let url = self.client.url();
+        let mut recovered = None;
+        match &fetched {
+            Ok(_) => {
+                if self.failures.ok() {
+                    tracing::info!("reading the agent again at {url}");
+                }
+                recovered = self.failing.take();
+            }
+            Err(e) => {
+                let what = format!("reading the agent at {url}");
+                let line = self.failures.note(Instant::now(), &what, e);
+                match (&self.failing, line) {
+                    (None, _) => tracing::warn!(
+                        "cannot read the agent at {url}: {e}; retrying every {}",
+                        humantime::format_duration(self.ticker.interval())
+                    ),
+                    (Some(_), Some(summary)) => tracing::warn!("{summary}"),
+                    (Some(_), None) => {}
+                }
+                self.failing
+                    .get_or_insert_with(|| (crate::client::unix_nanos(tick.wall), e.to_string()));
+            }
+        }
+        Some(Reading {
+            tick,
+            fetched,
+            recovered,
+        })
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

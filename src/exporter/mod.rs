@@ -22,10 +22,11 @@ use axum::http::header;
 use axum::response::IntoResponse;
 use axum::routing::get;
 use axum::Router;
-use tracing::{info, warn};
+use tracing::info;
 
 use crate::client::{unix_nanos, Client};
-use crate::ticker::Ticker;
+use crate::snapshot::Received;
+use crate::ticker::Poller;
 use config::Config;
 use state::{Options, State};
 
@@ -72,28 +73,24 @@ fn read_loop(
     state: Shared,
     stop: mpsc::Receiver<()>,
 ) {
-    let url = client.url().to_string();
-    let mut failing = false;
-    let mut ticker = Ticker::new(step);
-    while let Some(tick) = ticker.wait(&stop) {
-        if let Some(step_ns) = tick.step_ns {
-            warn!(
-                "the wall clock stepped by {:.3} s: reads keep their cadence and re-align to the new time",
-                step_ns as f64 / 1e9
-            );
-        }
-        let boundary = unix_nanos(tick.grid) % interval.as_nanos().max(1) as u64 == 0;
-        let fetched = client.fetch();
-        match (&fetched, failing) {
-            (Err(e), false) => warn!("cannot read the agent at {url}: {e}"),
-            (Ok(_), true) => info!("reading the agent at {url} again"),
-            _ => {}
-        }
-        failing = fetched.is_err();
+    let mut poller = Poller::new(client, step);
+    let mut undecodable = crate::logging::Repeated::new();
+    while let Some(reading) = poller.next(&stop) {
+        let boundary = unix_nanos(reading.tick.grid) % interval.as_nanos().max(1) as u64 == 0;
+        let fetched = reading
+            .fetched
+            .map_err(|e| e.to_string())
+            .and_then(|bytes| {
+                Received::from_msgpack(&bytes).map_err(|e| {
+                    let e = format!("not a Rezolus snapshot: {e}");
+                    undecodable.warn("decoding the agent's answer", &e);
+                    e
+                })
+            });
         state
             .lock()
             .unwrap_or_else(|p| p.into_inner())
-            .observe(fetched.map_err(|e| e.to_string()), boundary);
+            .observe(fetched, boundary);
     }
 }
 

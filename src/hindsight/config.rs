@@ -6,7 +6,15 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
-use crate::agent::config::{duration, load_with, ConfigError, ConfigProblem, Log, Role};
+use crate::config::{
+    duration, load_with, ConfigError, ConfigProblem, Log, Role, RoleParser, PARSERS,
+};
+
+#[linkme::distributed_slice(PARSERS)]
+static PARSER: RoleParser = RoleParser {
+    role: Role::Hindsight,
+    parses: |text| Config::parse(text).is_ok(),
+};
 
 #[derive(Debug, Clone, PartialEq, Deserialize, Default)]
 #[serde(deny_unknown_fields, default)]

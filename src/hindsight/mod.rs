@@ -37,11 +37,11 @@ use serde::{Deserialize, Serialize};
 use tracing::{error, info, warn};
 
 use crate::client::{snapshot_url, unix_nanos, Client};
+use crate::logging::human_bytes;
 use crate::logging::Repeated;
-use crate::recorder::human_bytes;
-use crate::recorder::journal::{self, Kind};
-use crate::recorder::parquet::{convert, Converted};
-use crate::ticker::Ticker;
+use crate::recording::journal::{self, Kind};
+use crate::recording::parquet::{convert, Converted};
+use crate::ticker::Poller;
 use config::Config;
 use ring::{complete_records, Record, Ring, Slot};
 
@@ -356,7 +356,6 @@ pub fn ring_path(output: &Path) -> PathBuf {
 
 /// Writes a snapshot every interval until `stop` is dropped.
 fn sample(hs: Arc<Hindsight>, client: Client, stop: mpsc::Receiver<()>) {
-    let mut fetch_errors = Repeated::new();
     let mut write_errors = Repeated::new();
     let mut sync_errors = Repeated::new();
     let mut warned_split = false;
@@ -368,47 +367,31 @@ fn sample(hs: Arc<Hindsight>, client: Client, stop: mpsc::Receiver<()>) {
             return;
         }
     };
-    let mut ticker = Ticker::new(hs.interval);
+    let mut poller = Poller::new(client, hs.interval);
     loop {
-        let Some(tick) = ticker.wait(&stop) else {
+        let Some(reading) = poller.next(&stop) else {
             let _ = hs.lock().sync();
             return;
         };
-        if let Some(step_ns) = tick.step_ns {
-            warn!(
-                "the wall clock stepped by {:.3} s: sampling keeps its cadence; snapshots are stamped with the new time",
-                step_ns as f64 / 1e9
-            );
-        }
-        match client.fetch_bytes() {
-            Ok(bytes) => {
-                if fetch_errors.ok() {
-                    info!("reading the agent again");
-                }
-                let written = compressor
-                    .compress(&bytes)
-                    .map_err(anyhow::Error::from)
-                    .and_then(|z| Ok(hs.lock().append(unix_nanos(tick.wall), &z)?));
-                match written {
-                    Ok(parts) => {
-                        if write_errors.ok() {
-                            info!("writing the ring again");
-                        }
-                        if parts > 1 && !warned_split {
-                            warn!("a snapshot spans {parts} slots: the ring now holds less than its duration");
-                            warned_split = true;
-                        }
+        let tick = reading.tick;
+        // an unreadable agent is logged by the poller: nothing to write
+        if let Ok(bytes) = reading.fetched {
+            let written = compressor
+                .compress(&bytes)
+                .map_err(anyhow::Error::from)
+                .and_then(|z| Ok(hs.lock().append(unix_nanos(tick.wall), &z)?));
+            match written {
+                Ok(parts) => {
+                    if write_errors.ok() {
+                        info!("writing the ring again");
                     }
-                    Err(e) => write_errors.error("writing the ring", &format_args!("{e:#}")),
+                    if parts > 1 && !warned_split {
+                        warn!("a snapshot spans {parts} slots: the ring now holds less than its duration");
+                        warned_split = true;
+                    }
                 }
+                Err(e) => write_errors.error("writing the ring", &format_args!("{e:#}")),
             }
-            Err(e) => fetch_errors.warn(
-                &format!(
-                    "reading the agent at {} (retrying every interval)",
-                    client.url()
-                ),
-                &e,
-            ),
         }
         if last_sync.elapsed() >= Duration::from_secs(1) {
             match hs.lock().sync() {

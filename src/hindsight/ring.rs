@@ -16,7 +16,7 @@ use std::os::fd::AsRawFd;
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 
-use crate::recorder::human_bytes;
+use crate::logging::human_bytes;
 
 pub const MAGIC: &[u8; 16] = b"REZOLUS-RING 1\n\0";
 pub const HEADER_BYTES: u64 = 4096;

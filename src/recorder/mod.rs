@@ -9,9 +9,6 @@
 //! leaves the journal: `rezolus parquet recover OUTPUT.journal` turns it
 //! into the same Parquet file, minus at most the record being written.
 
-pub mod journal;
-pub mod parquet;
-
 use std::collections::BTreeMap;
 use std::fs::OpenOptions;
 use std::io::{IsTerminal, Write};
@@ -22,8 +19,10 @@ use anyhow::{bail, Context};
 use tracing::{info, warn};
 
 use crate::client::{snapshot_url, unix_nanos, Client};
+use crate::logging::human_bytes;
+use crate::recording::{journal, parquet};
 use crate::signals::{self, Signals};
-use crate::ticker::Ticker;
+use crate::ticker::Poller;
 use journal::{ClockStep, Gap, Header};
 
 /// `rezolus record`: capture an agent's snapshots to Parquet.
@@ -147,16 +146,6 @@ fn check_output(output: &Path, force: bool) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Bytes for people: `12.3 MiB`.
-pub fn human_bytes(n: u64) -> String {
-    match n {
-        n if n >= 1 << 30 => format!("{:.1} GiB", n as f64 / (1u64 << 30) as f64),
-        n if n >= 1 << 20 => format!("{:.1} MiB", n as f64 / (1u64 << 20) as f64),
-        n if n >= 1 << 10 => format!("{:.1} KiB", n as f64 / 1024.0),
-        n => format!("{n} B"),
-    }
-}
-
 /// One status line on a terminal, rewritten in place; nothing otherwise.
 struct Progress {
     tty: bool,
@@ -256,64 +245,46 @@ pub fn record(args: RecordArgs) -> anyhow::Result<()> {
     );
 
     let mut samples = 1u64;
-    let mut failing: Option<(u64, String)> = None;
     let mut last_sync = Instant::now();
     let mut progress = Progress::new();
     let total = args
         .duration
         .map(|d| format!(" of {}", round(d)))
         .unwrap_or_default();
-    let mut ticker = Ticker::new(args.interval);
+    let mut poller = Poller::new(client, args.interval);
     loop {
-        if let Some(end) = end.filter(|end| ticker.next_due() >= *end) {
+        if let Some(end) = end.filter(|end| poller.next_due() >= *end) {
             signals::wait_for_stop(end.saturating_duration_since(Instant::now()));
             break;
         }
-        let Some(tick) = ticker.wait(&Signals) else {
+        let Some(reading) = poller.next(&Signals) else {
             break;
         };
-        if let Some(step_ns) = tick.step_ns {
+        if let Some(step_ns) = reading.tick.step_ns {
             progress.done();
-            warn!(
-                "the wall clock stepped {} by {}: sampling keeps its cadence; rows are stamped with the new time, and the step is noted in the file's clock_steps metadata",
-                if step_ns < 0 { "back" } else { "forward" },
-                humantime::format_duration(Duration::from_nanos(step_ns.unsigned_abs()))
-            );
             journal
                 .clock_step(&ClockStep {
-                    at_ns: unix_nanos(tick.wall),
+                    at_ns: unix_nanos(reading.tick.wall),
                     step_ns,
                 })
                 .map_err(stopped_by)?;
         }
-        match client.fetch_bytes() {
+        if let Some((start_ns, error)) = reading.recovered {
+            journal
+                .gap(&Gap {
+                    start_ns,
+                    end_ns: unix_nanos(reading.tick.wall),
+                    error,
+                })
+                .map_err(stopped_by)?;
+        }
+        match reading.fetched {
             Ok(bytes) => {
-                if let Some((start_ns, error)) = failing.take() {
-                    let now = unix_nanos(SystemTime::now());
-                    info!(
-                        "reading the agent again after {}",
-                        humantime::format_duration(Duration::from_millis(
-                            now.saturating_sub(start_ns) / 1_000_000
-                        ))
-                    );
-                    journal
-                        .gap(&Gap {
-                            start_ns,
-                            end_ns: now,
-                            error,
-                        })
-                        .map_err(stopped_by)?;
-                }
                 journal.snapshot(&bytes).map_err(stopped_by)?;
                 samples += 1;
             }
-            Err(e) => {
-                if failing.is_none() {
-                    progress.done();
-                    warn!("cannot read the agent at {url}: {e}; recording the gap and retrying every {}", humantime::format_duration(args.interval));
-                    failing = Some((unix_nanos(tick.wall), e.to_string()));
-                }
-            }
+            // logged by the poller; the gap is written when it ends
+            Err(_) => progress.done(),
         }
         if last_sync.elapsed() >= Duration::from_secs(1) {
             journal.sync().map_err(stopped_by)?;
@@ -323,7 +294,7 @@ pub fn record(args: RecordArgs) -> anyhow::Result<()> {
             "recording: {}{total}, {samples} samples, {}{}",
             round(started_at.elapsed()),
             human_bytes(journal.bytes()),
-            if failing.is_some() {
+            if poller.failing().is_some() {
                 " (agent unreachable)"
             } else {
                 ""
@@ -334,7 +305,7 @@ pub fn record(args: RecordArgs) -> anyhow::Result<()> {
     if signals::stopped() {
         info!("finishing the capture");
     }
-    if let Some((start_ns, error)) = failing.take() {
+    if let Some((start_ns, error)) = poller.failing().cloned() {
         journal
             .gap(&Gap {
                 start_ns,

@@ -514,7 +514,7 @@ fn temporary_path(output: &Path) -> PathBuf {
 mod tests {
     use super::*;
     use crate::metrics::{new_histogram, MetricDef, Series};
-    use crate::recorder::journal::{Header, Writer};
+    use crate::recording::journal::{Header, Writer};
     use crate::snapshot::{Emitter, Snapshot};
     use arrow_array::{Array, Int64Array, ListArray, UInt64Array};
     use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
