@@ -99,6 +99,15 @@ impl Ticker {
         self.next
     }
 
+    /// Skips the next tick if it is due within `gap` (e.g. after a sample
+    /// taken at start, so the first two are not a few ms apart).
+    pub fn keep_apart(&mut self, gap: Duration) {
+        if self.next.saturating_duration_since(Instant::now()) < gap {
+            self.next += self.interval;
+            self.next_grid += self.interval;
+        }
+    }
+
     /// Waits for the next tick; `None` if `stop` asks to stop first.
     pub fn wait(&mut self, stop: &impl StopWait) -> Option<Tick> {
         loop {
@@ -178,6 +187,11 @@ impl Poller {
     /// When the next reading is due (monotonic).
     pub fn next_due(&self) -> Instant {
         self.ticker.next_due()
+    }
+
+    /// See [`Ticker::keep_apart`].
+    pub fn keep_apart(&mut self, gap: Duration) {
+        self.ticker.keep_apart(gap);
     }
 
     /// Since when the agent cannot be read, and the first error.

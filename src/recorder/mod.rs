@@ -252,6 +252,9 @@ pub fn record(args: RecordArgs) -> anyhow::Result<()> {
         .map(|d| format!(" of {}", round(d)))
         .unwrap_or_default();
     let mut poller = Poller::new(client, args.interval);
+    // the first sample was taken at start: the next one no sooner than half
+    // an interval later
+    poller.keep_apart(args.interval / 2);
     loop {
         if let Some(end) = end.filter(|end| poller.next_due() >= *end) {
             signals::wait_for_stop(end.saturating_duration_since(Instant::now()));
