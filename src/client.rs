@@ -44,6 +44,7 @@ pub fn unix_nanos(t: std::time::SystemTime) -> u64 {
 pub struct Client {
     agent: ureq::Agent,
     url: String,
+    timeout: Duration,
 }
 
 impl Client {
@@ -53,7 +54,11 @@ impl Client {
             .timeout_global(Some(timeout))
             .build()
             .into();
-        Self { agent, url }
+        Self {
+            agent,
+            url,
+            timeout,
+        }
     }
 
     pub fn url(&self) -> &str {
@@ -61,7 +66,24 @@ impl Client {
     }
 
     /// The snapshot's bytes, as served.
+    ///
+    /// The HTTP library times requests with the process's monotonic clock,
+    /// which a tool such as libfaketime can step: a timeout that fires
+    /// before half its time has passed on the kernel's clock is such a step,
+    /// not a slow agent, and the request is made once more.
     pub fn fetch_bytes(&self) -> Result<Vec<u8>, FetchError> {
+        let start = crate::ticker::mono_now();
+        match self.fetch_once() {
+            Err(FetchError::Request(ureq::Error::Timeout(_)))
+                if crate::ticker::mono_now().saturating_sub(start) < self.timeout / 2 =>
+            {
+                self.fetch_once()
+            }
+            other => other,
+        }
+    }
+
+    fn fetch_once(&self) -> Result<Vec<u8>, FetchError> {
         let mut response = self.agent.get(&self.url).call()?;
         Ok(response
             .body_mut()

@@ -13,8 +13,8 @@
 //!   start-up is acted on then, not lost; the others log that it was ignored.
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Condvar, Mutex, OnceLock};
-use std::time::{Duration, Instant};
+use std::sync::{Mutex, OnceLock};
+use std::time::Duration;
 
 use tokio::sync::watch;
 use tracing::info;
@@ -22,9 +22,11 @@ use tracing::info;
 struct Shared {
     stopped: AtomicBool,
     hangups: AtomicU64,
-    /// Wakes threads blocked in [`wait_for_stop`].
-    lock: Mutex<()>,
-    changed: Condvar,
+    /// A pipe written once at stop: threads in [`wait_for_stop`] poll its
+    /// read end with a relative timeout. (A condition variable's timeout is
+    /// an absolute time on a clock a tool like libfaketime can move, which
+    /// would make a wait last for years.) -1 if it could not be made.
+    wake: [libc::c_int; 2],
     /// Wakes async tasks: the stop flag and the hangup count.
     stop_tx: watch::Sender<bool>,
     hup_tx: watch::Sender<u64>,
@@ -37,8 +39,14 @@ fn shared() -> &'static Shared {
     SHARED.get_or_init(|| Shared {
         stopped: AtomicBool::new(false),
         hangups: AtomicU64::new(0),
-        lock: Mutex::new(()),
-        changed: Condvar::new(),
+        wake: {
+            let mut fds = [-1; 2];
+            // SAFETY: `fds` has room for the two descriptors.
+            if unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC | libc::O_NONBLOCK) } != 0 {
+                fds = [-1; 2];
+            }
+            fds
+        },
         stop_tx: watch::channel(false).0,
         hup_tx: watch::channel(0).0,
         on_hangup: Mutex::new("ignored"),
@@ -93,12 +101,10 @@ pub fn block() {
                     } else {
                         "SIGTERM"
                     };
-                    if !shared.stopped.swap(true, Ordering::SeqCst) {
+                    if !shared.stopped.load(Ordering::SeqCst) {
                         info!("{name} received, shutting down");
                     }
-                    let _ = shared.stop_tx.send_replace(true);
-                    let _guard = shared.lock.lock().unwrap_or_else(|p| p.into_inner());
-                    shared.changed.notify_all();
+                    request_stop();
                 }
             }
         });
@@ -124,24 +130,52 @@ pub fn stopped() -> bool {
     shared().stopped.load(Ordering::SeqCst)
 }
 
-/// Waits up to `timeout` for SIGINT or SIGTERM; true if one has come.
+/// Stops the process's loops as SIGTERM would (e.g. when a role's server
+/// ends for another reason).
+pub fn request_stop() {
+    let shared = shared();
+    if shared.stopped.swap(true, Ordering::SeqCst) {
+        return;
+    }
+    let _ = shared.stop_tx.send_replace(true);
+    if shared.wake[1] >= 0 {
+        // SAFETY: writing one byte from a valid buffer to our own pipe.
+        unsafe { libc::write(shared.wake[1], [1u8].as_ptr().cast(), 1) };
+    }
+}
+
+/// Waits up to `timeout` for SIGINT or SIGTERM (or [`request_stop`]); true
+/// if one has come.
 pub fn wait_for_stop(timeout: Duration) -> bool {
     let shared = shared();
-    let deadline = Instant::now() + timeout;
-    let mut guard = shared.lock.lock().unwrap_or_else(|p| p.into_inner());
+    let mut left = timeout;
     loop {
         if shared.stopped.load(Ordering::SeqCst) {
             return true;
         }
-        let left = deadline.saturating_duration_since(Instant::now());
         if left.is_zero() {
             return false;
         }
-        guard = shared
-            .changed
-            .wait_timeout(guard, left)
-            .unwrap_or_else(|p| p.into_inner())
-            .0;
+        // relative timeouts only, in slices of at most a second (see `wake`)
+        let slice = left.min(Duration::from_secs(1));
+        let start = crate::ticker::mono_now();
+        if shared.wake[0] >= 0 {
+            let mut fd = libc::pollfd {
+                fd: shared.wake[0],
+                events: libc::POLLIN,
+                revents: 0,
+            };
+            let ms = slice.as_millis().max(1) as libc::c_int;
+            // SAFETY: one valid pollfd.
+            unsafe { libc::poll(&mut fd, 1, ms) };
+        } else {
+            std::thread::sleep(slice.min(Duration::from_millis(50)));
+        }
+        left = left.saturating_sub(
+            crate::ticker::mono_now()
+                .saturating_sub(start)
+                .max(Duration::from_millis(1)),
+        );
     }
 }
 
@@ -162,16 +196,6 @@ pub fn hangups() -> watch::Receiver<u64> {
 pub trait StopWait {
     /// Waits up to `timeout`; true if the loop must stop.
     fn wait(&self, timeout: Duration) -> bool;
-}
-
-/// A channel whose sender is dropped (or sends) to stop a loop.
-impl StopWait for std::sync::mpsc::Receiver<()> {
-    fn wait(&self, timeout: Duration) -> bool {
-        !matches!(
-            self.recv_timeout(timeout),
-            Err(std::sync::mpsc::RecvTimeoutError::Timeout)
-        )
-    }
 }
 
 /// SIGINT and SIGTERM, as a [`StopWait`].

@@ -15,6 +15,28 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use crate::signals::StopWait;
 
+/// The monotonic clock (CLOCK_MONOTONIC), read with the system call itself:
+/// a tool that moves one process's clocks through its C library (such as
+/// libfaketime, which moves the monotonic clock with the wall clock unless
+/// told not to) cannot move it, so the cadence is the kernel's.
+pub fn mono_now() -> Duration {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: `ts` is a valid timespec for the kernel to fill.
+    let rc = unsafe { libc::syscall(libc::SYS_clock_gettime, libc::CLOCK_MONOTONIC, &mut ts) };
+    if rc != 0 {
+        // cannot fail with these arguments; the C library's clock otherwise
+        static START: std::sync::OnceLock<Instant> = std::sync::OnceLock::new();
+        return START.get_or_init(Instant::now).elapsed();
+    }
+    Duration::new(
+        ts.tv_sec.max(0) as u64,
+        ts.tv_nsec.clamp(0, 999_999_999) as u32,
+    )
+}
+
 /// A difference between wall-clock and monotonic time elapsed between two
 /// ticks smaller than this is drift or slewing, not a step.
 pub const STEP_THRESHOLD: Duration = Duration::from_secs(1);
@@ -37,12 +59,13 @@ pub struct Tick {
 #[derive(Debug)]
 pub struct Ticker {
     interval: Duration,
-    /// When the next tick fires, and the grid point it stands for.
-    next: Instant,
+    /// When the next tick fires ([`mono_now`]), and the grid point it
+    /// stands for.
+    next: Duration,
     next_grid: SystemTime,
     /// The clocks at the last tick (or at the start), to see steps.
     last_wall: SystemTime,
-    last_mono: Instant,
+    last_mono: Duration,
 }
 
 /// The first point of the `step` grid (multiples of `step` since the Unix
@@ -67,10 +90,10 @@ fn signed_ns(a: SystemTime, b: SystemTime) -> i64 {
 impl Ticker {
     /// A ticker whose first tick is the next point of the wall-clock grid.
     pub fn new(interval: Duration) -> Self {
-        Self::starting_at(interval, SystemTime::now(), Instant::now())
+        Self::starting_at(interval, SystemTime::now(), mono_now())
     }
 
-    fn starting_at(interval: Duration, wall: SystemTime, mono: Instant) -> Self {
+    fn starting_at(interval: Duration, wall: SystemTime, mono: Duration) -> Self {
         let interval = interval.max(Duration::from_millis(1));
         let mut ticker = Self {
             interval,
@@ -84,7 +107,7 @@ impl Ticker {
     }
 
     /// Schedules the next tick on the grid point after `wall`.
-    fn align(&mut self, wall: SystemTime, mono: Instant) {
+    fn align(&mut self, wall: SystemTime, mono: Duration) {
         let grid = grid_after(wall, self.interval);
         self.next = mono + grid.duration_since(wall).unwrap_or_default();
         self.next_grid = grid;
@@ -94,15 +117,15 @@ impl Ticker {
         self.interval
     }
 
-    /// When the next tick fires (monotonic).
-    pub fn next_due(&self) -> Instant {
+    /// When the next tick fires ([`mono_now`]).
+    pub fn next_due(&self) -> Duration {
         self.next
     }
 
     /// Skips the next tick if it is due within `gap` (e.g. after a sample
     /// taken at start, so the first two are not a few ms apart).
     pub fn keep_apart(&mut self, gap: Duration) {
-        if self.next.saturating_duration_since(Instant::now()) < gap {
+        if self.next.saturating_sub(mono_now()) < gap {
             self.next += self.interval;
             self.next_grid += self.interval;
         }
@@ -111,27 +134,27 @@ impl Ticker {
     /// Waits for the next tick; `None` if `stop` asks to stop first.
     pub fn wait(&mut self, stop: &impl StopWait) -> Option<Tick> {
         loop {
-            let left = self.next.saturating_duration_since(Instant::now());
+            let left = self.next.saturating_sub(mono_now());
             if stop.wait(left) {
                 return None;
             }
-            if Instant::now() >= self.next {
+            if mono_now() >= self.next {
                 break;
             }
         }
-        Some(self.fire(SystemTime::now(), Instant::now()))
+        Some(self.fire(SystemTime::now(), mono_now()))
     }
 
     /// The tick due at monotonic time `mono` (>= `self.next`), with the wall
     /// clock reading `wall`; schedules the one after.
-    fn fire(&mut self, wall: SystemTime, mono: Instant) -> Tick {
+    fn fire(&mut self, wall: SystemTime, mono: Duration) -> Tick {
         let grid = self.next_grid;
-        let mono_elapsed = mono.duration_since(self.last_mono);
+        let mono_elapsed = mono.saturating_sub(self.last_mono);
         let wall_elapsed = signed_ns(wall, self.last_wall);
         let drift = wall_elapsed - i64::try_from(mono_elapsed.as_nanos()).unwrap_or(i64::MAX);
         let step_ns = (drift.unsigned_abs() >= STEP_THRESHOLD.as_nanos() as u64).then_some(drift);
         (self.last_wall, self.last_mono) = (wall, mono);
-        let late = mono.duration_since(self.next);
+        let late = mono.saturating_sub(self.next);
         let missed = (late.as_nanos() / self.interval.as_nanos()) as u64;
         if step_ns.is_some() {
             // the grid moved with the wall clock: join it again
@@ -184,8 +207,8 @@ impl Poller {
         }
     }
 
-    /// When the next reading is due (monotonic).
-    pub fn next_due(&self) -> Instant {
+    /// When the next reading is due ([`mono_now`]).
+    pub fn next_due(&self) -> Duration {
         self.ticker.next_due()
     }
 
@@ -252,7 +275,7 @@ mod tests {
 
     #[test]
     fn starts_on_the_grid_and_keeps_the_cadence() {
-        let mono = Instant::now();
+        let mono = mono_now();
         let mut t = Ticker::starting_at(Duration::from_secs(1), at(10_250), mono);
         assert_eq!(t.next_grid, at(11_000));
         assert_eq!(t.next, mono + Duration::from_millis(750));
@@ -267,7 +290,7 @@ mod tests {
 
     #[test]
     fn a_backwards_step_of_the_wall_clock_does_not_stall_the_ticks() {
-        let mono = Instant::now();
+        let mono = mono_now();
         let mut t = Ticker::starting_at(Duration::from_secs(1), at(1_000_000), mono);
         t.fire(at(1_001_000), mono + Duration::from_secs(1));
         // the wall clock jumps 600 s back: the next tick is still due one
@@ -285,7 +308,7 @@ mod tests {
 
     #[test]
     fn a_forward_step_is_reported_and_late_ticks_are_skipped() {
-        let mono = Instant::now();
+        let mono = mono_now();
         let mut t = Ticker::starting_at(Duration::from_millis(100), at(5_000), mono);
         // 350 ms late: three ticks missed, the next one is on the grid
         let tick = t.fire(at(5_450), mono + Duration::from_millis(450));

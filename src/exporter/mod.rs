@@ -12,7 +12,6 @@ pub mod prometheus;
 pub mod state;
 
 use std::path::Path;
-use std::sync::mpsc;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -25,6 +24,7 @@ use axum::Router;
 use tracing::info;
 
 use crate::client::{unix_nanos, Client};
+use crate::signals::Signals;
 use crate::snapshot::Received;
 use crate::ticker::Poller;
 use config::Config;
@@ -66,16 +66,10 @@ async fn metrics(AxumState(state): AxumState<Shared>) -> impl IntoResponse {
 /// Reads the agent on every tick (every `step`, on the monotonic clock; see
 /// [`crate::ticker`]) until `stop` says otherwise. A tick on the grid of
 /// `interval` is an interval boundary.
-fn read_loop(
-    client: Client,
-    step: Duration,
-    interval: Duration,
-    state: Shared,
-    stop: mpsc::Receiver<()>,
-) {
+fn read_loop(client: Client, step: Duration, interval: Duration, state: Shared) {
     let mut poller = Poller::new(client, step);
     let mut undecodable = crate::logging::Repeated::new();
-    while let Some(reading) = poller.next(&stop) {
+    while let Some(reading) = poller.next(&Signals) {
         let boundary = unix_nanos(reading.tick.grid) % interval.as_nanos().max(1) as u64 == 0;
         let fetched = reading
             .fetched
@@ -122,7 +116,6 @@ pub fn run(path: &Path) -> anyhow::Result<()> {
                     path.display()
                 )
             })?;
-        let (stop_tx, stop_rx) = mpsc::channel();
         let reader = {
             let state = Arc::clone(&state);
             let client = Client::new(
@@ -131,7 +124,7 @@ pub fn run(path: &Path) -> anyhow::Result<()> {
             );
             std::thread::Builder::new()
                 .name("agent-reader".into())
-                .spawn(move || read_loop(client, step, interval, state, stop_rx))
+                .spawn(move || read_loop(client, step, interval, state))
                 .context("starting the agent reader")?
         };
         info!(
@@ -152,7 +145,8 @@ pub fn run(path: &Path) -> anyhow::Result<()> {
         )
         .await
         .context("serving HTTP");
-        drop(stop_tx);
+        // the server ended (a signal, or an error): the reader too
+        crate::signals::request_stop();
         let _ = reader.join();
         served?;
         info!("stopped");

@@ -176,11 +176,21 @@ fn sample_names(name: &str, kind: Type) -> Vec<String> {
     suffixes.iter().map(|s| format!("{name}{s}")).collect()
 }
 
+/// `base` with the number `n` appended after a `_`, unless `base` already
+/// ends in one (so `_` becomes `_2`, never the reserved `__2`).
+fn suffixed(base: &str, n: u32) -> String {
+    if base.ends_with('_') {
+        format!("{base}{n}")
+    } else {
+        format!("{base}_{n}")
+    }
+}
+
 /// `name` with `_n` added: before `_total` for counters, at the end else.
 fn numbered(name: &str, n: u32, kind: Type) -> String {
     match name.strip_suffix("_total") {
-        Some(stem) if kind == Type::Counter => format!("{stem}_{n}_total"),
-        _ => format!("{name}_{n}"),
+        Some(stem) if kind == Type::Counter => format!("{}_total", suffixed(stem, n)),
+        _ => suffixed(name, n),
     }
 }
 
@@ -219,7 +229,7 @@ fn label_names<'k>(
         let mut name = target.clone();
         let mut n = 2;
         while taken.contains(&name) {
-            name = format!("{target}_{n}");
+            name = suffixed(&target, n);
             n += 1;
         }
         notes.push(format!(
@@ -744,6 +754,29 @@ mod tests {
         has(&text, "g_bytes{a_b=\"1\",a_b_2=\"2\"} 5");
         has(&text, "h{a_b_2=\"1\"} 6");
         has(&text, "h{a_b=\"1\"} 7");
+    }
+
+    #[test]
+    fn names_that_sanitise_to_an_underscore_never_become_reserved() {
+        static U: MetricDef = MetricDef::gauge("uni", "", "").labels(&["\u{e9}", "\u{fc}", "e"]);
+        static A: MetricDef = MetricDef::gauge("\u{e9}", "", "");
+        static B: MetricDef = MetricDef::gauge("\u{f1}", "", "");
+        let text = render("", |out| {
+            out.gauge(
+                &Series::new(&U, &[("\u{e9}", "1"), ("\u{fc}", "2"), ("e", "3")]),
+                1,
+            );
+            out.gauge(&Series::new(&A, &[]), 2);
+            out.gauge(&Series::new(&B, &[]), 3);
+        });
+        has(&text, "uni{_=\"1\",_2=\"2\",e=\"3\"} 1");
+        has(&text, "_2 3");
+        for line in text.lines().filter(|l| !l.starts_with('#')) {
+            assert!(
+                !line.starts_with("__") && !line.contains("{__") && !line.contains(",__"),
+                "{line}"
+            );
+        }
     }
 
     #[test]

@@ -23,7 +23,6 @@ pub mod ring;
 
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::mpsc;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
@@ -354,8 +353,8 @@ pub fn ring_path(output: &Path) -> PathBuf {
     PathBuf::from(name)
 }
 
-/// Writes a snapshot every interval until `stop` is dropped.
-fn sample(hs: Arc<Hindsight>, client: Client, stop: mpsc::Receiver<()>) {
+/// Writes a snapshot every interval until SIGINT, SIGTERM or a requested stop.
+fn sample(hs: Arc<Hindsight>, client: Client) {
     let mut write_errors = Repeated::new();
     let mut sync_errors = Repeated::new();
     let mut warned_split = false;
@@ -369,7 +368,7 @@ fn sample(hs: Arc<Hindsight>, client: Client, stop: mpsc::Receiver<()>) {
     };
     let mut poller = Poller::new(client, hs.interval);
     loop {
-        let Some(reading) = poller.next(&stop) else {
+        let Some(reading) = poller.next(&crate::signals::Signals) else {
             let _ = hs.lock().sync();
             return;
         };
@@ -543,12 +542,11 @@ pub fn run(path: &Path) -> anyhow::Result<()> {
         dumps: AtomicU64::new(0),
         keep_dumps: g.keep_dumps,
     });
-    let (stop, stopped) = mpsc::channel();
     let sampler = {
         let hs = Arc::clone(&hs);
         std::thread::Builder::new()
             .name("sampler".into())
-            .spawn(move || sample(hs, client, stopped))
+            .spawn(move || sample(hs, client))
             .context("starting the sampler")?
     };
 
@@ -614,7 +612,8 @@ pub fn run(path: &Path) -> anyhow::Result<()> {
         }
         Ok::<(), anyhow::Error>(())
     });
-    drop(stop);
+    // the loop ended (a signal, or an error): the sampler too
+    crate::signals::request_stop();
     let _ = sampler.join();
     result?;
     info!("stopped");

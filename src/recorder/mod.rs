@@ -232,7 +232,7 @@ pub fn record(args: RecordArgs) -> anyhow::Result<()> {
         ))
     };
     journal.snapshot(&first).map_err(stopped_by)?;
-    let started_at = Instant::now();
+    let started_at = crate::ticker::mono_now();
     let end = args.duration.map(|d| started_at + d);
     info!(
         "recording {url} every {} {} to {} (journal {})",
@@ -257,7 +257,7 @@ pub fn record(args: RecordArgs) -> anyhow::Result<()> {
     poller.keep_apart(args.interval / 2);
     loop {
         if let Some(end) = end.filter(|end| poller.next_due() >= *end) {
-            signals::wait_for_stop(end.saturating_duration_since(Instant::now()));
+            signals::wait_for_stop(end.saturating_sub(crate::ticker::mono_now()));
             break;
         }
         let Some(reading) = poller.next(&Signals) else {
@@ -295,7 +295,7 @@ pub fn record(args: RecordArgs) -> anyhow::Result<()> {
         }
         progress.show(format_args!(
             "recording: {}{total}, {samples} samples, {}{}",
-            round(started_at.elapsed()),
+            round(crate::ticker::mono_now().saturating_sub(started_at)),
             human_bytes(journal.bytes()),
             if poller.failing().is_some() {
                 " (agent unreachable)"
@@ -373,7 +373,7 @@ fn finish_as(
         converted.columns,
         match converted.gaps.len() {
             0 => String::new(),
-            n => format!(", {n} gap(s) with the agent unreachable"),
+            n => format!(", {n} gap(s) without samples, listed in its `gaps` metadata"),
         },
         output.display(),
         human_bytes(converted.bytes)
@@ -427,6 +427,17 @@ pub fn recover(journal: &Path, output: Option<&Path>, force: bool) -> anyhow::Re
             }
         }
     };
+    // the journal is removed once converted: writing over it would lose both
+    let same = |a: &Path, b: &Path| match (a.canonicalize(), b.canonicalize()) {
+        (Ok(a), Ok(b)) => a == b,
+        _ => false,
+    };
+    if same(journal, &output) {
+        bail!(
+            "OUTPUT {} is the journal itself: name another file for the Parquet output",
+            output.display()
+        );
+    }
     if output.exists() && !force {
         bail!("{} exists; pass --force to overwrite it", output.display());
     }

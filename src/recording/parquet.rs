@@ -131,6 +131,9 @@ struct Columns {
     list: Vec<Column>,
     /// Columns by series name (several when the series changed description).
     index: HashMap<String, Vec<usize>>,
+    /// Every column name in use: a variant's name (`x#2`) can also be
+    /// another series' own name, and column names must be unique.
+    names: std::collections::HashSet<String>,
     buckets: usize,
 }
 
@@ -159,12 +162,23 @@ impl Columns {
             return;
         }
         let variants = self.index.get(&name).map_or(0, Vec::len);
-        let column = match (variants, kind) {
-            (0, Kind::Histogram) => histogram_column(&name),
-            (0, _) => name.clone(),
-            (n, Kind::Histogram) => histogram_column(&format!("{name}#{}", n + 1)),
-            (n, _) => format!("{name}#{}", n + 1),
+        let column_name = |n: usize| {
+            let series = if n == 0 {
+                name.clone()
+            } else {
+                format!("{name}#{}", n + 1)
+            };
+            match kind {
+                Kind::Histogram => histogram_column(&series),
+                _ => series,
+            }
         };
+        // the first free name from this series' next variant on
+        let column = (variants..)
+            .map(column_name)
+            .find(|c| !self.names.contains(c))
+            .unwrap_or_else(|| format!("{name}#{}", self.list.len()));
+        self.names.insert(column.clone());
         let mut metadata: HashMap<String, String> =
             source.iter().map(|(k, v)| (k.clone(), v.clone())).collect();
         let kind_name = match kind {
@@ -811,5 +825,27 @@ mod tests {
                 "{name}: {bucket:?}"
             );
         }
+    }
+
+    #[test]
+    fn a_series_named_like_a_variant_does_not_share_its_column_name() {
+        use std::collections::BTreeMap;
+        let meta = |m: &str, unit: &str| -> BTreeMap<String, String> {
+            [("metric", m), ("unit", unit)]
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect()
+        };
+        let mut columns = Columns::default();
+        columns.add("x#2".into(), Kind::Gauge, &meta("x#2", "bytes"));
+        columns.add("x".into(), Kind::Gauge, &meta("x", "bytes"));
+        // x changes unit: its variant must not take "x#2"
+        columns.add("x".into(), Kind::Gauge, &meta("x", "seconds"));
+        let names: Vec<&str> = columns.list.iter().map(|c| c.name.as_str()).collect();
+        assert_eq!(names, ["x#2", "x", "x#3"]);
+        assert_eq!(
+            columns.find("x", Kind::Gauge, &meta("x", "seconds")),
+            Some(2)
+        );
     }
 }
