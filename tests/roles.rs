@@ -560,3 +560,40 @@ fn a_full_disk_stops_the_recorder_with_the_recovery_command() {
     let file = read_parquet(&elsewhere);
     assert!(file["rows"].as_u64().unwrap() >= 5, "{}", file["rows"]);
 }
+
+/// A second hindsight with the same output (here with another duration,
+/// which would re-size the ring) is refused at start; the first one's ring
+/// and its dumps are untouched.
+#[test]
+fn a_second_hindsight_on_the_same_ring_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let fake = agent(0, Duration::ZERO);
+    let config = hindsight_config(dir.path(), &fake);
+    let first = Role::start(&["hindsight", config.to_str().unwrap()], &[]);
+    first.wait_for("running", Duration::from_secs(15));
+    std::thread::sleep(Duration::from_millis(500));
+    let ring = dir.path().join("out/hs.parquet.ring");
+    let size = std::fs::metadata(&ring).unwrap().len();
+
+    let other = dir.path().join("other.toml");
+    let text = std::fs::read_to_string(&config)
+        .unwrap()
+        .replace("10s", "2s");
+    std::fs::write(&other, text).unwrap();
+    let second = Command::new(BIN)
+        .args(["hindsight", other.to_str().unwrap()])
+        .output()
+        .unwrap();
+    assert!(!second.status.success());
+    let stderr = String::from_utf8_lossy(&second.stderr);
+    assert!(stderr.contains("in use by another process"), "{stderr}");
+    assert_eq!(std::fs::metadata(&ring).unwrap().len(), size);
+
+    first.signal(libc::SIGHUP);
+    first.wait_for("wrote", Duration::from_secs(10));
+    let written = dumps(&dir.path().join("out"));
+    assert_eq!(written.len(), 1, "{written:?}");
+    assert!(read_parquet(&written[0])["rows"].as_u64().unwrap() >= 3);
+    first.signal(libc::SIGTERM);
+    assert!(first.wait(Duration::from_secs(10)).success());
+}

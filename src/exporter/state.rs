@@ -96,6 +96,8 @@ pub struct State {
     /// Series left out of renders (one per series per interval), by reason.
     dropped: BTreeMap<DropReason, u64>,
     rendered: String,
+    /// Whether oversampled counters missing from the agent were reported.
+    missing_reported: bool,
 }
 
 impl State {
@@ -109,6 +111,7 @@ impl State {
             fetches: 0,
             errors: 0,
             resets: 0,
+            missing_reported: false,
             counters: HashMap::new(),
             last_success: None,
             plan: None,
@@ -196,6 +199,18 @@ impl State {
     fn add_rates(&mut self, snap: &Received) {
         if self.options.oversampled.is_empty() {
             return;
+        }
+        if !self.missing_reported {
+            // once, on the first snapshot: a name in `oversample.counters`
+            // that the agent does not serve (a typo, a disabled sampler)
+            self.missing_reported = true;
+            for wanted in &self.options.oversampled {
+                if !snap.counters.iter().any(|c| c.metric() == wanted) {
+                    tracing::warn!(
+                        "`oversample.counters` lists {wanted:?}, which is not a counter the agent serves: no {wanted}_per_second"
+                    );
+                }
+            }
         }
         let chosen =
             |c: &&ReceivedEntry<u64>| self.options.oversampled.iter().any(|m| m == c.metric());

@@ -44,6 +44,10 @@ pub enum RingError {
     },
     #[error("a snapshot of {0} bytes needs more than 65535 slots")]
     TooLarge(usize),
+    /// Another process (another hindsight with the same `output`) holds the
+    /// ring: two writers would destroy each other's history.
+    #[error("the ring {} is in use by another process (another hindsight with the same `general.output`?)", .0.display())]
+    InUse(PathBuf),
 }
 
 /// A slot's state.
@@ -135,6 +139,16 @@ impl Ring {
             .create(true)
             .truncate(false)
             .open(path)?;
+        // one writer per ring, for as long as this process has it open;
+        // checked before anything is read, resized or written
+        // SAFETY: flock on a descriptor we own.
+        if unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } != 0 {
+            let e = io::Error::last_os_error();
+            return Err(match e.raw_os_error() {
+                Some(libc::EWOULDBLOCK) => RingError::InUse(path.to_path_buf()),
+                _ => RingError::Io(e),
+            });
+        }
         let mut found = vec![0u8; HEADER_BYTES as usize];
         let size = file.metadata()?.len();
         let existing = if file.read_exact_at(&mut found, 0).is_ok() && found.starts_with(MAGIC) {
@@ -435,10 +449,12 @@ mod tests {
         let got = payloads(&ring);
         assert_eq!(got.iter().map(|p| p.0).collect::<Vec<_>>(), [4, 5, 6, 7]);
         assert_eq!(got[3].1, b"seven");
+        drop(ring);
         // the same slot count keeps the ring whatever slot size is asked
         let (ring, replaced) = Ring::open(&path, 512, 4).unwrap();
         assert!(!replaced);
         assert_eq!((ring.slot_size, payloads(&ring).len()), (256, 4));
+        drop(ring);
         // another slot count: replaced, empty
         let (ring, replaced) = Ring::open(&path, 512, 5).unwrap();
         assert!(replaced);
@@ -462,6 +478,7 @@ mod tests {
         let mut bytes = std::fs::read(&path).unwrap();
         bytes[(HEADER_BYTES + 2 * 64) as usize + SLOT_HEADER + 1] ^= 0x55;
         std::fs::write(&path, &bytes).unwrap();
+        drop(ring);
         let (ring, _) = Ring::open(&path, 64, 16).unwrap();
         let got = payloads(&ring);
         assert_eq!(got.iter().map(|p| p.0).collect::<Vec<_>>(), [1, 3]);
@@ -510,6 +527,25 @@ mod tests {
             &std::fs::read(&holes).unwrap()[20 << 10..(20 << 10) + 4],
             b"kept"
         );
+    }
+
+    #[test]
+    fn a_ring_in_use_is_refused_and_left_alone() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("r.ring");
+        let (mut first, _) = Ring::open(&path, 4096, 8).unwrap();
+        first.append(1, b"kept").unwrap();
+        let len = std::fs::metadata(&path).unwrap().len();
+        // a second writer, even one that wants another size, is refused
+        // before it can touch the file
+        assert!(matches!(
+            Ring::open(&path, 4096, 3),
+            Err(RingError::InUse(_))
+        ));
+        assert_eq!(std::fs::metadata(&path).unwrap().len(), len);
+        assert_eq!(payloads(&first), vec![(1, b"kept".to_vec())]);
+        drop(first);
+        assert!(Ring::open(&path, 4096, 8).is_ok());
     }
 
     #[test]
