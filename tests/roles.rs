@@ -597,3 +597,49 @@ fn a_second_hindsight_on_the_same_ring_is_refused() {
     first.signal(libc::SIGTERM);
     assert!(first.wait(Duration::from_secs(10)).success());
 }
+
+/// Hindsight under libfaketime: the wall clock steps back 10 minutes;
+/// sampling goes on at its cadence, and a dump lists the step in its
+/// `clock_steps` metadata.
+#[test]
+fn hindsight_keeps_sampling_through_a_clock_step_and_its_dump_lists_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let fake = agent(0, Duration::ZERO);
+    let config = hindsight_config(dir.path(), &fake);
+    let rc = dir.path().join("faketime.rc");
+    std::fs::write(&rc, "+0\n").unwrap();
+    let lib = libfaketime();
+    let env = [
+        ("LD_PRELOAD", lib.to_str().unwrap()),
+        ("FAKETIME_TIMESTAMP_FILE", rc.to_str().unwrap()),
+        ("FAKETIME_NO_CACHE", "1"),
+    ];
+    let role = Role::start(&["hindsight", config.to_str().unwrap()], &env);
+    role.wait_for("running", Duration::from_secs(15));
+    std::thread::sleep(Duration::from_millis(1500));
+    let before = fake.served.load(std::sync::atomic::Ordering::SeqCst);
+    std::fs::write(&rc, "-600\n").unwrap();
+    role.wait_for("stepped back", Duration::from_secs(3));
+    std::thread::sleep(Duration::from_millis(1500));
+    // ten reads a second went on while the clock was behind
+    let during = fake.served.load(std::sync::atomic::Ordering::SeqCst) - before;
+    assert!(during >= 15, "{during} reads in about 2 s at 100 ms");
+    role.signal(libc::SIGHUP);
+    role.wait_for("wrote", Duration::from_secs(10));
+    let written = dumps(&dir.path().join("out"));
+    assert_eq!(written.len(), 1, "{written:?}");
+    let file = read_parquet(&written[0]);
+    let steps: serde_json::Value = serde_json::from_str(
+        file["metadata"]["clock_steps"]
+            .as_str()
+            .expect("clock_steps"),
+    )
+    .unwrap();
+    assert_eq!(steps.as_array().unwrap().len(), 1, "{steps}");
+    assert!(
+        steps[0]["step_ns"].as_i64().unwrap() < -599_000_000_000,
+        "{steps}"
+    );
+    role.signal(libc::SIGTERM);
+    assert!(role.wait(Duration::from_secs(10)).success());
+}

@@ -56,7 +56,13 @@ pub struct Hindsight {
     dumps: AtomicU64,
     /// Dump files kept (0: all).
     keep_dumps: usize,
+    /// Wall-clock steps seen while sampling (the newest [`MAX_CLOCK_STEPS`]),
+    /// written into the dumps whose span they fall in.
+    clock_steps: Mutex<Vec<journal::ClockStep>>,
 }
+
+/// Clock steps remembered for dumps.
+const MAX_CLOCK_STEPS: usize = 64;
 
 /// Why a dump wrote nothing.
 #[derive(Debug, thiserror::Error)]
@@ -236,6 +242,20 @@ impl Hindsight {
                     appended += 1;
                 }
             }
+            // the span the dump covers (stamps need not be in order: a step
+            // back makes later records older)
+            let stamps = chosen.iter().map(|r| r.timestamp_ns);
+            let (first, last) = (stamps.clone().min().unwrap_or(0), stamps.max().unwrap_or(0));
+            let steps = self
+                .clock_steps
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .clone();
+            for step in steps.iter().filter(|s| (first..=last).contains(&s.at_ns)) {
+                journal
+                    .clock_step(step)
+                    .with_context(|| format!("writing {}", journal_path.display()))?;
+            }
             drop(journal);
             if appended == 0 {
                 // every record chosen was overwritten while it was read
@@ -373,6 +393,16 @@ fn sample(hs: Arc<Hindsight>, client: Client) {
             return;
         };
         let tick = reading.tick;
+        if let Some(step_ns) = tick.step_ns {
+            let mut steps = hs.clock_steps.lock().unwrap_or_else(|p| p.into_inner());
+            if steps.len() == MAX_CLOCK_STEPS {
+                steps.remove(0);
+            }
+            steps.push(journal::ClockStep {
+                at_ns: unix_nanos(tick.wall),
+                step_ns,
+            });
+        }
         // an unreadable agent is logged by the poller: nothing to write
         if let Ok(bytes) = reading.fetched {
             let written = compressor
@@ -541,6 +571,7 @@ pub fn run(path: &Path) -> anyhow::Result<()> {
         dumping: Mutex::new(()),
         dumps: AtomicU64::new(0),
         keep_dumps: g.keep_dumps,
+        clock_steps: Mutex::new(Vec::new()),
     });
     let sampler = {
         let hs = Arc::clone(&hs);
@@ -875,6 +906,7 @@ mod tests {
             dumping: Mutex::new(()),
             dumps: AtomicU64::new(0),
             keep_dumps: 10,
+            clock_steps: Mutex::new(Vec::new()),
         });
         assert!(
             snapshot(1).len() > 2 * hs.lock().capacity(),
