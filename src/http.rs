@@ -546,6 +546,23 @@ async fn connection(
     server.remove(conn.id);
 }
 
+/// Binds `listen` (a role's `general.listen`); the error names the address
+/// and the key in the config file at `config`.
+pub async fn bind(
+    listen: std::net::SocketAddr,
+    config: &std::path::Path,
+) -> anyhow::Result<tokio::net::TcpListener> {
+    use anyhow::Context as _;
+    tokio::net::TcpListener::bind(listen)
+        .await
+        .with_context(|| {
+            format!(
+                "cannot listen on {listen} (general.listen in {})",
+                config.display()
+            )
+        })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -171,14 +171,7 @@ pub fn run(path: &Path) -> anyhow::Result<()> {
         .context("starting the async runtime")?;
     runtime.block_on(async {
         let listen = config.general.listen;
-        let listener = tokio::net::TcpListener::bind(listen)
-            .await
-            .with_context(|| {
-                format!(
-                    "cannot listen on {listen} (general.listen in {})",
-                    path.display()
-                )
-            })?;
+        let listener = crate::http::bind(listen, path).await?;
         let collector = Collector::from_config(&config, &SamplerContext::default());
         let agent = Arc::new(Agent::new(collector, config.general.ttl));
         info!("listening on {}", listener.local_addr()?);

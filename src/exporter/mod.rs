@@ -108,14 +108,7 @@ pub fn run(path: &Path) -> anyhow::Result<()> {
         .context("starting the async runtime")?;
     runtime.block_on(async {
         let listen = config.general.listen;
-        let listener = tokio::net::TcpListener::bind(listen)
-            .await
-            .with_context(|| {
-                format!(
-                    "cannot listen on {listen} (general.listen in {})",
-                    path.display()
-                )
-            })?;
+        let listener = crate::http::bind(listen, path).await?;
         let reader = {
             let state = Arc::clone(&state);
             let client = Client::new(

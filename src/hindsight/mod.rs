@@ -585,14 +585,7 @@ pub fn run(path: &Path) -> anyhow::Result<()> {
         let (server_stop, server_stopped) = tokio::sync::oneshot::channel::<()>();
         let server = match g.listen {
             Some(listen) => {
-                let listener = tokio::net::TcpListener::bind(listen)
-                    .await
-                    .with_context(|| {
-                        format!(
-                            "cannot listen on {listen} (general.listen in {})",
-                            path.display()
-                        )
-                    })?;
+                let listener = crate::http::bind(listen, path).await?;
                 info!("listening on {}", listener.local_addr()?);
                 let app = router(Arc::clone(&hs));
                 Some(tokio::spawn(async move {
