@@ -5,7 +5,6 @@
 mod common;
 
 use std::collections::HashMap;
-use std::io::{BufRead, BufReader};
 use std::net::TcpListener;
 use std::process::{Child, Command, Stdio};
 use std::sync::atomic::Ordering;
@@ -92,17 +91,8 @@ impl Recorder {
             .stderr(Stdio::piped())
             .spawn()
             .unwrap();
-        let stderr = child.stderr.take().unwrap();
-        let (tx, rx) = mpsc::channel();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-                eprintln!("recorder: {line}");
-                if tx.send(line).is_err() {
-                    break;
-                }
-            }
-        });
-        Self { child, log: rx }
+        let log = common::log_lines(&mut child, "recorder");
+        Self { child, log }
     }
 
     fn wait_log(&self, text: &str, timeout: Duration) {

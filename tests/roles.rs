@@ -5,7 +5,6 @@
 
 mod common;
 
-use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::sync::mpsc;
@@ -51,17 +50,30 @@ impl Role {
             .stderr(Stdio::piped())
             .spawn()
             .expect("spawn rezolus");
-        let stderr = child.stderr.take().unwrap();
-        let (tx, log) = mpsc::channel();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-                eprintln!("role: {line}");
-                if tx.send(line).is_err() {
-                    break;
-                }
-            }
-        });
+        let log = common::log_lines(&mut child, "role");
         Self { child, log }
+    }
+
+    /// `rezolus record --interval I --duration D SOURCE OUTPUT`.
+    fn record(
+        agent: &FakeAgent,
+        interval: &str,
+        duration: &str,
+        out: &Path,
+        env: &[(&str, &str)],
+    ) -> Self {
+        let url = format!("http://{}", agent.addr);
+        let out = out.to_str().unwrap();
+        let args = [
+            "record",
+            "--interval",
+            interval,
+            "--duration",
+            duration,
+            &url,
+            out,
+        ];
+        Self::start(&args, env)
     }
 
     fn signal(&self, signal: i32) {
@@ -69,16 +81,8 @@ impl Role {
     }
 
     /// Waits for a log line containing `needle`.
-    fn wait_for(&self, needle: &str, timeout: Duration) -> String {
-        let deadline = Instant::now() + timeout;
-        loop {
-            let left = deadline.saturating_duration_since(Instant::now());
-            match self.log.recv_timeout(left) {
-                Ok(line) if line.contains(needle) => return line,
-                Ok(_) => {}
-                Err(_) => panic!("no log line with {needle:?}"),
-            }
-        }
+    fn wait_for(&self, needle: &str, timeout: Duration) {
+        common::wait_line(&self.log, needle, timeout)
     }
 
     fn wait(mut self, timeout: Duration) -> ExitStatus {
@@ -157,17 +161,7 @@ fn sighup_does_not_stop_a_recording() {
     let dir = tempfile::tempdir().unwrap();
     let fake = agent(0, Duration::ZERO);
     let out = dir.path().join("rec.parquet");
-    let url = format!("http://{}", fake.addr);
-    let args = [
-        "record",
-        "--interval",
-        "100ms",
-        "--duration",
-        "2s",
-        &url,
-        out.to_str().unwrap(),
-    ];
-    let role = Role::start(&args, &[]);
+    let role = Role::record(&fake, "100ms", "2s", &out, &[]);
     role.wait_for("recording", Duration::from_secs(10));
     for _ in 0..3 {
         role.signal(libc::SIGHUP);
@@ -204,18 +198,11 @@ fn sighup_is_ignored_by_the_agent_and_the_exporter() {
         unsafe { libc::kill(role.pid() as i32, libc::SIGHUP) };
     }
     for role in [&agent, &exporter] {
-        let deadline = Instant::now() + Duration::from_secs(5);
-        loop {
-            let line = role
-                .log
-                .recv_timeout(deadline.saturating_duration_since(Instant::now()));
-            if line
-                .expect("log line about SIGHUP")
-                .contains("SIGHUP received: ignored")
-            {
-                break;
-            }
-        }
+        common::wait_line(
+            &role.log,
+            "SIGHUP received: ignored",
+            Duration::from_secs(5),
+        );
         assert!(!role.get("/").is_empty());
     }
 }
@@ -242,7 +229,6 @@ fn a_wall_clock_step_does_not_stall_the_recorder() {
     let out = dir.path().join("step.parquet");
     let rc = dir.path().join("faketime.rc");
     std::fs::write(&rc, "+0\n").unwrap();
-    let url = format!("http://{}", fake.addr);
     let lib = libfaketime();
     let env = [
         ("LD_PRELOAD", lib.to_str().unwrap()),
@@ -252,16 +238,7 @@ fn a_wall_clock_step_does_not_stall_the_recorder() {
         // clock too (its default, as in the case that found this): the
         // cadence must not depend on it
     ];
-    let args = [
-        "record",
-        "--interval",
-        "200ms",
-        "--duration",
-        "6s",
-        &url,
-        out.to_str().unwrap(),
-    ];
-    let role = Role::start(&args, &env);
+    let role = Role::record(&fake, "200ms", "6s", &out, &env);
     role.wait_for("recording", Duration::from_secs(10));
     std::thread::sleep(Duration::from_secs(2));
     std::fs::write(&rc, "-600\n").unwrap();
@@ -404,17 +381,7 @@ fn series_that_change_description_mid_capture_are_recorded_exactly() {
     }));
     let dir = tempfile::tempdir().unwrap();
     let out = dir.path().join("drift.parquet");
-    let url = format!("http://{}", fake.addr);
-    let args = [
-        "record",
-        "--interval",
-        "100ms",
-        "--duration",
-        "1500ms",
-        &url,
-        out.to_str().unwrap(),
-    ];
-    let role = Role::start(&args, &[]);
+    let role = Role::record(&fake, "100ms", "1500ms", &out, &[]);
     assert!(role.wait(Duration::from_secs(20)).success());
     let file = read_parquet(&out);
     let rows = file["rows"].as_u64().unwrap() as usize;

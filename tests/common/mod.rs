@@ -172,16 +172,7 @@ impl Agent {
             .stderr(Stdio::piped())
             .spawn()
             .expect("spawn rezolus");
-        let stderr = child.stderr.take().unwrap();
-        let (tx, rx) = mpsc::channel();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-                eprintln!("agent: {line}");
-                if tx.send(line).is_err() {
-                    break;
-                }
-            }
-        });
+        let rx = log_lines(&mut child, "agent");
         // readiness: the log names the bound address, then `/` answers
         let deadline = Instant::now() + Duration::from_secs(30);
         let addr = loop {
@@ -415,6 +406,22 @@ pub fn added(before: &histogram::Histogram, after: &histogram::Histogram) -> u64
 
 /// Runs the binary with these arguments to completion.
 /// Waits for a log line containing `text`.
+/// The child's stderr lines, echoed to the test's output with `tag`, on a
+/// channel (the child must have been spawned with piped stderr).
+pub fn log_lines(child: &mut Child, tag: &'static str) -> mpsc::Receiver<String> {
+    let stderr = child.stderr.take().expect("stderr piped");
+    let (tx, rx) = mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+            eprintln!("{tag}: {line}");
+            if tx.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    rx
+}
+
 pub fn wait_line(log: &mpsc::Receiver<String>, text: &str, timeout: Duration) {
     let deadline = Instant::now() + timeout;
     loop {

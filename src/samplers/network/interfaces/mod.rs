@@ -237,31 +237,37 @@ fn update(
     delta
 }
 
-/// Which of the interfaces in read `round` the total counts (see the
-/// module docs).
-fn counted<'a>(
-    tracked: &'a HashMap<Vec<u8>, Tracked>,
-    all: bool,
-    sys_class_net: &Path,
-    round: u64,
-) -> HashMap<&'a [u8], bool> {
-    let present = tracked.iter().filter(|(_, t)| t.round == round);
-    if all {
-        return present
-            .map(|(n, t)| (n.as_slice(), !t.kind.loopback))
-            .collect();
+/// Which interfaces the total counts (see the module docs), decided once
+/// per read.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Rule {
+    /// `total_all_interfaces = 1`: all but loopback.
+    All,
+    /// The interfaces backed by a device.
+    Devices,
+    /// None is backed by a device: those not stacked on another, but loopback.
+    Unstacked,
+}
+
+impl Rule {
+    fn for_read(tracked: &HashMap<Vec<u8>, Tracked>, all: bool, round: u64) -> Self {
+        if all {
+            Rule::All
+        } else if tracked.values().any(|t| t.round == round && t.kind.device) {
+            Rule::Devices
+        } else {
+            Rule::Unstacked
+        }
     }
-    if tracked.values().any(|t| t.round == round && t.kind.device) {
-        return present
-            .map(|(n, t)| (n.as_slice(), t.kind.device))
-            .collect();
+
+    fn counts(self, name: &[u8], kind: Kind, sys_class_net: &Path) -> bool {
+        match self {
+            Rule::All => !kind.loopback,
+            Rule::Devices => kind.device,
+            // read each time: ports join and leave bridges
+            Rule::Unstacked => !kind.loopback && !is_stacked(&sysfs_dir(sys_class_net, name)),
+        }
     }
-    present
-        .map(|(n, t)| {
-            let stacked = is_stacked(&sysfs_dir(sys_class_net, n));
-            (n.as_slice(), !t.kind.loopback && !stacked)
-        })
-        .collect()
 }
 
 impl Sampler for Interfaces {
@@ -337,9 +343,10 @@ impl Sampler for Interfaces {
             }
             deltas.push((interface.name, delta));
         }
-        let counted = counted(&self.per_interface, self.all, &self.sys_class_net, round);
+        let rule = Rule::for_read(&self.per_interface, self.all, round);
         for (name, delta) in &deltas {
-            if counted.get(name).copied().unwrap_or(false) {
+            let kind = self.per_interface[*name].kind;
+            if rule.counts(name, kind, &self.sys_class_net) {
                 for (total, d) in self.totals.iter_mut().zip(delta) {
                     *total = total.saturating_add(*d);
                 }
