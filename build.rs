@@ -12,7 +12,9 @@ use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
 
 fn main() {
-    let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("src");
+    // At run time, not `env!`: a build script compiled for one checkout may
+    // be reused by cargo for a copy of it elsewhere.
+    let src = PathBuf::from(std::env::var("CARGO_MANIFEST_DIR").unwrap()).join("src");
     let out = PathBuf::from(std::env::var("OUT_DIR").unwrap());
     println!("cargo:rerun-if-changed={}", src.join("samplers").display());
     println!("cargo:rerun-if-changed={}", src.join("bpf").display());
