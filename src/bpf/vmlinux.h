@@ -31,6 +31,7 @@ enum bpf_map_type {
 	BPF_MAP_TYPE_HASH = 1,
 	BPF_MAP_TYPE_ARRAY = 2,
 	BPF_MAP_TYPE_PERCPU_ARRAY = 6,
+	BPF_MAP_TYPE_SK_STORAGE = 24,
 	BPF_MAP_TYPE_TASK_STORAGE = 29,
 };
 enum {
@@ -81,5 +82,51 @@ struct request {
 	unsigned int cmd_flags;
 	unsigned int __data_len;
 } __attribute__((preserve_access_index));
+
+/* networking */
+struct sk_buff {
+	unsigned int len;
+	__u16 protocol; /* big endian: an ETH_P_* value */
+	__u16 transport_header;
+	__u16 network_header;
+	unsigned char *head;
+	unsigned char *data;
+	char cb[48];
+} __attribute__((preserve_access_index));
+
+/* TCP's private part of sk_buff.cb (include/net/tcp.h); tcp_gso_segs sits in
+ * an anonymous union there, which CO-RE field matching looks through. */
+struct tcp_skb_cb {
+	__u16 tcp_gso_segs;
+} __attribute__((preserve_access_index));
+
+struct sock_common {
+	unsigned short skc_family;
+} __attribute__((preserve_access_index));
+
+struct sock {
+	struct sock_common __sk_common;
+	__u16 sk_protocol;
+} __attribute__((preserve_access_index));
+
+struct tcp_sock {
+	__u32 srtt_us; /* smoothed RTT << 3, in microseconds */
+	__u32 mdev_us; /* mean deviation << 2, in microseconds */
+} __attribute__((preserve_access_index));
+
+struct request_sock;
+struct net_device;
+
+enum {
+	ETH_P_IP = 0x0800,
+	ETH_P_IPV6 = 0x86DD,
+	IPPROTO_TCP = 6,
+};
+
+/* include/net/tcp_states.h */
+enum {
+	TCP_ESTABLISHED = 1,
+	TCP_SYN_SENT = 2,
+};
 
 #endif

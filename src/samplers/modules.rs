@@ -25,6 +25,8 @@ pub mod cpu_usage;
 pub mod memory_meminfo;
 #[path = "memory/vmstat/mod.rs"]
 pub mod memory_vmstat;
+#[path = "network/drop/mod.rs"]
+pub mod network_drop;
 #[path = "network/interfaces/mod.rs"]
 pub mod network_interfaces;
 #[path = "network/protocols/mod.rs"]
@@ -37,3 +39,11 @@ pub mod scheduler_runqueue;
 pub mod softirq;
 #[path = "syscall/mod.rs"]
 pub mod syscall;
+#[path = "tcp/connect_latency/mod.rs"]
+pub mod tcp_connect_latency;
+#[path = "tcp/retransmit/mod.rs"]
+pub mod tcp_retransmit;
+#[path = "tcp/rtt/mod.rs"]
+pub mod tcp_rtt;
+#[path = "tcp/traffic/mod.rs"]
+pub mod tcp_traffic;

@@ -1,0 +1,103 @@
+//! `tcp_connect_latency`: how long active TCP opens take, and TCP resets.
+//!
+//! Hooks: `tp_btf/inet_sock_set_state` (the SYN_SENT time kept in
+//! socket-local storage, `BPF_MAP_TYPE_SK_STORAGE`: no hash map, and only
+//! connects pay for it), `tp_btf/tcp_send_reset`, `tp_btf/tcp_receive_reset`.
+//! Emits the histogram `tcp_connect_latency` (SYN sent to ESTABLISHED, for
+//! connects that succeed) and the counter `tcp_reset{direction}`: resets sent
+//! (`transmit`, including those answering a packet that has no socket, such as
+//! a SYN to a closed port) and received by a socket (`receive`). These are
+//! events seen by tracepoints in every network namespace; the procfs sampler's
+//! `tcp_resets` (OutRsts) counts resets sent in the agent's namespace only.
+
+mod bpf {
+    include!(concat!(env!("OUT_DIR"), "/tcp_connect.skel.rs"));
+}
+
+use std::sync::Arc;
+
+use libbpf_rs::skel::{OpenSkel, Skel, SkelBuilder};
+
+use crate::bpf::{check_support, classify, object_storage, possible_cpus, BankCounter, MmapArray};
+use crate::metrics::{MetricDef, Series};
+use crate::samplers::{Sampler, SamplerContext, SamplerSpec, Source, SAMPLERS};
+use crate::snapshot::Emitter;
+
+pub static TCP_CONNECT_LATENCY: MetricDef = MetricDef::histogram(
+    "tcp_connect_latency",
+    "nanoseconds",
+    "Time from a TCP SYN sent to the connection ESTABLISHED, for successful active opens",
+);
+pub static TCP_RESET: MetricDef = MetricDef::counter(
+    "tcp_reset",
+    "resets",
+    "TCP resets sent (`transmit`) and received by a socket (`receive`), all network namespaces",
+)
+.labels(&["direction"]);
+
+#[linkme::distributed_slice(SAMPLERS)]
+static SPEC: SamplerSpec = SamplerSpec {
+    name: "tcp_connect_latency",
+    source: Source::Bpf(
+        "tp_btf/inet_sock_set_state, tp_btf/tcp_send_reset, tp_btf/tcp_receive_reset",
+    ),
+    options: &[],
+    metrics: || vec![&TCP_CONNECT_LATENCY, &TCP_RESET],
+    init,
+};
+
+/// Directions in BPF bank order (`TRANSMIT`, `RECEIVE`).
+const DIRECTIONS: [&str; 2] = ["transmit", "receive"];
+
+struct TcpConnect {
+    _skel: bpf::TcpConnectSkel<'static>,
+    resets: MmapArray,
+    latency: MmapArray,
+    reset_counters: Vec<BankCounter>,
+    latency_series: Arc<Series>,
+    scratch: Vec<u64>,
+}
+
+fn init(_: &SamplerContext) -> anyhow::Result<Box<dyn Sampler>> {
+    check_support()?;
+    let mut open = bpf::TcpConnectSkelBuilder::default()
+        .open(object_storage())
+        .map_err(|e| classify(e, "opening the tcp_connect_latency BPF object"))?;
+    open.maps
+        .resets
+        .set_max_entries(possible_cpus()? as u32)
+        .map_err(|e| classify(e, "sizing the TCP reset banks"))?;
+    let mut skel = open
+        .load()
+        .map_err(|e| classify(e, "loading the tcp_connect_latency BPF programs"))?;
+    skel.attach().map_err(|e| {
+        classify(
+            e,
+            "attaching to tp_btf/inet_sock_set_state, tcp_send_reset and tcp_receive_reset",
+        )
+    })?;
+    let resets = MmapArray::new(&skel.maps.resets)?;
+    let latency = MmapArray::new(&skel.maps.latency)?;
+    Ok(Box::new(TcpConnect {
+        _skel: skel,
+        resets,
+        latency,
+        reset_counters: DIRECTIONS
+            .iter()
+            .enumerate()
+            .map(|(i, d)| BankCounter::new(&TCP_RESET, &[("direction", d)], i, None))
+            .collect(),
+        latency_series: Series::new(&TCP_CONNECT_LATENCY, &[]),
+        scratch: Vec::new(),
+    }))
+}
+
+impl Sampler for TcpConnect {
+    fn refresh(&mut self, out: &mut Emitter<'_>) -> anyhow::Result<()> {
+        for counter in &self.reset_counters {
+            counter.emit(&self.resets, &[], &mut self.scratch, out);
+        }
+        out.histogram(&self.latency_series, self.latency.histogram(0));
+        Ok(())
+    }
+}

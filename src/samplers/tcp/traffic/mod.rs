@@ -1,0 +1,125 @@
+//! `tcp_traffic`: TCP packets and payload bytes sent and received, and the
+//! payload size of each packet.
+//!
+//! Hooks: `tp_btf/net_dev_start_xmit` (transmit) and
+//! `tp_btf/netif_receive_skb` (receive), IPv4 and IPv6. Emits counters
+//! `tcp_bytes{direction}` (payload bytes, past the IP and TCP headers) and
+//! `tcp_packets{direction}`, and the histogram `tcp_size{direction}` (payload
+//! bytes per packet, zero for a bare ACK).
+//!
+//! A *packet* is one socket buffer as a network device sends or receives it,
+//! not a segment on the wire: with GSO (transmit) and GRO (receive) one
+//! packet may carry many segments, up to 64 KiB. Every device counts, so
+//! loopback traffic is counted once sent and once received, and a packet
+//! that crosses a veth pair or a bridge is counted at each device it passes.
+//! Retransmitted packets count again.
+
+mod bpf {
+    include!(concat!(env!("OUT_DIR"), "/tcp_traffic.skel.rs"));
+}
+
+use std::sync::Arc;
+
+use libbpf_rs::skel::{OpenSkel, Skel, SkelBuilder};
+
+use crate::bpf::{check_support, classify, object_storage, possible_cpus, BankCounter, MmapArray};
+use crate::metrics::{MetricDef, Series};
+use crate::samplers::{Sampler, SamplerContext, SamplerSpec, Source, SAMPLERS};
+use crate::snapshot::Emitter;
+
+pub static TCP_BYTES: MetricDef = MetricDef::counter(
+    "tcp_bytes",
+    "bytes",
+    "TCP payload bytes sent (`transmit`) and received (`receive`) by network devices",
+)
+.labels(&["direction"]);
+pub static TCP_PACKETS: MetricDef = MetricDef::counter(
+    "tcp_packets",
+    "packets",
+    "TCP packets sent and received by network devices (one GSO/GRO packet may be many segments)",
+)
+.labels(&["direction"]);
+pub static TCP_SIZE: MetricDef = MetricDef::histogram(
+    "tcp_size",
+    "bytes",
+    "TCP payload bytes per packet, by direction",
+)
+.labels(&["direction"]);
+
+#[linkme::distributed_slice(SAMPLERS)]
+static SPEC: SamplerSpec = SamplerSpec {
+    name: "tcp_traffic",
+    source: Source::Bpf("tp_btf/net_dev_start_xmit, tp_btf/netif_receive_skb"),
+    options: &[],
+    metrics: || vec![&TCP_BYTES, &TCP_PACKETS, &TCP_SIZE],
+    init,
+};
+
+/// Directions in BPF order (`TRANSMIT`, `RECEIVE`); the bank holds bytes by
+/// direction, then packets by direction.
+const DIRECTIONS: [&str; 2] = ["transmit", "receive"];
+
+struct TcpTraffic {
+    _skel: bpf::TcpTrafficSkel<'static>,
+    banks: MmapArray,
+    sizes: MmapArray,
+    counters: Vec<BankCounter>,
+    size_series: Vec<Arc<Series>>,
+    scratch: Vec<u64>,
+}
+
+fn init(_: &SamplerContext) -> anyhow::Result<Box<dyn Sampler>> {
+    check_support()?;
+    let mut open = bpf::TcpTrafficSkelBuilder::default()
+        .open(object_storage())
+        .map_err(|e| classify(e, "opening the tcp_traffic BPF object"))?;
+    open.maps
+        .traffic
+        .set_max_entries(possible_cpus()? as u32)
+        .map_err(|e| classify(e, "sizing the TCP traffic banks"))?;
+    let mut skel = open
+        .load()
+        .map_err(|e| classify(e, "loading the tcp_traffic BPF programs"))?;
+    skel.attach().map_err(|e| {
+        classify(
+            e,
+            "attaching to tp_btf/net_dev_start_xmit and netif_receive_skb",
+        )
+    })?;
+    let banks = MmapArray::new(&skel.maps.traffic)?;
+    let sizes = MmapArray::new(&skel.maps.size)?;
+    let mut counters = Vec::new();
+    for (m, def) in [&TCP_BYTES, &TCP_PACKETS].into_iter().enumerate() {
+        for (d, direction) in DIRECTIONS.iter().enumerate() {
+            counters.push(BankCounter::new(
+                def,
+                &[("direction", direction)],
+                m * DIRECTIONS.len() + d,
+                None,
+            ));
+        }
+    }
+    Ok(Box::new(TcpTraffic {
+        _skel: skel,
+        banks,
+        sizes,
+        counters,
+        size_series: DIRECTIONS
+            .iter()
+            .map(|d| Series::new(&TCP_SIZE, &[("direction", d)]))
+            .collect(),
+        scratch: Vec::new(),
+    }))
+}
+
+impl Sampler for TcpTraffic {
+    fn refresh(&mut self, out: &mut Emitter<'_>) -> anyhow::Result<()> {
+        for counter in &self.counters {
+            counter.emit(&self.banks, &[], &mut self.scratch, out);
+        }
+        for (d, series) in self.size_series.iter().enumerate() {
+            out.histogram(series, self.sizes.histogram(d));
+        }
+        Ok(())
+    }
+}
