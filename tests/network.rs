@@ -1,0 +1,440 @@
+//! The network and TCP eBPF samplers against real traffic: loopback
+//! transfers and connects, and a veth pair between two network namespaces
+//! that the test makes (with packet loss from an nftables rule and a rate
+//! limit from tbf). CI runs these as root: a sampler that does not load
+//! fails its test.
+
+mod common;
+
+use std::io::{Read, Write};
+use std::net::{Ipv4Addr, SocketAddr, TcpListener, TcpStream, UdpSocket};
+use std::os::fd::AsRawFd;
+use std::process::Command;
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use common::{added, added_between, counter_delta, require_active, Agent, Snap};
+
+/// The samplers count every TCP packet and drop on the host: tests that
+/// measure them must not overlap.
+static NETWORK: Mutex<()> = Mutex::new(());
+
+fn alone() -> std::sync::MutexGuard<'static, ()> {
+    NETWORK.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+fn agent() -> Agent {
+    let agent = Agent::start("", "");
+    require_active(
+        &agent,
+        &[
+            "network_drop",
+            "tcp_traffic",
+            "tcp_retransmit",
+            "tcp_connect_latency",
+            "tcp_rtt",
+        ],
+    );
+    agent
+}
+
+fn histogram_added(before: &Snap, after: &Snap, metric: &str, labels: &[(&str, &str)]) -> u64 {
+    added(before.histogram(metric, labels), after.histogram(metric, labels))
+}
+
+/// N bytes sent one way over loopback TCP move both directions of
+/// `tcp_bytes` by N (both ends are on this host), and `tcp_size` gains a
+/// sample per packet counted.
+#[test]
+fn tcp_bytes_follow_a_loopback_transfer() {
+    const N: usize = 32 << 20;
+    let _alone = alone();
+    let agent = agent();
+    let listener = TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).unwrap();
+    let addr = listener.local_addr().unwrap();
+    let before = agent.snapshot();
+    let receiver = std::thread::spawn(move || {
+        let (mut conn, _) = listener.accept().unwrap();
+        let mut buf = vec![0u8; 1 << 16];
+        let mut got = 0;
+        while got < N {
+            let n = conn.read(&mut buf).unwrap();
+            assert!(n > 0, "connection closed after {got} bytes");
+            got += n;
+        }
+    });
+    let mut conn = TcpStream::connect(addr).unwrap();
+    conn.write_all(&vec![7u8; N]).unwrap();
+    receiver.join().unwrap();
+    drop(conn);
+    let after = agent.snapshot();
+
+    let n = N as i128;
+    for direction in ["transmit", "receive"] {
+        let bytes = counter_delta(&before, &after, "tcp_bytes", &[("direction", direction)]);
+        assert!(
+            (n..n + n / 10).contains(&bytes),
+            "tcp_bytes{{direction={direction}}} moved {bytes} for {N} bytes sent"
+        );
+        let packets = counter_delta(&before, &after, "tcp_packets", &[("direction", direction)]);
+        let sizes = histogram_added(&before, &after, "tcp_size", &[("direction", direction)]);
+        assert!(packets > 0, "no {direction} packets");
+        assert_eq!(
+            sizes as i128, packets,
+            "tcp_size{{direction={direction}}} samples vs packets"
+        );
+    }
+}
+
+/// M connects to a loopback listener add M samples (within 2%) to
+/// `tcp_connect_latency`; M connects to a closed port add none, and move the
+/// reset counters both ways by M (the kernel answers each SYN with a reset,
+/// which the connecting socket receives).
+#[test]
+fn connects_are_timed_and_refused_connects_reset() {
+    const M: usize = 500;
+    let _alone = alone();
+    let agent = agent();
+    let listener = TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).unwrap();
+    let addr = listener.local_addr().unwrap();
+    let before = agent.snapshot();
+    let acceptor = std::thread::spawn(move || {
+        for _ in 0..M {
+            drop(listener.accept().unwrap());
+        }
+    });
+    for _ in 0..M {
+        drop(TcpStream::connect(addr).unwrap());
+    }
+    acceptor.join().unwrap();
+    let after = agent.snapshot();
+    let timed = histogram_added(&before, &after, "tcp_connect_latency", &[]) as usize;
+    assert!(
+        (M..=M + M / 50).contains(&timed),
+        "{timed} connect latency samples for {M} connects"
+    );
+    // a real connect over loopback takes microseconds, not nothing or seconds
+    let (b, a) = (
+        before.histogram("tcp_connect_latency", &[]),
+        after.histogram("tcp_connect_latency", &[]),
+    );
+    let plausible = added_between(b, a, 1_000, 100_000_000) as usize;
+    assert!(plausible * 10 >= timed * 9, "{plausible} of {timed} took 1 µs to 100 ms");
+
+    // a port nobody listens on: bind one, note it, close it
+    let closed = {
+        let l = TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).unwrap();
+        l.local_addr().unwrap()
+    };
+    let before = agent.snapshot();
+    for _ in 0..M {
+        let err = TcpStream::connect(closed).unwrap_err();
+        assert_eq!(err.kind(), std::io::ErrorKind::ConnectionRefused);
+    }
+    let after = agent.snapshot();
+    let m = M as i128;
+    for direction in ["transmit", "receive"] {
+        let resets = counter_delta(&before, &after, "tcp_reset", &[("direction", direction)]);
+        assert!(
+            (m..m + m / 50).contains(&resets),
+            "tcp_reset{{direction={direction}}} moved {resets} for {M} refused connects"
+        );
+    }
+    let timed = histogram_added(&before, &after, "tcp_connect_latency", &[]) as usize;
+    assert!(timed <= M / 50, "{timed} refused connects were timed");
+}
+
+/// K datagrams to a UDP port with no socket are dropped as `NO_SOCKET`.
+#[test]
+fn datagrams_to_a_closed_port_are_drops_with_no_socket() {
+    const K: i128 = 2_000;
+    let _alone = alone();
+    let agent = agent();
+    let closed = {
+        let s = UdpSocket::bind((Ipv4Addr::LOCALHOST, 0)).unwrap();
+        s.local_addr().unwrap()
+    };
+    let sender = UdpSocket::bind((Ipv4Addr::LOCALHOST, 0)).unwrap();
+    let before = agent.snapshot();
+    for _ in 0..K {
+        // the ICMP port unreachable that comes back may fail a later send
+        let _ = sender.send_to(b"x", closed);
+    }
+    let after = agent.snapshot();
+    let drops = counter_delta(&before, &after, "network_drop", &[("reason", "NO_SOCKET")]);
+    assert!(
+        (K..K + K / 10).contains(&drops),
+        "network_drop{{reason=NO_SOCKET}} moved {drops} for {K} datagrams"
+    );
+}
+
+/// Two network namespaces joined by a veth pair, deleted on drop.
+struct Namespaces {
+    a: String,
+    b: String,
+}
+
+const ADDR_A: &str = "10.231.0.1";
+const ADDR_B: &str = "10.231.0.2";
+
+fn sh(args: &[&str]) {
+    let out = Command::new(args[0]).args(&args[1..]).output().unwrap();
+    assert!(
+        out.status.success(),
+        "{args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+fn sh_output(args: &[&str]) -> String {
+    let out = Command::new(args[0]).args(&args[1..]).output().unwrap();
+    assert!(
+        out.status.success(),
+        "{args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout).unwrap()
+}
+
+impl Namespaces {
+    fn new(tag: &str) -> Self {
+        let pid = std::process::id();
+        let ns = Self {
+            a: format!("rzt{pid}{tag}a"),
+            b: format!("rzt{pid}{tag}b"),
+        };
+        for name in [&ns.a, &ns.b] {
+            sh(&["ip", "netns", "add", name]);
+            sh(&["ip", "-n", name, "link", "set", "lo", "up"]);
+        }
+        sh(&[
+            "ip", "-n", &ns.a, "link", "add", "veth0", "type", "veth", "peer", "name", "veth0",
+            "netns", &ns.b,
+        ]);
+        for (name, addr) in [(&ns.a, ADDR_A), (&ns.b, ADDR_B)] {
+            sh(&[
+                "ip",
+                "-n",
+                name,
+                "addr",
+                "add",
+                &format!("{addr}/24"),
+                "dev",
+                "veth0",
+            ]);
+            sh(&["ip", "-n", name, "link", "set", "veth0", "up"]);
+        }
+        ns
+    }
+
+    /// Runs `f` on a thread inside namespace `name`: sockets it makes
+    /// belong to that namespace for good.
+    fn run<T: Send + 'static>(name: &str, f: impl FnOnce() -> T + Send + 'static) -> T {
+        let path = format!("/run/netns/{name}");
+        std::thread::spawn(move || {
+            let ns = std::fs::File::open(&path).unwrap();
+            let rc = unsafe { libc::setns(ns.as_raw_fd(), libc::CLONE_NEWNET) };
+            assert_eq!(rc, 0, "setns {path}: {}", std::io::Error::last_os_error());
+            f()
+        })
+        .join()
+        .unwrap()
+    }
+
+    /// `RetransSegs` from namespace `name`'s own /proc/net/snmp.
+    fn retrans_segs(name: &str) -> u64 {
+        Self::run(name, || {
+            // thread-self: /proc/net follows the process's main thread
+            let snmp = std::fs::read_to_string("/proc/thread-self/net/snmp").unwrap();
+            let mut tcp = snmp.lines().filter(|l| l.starts_with("Tcp:"));
+            let (keys, values) = (tcp.next().unwrap(), tcp.next().unwrap());
+            let at = keys
+                .split_whitespace()
+                .position(|k| k == "RetransSegs")
+                .unwrap();
+            values.split_whitespace().nth(at).unwrap().parse().unwrap()
+        })
+    }
+}
+
+impl Drop for Namespaces {
+    fn drop(&mut self) {
+        for name in [&self.a, &self.b] {
+            let _ = Command::new("ip").args(["netns", "del", name]).status();
+        }
+    }
+}
+
+/// A listener in namespace B that reads `n` bytes per connection and
+/// answers one byte, and a sender in namespace A that sends `n` bytes and
+/// waits for the answer, `connections` times. Returns the senders' local
+/// ports.
+fn transfer(ns: &Namespaces, n: usize, connections: usize) {
+    let listener = Namespaces::run(&ns.b, || TcpListener::bind((ADDR_B, 5001)).unwrap());
+    let receiver = std::thread::spawn(move || {
+        for _ in 0..connections {
+            let (mut conn, _) = listener.accept().unwrap();
+            let mut buf = vec![0u8; 1 << 16];
+            let mut got = 0;
+            while got < n {
+                let k = conn.read(&mut buf).unwrap();
+                assert!(k > 0, "closed after {got} of {n} bytes");
+                got += k;
+            }
+            conn.write_all(b"k").unwrap();
+        }
+    });
+    let target: SocketAddr = format!("{ADDR_B}:5001").parse().unwrap();
+    Namespaces::run(&ns.a, move || {
+        for _ in 0..connections {
+            let mut conn = TcpStream::connect_timeout(&target, Duration::from_secs(20)).unwrap();
+            conn.set_read_timeout(Some(Duration::from_secs(60)))
+                .unwrap();
+            conn.write_all(&vec![1u8; n]).unwrap();
+            let mut answer = [0u8];
+            conn.read_exact(&mut answer).unwrap();
+        }
+    });
+    receiver.join().unwrap();
+}
+
+/// Packets from the nftables rule's own counter, in namespace `name`.
+fn nft_dropped(name: &str) -> i128 {
+    let text = sh_output(&["ip", "netns", "exec", name, "nft", "list", "table", "inet", "loss"]);
+    let at = text.find("counter packets ").expect("no counter") + "counter packets ".len();
+    text[at..].split_whitespace().next().unwrap().parse().unwrap()
+}
+
+/// With one packet in five into namespace B dropped by an nftables rule,
+/// the senders in A retransmit: `tcp_retransmit` moves by at least what the
+/// two namespaces' own `RetransSegs` say, and `network_drop` counts the
+/// rule's drops under `NETFILTER_DROP`.
+#[test]
+fn forced_loss_makes_retransmits_and_netfilter_drops() {
+    let _alone = alone();
+    let agent = agent();
+    let ns = Namespaces::new("l");
+    let rules = "table inet loss {\n chain input {\n  type filter hook input priority 0;\n  \
+                 meta l4proto tcp numgen random mod 5 == 0 counter drop\n }\n}\n";
+    let mut nft = Command::new("ip")
+        .args(["netns", "exec", &ns.b, "nft", "-f", "-"])
+        .stdin(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    nft.stdin.take().unwrap().write_all(rules.as_bytes()).unwrap();
+    assert!(nft.wait().unwrap().success(), "nft rules");
+
+    let before = agent.snapshot();
+    let retrans_before = Namespaces::retrans_segs(&ns.a) + Namespaces::retrans_segs(&ns.b);
+    transfer(&ns, 1 << 20, 4);
+    let retrans = (Namespaces::retrans_segs(&ns.a) + Namespaces::retrans_segs(&ns.b)
+        - retrans_before) as i128;
+    let dropped = nft_dropped(&ns.b);
+    let after = agent.snapshot();
+
+    eprintln!("RetransSegs {retrans}, nft drops {dropped}");
+    assert!(retrans > 0, "20% loss and no retransmits");
+    let counted: i128 = ["segment", "synack"]
+        .iter()
+        .map(|kind| counter_delta(&before, &after, "tcp_retransmit", &[("kind", kind)]))
+        .sum();
+    eprintln!("tcp_retransmit moved {counted}");
+    assert!(
+        counted >= retrans,
+        "tcp_retransmit moved {counted}, the namespaces' RetransSegs {retrans}"
+    );
+    assert!(
+        counted <= retrans + retrans / 5 + 5,
+        "tcp_retransmit moved {counted}, the namespaces' RetransSegs only {retrans}"
+    );
+    assert!(dropped > 0);
+    let drops = counter_delta(
+        &before,
+        &after,
+        "network_drop",
+        &[("reason", "NETFILTER_DROP")],
+    );
+    assert!(
+        (dropped..=dropped + dropped / 10 + 5).contains(&drops),
+        "network_drop{{reason=NETFILTER_DROP}} moved {drops}, the rule dropped {dropped}"
+    );
+}
+
+/// The RTTs `ss -ti` reports for the test's connections, in nanoseconds,
+/// read from namespace `name`.
+fn ss_rtts(name: &str) -> Vec<u64> {
+    let text = sh_output(&["ip", "netns", "exec", name, "ss", "-tin"]);
+    text.split_whitespace()
+        .filter_map(|w| w.strip_prefix("rtt:"))
+        .filter_map(|v| v.split('/').next()?.parse::<f64>().ok())
+        .map(|ms| (ms * 1e6) as u64)
+        .collect()
+}
+
+/// With a tbf rate limit on A's side of the veth, a bulk transfer's RTT
+/// grows to milliseconds; `tcp_srtt` puts its mass where `ss -ti` (polled
+/// through the transfer, both ends) says the connections' srtt was.
+#[test]
+fn srtt_agrees_with_ss() {
+    let _alone = alone();
+    let agent = agent();
+    let ns = Namespaces::new("r");
+    sh(&[
+        "ip", "netns", "exec", &ns.a, "tc", "qdisc", "add", "dev", "veth0", "root", "tbf", "rate",
+        "20mbit", "burst", "16kb", "latency", "100ms",
+    ]);
+    let before = agent.snapshot();
+    let done = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let poller = {
+        let (done, a, b) = (done.clone(), ns.a.clone(), ns.b.clone());
+        std::thread::spawn(move || {
+            let mut seen = Vec::new();
+            while !done.load(std::sync::atomic::Ordering::SeqCst) {
+                seen.extend(ss_rtts(&a));
+                seen.extend(ss_rtts(&b));
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            seen
+        })
+    };
+    let started = Instant::now();
+    transfer(&ns, 4 << 20, 1);
+    done.store(true, std::sync::atomic::Ordering::SeqCst);
+    let oracle = poller.join().unwrap();
+    let after = agent.snapshot();
+    assert!(
+        started.elapsed() > Duration::from_millis(500),
+        "the rate limit did not slow the transfer"
+    );
+    let (lo, hi) = (
+        *oracle.iter().min().expect("ss saw no connection"),
+        *oracle.iter().max().unwrap(),
+    );
+    assert!(hi >= 2_000_000, "tbf made no queue: ss rtts {lo}..{hi} ns");
+
+    let (b, a) = (
+        before.histogram("tcp_srtt", &[]),
+        after.histogram("tcp_srtt", &[]),
+    );
+    let total = added(b, a);
+    // samples in buckets within a factor of 2 of some value ss reported
+    let near: u64 = b
+        .iter()
+        .zip(a.iter())
+        .filter(|(bucket, _)| {
+            oracle
+                .iter()
+                .any(|&v| bucket.end() >= v / 2 && bucket.start() <= v * 2)
+        })
+        .map(|(old, new)| new.count() - old.count())
+        .sum();
+    eprintln!("ss rtt {lo}..{hi} ns; srtt samples {total}, near {near}");
+    assert!(total > 100, "{total} srtt samples");
+    assert!(
+        near * 100 >= total * 95,
+        "{near} of {total} srtt samples within a factor of 2 of what ss saw ({lo}..{hi} ns)"
+    );
+    // and the bulk of them is the queued sender's, milliseconds long
+    let slow = added_between(b, a, 1_000_000, u64::MAX);
+    assert!(slow * 10 >= total * 3, "{slow} of {total} samples >= 1 ms");
+}
