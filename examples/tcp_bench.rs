@@ -18,7 +18,9 @@ fn main() -> std::io::Result<()> {
     let count = |default: u64| -> u64 {
         match args.get(1) {
             None => default,
-            Some(v) => v.parse().unwrap_or_else(|_| usage(&format!("not a count: {v}"))),
+            Some(v) => v
+                .parse()
+                .unwrap_or_else(|_| usage(&format!("not a count: {v}"))),
         }
     };
     let (ops, elapsed) = match args.first().map(String::as_str) {

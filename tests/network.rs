@@ -7,7 +7,7 @@
 mod common;
 
 use std::io::{Read, Write};
-use std::net::{Ipv4Addr, SocketAddr, TcpListener, TcpStream, UdpSocket};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, TcpListener, TcpStream, UdpSocket};
 use std::os::fd::AsRawFd;
 use std::process::Command;
 use std::sync::Mutex;
@@ -39,50 +39,59 @@ fn agent() -> Agent {
 }
 
 fn histogram_added(before: &Snap, after: &Snap, metric: &str, labels: &[(&str, &str)]) -> u64 {
-    added(before.histogram(metric, labels), after.histogram(metric, labels))
+    added(
+        before.histogram(metric, labels),
+        after.histogram(metric, labels),
+    )
 }
 
-/// N bytes sent one way over loopback TCP move both directions of
-/// `tcp_bytes` by N (both ends are on this host), and `tcp_size` gains a
-/// sample per packet counted.
+/// N bytes sent one way over loopback TCP, IPv4 and IPv6, move both
+/// directions of `tcp_bytes` by N (both ends are on this host), and
+/// `tcp_size` gains a sample per packet counted.
 #[test]
 fn tcp_bytes_follow_a_loopback_transfer() {
     const N: usize = 32 << 20;
     let _alone = alone();
     let agent = agent();
-    let listener = TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).unwrap();
-    let addr = listener.local_addr().unwrap();
-    let before = agent.snapshot();
-    let receiver = std::thread::spawn(move || {
-        let (mut conn, _) = listener.accept().unwrap();
-        let mut buf = vec![0u8; 1 << 16];
-        let mut got = 0;
-        while got < N {
-            let n = conn.read(&mut buf).unwrap();
-            assert!(n > 0, "connection closed after {got} bytes");
-            got += n;
-        }
-    });
-    let mut conn = TcpStream::connect(addr).unwrap();
-    conn.write_all(&vec![7u8; N]).unwrap();
-    receiver.join().unwrap();
-    drop(conn);
-    let after = agent.snapshot();
+    for host in [
+        IpAddr::from(Ipv4Addr::LOCALHOST),
+        IpAddr::from(Ipv6Addr::LOCALHOST),
+    ] {
+        let listener = TcpListener::bind((host, 0)).unwrap();
+        let addr = listener.local_addr().unwrap();
+        let before = agent.snapshot();
+        let receiver = std::thread::spawn(move || {
+            let (mut conn, _) = listener.accept().unwrap();
+            let mut buf = vec![0u8; 1 << 16];
+            let mut got = 0;
+            while got < N {
+                let n = conn.read(&mut buf).unwrap();
+                assert!(n > 0, "connection closed after {got} bytes");
+                got += n;
+            }
+        });
+        let mut conn = TcpStream::connect(addr).unwrap();
+        conn.write_all(&vec![7u8; N]).unwrap();
+        receiver.join().unwrap();
+        drop(conn);
+        let after = agent.snapshot();
 
-    let n = N as i128;
-    for direction in ["transmit", "receive"] {
-        let bytes = counter_delta(&before, &after, "tcp_bytes", &[("direction", direction)]);
-        assert!(
-            (n..n + n / 10).contains(&bytes),
-            "tcp_bytes{{direction={direction}}} moved {bytes} for {N} bytes sent"
-        );
-        let packets = counter_delta(&before, &after, "tcp_packets", &[("direction", direction)]);
-        let sizes = histogram_added(&before, &after, "tcp_size", &[("direction", direction)]);
-        assert!(packets > 0, "no {direction} packets");
-        assert_eq!(
-            sizes as i128, packets,
-            "tcp_size{{direction={direction}}} samples vs packets"
-        );
+        let n = N as i128;
+        for direction in ["transmit", "receive"] {
+            let bytes = counter_delta(&before, &after, "tcp_bytes", &[("direction", direction)]);
+            assert!(
+                (n..n + n / 10).contains(&bytes),
+                "tcp_bytes{{direction={direction}}} moved {bytes} for {N} bytes sent to {host}"
+            );
+            let packets =
+                counter_delta(&before, &after, "tcp_packets", &[("direction", direction)]);
+            let sizes = histogram_added(&before, &after, "tcp_size", &[("direction", direction)]);
+            assert!(packets > 0, "no {direction} packets to {host}");
+            assert_eq!(
+                sizes as i128, packets,
+                "tcp_size{{direction={direction}}} samples vs packets to {host}"
+            );
+        }
     }
 }
 
@@ -119,7 +128,10 @@ fn connects_are_timed_and_refused_connects_reset() {
         after.histogram("tcp_connect_latency", &[]),
     );
     let plausible = added_between(b, a, 1_000, 100_000_000) as usize;
-    assert!(plausible * 10 >= timed * 9, "{plausible} of {timed} took 1 µs to 100 ms");
+    assert!(
+        plausible * 10 >= timed * 9,
+        "{plausible} of {timed} took 1 µs to 100 ms"
+    );
 
     // a port nobody listens on: bind one, note it, close it
     let closed = {
@@ -300,9 +312,16 @@ fn transfer(ns: &Namespaces, n: usize, connections: usize) {
 
 /// Packets from the nftables rule's own counter, in namespace `name`.
 fn nft_dropped(name: &str) -> i128 {
-    let text = sh_output(&["ip", "netns", "exec", name, "nft", "list", "table", "inet", "loss"]);
+    let text = sh_output(&[
+        "ip", "netns", "exec", name, "nft", "list", "table", "inet", "loss",
+    ]);
     let at = text.find("counter packets ").expect("no counter") + "counter packets ".len();
-    text[at..].split_whitespace().next().unwrap().parse().unwrap()
+    text[at..]
+        .split_whitespace()
+        .next()
+        .unwrap()
+        .parse()
+        .unwrap()
 }
 
 /// With one packet in five into namespace B dropped by an nftables rule,
@@ -321,7 +340,11 @@ fn forced_loss_makes_retransmits_and_netfilter_drops() {
         .stdin(std::process::Stdio::piped())
         .spawn()
         .unwrap();
-    nft.stdin.take().unwrap().write_all(rules.as_bytes()).unwrap();
+    nft.stdin
+        .take()
+        .unwrap()
+        .write_all(rules.as_bytes())
+        .unwrap();
     assert!(nft.wait().unwrap().success(), "nft rules");
 
     let before = agent.snapshot();

@@ -52,7 +52,9 @@ const NOT_REASONS: [&str; 1] = ["MAX"];
 /// in slot `value`; members without that prefix and `MAX` are not drop
 /// reasons; values past the last slot fall into `other`, which is always
 /// listed last. Slots are in ascending order.
-pub fn reason_slots<'a>(members: impl IntoIterator<Item = (&'a [u8], i64)>) -> Vec<(usize, String)> {
+pub fn reason_slots<'a>(
+    members: impl IntoIterator<Item = (&'a [u8], i64)>,
+) -> Vec<(usize, String)> {
     let mut slots: Vec<(usize, String)> = members
         .into_iter()
         .filter_map(|(name, value)| {
@@ -74,9 +76,13 @@ fn kernel_reasons() -> Result<Vec<(usize, String)>, Unsupported> {
     use std::os::unix::ffi::OsStrExt;
     let btf = Btf::from_vmlinux()
         .map_err(|e| Unsupported(format!("reading the kernel's BTF for drop reasons: {e}")))?;
-    let reasons = btf.type_by_name::<Enum<'_>>("skb_drop_reason").ok_or_else(|| {
-        Unsupported("the kernel's BTF has no enum skb_drop_reason (needs Linux 5.17 or later)".into())
-    })?;
+    let reasons = btf
+        .type_by_name::<Enum<'_>>("skb_drop_reason")
+        .ok_or_else(|| {
+            Unsupported(
+                "the kernel's BTF has no enum skb_drop_reason (needs Linux 5.17 or later)".into(),
+            )
+        })?;
     let members: Vec<(&[u8], i64)> = reasons
         .iter()
         .filter_map(|m| Some((m.name?.as_bytes(), m.value)))

@@ -23,34 +23,46 @@ BANK_MAP(traffic, traffic_bank);
 /* payload bytes per packet, by direction */
 HISTOGRAM_MAP(size, 2);
 
+/* One read covers the IP header and the TCP header up to its data offset
+ * byte (offset 12) when there are no IPv4 options: the common case costs a
+ * single probe read. */
+#define IPV4_LEN 20
+#define IPV6_LEN 40
+#define TCP_DATA_OFFSET 12
+
 static __always_inline void account(struct sk_buff *skb, u32 direction)
 {
 	u16 protocol = skb->protocol;
 	unsigned char *head = skb->head;
 	u32 network = skb->network_header;
 	u32 ip_len;
-	u8 ip[10];
+	u8 data_offset;
+	u8 h[IPV6_LEN + TCP_DATA_OFFSET + 1];
 
 	if (protocol == bpf_htons(ETH_P_IP)) {
-		if (bpf_probe_read_kernel(ip, sizeof(ip), head + network))
+		if (bpf_probe_read_kernel(h, IPV4_LEN + TCP_DATA_OFFSET + 1, head + network))
 			return;
-		/* protocol, and fragment offset zero */
-		if (ip[9] != IPPROTO_TCP || ((ip[6] & 0x1f) | ip[7]))
+		/* TCP, and the first fragment (offset zero) */
+		if (h[9] != IPPROTO_TCP || ((h[6] & 0x1f) | h[7]))
 			return;
-		ip_len = (ip[0] & 0xf) * 4;
+		ip_len = (h[0] & 0xf) * 4;
+		if (ip_len == IPV4_LEN) {
+			data_offset = h[IPV4_LEN + TCP_DATA_OFFSET];
+		} else if (bpf_probe_read_kernel(&data_offset, 1,
+						 head + network + ip_len + TCP_DATA_OFFSET)) {
+			return;
+		}
 	} else if (protocol == bpf_htons(ETH_P_IPV6)) {
-		if (bpf_probe_read_kernel(ip, 7, head + network))
+		if (bpf_probe_read_kernel(h, sizeof(h), head + network))
 			return;
-		if (ip[6] != IPPROTO_TCP)
+		if (h[6] != IPPROTO_TCP)
 			return;
-		ip_len = 40;
+		ip_len = IPV6_LEN;
+		data_offset = h[IPV6_LEN + TCP_DATA_OFFSET];
 	} else {
 		return;
 	}
 
-	u8 data_offset;
-	if (bpf_probe_read_kernel(&data_offset, 1, head + network + ip_len + 12))
-		return;
 	u32 headers = ip_len + (data_offset >> 4) * 4;
 	/* skb->len counts from skb->data, which is at the link-layer header on
 	 * transmit and at the network header on receive */
