@@ -378,8 +378,14 @@ impl Snap {
             .unwrap_or_else(|| panic!("no series {metric} {labels:?}"))
     }
 
+    /// Every metric served: counters, gauges and histograms.
     pub fn metrics(&self) -> std::collections::BTreeSet<&str> {
-        self.entries.iter().map(|e| e.metric.as_str()).collect()
+        let histograms = self.histograms.iter().map(|h| h.metric.as_str());
+        self.entries
+            .iter()
+            .map(|e| e.metric.as_str())
+            .chain(histograms)
+            .collect()
     }
 }
 
