@@ -461,3 +461,54 @@ fn srtt_agrees_with_ss() {
     let slow = added_between(b, a, 1_000_000, u64::MAX);
     assert!(slow * 10 >= total * 3, "{slow} of {total} samples >= 1 ms");
 }
+
+/// With every SYN-ACK into namespace A dropped for a while, the listener in
+/// B resends its SYN-ACK: `tcp_retransmit{kind="synack"}` moves by at least
+/// B's own `RetransSegs`, and the connect completes once the rule goes.
+#[test]
+fn dropped_syn_acks_are_retransmitted_synacks() {
+    let _alone = alone();
+    let agent = agent();
+    let ns = Namespaces::new("s");
+    let rules = "table inet synack {\n chain input {\n  type filter hook input priority 0;\n  \
+                 tcp flags & (syn | ack) == syn | ack counter drop\n }\n}\n";
+    let mut nft = Command::new("ip")
+        .args(["netns", "exec", &ns.a, "nft", "-f", "-"])
+        .stdin(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    nft.stdin
+        .take()
+        .unwrap()
+        .write_all(rules.as_bytes())
+        .unwrap();
+    assert!(nft.wait().unwrap().success(), "nft rules");
+    let listener = Namespaces::run(&ns.b, || TcpListener::bind((ADDR_B, 5002)).unwrap());
+
+    let before = agent.snapshot();
+    let retrans_before = Namespaces::retrans_segs(&ns.b);
+    let a = ns.a.clone();
+    let target: SocketAddr = format!("{ADDR_B}:5002").parse().unwrap();
+    let client = std::thread::spawn(move || {
+        Namespaces::run(&a, move || {
+            TcpStream::connect_timeout(&target, Duration::from_secs(20)).map(drop)
+        })
+    });
+    // the SYN-ACK timer starts at 1 s and doubles
+    std::thread::sleep(Duration::from_millis(2500));
+    sh(&[
+        "ip", "netns", "exec", &ns.a, "nft", "delete", "table", "inet", "synack",
+    ]);
+    client.join().unwrap().expect("connect after the rule went");
+    drop(listener.accept().unwrap());
+    let retrans = (Namespaces::retrans_segs(&ns.b) - retrans_before) as i128;
+    let after = agent.snapshot();
+
+    let synacks = counter_delta(&before, &after, "tcp_retransmit", &[("kind", "synack")]);
+    eprintln!("synack retransmits {synacks}, B's RetransSegs {retrans}");
+    assert!(retrans >= 1, "B retransmitted nothing");
+    assert!(
+        (retrans..=retrans + 2).contains(&synacks),
+        "tcp_retransmit{{kind=synack}} moved {synacks}, B's RetransSegs {retrans}"
+    );
+}
