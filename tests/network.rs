@@ -50,9 +50,40 @@ fn histogram_added(before: &Snap, after: &Snap, metric: &str, labels: &[(&str, &
 /// `tcp_size` gains a sample per packet counted.
 #[test]
 fn tcp_bytes_follow_a_loopback_transfer() {
-    const N: usize = 32 << 20;
     let _alone = alone();
     let agent = agent();
+    // this kernel (CI's too) takes the cheaper programs
+    assert!(
+        agent
+            .startup
+            .iter()
+            .any(|l| l.contains("packet headers read with plain loads")),
+        "{:?}",
+        agent.startup
+    );
+    bytes_follow_a_loopback_transfer(&agent);
+}
+
+/// The same with packet headers copied by `bpf_probe_read_kernel`, the
+/// programs used where the kernel refuses plain loads.
+#[test]
+fn tcp_bytes_follow_a_loopback_transfer_with_header_copies() {
+    let _alone = alone();
+    let agent = Agent::start("", "[samplers.tcp_traffic]\nheader_copy = 1\n");
+    require_active(&agent, &["tcp_traffic"]);
+    assert!(
+        agent
+            .startup
+            .iter()
+            .any(|l| l.contains("packet headers copied (header_copy = 1)")),
+        "{:?}",
+        agent.startup
+    );
+    bytes_follow_a_loopback_transfer(&agent);
+}
+
+fn bytes_follow_a_loopback_transfer(agent: &Agent) {
+    const N: usize = 32 << 20;
     for host in [
         IpAddr::from(Ipv4Addr::LOCALHOST),
         IpAddr::from(Ipv6Addr::LOCALHOST),

@@ -21,6 +21,8 @@ pub struct Agent {
     child: Child,
     pub addr: SocketAddr,
     pub log: mpsc::Receiver<String>,
+    /// The lines logged before the address, already taken from `log`.
+    pub startup: Vec<String>,
     _dir: tempfile::TempDir,
     _bin_dir: Option<tempfile::TempDir>,
 }
@@ -175,6 +177,7 @@ impl Agent {
         let rx = log_lines(&mut child, "agent");
         // readiness: the log names the bound address, then `/` answers
         let deadline = Instant::now() + Duration::from_secs(30);
+        let mut startup = Vec::new();
         let addr = loop {
             let line = rx
                 .recv_timeout(deadline.saturating_duration_since(Instant::now()))
@@ -187,11 +190,13 @@ impl Agent {
             if let Some(addr) = line.split("listening on ").nth(1) {
                 break addr.trim().parse().unwrap();
             }
+            startup.push(line);
         };
         let agent = Self {
             child,
             addr,
             log: rx,
+            startup,
             _dir: dir,
             _bin_dir: None,
         };

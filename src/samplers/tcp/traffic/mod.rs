@@ -13,6 +13,12 @@
 //! loopback traffic is counted once sent and once received, and a packet
 //! that crosses a veth pair or a bridge is counted at each device it passes.
 //! Retransmitted packets count again.
+//!
+//! The headers are read with plain loads where the kernel's verifier allows
+//! them (`bpf_rdonly_cast` to untrusted memory, recent kernels), and copied
+//! with `bpf_probe_read_kernel` elsewhere: both programs are built, the first
+//! is tried at load and the second used if it is refused. Option
+//! `header_copy = 1` uses the copies always.
 
 mod bpf {
     include!(concat!(env!("OUT_DIR"), "/tcp_traffic.skel.rs"));
@@ -24,7 +30,7 @@ use libbpf_rs::skel::{OpenSkel, Skel, SkelBuilder};
 
 use crate::bpf::{check_support, classify, object_storage, possible_cpus, BankCounter, MmapArray};
 use crate::metrics::{MetricDef, Series};
-use crate::samplers::{Sampler, SamplerContext, SamplerSpec, Source, SAMPLERS};
+use crate::samplers::{Sampler, SamplerContext, SamplerOption, SamplerSpec, Source, SAMPLERS};
 use crate::snapshot::Emitter;
 
 pub static TCP_BYTES: MetricDef = MetricDef::counter(
@@ -50,7 +56,13 @@ pub static TCP_SIZE: MetricDef = MetricDef::histogram(
 static SPEC: SamplerSpec = SamplerSpec {
     name: "tcp_traffic",
     source: Source::Bpf("tp_btf/net_dev_start_xmit, tp_btf/netif_receive_skb"),
-    options: &[],
+    options: &[SamplerOption {
+        key: "header_copy",
+        default: 0,
+        min: 0,
+        max: 1,
+        description: "1: always copy packet headers with bpf_probe_read_kernel; 0: plain loads where the kernel allows them",
+    }],
     metrics: || vec![&TCP_BYTES, &TCP_PACKETS, &TCP_SIZE],
     init,
 };
@@ -68,18 +80,49 @@ struct TcpTraffic {
     scratch: Vec<u64>,
 }
 
-fn init(_: &SamplerContext) -> anyhow::Result<Box<dyn Sampler>> {
-    check_support()?;
+/// How the programs read packet headers.
+#[derive(Clone, Copy, Debug, PartialEq)]
+enum HeaderReads {
+    /// Plain loads through `bpf_rdonly_cast` (programs `tcp_transmit`, `tcp_receive`).
+    Plain,
+    /// `bpf_probe_read_kernel` (programs `tcp_transmit_copy`, `tcp_receive_copy`).
+    Copy,
+}
+
+fn load(reads: HeaderReads) -> anyhow::Result<bpf::TcpTrafficSkel<'static>> {
     let mut open = bpf::TcpTrafficSkelBuilder::default()
         .open(object_storage())
         .map_err(|e| classify(e, "opening the tcp_traffic BPF object"))?;
+    let plain = reads == HeaderReads::Plain;
+    open.progs.tcp_transmit.set_autoload(plain);
+    open.progs.tcp_receive.set_autoload(plain);
+    open.progs.tcp_transmit_copy.set_autoload(!plain);
+    open.progs.tcp_receive_copy.set_autoload(!plain);
     open.maps
         .traffic
         .set_max_entries(possible_cpus()? as u32)
         .map_err(|e| classify(e, "sizing the TCP traffic banks"))?;
-    let mut skel = open
-        .load()
-        .map_err(|e| classify(e, "loading the tcp_traffic BPF programs"))?;
+    open.load()
+        .map_err(|e| classify(e, "loading the tcp_traffic BPF programs"))
+}
+
+fn init(ctx: &SamplerContext) -> anyhow::Result<Box<dyn Sampler>> {
+    check_support()?;
+    let (mut skel, reads) = if ctx.option(&SPEC, "header_copy") == 1 {
+        (load(HeaderReads::Copy)?, "copied (header_copy = 1)")
+    } else {
+        match load(HeaderReads::Plain) {
+            Ok(skel) => (skel, "read with plain loads"),
+            Err(e) => {
+                tracing::info!(
+                    sampler = SPEC.name,
+                    "plain loads from packet headers refused ({e:#}); copying them instead"
+                );
+                (load(HeaderReads::Copy)?, "copied")
+            }
+        }
+    };
+    tracing::info!(sampler = SPEC.name, "packet headers {reads}");
     skel.attach().map_err(|e| {
         classify(
             e,

@@ -27,13 +27,33 @@ HISTOGRAM_MAP(size, 2);
 #define IPV6_LEN 40
 #define TCP_DATA_OFFSET 12
 
-/* Reads the packet's headers with plain loads through an untrusted
- * read-only pointer (bpf_rdonly_cast with type 0): a load that would fault
- * reads zero instead, as with bpf_probe_read_kernel, at a fraction of a
- * helper call's cost. */
-extern void *bpf_rdonly_cast(const void *obj, __u32 btf_id) __ksym;
+static __always_inline void record(struct sk_buff *skb, u32 direction, u32 network, u32 headers)
+{
+	/* skb->len counts from skb->data, which is at the link-layer header on
+	 * transmit and at the network header on receive */
+	u32 before_network = network - (u32)(skb->data - skb->head);
+	u32 len = skb->len;
+	u32 payload = 0;
+	if (len > before_network + headers)
+		payload = len - before_network - headers;
 
-static __always_inline void account(struct sk_buff *skb, u32 direction)
+	struct traffic_bank *bank = bank_of_this_cpu(&traffic);
+	if (!bank)
+		return;
+	bank->counters[BYTES + direction] += payload;
+	bank->counters[PACKETS + direction] += 1;
+	histogram_record(&size, direction, payload);
+}
+
+/* Two ways to read the headers; userspace loads the first this kernel's
+ * verifier accepts.
+ *
+ * Plain loads through an untrusted read-only pointer (bpf_rdonly_cast to
+ * type 0, recent kernels): a load that would fault reads zero instead, at a
+ * fraction of a helper call's cost. */
+extern void *bpf_rdonly_cast(const void *obj, __u32 btf_id) __ksym __weak;
+
+static __always_inline void account_plain(struct sk_buff *skb, u32 direction)
 {
 	u16 protocol = skb->protocol;
 	u32 network = skb->network_header;
@@ -57,35 +77,69 @@ static __always_inline void account(struct sk_buff *skb, u32 direction)
 	barrier_var(tcp);
 	tcp += ip_len;
 	u8 data_offset = tcp[TCP_DATA_OFFSET];
+	record(skb, direction, network, ip_len + (data_offset >> 4) * 4);
+}
 
-	u32 headers = ip_len + (data_offset >> 4) * 4;
-	/* skb->len counts from skb->data, which is at the link-layer header on
-	 * transmit and at the network header on receive */
-	u32 before_network = network - (u32)(skb->data - skb->head);
-	u32 len = skb->len;
-	u32 payload = 0;
-	if (len > before_network + headers)
-		payload = len - before_network - headers;
+/* Copies with bpf_probe_read_kernel (any kernel): one copy covers the IP
+ * header and the TCP header's data offset unless there are IPv4 options. */
+static __always_inline void account_copy(struct sk_buff *skb, u32 direction)
+{
+	u16 protocol = skb->protocol;
+	unsigned char *head = skb->head;
+	u32 network = skb->network_header;
+	u32 ip_len;
+	u8 data_offset;
+	u8 h[IPV6_LEN + TCP_DATA_OFFSET + 1];
 
-	struct traffic_bank *bank = bank_of_this_cpu(&traffic);
-	if (!bank)
+	if (protocol == bpf_htons(ETH_P_IP)) {
+		if (bpf_probe_read_kernel(h, IPV4_LEN + TCP_DATA_OFFSET + 1, head + network))
+			return;
+		if (h[9] != IPPROTO_TCP || ((h[6] & 0x1f) | h[7]))
+			return;
+		ip_len = (h[0] & 0xf) * 4;
+		if (ip_len == IPV4_LEN)
+			data_offset = h[IPV4_LEN + TCP_DATA_OFFSET];
+		else if (bpf_probe_read_kernel(&data_offset, 1,
+					       head + network + ip_len + TCP_DATA_OFFSET))
+			return;
+	} else if (protocol == bpf_htons(ETH_P_IPV6)) {
+		if (bpf_probe_read_kernel(h, sizeof(h), head + network))
+			return;
+		if (h[6] != IPPROTO_TCP)
+			return;
+		ip_len = IPV6_LEN;
+		data_offset = h[IPV6_LEN + TCP_DATA_OFFSET];
+	} else {
 		return;
-	bank->counters[BYTES + direction] += payload;
-	bank->counters[PACKETS + direction] += 1;
-	histogram_record(&size, direction, payload);
+	}
+	record(skb, direction, network, ip_len + (data_offset >> 4) * 4);
 }
 
 SEC("tp_btf/net_dev_start_xmit")
 int BPF_PROG(tcp_transmit, struct sk_buff *skb, struct net_device *dev)
 {
-	account(skb, TRANSMIT);
+	account_plain(skb, TRANSMIT);
 	return 0;
 }
 
 SEC("tp_btf/netif_receive_skb")
 int BPF_PROG(tcp_receive, struct sk_buff *skb)
 {
-	account(skb, RECEIVE);
+	account_plain(skb, RECEIVE);
+	return 0;
+}
+
+SEC("tp_btf/net_dev_start_xmit")
+int BPF_PROG(tcp_transmit_copy, struct sk_buff *skb, struct net_device *dev)
+{
+	account_copy(skb, TRANSMIT);
+	return 0;
+}
+
+SEC("tp_btf/netif_receive_skb")
+int BPF_PROG(tcp_receive_copy, struct sk_buff *skb)
+{
+	account_copy(skb, RECEIVE);
 	return 0;
 }
 
