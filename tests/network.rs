@@ -221,12 +221,7 @@ const ADDR_A: &str = "10.231.0.1";
 const ADDR_B: &str = "10.231.0.2";
 
 fn sh(args: &[&str]) {
-    let out = Command::new(args[0]).args(&args[1..]).output().unwrap();
-    assert!(
-        out.status.success(),
-        "{args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    sh_output(args);
 }
 
 fn sh_output(args: &[&str]) -> String {
@@ -341,6 +336,21 @@ fn transfer(ns: &Namespaces, n: usize, connections: usize) {
     receiver.join().unwrap();
 }
 
+/// Loads nftables `rules` in namespace `name`.
+fn nft(name: &str, rules: &str) {
+    let mut nft = Command::new("ip")
+        .args(["netns", "exec", name, "nft", "-f", "-"])
+        .stdin(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    nft.stdin
+        .take()
+        .unwrap()
+        .write_all(rules.as_bytes())
+        .unwrap();
+    assert!(nft.wait().unwrap().success(), "nft rules in {name}");
+}
+
 /// Packets from the nftables rule's own counter, in namespace `name`.
 fn nft_dropped(name: &str) -> i128 {
     let text = sh_output(&[
@@ -366,17 +376,7 @@ fn forced_loss_makes_retransmits_and_netfilter_drops() {
     let ns = Namespaces::new("l");
     let rules = "table inet loss {\n chain input {\n  type filter hook input priority 0;\n  \
                  meta l4proto tcp numgen random mod 5 == 0 counter drop\n }\n}\n";
-    let mut nft = Command::new("ip")
-        .args(["netns", "exec", &ns.b, "nft", "-f", "-"])
-        .stdin(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
-    nft.stdin
-        .take()
-        .unwrap()
-        .write_all(rules.as_bytes())
-        .unwrap();
-    assert!(nft.wait().unwrap().success(), "nft rules");
+    nft(&ns.b, rules);
 
     let before = agent.snapshot();
     let retrans_before = Namespaces::retrans_segs(&ns.a) + Namespaces::retrans_segs(&ns.b);
@@ -503,17 +503,7 @@ fn dropped_syn_acks_are_retransmitted_synacks() {
     let ns = Namespaces::new("s");
     let rules = "table inet synack {\n chain input {\n  type filter hook input priority 0;\n  \
                  tcp flags & (syn | ack) == syn | ack counter drop\n }\n}\n";
-    let mut nft = Command::new("ip")
-        .args(["netns", "exec", &ns.a, "nft", "-f", "-"])
-        .stdin(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
-    nft.stdin
-        .take()
-        .unwrap()
-        .write_all(rules.as_bytes())
-        .unwrap();
-    assert!(nft.wait().unwrap().success(), "nft rules");
+    nft(&ns.a, rules);
     let listener = Namespaces::run(&ns.b, || TcpListener::bind((ADDR_B, 5002)).unwrap());
 
     let before = agent.snapshot();
