@@ -185,6 +185,41 @@ fn connects_are_timed_and_refused_connects_reset() {
     }
     let timed = histogram_added(&before, &after, "tcp_connect_latency", &[]) as usize;
     assert!(timed <= M / 50, "{timed} refused connects were timed");
+
+    // simultaneous opens (a socket connecting to its own port goes
+    // SYN_SENT -> SYN_RECV -> ESTABLISHED) are connects that succeed too
+    const S: usize = 50;
+    let before = agent.snapshot();
+    for _ in 0..S {
+        self_connect();
+    }
+    let after = agent.snapshot();
+    let timed = histogram_added(&before, &after, "tcp_connect_latency", &[]) as usize;
+    assert!(
+        (S..=S + S / 10).contains(&timed),
+        "{timed} samples for {S} simultaneous opens"
+    );
+}
+
+/// Binds a TCP socket to a loopback port and connects it to itself.
+fn self_connect() {
+    // SAFETY: plain socket calls on a socket this function owns and closes
+    unsafe {
+        let fd = libc::socket(libc::AF_INET, libc::SOCK_STREAM, 0);
+        assert!(fd >= 0);
+        let mut addr: libc::sockaddr_in = std::mem::zeroed();
+        addr.sin_family = libc::AF_INET as libc::sa_family_t;
+        addr.sin_addr.s_addr = u32::from(Ipv4Addr::LOCALHOST).to_be();
+        let len = std::mem::size_of::<libc::sockaddr_in>() as libc::socklen_t;
+        let p = &mut addr as *mut libc::sockaddr_in as *mut libc::sockaddr;
+        assert_eq!(libc::bind(fd, p, len), 0);
+        let mut got = len;
+        assert_eq!(libc::getsockname(fd, p, &mut got), 0);
+        let rc = libc::connect(fd, p, len);
+        let err = std::io::Error::last_os_error();
+        libc::close(fd);
+        assert_eq!(rc, 0, "connect to its own port: {err}");
+    }
 }
 
 /// K datagrams to a UDP port with no socket are dropped as `NO_SOCKET`.
@@ -219,6 +254,8 @@ struct Namespaces {
 
 const ADDR_A: &str = "10.231.0.1";
 const ADDR_B: &str = "10.231.0.2";
+const ADDR6_A: &str = "fd00:231::1";
+const ADDR6_B: &str = "fd00:231::2";
 
 fn sh(args: &[&str]) {
     sh_output(args);
@@ -249,7 +286,7 @@ impl Namespaces {
             "ip", "-n", &ns.a, "link", "add", "veth0", "type", "veth", "peer", "name", "veth0",
             "netns", &ns.b,
         ]);
-        for (name, addr) in [(&ns.a, ADDR_A), (&ns.b, ADDR_B)] {
+        for (name, addr, addr6) in [(&ns.a, ADDR_A, ADDR6_A), (&ns.b, ADDR_B, ADDR6_B)] {
             sh(&[
                 "ip",
                 "-n",
@@ -259,6 +296,18 @@ impl Namespaces {
                 &format!("{addr}/24"),
                 "dev",
                 "veth0",
+            ]);
+            // nodad: usable at once, no duplicate address detection wait
+            sh(&[
+                "ip",
+                "-n",
+                name,
+                "addr",
+                "add",
+                &format!("{addr6}/64"),
+                "dev",
+                "veth0",
+                "nodad",
             ]);
             sh(&["ip", "-n", name, "link", "set", "veth0", "up"]);
         }
@@ -308,7 +357,13 @@ impl Drop for Namespaces {
 /// waits for the answer, `connections` times. Returns the senders' local
 /// ports.
 fn transfer(ns: &Namespaces, n: usize, connections: usize) {
-    let listener = Namespaces::run(&ns.b, || TcpListener::bind((ADDR_B, 5001)).unwrap());
+    transfer_to(ns, ADDR_B.parse().unwrap(), n, connections)
+}
+
+/// Like [`transfer`], to a listener on `addr` in B.
+fn transfer_to(ns: &Namespaces, addr: IpAddr, n: usize, connections: usize) {
+    let target = SocketAddr::new(addr, 5001);
+    let listener = Namespaces::run(&ns.b, move || TcpListener::bind(target).unwrap());
     let receiver = std::thread::spawn(move || {
         for _ in 0..connections {
             let (mut conn, _) = listener.accept().unwrap();
@@ -322,7 +377,6 @@ fn transfer(ns: &Namespaces, n: usize, connections: usize) {
             conn.write_all(b"k").unwrap();
         }
     });
-    let target: SocketAddr = format!("{ADDR_B}:5001").parse().unwrap();
     Namespaces::run(&ns.a, move || {
         for _ in 0..connections {
             let mut conn = TcpStream::connect_timeout(&target, Duration::from_secs(20)).unwrap();
@@ -531,5 +585,51 @@ fn dropped_syn_acks_are_retransmitted_synacks() {
     assert!(
         (retrans..=retrans + 2).contains(&synacks),
         "tcp_retransmit{{kind=synack}} moved {synacks}, B's RetransSegs {retrans}"
+    );
+}
+
+/// With BIG TCP (GSO and GRO packets over 64 KiB), IPv6 packets carry a
+/// Hop-by-Hop jumbo payload header before TCP: their bytes still count.
+#[test]
+fn big_tcp_ipv6_packets_count() {
+    const N: usize = 64 << 20;
+    let _alone = alone();
+    let agent = agent();
+    let ns = Namespaces::new("g");
+    for name in [&ns.a, &ns.b] {
+        sh(&[
+            "ip",
+            "-n",
+            name,
+            "link",
+            "set",
+            "veth0",
+            "gso_max_size",
+            "185000",
+            "gro_max_size",
+            "185000",
+        ]);
+    }
+    let before = agent.snapshot();
+    transfer_to(&ns, ADDR6_B.parse().unwrap(), N, 1);
+    let after = agent.snapshot();
+    let sizes = after.histogram("tcp_size", &[("direction", "receive")]);
+    let over_64k = added_between(
+        before.histogram("tcp_size", &[("direction", "receive")]),
+        sizes,
+        65_536,
+        u64::MAX,
+    );
+    let n = N as i128;
+    for direction in ["transmit", "receive"] {
+        let bytes = counter_delta(&before, &after, "tcp_bytes", &[("direction", direction)]);
+        assert!(
+            (n..n + n / 10).contains(&bytes),
+            "tcp_bytes{{direction={direction}}} moved {bytes} for {N} bytes over BIG TCP"
+        );
+    }
+    assert!(
+        over_64k > 0,
+        "no packet over 64 KiB: BIG TCP was not in use"
     );
 }

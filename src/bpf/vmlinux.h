@@ -127,6 +127,7 @@ enum {
 enum {
 	TCP_ESTABLISHED = 1,
 	TCP_SYN_SENT = 2,
+	TCP_SYN_RECV = 3,
 };
 
 #endif

@@ -4,9 +4,9 @@
  *
  * sock:inet_sock_set_state marks both ends of a connect: the move to
  * SYN_SENT (just before the SYN goes out) stores the time in socket-local
- * storage; the move from SYN_SENT to ESTABLISHED records the latency; any
- * other move out of SYN_SENT (refused, timed out) clears it. Only connects
- * pay for this, not packets. */
+ * storage; the move to ESTABLISHED (from SYN_SENT, or from SYN_RECV after a
+ * simultaneous open) records the latency; any other move (refused, timed
+ * out) clears it. Only connection set-up pays for this, not packets. */
 #include "rezolus.h"
 #include <bpf/bpf_tracing.h>
 
@@ -36,7 +36,11 @@ int BPF_PROG(tcp_set_state, struct sock *sk, int oldstate, int newstate)
 			*start = bpf_ktime_get_ns();
 		return 0;
 	}
-	if (oldstate != TCP_SYN_SENT)
+	/* a simultaneous open goes SYN_SENT -> SYN_RECV -> ESTABLISHED; a
+	 * passive open's new socket starts in SYN_RECV with no storage */
+	if (oldstate == TCP_SYN_SENT && newstate == TCP_SYN_RECV)
+		return 0;
+	if (oldstate != TCP_SYN_SENT && oldstate != TCP_SYN_RECV)
 		return 0;
 	u64 *start = bpf_sk_storage_get(&syn_sent_at, sk, 0, 0);
 	if (!start || !*start)

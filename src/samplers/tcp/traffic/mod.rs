@@ -11,8 +11,8 @@
 //! not a segment on the wire: with GSO (transmit) and GRO (receive) one
 //! packet may carry many segments, up to 64 KiB. Every device counts, so
 //! loopback traffic is counted once sent and once received, and a packet
-//! that crosses a veth pair or a bridge is counted at each device it passes.
-//! Retransmitted packets count again.
+//! that crosses a veth pair or a bridge is counted at each device (or bridge
+//! port) it passes. Retransmitted packets count again.
 //!
 //! The headers are read with plain loads where the kernel's verifier allows
 //! them (`bpf_rdonly_cast` to untrusted memory, recent kernels), and copied

@@ -6,8 +6,8 @@
  * net:net_dev_start_xmit (before the driver may free it), receive at
  * net:netif_receive_skb (after GRO). With GSO/GRO one such packet may stand
  * for several segments on the wire. Payload is the skb's length past the IP
- * and TCP headers. IPv6 packets whose next header is not TCP (extension
- * headers) and non-first IPv4 fragments are not counted. */
+ * and TCP headers. Not counted: IPv6 packets with extension headers other
+ * than one Hop-by-Hop header before TCP, and non-first IPv4 fragments. */
 #include "rezolus.h"
 #include <bpf/bpf_tracing.h>
 #include <bpf/bpf_endian.h>
@@ -27,10 +27,35 @@ HISTOGRAM_MAP(size, 2);
 #define IPV6_LEN 40
 #define TCP_DATA_OFFSET 12
 
+/* Where the IP header starts, as an offset from skb->head. On transmit the
+ * stack has set skb->network_header. On receive, netif_receive_skb fires
+ * before __netif_receive_skb_core resets network_header, which is stale when
+ * GRO did not run (GRO off, XDP attached, netif_rx drivers); skb->data is
+ * at the IP header there once the link-layer header has been pulled. */
+static __always_inline u32 network_offset(struct sk_buff *skb, u32 direction)
+{
+	if (direction == RECEIVE)
+		return (u32)(skb->data - skb->head);
+	return skb->network_header;
+}
+
+/* IPv6: the fixed header, then at most one Hop-by-Hop options header (as BIG
+ * TCP's jumbo payload option uses) before TCP. Returns the bytes before the
+ * TCP header, or 0 when the packet is not TCP in that shape. */
+#define IPV6_HOPOPTS 0
+static __always_inline u32 ipv6_tcp_offset(u8 next, u8 hop_next, u8 hop_len)
+{
+	if (next == IPPROTO_TCP)
+		return IPV6_LEN;
+	if (next == IPV6_HOPOPTS && hop_next == IPPROTO_TCP)
+		return IPV6_LEN + (hop_len + 1) * 8;
+	return 0;
+}
+
 static __always_inline void record(struct sk_buff *skb, u32 direction, u32 network, u32 headers)
 {
 	/* skb->len counts from skb->data, which is at the link-layer header on
-	 * transmit and at the network header on receive */
+	 * transmit and at the IP header on receive */
 	u32 before_network = network - (u32)(skb->data - skb->head);
 	u32 len = skb->len;
 	u32 payload = 0;
@@ -56,7 +81,7 @@ extern void *bpf_rdonly_cast(const void *obj, __u32 btf_id) __ksym __weak;
 static __always_inline void account_plain(struct sk_buff *skb, u32 direction)
 {
 	u16 protocol = skb->protocol;
-	u32 network = skb->network_header;
+	u32 network = network_offset(skb, direction);
 	u8 *ip = bpf_rdonly_cast(skb->head + network, 0);
 	u32 ip_len;
 
@@ -66,9 +91,9 @@ static __always_inline void account_plain(struct sk_buff *skb, u32 direction)
 			return;
 		ip_len = (ip[0] & 0xf) * 4;
 	} else if (protocol == bpf_htons(ETH_P_IPV6)) {
-		if (ip[6] != IPPROTO_TCP)
+		ip_len = ipv6_tcp_offset(ip[6], ip[IPV6_LEN], ip[IPV6_LEN + 1]);
+		if (!ip_len)
 			return;
-		ip_len = IPV6_LEN;
 	} else {
 		return;
 	}
@@ -81,12 +106,13 @@ static __always_inline void account_plain(struct sk_buff *skb, u32 direction)
 }
 
 /* Copies with bpf_probe_read_kernel (any kernel): one copy covers the IP
- * header and the TCP header's data offset unless there are IPv4 options. */
+ * header and the TCP header's data offset unless there are IPv4 options or
+ * an IPv6 Hop-by-Hop header. */
 static __always_inline void account_copy(struct sk_buff *skb, u32 direction)
 {
 	u16 protocol = skb->protocol;
 	unsigned char *head = skb->head;
-	u32 network = skb->network_header;
+	u32 network = network_offset(skb, direction);
 	u32 ip_len;
 	u8 data_offset;
 	u8 h[IPV6_LEN + TCP_DATA_OFFSET + 1];
@@ -105,10 +131,14 @@ static __always_inline void account_copy(struct sk_buff *skb, u32 direction)
 	} else if (protocol == bpf_htons(ETH_P_IPV6)) {
 		if (bpf_probe_read_kernel(h, sizeof(h), head + network))
 			return;
-		if (h[6] != IPPROTO_TCP)
+		ip_len = ipv6_tcp_offset(h[6], h[IPV6_LEN], h[IPV6_LEN + 1]);
+		if (!ip_len)
 			return;
-		ip_len = IPV6_LEN;
-		data_offset = h[IPV6_LEN + TCP_DATA_OFFSET];
+		if (ip_len == IPV6_LEN)
+			data_offset = h[IPV6_LEN + TCP_DATA_OFFSET];
+		else if (bpf_probe_read_kernel(&data_offset, 1,
+					       head + network + ip_len + TCP_DATA_OFFSET))
+			return;
 	} else {
 		return;
 	}
