@@ -5,6 +5,8 @@
 pub mod blockio;
 #[path = "blockio/devices/mod.rs"]
 pub mod blockio_devices;
+#[path = "cgroup/cpu/mod.rs"]
+pub mod cgroup_cpu;
 #[path = "cpu/branch/mod.rs"]
 pub mod cpu_branch;
 #[path = "cpu/cache/mod.rs"]

@@ -1,0 +1,330 @@
+//! `cgroup_cpu`: CPU time and throttling per cgroup.
+//!
+//! Source: each cgroup's `cpu.stat` in the cgroup v2 hierarchy, found from
+//! `/proc/self/mountinfo` (wherever cgroup2 is mounted: `/sys/fs/cgroup` on
+//! hosts in unified mode, `/sys/fs/cgroup/unified` in hybrid mode). Label
+//! `name` is the cgroup's path in that hierarchy (`/` for the root,
+//! `/system.slice/nginx.service`). `usage_usec`, `user_usec` and
+//! `system_usec` are there in every cgroup; the throttling fields only where
+//! the cpu controller is enabled for the cgroup (never in hybrid mode).
+//!
+//! Cgroups come and go: a cgroup's series are served while it exists, so
+//! the last value read is the last one served, and a cgroup re-created under
+//! the same path (a new directory inode) gets new series that start again
+//! from its own counts. At most `max_cgroups` are tracked; those already
+//! tracked keep their place, and the number left out is the gauge
+//! `cgroup_untracked`.
+
+use std::collections::HashMap;
+use std::os::unix::ffi::OsStrExt;
+use std::os::unix::fs::{DirEntryExt, MetadataExt};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use crate::metrics::{MetricDef, Series};
+use crate::samplers::{Sampler, SamplerContext, SamplerOption, SamplerSpec, Source, SAMPLERS};
+use crate::snapshot::Emitter;
+use crate::source::{fields, label_value, lines, parse_u64, Unsupported};
+
+pub static CGROUP_CPU_USAGE: MetricDef = MetricDef::counter(
+    "cgroup_cpu_usage",
+    "nanoseconds",
+    "CPU time used by the tasks of cgroup `name` and its descendants, by `state` (user, system)",
+)
+.labels(&["state", "name"]);
+pub static CGROUP_CPU_THROTTLED: MetricDef = MetricDef::counter(
+    "cgroup_cpu_throttled",
+    "periods",
+    "Enforcement periods in which cgroup `name` was throttled by its CPU limit",
+)
+.labels(&["name"]);
+pub static CGROUP_CPU_THROTTLED_TIME: MetricDef = MetricDef::counter(
+    "cgroup_cpu_throttled_time",
+    "nanoseconds",
+    "Time the tasks of cgroup `name` were throttled by its CPU limit",
+)
+.labels(&["name"]);
+pub static CGROUP_UNTRACKED: MetricDef = MetricDef::gauge(
+    "cgroup_untracked",
+    "cgroups",
+    "Cgroups left out because `max_cgroups` were already tracked",
+);
+
+#[linkme::distributed_slice(SAMPLERS)]
+static SPEC: SamplerSpec = SamplerSpec {
+    name: "cgroup_cpu",
+    source: Source::Files("/proc/self/mountinfo, cpu.stat of every cgroup under the cgroup2 mount"),
+    options: &[SamplerOption {
+        key: "max_cgroups",
+        default: 4096,
+        min: 1,
+        max: 1 << 20,
+        description: "cgroups tracked at most; the rest are counted in cgroup_untracked",
+    }],
+    metrics: || {
+        vec![
+            &CGROUP_CPU_USAGE,
+            &CGROUP_CPU_THROTTLED,
+            &CGROUP_CPU_THROTTLED_TIME,
+            &CGROUP_UNTRACKED,
+        ]
+    },
+    init,
+};
+
+/// The mount point of the cgroup v2 hierarchy in `/proc/self/mountinfo`
+/// text (the first `cgroup2` mount), with the kernel's octal escapes
+/// (`\040` for a space) undone.
+pub fn cgroup2_mount(mountinfo: &[u8]) -> Option<Vec<u8>> {
+    lines(mountinfo).find_map(|line| {
+        let mut parts = line
+            .splitn(2, |&b| b == b'-')
+            .collect::<Vec<_>>()
+            .into_iter();
+        // "ID PARENT MAJ:MIN ROOT MOUNTPOINT OPTIONS [OPTIONAL...] - FSTYPE ..."
+        let before = parts.next()?;
+        let after = parts.next()?;
+        if fields(after).next()? != b"cgroup2" {
+            return None;
+        }
+        let mount = fields(before).nth(4)?;
+        Some(unescape_octal(mount))
+    })
+}
+
+fn unescape_octal(field: &[u8]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(field.len());
+    let mut i = 0;
+    while i < field.len() {
+        let octal = field
+            .get(i + 1..i + 4)
+            .filter(|d| field[i] == b'\\' && d.iter().all(|c| (b'0'..=b'7').contains(c)));
+        match octal {
+            Some(d) => {
+                out.push((d[0] - b'0') * 64 + (d[1] - b'0') * 8 + (d[2] - b'0'));
+                i += 4;
+            }
+            None => {
+                out.push(field[i]);
+                i += 1;
+            }
+        }
+    }
+    out
+}
+
+/// The fields of a cgroup's `cpu.stat` that this sampler serves, in
+/// microseconds as the kernel writes them; absent when the file lacks them.
+#[derive(Debug, Default, PartialEq)]
+pub struct CpuStat {
+    pub user_usec: Option<u64>,
+    pub system_usec: Option<u64>,
+    pub nr_throttled: Option<u64>,
+    pub throttled_usec: Option<u64>,
+}
+
+/// Parses `cpu.stat` ("key value" lines); a line that does not parse is
+/// skipped, costing only its own key.
+pub fn parse_cpu_stat(text: &[u8]) -> CpuStat {
+    let mut stat = CpuStat::default();
+    for line in lines(text) {
+        let mut f = fields(line);
+        let (Some(key), Some(value)) = (f.next(), f.next().and_then(parse_u64)) else {
+            continue;
+        };
+        match key {
+            b"user_usec" => stat.user_usec = Some(value),
+            b"system_usec" => stat.system_usec = Some(value),
+            b"nr_throttled" => stat.nr_throttled = Some(value),
+            b"throttled_usec" => stat.throttled_usec = Some(value),
+            _ => {}
+        }
+    }
+    stat
+}
+
+/// One tracked cgroup: its directory's inode (a re-created cgroup has a
+/// new one) and its series.
+struct Tracked {
+    inode: u64,
+    user: Arc<Series>,
+    system: Arc<Series>,
+    throttled: Arc<Series>,
+    throttled_time: Arc<Series>,
+    seen: u64,
+}
+
+impl Tracked {
+    fn new(name: &str, inode: u64, seen: u64) -> Self {
+        let named = |def| Series::new(def, &[("name", name)]);
+        Self {
+            inode,
+            user: Series::new(&CGROUP_CPU_USAGE, &[("state", "user"), ("name", name)]),
+            system: Series::new(&CGROUP_CPU_USAGE, &[("state", "system"), ("name", name)]),
+            throttled: named(&CGROUP_CPU_THROTTLED),
+            throttled_time: named(&CGROUP_CPU_THROTTLED_TIME),
+            seen,
+        }
+    }
+}
+
+struct CgroupCpu {
+    mount: PathBuf,
+    max: usize,
+    tracked: HashMap<Vec<u8>, Tracked>,
+    untracked: Arc<Series>,
+    generation: u64,
+    buf: Vec<u8>,
+}
+
+fn init(ctx: &SamplerContext) -> anyhow::Result<Box<dyn Sampler>> {
+    let mountinfo_path = ctx.root.join("proc/self/mountinfo");
+    let mountinfo = std::fs::read(&mountinfo_path)
+        .map_err(|e| Unsupported(format!("reading {}: {e}", mountinfo_path.display())))?;
+    let mount = cgroup2_mount(&mountinfo).ok_or_else(|| {
+        Unsupported(format!(
+            "no cgroup2 hierarchy is mounted ({} lists none): cgroup v1 alone is not supported",
+            mountinfo_path.display()
+        ))
+    })?;
+    let mount = Path::new(std::ffi::OsStr::from_bytes(&mount));
+    let mount = ctx.root.join(mount.strip_prefix("/").unwrap_or(mount));
+    Ok(Box::new(CgroupCpu {
+        mount,
+        max: ctx.option(&SPEC, "max_cgroups") as usize,
+        tracked: HashMap::new(),
+        untracked: Series::new(&CGROUP_UNTRACKED, &[]),
+        generation: 0,
+        buf: Vec::new(),
+    }))
+}
+
+impl CgroupCpu {
+    /// Reads one cgroup (directory `dir`, hierarchy path `name`) if it is
+    /// tracked or there is room; returns false when it was left out.
+    fn visit(&mut self, dir: &Path, name: &[u8], inode: u64, out: &mut Emitter<'_>) -> bool {
+        let generation = self.generation;
+        let known = self.tracked.get(name).is_some_and(|t| t.inode == inode);
+        if !known {
+            if self.tracked.len() >= self.max && !self.tracked.contains_key(name) {
+                return false;
+            }
+            let label = label_value(name);
+            self.tracked
+                .insert(name.to_vec(), Tracked::new(&label, inode, generation));
+        }
+        self.buf.clear();
+        let Ok(mut file) = std::fs::File::open(dir.join("cpu.stat")) else {
+            return true; // removed meanwhile: it drops out below
+        };
+        if std::io::Read::read_to_end(&mut file, &mut self.buf).is_err() {
+            return true;
+        }
+        let stat = parse_cpu_stat(&self.buf);
+        let Some(t) = self.tracked.get_mut(name) else {
+            return true;
+        };
+        t.seen = generation;
+        let ns = |us: u64| us.saturating_mul(1000);
+        if let Some(v) = stat.user_usec {
+            out.counter(&t.user, ns(v));
+        }
+        if let Some(v) = stat.system_usec {
+            out.counter(&t.system, ns(v));
+        }
+        if let Some(v) = stat.nr_throttled {
+            out.counter(&t.throttled, v);
+        }
+        if let Some(v) = stat.throttled_usec {
+            out.counter(&t.throttled_time, ns(v));
+        }
+        true
+    }
+}
+
+impl Sampler for CgroupCpu {
+    fn refresh(&mut self, out: &mut Emitter<'_>) -> anyhow::Result<()> {
+        self.generation += 1;
+        let root_inode = std::fs::metadata(&self.mount)
+            .map_err(|e| anyhow::anyhow!("reading {}: {e}", self.mount.display()))?
+            .ino();
+        let mut untracked = 0i64;
+        // depth first, parents before children, siblings in name order: a
+        // stable order, so the same cgroups are kept when there are too many
+        let mut stack: Vec<(PathBuf, Vec<u8>, u64)> =
+            vec![(self.mount.clone(), b"/".to_vec(), root_inode)];
+        while let Some((dir, name, inode)) = stack.pop() {
+            if !self.visit(&dir, &name, inode, out) {
+                untracked += 1;
+            }
+            let Ok(entries) = std::fs::read_dir(&dir) else {
+                continue; // removed while we walked
+            };
+            let mut children: Vec<(PathBuf, Vec<u8>, u64)> = entries
+                .filter_map(Result::ok)
+                .filter(|e| e.file_type().is_ok_and(|t| t.is_dir()))
+                .map(|e| {
+                    let mut child = if name == b"/" {
+                        Vec::new()
+                    } else {
+                        name.clone()
+                    };
+                    child.push(b'/');
+                    child.extend_from_slice(e.file_name().as_bytes());
+                    (e.path(), child, e.ino())
+                })
+                .collect();
+            children.sort_by(|a, b| b.1.cmp(&a.1));
+            stack.extend(children);
+        }
+        // cgroups not seen in this walk are gone: their last value was
+        // served by the previous snapshot
+        let generation = self.generation;
+        self.tracked.retain(|_, t| t.seen == generation);
+        out.gauge(&self.untracked, untracked);
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn finds_the_cgroup2_mount_in_hybrid_and_unified_mode() {
+        let hybrid = b"25 1 0:23 / /sys/fs/cgroup ro,nosuid - tmpfs tmpfs ro,mode=755\n\
+            41 31 0:38 / /sys/fs/cgroup/unified rw,relatime shared:9 - cgroup2 cgroup2 rw\n\
+            42 31 0:39 / /sys/fs/cgroup/cpu rw - cgroup cgroup rw,cpu\n";
+        assert_eq!(cgroup2_mount(hybrid).unwrap(), b"/sys/fs/cgroup/unified");
+        let unified =
+            b"30 23 0:26 / /sys/fs/cgroup rw,nosuid shared:4 - cgroup2 cgroup2 rw,nsdelegate\n";
+        assert_eq!(cgroup2_mount(unified).unwrap(), b"/sys/fs/cgroup");
+        let escaped = b"30 23 0:26 / /mnt/my\\040cgroups rw - cgroup2 none rw\n";
+        assert_eq!(cgroup2_mount(escaped).unwrap(), b"/mnt/my cgroups");
+        let v1_only = b"42 31 0:39 / /sys/fs/cgroup/cpu rw - cgroup cgroup rw,cpu\n";
+        assert_eq!(cgroup2_mount(v1_only), None);
+        // a mount point with a dash in it is not the separator
+        let dashed = b"30 23 0:26 / /run/cg-2 rw - cgroup2 cgroup2 rw\n";
+        assert_eq!(cgroup2_mount(dashed).unwrap(), b"/run/cg-2");
+    }
+
+    #[test]
+    fn cpu_stat_fields_absent_when_missing_and_bad_lines_cost_one_key() {
+        let hybrid = b"usage_usec 302599\nuser_usec 302599\nsystem_usec 0\nnice_usec 0\n";
+        let stat = parse_cpu_stat(hybrid);
+        assert_eq!(stat.user_usec, Some(302599));
+        assert_eq!(stat.system_usec, Some(0));
+        assert_eq!(stat.nr_throttled, None);
+        let limited = b"usage_usec 10\nuser_usec 6\nsystem_usec x\nnr_periods 5\nnr_throttled 2\nthrottled_usec 700\n";
+        let stat = parse_cpu_stat(limited);
+        assert_eq!(
+            stat,
+            CpuStat {
+                user_usec: Some(6),
+                system_usec: None,
+                nr_throttled: Some(2),
+                throttled_usec: Some(700),
+            }
+        );
+    }
+}
