@@ -1,0 +1,220 @@
+//! The per-cgroup samplers against cgroups the test makes in the machine's
+//! cgroup v2 hierarchy (found from /proc/self/mountinfo, as the agent finds
+//! it). Root only: CI runs these as root.
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::Mutex;
+use std::time::Instant;
+
+use common::{require_active, Agent, Snap};
+
+/// Tests that count cgroups must not overlap.
+static CGROUPS: Mutex<()> = Mutex::new(());
+
+fn alone() -> std::sync::MutexGuard<'static, ()> {
+    CGROUPS.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// Where cgroup2 is mounted, read the way a user would.
+fn cgroup2_mount() -> PathBuf {
+    let mountinfo = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
+    mountinfo
+        .lines()
+        .find_map(|l| {
+            let (before, after) = l.split_once(" - ")?;
+            (after.split_whitespace().next()? == "cgroup2")
+                .then(|| PathBuf::from(before.split_whitespace().nth(4).unwrap()))
+        })
+        .expect("no cgroup2 mount")
+}
+
+/// A cgroup made for the test (and its children), removed on drop.
+struct Cgroup {
+    path: PathBuf,
+    /// Its name in the hierarchy, as the `name` label shows it.
+    name: String,
+}
+
+impl Cgroup {
+    fn new(parent: &Path, parent_name: &str, leaf: &str) -> Self {
+        let path = parent.join(leaf);
+        std::fs::create_dir(&path).unwrap_or_else(|e| panic!("mkdir {}: {e}", path.display()));
+        let name = if parent_name == "/" {
+            format!("/{leaf}")
+        } else {
+            format!("{parent_name}/{leaf}")
+        };
+        Self { path, name }
+    }
+
+    fn top(leaf: &str) -> Self {
+        Self::new(&cgroup2_mount(), "/", leaf)
+    }
+
+    fn child(&self, leaf: &str) -> Self {
+        Self::new(&self.path, &self.name, leaf)
+    }
+
+    /// Runs `sh -c script` inside this cgroup, to completion.
+    fn run(&self, script: &str) {
+        let procs = self.path.join("cgroup.procs");
+        let status = Command::new("sh")
+            .arg("-c")
+            .arg(format!("echo $$ > {} && {script}", procs.display()))
+            .status()
+            .unwrap();
+        assert!(status.success(), "{script} in {}", self.name);
+    }
+}
+
+impl Drop for Cgroup {
+    fn drop(&mut self) {
+        // children first (a test may leave some), then this one
+        if let Ok(entries) = std::fs::read_dir(&self.path) {
+            for e in entries.flatten() {
+                if e.file_type().is_ok_and(|t| t.is_dir()) {
+                    let _ = std::fs::remove_dir(e.path());
+                }
+            }
+        }
+        let _ = std::fs::remove_dir(&self.path);
+    }
+}
+
+fn cpu_seconds(snap: &Snap, name: &str) -> f64 {
+    ["user", "system"]
+        .iter()
+        .map(|state| {
+            snap.get("cgroup_cpu_usage", &[("state", state), ("name", name)])
+                .unwrap_or_else(|| panic!("no cgroup_cpu_usage for {name}")) as f64
+        })
+        .sum::<f64>()
+        / 1e9
+}
+
+fn cgroup_agent(extra: &str) -> Agent {
+    let agent = Agent::start("", &format!("[defaults]\nenabled = false\n{extra}"));
+    require_active(&agent, &["cgroup_cpu"]);
+    agent
+}
+
+const CPU: &str = "[samplers.cgroup_cpu]\nenabled = true\n";
+
+/// A second of CPU burnt in one of two sibling cgroups shows as about a
+/// second under its name, and close to nothing under the sibling.
+#[test]
+fn cpu_time_lands_in_the_cgroup_that_used_it() {
+    let _alone = alone();
+    let agent = cgroup_agent(CPU);
+    let top = Cgroup::top(&format!("rzt{}cpu", std::process::id()));
+    let (busy, idle) = (top.child("busy"), top.child("idle"));
+    let before = agent.snapshot();
+    busy.run("timeout 1 sh -c 'while :; do :; done'; true");
+    let after = agent.snapshot();
+    let used = cpu_seconds(&after, &busy.name) - cpu_seconds(&before, &busy.name);
+    assert!((0.8..1.2).contains(&used), "{used} s under {}", busy.name);
+    let other = cpu_seconds(&after, &idle.name) - cpu_seconds(&before, &idle.name);
+    assert!(other < 0.02, "{other} s under the idle sibling");
+    // a parent's usage includes its children's
+    let parent = cpu_seconds(&after, &top.name) - cpu_seconds(&before, &top.name);
+    assert!(parent >= used, "parent {parent} s < child {used} s");
+}
+
+fn series_count(snap: &Snap) -> usize {
+    snap.entries.len() + snap.histograms.len()
+}
+
+fn names(snap: &Snap) -> std::collections::BTreeSet<String> {
+    snap.entries
+        .iter()
+        .filter_map(|e| e.labels.get("name").cloned())
+        .collect()
+}
+
+/// 500 short-lived cgroups, each running a short task: afterwards the
+/// series count and the agent's RSS are back within 5% of where they were,
+/// and no series names a removed cgroup once a snapshot has been taken after
+/// its removal.
+#[test]
+fn short_lived_cgroups_leave_nothing_behind() {
+    let _alone = alone();
+    let agent = cgroup_agent(&format!("{CPU}[samplers.rezolus_rusage]\nenabled = true\n"));
+    let top = Cgroup::top(&format!("rzt{}churn", std::process::id()));
+    let rss = |s: &Snap| s.value("rezolus_memory_resident", &[]) as f64;
+    // warm up: allocations that stay (buffers, maps) happen on first use
+    for i in 0..50 {
+        let c = top.child(&format!("warm{i}"));
+        c.run("true");
+        agent.snapshot();
+    }
+    agent.snapshot();
+    let base = agent.snapshot();
+    for i in 0..500 {
+        let c = top.child(&format!("c{i}"));
+        c.run("true");
+        let snap = agent.snapshot();
+        assert!(names(&snap).contains(&c.name), "{} never served", c.name);
+        drop(c);
+        let snap = agent.snapshot();
+        let gone = format!("{}/c{i}", top.name);
+        assert!(
+            !names(&snap).contains(&gone),
+            "{gone} still served after its removal"
+        );
+    }
+    let end = agent.snapshot();
+    let (n0, n1) = (series_count(&base), series_count(&end));
+    assert!(
+        n1 * 100 <= n0 * 105,
+        "{n0} series before, {n1} after 500 cgroups came and went"
+    );
+    assert!(
+        rss(&end) <= rss(&base) * 1.05,
+        "RSS {} before, {} after",
+        rss(&base),
+        rss(&end)
+    );
+}
+
+/// More live cgroups than `max_cgroups`: the agent keeps serving, reports
+/// how many it left out, and the cgroups it tracked first keep counting.
+#[test]
+fn more_cgroups_than_the_maximum_are_counted_not_served() {
+    const LIVE: usize = 5000;
+    let _alone = alone();
+    let agent = cgroup_agent(CPU);
+    let top = Cgroup::top(&format!("rzt{}many", std::process::id()));
+    let first = top.child("first");
+    agent.snapshot();
+    let started = Instant::now();
+    let many: Vec<Cgroup> = (0..LIVE).map(|i| top.child(&format!("m{i:04}"))).collect();
+    eprintln!("made {LIVE} cgroups in {:?}", started.elapsed());
+    let before = agent.snapshot();
+    first.run("timeout 0.5 sh -c 'while :; do :; done'; true");
+    let after = agent.snapshot();
+    let total = names(&after).len();
+    let untracked = after.value("cgroup_untracked", &[]) as usize;
+    assert!(total <= 4096, "{total} cgroups served, more than the maximum");
+    // every cgroup is either served or counted as left out
+    let existing = walk_count(&cgroup2_mount());
+    assert_eq!(total + untracked, existing, "{total} served + {untracked} left out");
+    let used = cpu_seconds(&after, &first.name) - cpu_seconds(&before, &first.name);
+    assert!((0.35..0.65).contains(&used), "{used} s under {}", first.name);
+    drop(many);
+    // once they are gone there is room again and nothing is left out
+    agent.snapshot();
+    let snap = agent.snapshot();
+    assert_eq!(snap.value("cgroup_untracked", &[]), 0);
+}
+
+fn walk_count(dir: &Path) -> usize {
+    1 + std::fs::read_dir(dir)
+        .unwrap()
+        .flatten()
+        .filter(|e| e.file_type().is_ok_and(|t| t.is_dir()))
+        .map(|e| walk_count(&e.path()))
+        .sum::<usize>()
+}
