@@ -101,7 +101,9 @@ fn cgroup_agent(extra: &str) -> Agent {
     agent
 }
 
-const CPU: &str = "[samplers.cgroup_cpu]\nenabled = true\n";
+/// The sampler, walking the hierarchy at every snapshot so that a cgroup
+/// made just before one is in it.
+const CPU: &str = "[samplers.cgroup_cpu]\nenabled = true\nscan_interval_ms = 0\n";
 
 /// A second of CPU burnt in one of two sibling cgroups shows as about a
 /// second under its name, and close to nothing under the sibling.
@@ -197,12 +199,23 @@ fn more_cgroups_than_the_maximum_are_counted_not_served() {
     let after = agent.snapshot();
     let total = names(&after).len();
     let untracked = after.value("cgroup_untracked", &[]) as usize;
-    assert!(total <= 4096, "{total} cgroups served, more than the maximum");
+    assert!(
+        total <= 4096,
+        "{total} cgroups served, more than the maximum"
+    );
     // every cgroup is either served or counted as left out
     let existing = walk_count(&cgroup2_mount());
-    assert_eq!(total + untracked, existing, "{total} served + {untracked} left out");
+    assert_eq!(
+        total + untracked,
+        existing,
+        "{total} served + {untracked} left out"
+    );
     let used = cpu_seconds(&after, &first.name) - cpu_seconds(&before, &first.name);
-    assert!((0.35..0.65).contains(&used), "{used} s under {}", first.name);
+    assert!(
+        (0.35..0.65).contains(&used),
+        "{used} s under {}",
+        first.name
+    );
     drop(many);
     // once they are gone there is room again and nothing is left out
     agent.snapshot();
@@ -217,4 +230,29 @@ fn walk_count(dir: &Path) -> usize {
         .filter(|e| e.file_type().is_ok_and(|t| t.is_dir()))
         .map(|e| walk_count(&e.path()))
         .sum::<usize>()
+}
+
+/// With the default scan interval, a new cgroup is served within about a
+/// second, and a removed one is gone from the next snapshot.
+#[test]
+fn new_cgroups_appear_within_the_scan_interval() {
+    let _alone = alone();
+    let agent = cgroup_agent("[samplers.cgroup_cpu]\nenabled = true\n");
+    agent.snapshot();
+    let c = Cgroup::top(&format!("rzt{}scan", std::process::id()));
+    let made = Instant::now();
+    while !names(&agent.snapshot()).contains(&c.name) {
+        assert!(
+            made.elapsed() < std::time::Duration::from_secs(3),
+            "{} not served 3 s after it was made",
+            c.name
+        );
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    let name = c.name.clone();
+    drop(c);
+    assert!(
+        !names(&agent.snapshot()).contains(&name),
+        "{name} served after removal"
+    );
 }

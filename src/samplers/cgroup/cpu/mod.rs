@@ -8,18 +8,23 @@
 //! `system_usec` are there in every cgroup; the throttling fields only where
 //! the cpu controller is enabled for the cgroup (never in hybrid mode).
 //!
-//! Cgroups come and go: a cgroup's series are served while it exists, so
-//! the last value read is the last one served, and a cgroup re-created under
-//! the same path (a new directory inode) gets new series that start again
-//! from its own counts. At most `max_cgroups` are tracked; those already
-//! tracked keep their place, and the number left out is the gauge
-//! `cgroup_untracked`.
+//! Cgroups come and go. The hierarchy is walked for new ones every
+//! `scan_interval_ms` (default 1 s), so a new cgroup appears within that;
+//! each tracked cgroup's `cpu.stat` stays open and is read again at every
+//! snapshot, so one that is removed drops out at the next snapshot (the last
+//! value read is the last one served). A cgroup re-created under the same
+//! path (a new directory inode) gets new series that start again from its
+//! own counts. At most `max_cgroups` are tracked; those already tracked keep
+//! their place, and the number left out is the gauge `cgroup_untracked`.
 
 use std::collections::HashMap;
+use std::fs::File;
 use std::os::unix::ffi::OsStrExt;
+use std::os::unix::fs::FileExt;
 use std::os::unix::fs::{DirEntryExt, MetadataExt};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use crate::metrics::{MetricDef, Series};
 use crate::samplers::{Sampler, SamplerContext, SamplerOption, SamplerSpec, Source, SAMPLERS};
@@ -54,13 +59,22 @@ pub static CGROUP_UNTRACKED: MetricDef = MetricDef::gauge(
 static SPEC: SamplerSpec = SamplerSpec {
     name: "cgroup_cpu",
     source: Source::Files("/proc/self/mountinfo, cpu.stat of every cgroup under the cgroup2 mount"),
-    options: &[SamplerOption {
-        key: "max_cgroups",
-        default: 4096,
-        min: 1,
-        max: 1 << 20,
-        description: "cgroups tracked at most; the rest are counted in cgroup_untracked",
-    }],
+    options: &[
+        SamplerOption {
+            key: "max_cgroups",
+            default: 4096,
+            min: 1,
+            max: 1 << 20,
+            description: "cgroups tracked at most; the rest are counted in cgroup_untracked",
+        },
+        SamplerOption {
+            key: "scan_interval_ms",
+            default: 1000,
+            min: 0,
+            max: 3_600_000,
+            description: "how often the hierarchy is walked for new cgroups, in milliseconds (0: every snapshot)",
+        },
+    ],
     metrics: || {
         vec![
             &CGROUP_CPU_USAGE,
@@ -77,18 +91,11 @@ static SPEC: SamplerSpec = SamplerSpec {
 /// (`\040` for a space) undone.
 pub fn cgroup2_mount(mountinfo: &[u8]) -> Option<Vec<u8>> {
     lines(mountinfo).find_map(|line| {
-        let mut parts = line
-            .splitn(2, |&b| b == b'-')
-            .collect::<Vec<_>>()
-            .into_iter();
         // "ID PARENT MAJ:MIN ROOT MOUNTPOINT OPTIONS [OPTIONAL...] - FSTYPE ..."
-        let before = parts.next()?;
-        let after = parts.next()?;
-        if fields(after).next()? != b"cgroup2" {
-            return None;
-        }
-        let mount = fields(before).nth(4)?;
-        Some(unescape_octal(mount))
+        let f: Vec<&[u8]> = fields(line).collect();
+        let separator = f.iter().position(|&x| x == b"-")?;
+        (separator >= 6 && f.get(separator + 1) == Some(&&b"cgroup2"[..]))
+            .then(|| unescape_octal(f[4]))
     })
 }
 
@@ -144,9 +151,11 @@ pub fn parse_cpu_stat(text: &[u8]) -> CpuStat {
 }
 
 /// One tracked cgroup: its directory's inode (a re-created cgroup has a
-/// new one) and its series.
+/// new one), its open `cpu.stat` (read again from offset 0 each time; once
+/// the cgroup is removed, reads fail with ENODEV), and its series.
 struct Tracked {
     inode: u64,
+    file: File,
     user: Arc<Series>,
     system: Arc<Series>,
     throttled: Arc<Series>,
@@ -155,23 +164,65 @@ struct Tracked {
 }
 
 impl Tracked {
-    fn new(name: &str, inode: u64, seen: u64) -> Self {
-        let named = |def| Series::new(def, &[("name", name)]);
-        Self {
+    fn open(dir: &Path, name: &[u8], inode: u64, seen: u64) -> Option<Self> {
+        let file = File::open(dir.join("cpu.stat")).ok()?;
+        let name = label_value(name);
+        let named = |def| Series::new(def, &[("name", &name)]);
+        let state = |s| Series::new(&CGROUP_CPU_USAGE, &[("state", s), ("name", &name)]);
+        Some(Self {
             inode,
-            user: Series::new(&CGROUP_CPU_USAGE, &[("state", "user"), ("name", name)]),
-            system: Series::new(&CGROUP_CPU_USAGE, &[("state", "system"), ("name", name)]),
+            file,
+            user: state("user"),
+            system: state("system"),
             throttled: named(&CGROUP_CPU_THROTTLED),
             throttled_time: named(&CGROUP_CPU_THROTTLED_TIME),
             seen,
+        })
+    }
+
+    /// Reads `cpu.stat` and emits its values; false once the cgroup is gone.
+    fn emit(&self, buf: &mut Vec<u8>, out: &mut Emitter<'_>) -> bool {
+        buf.clear();
+        buf.resize(4096, 0);
+        let mut filled = 0;
+        loop {
+            match self.file.read_at(&mut buf[filled..], filled as u64) {
+                Ok(0) => break,
+                Ok(n) => {
+                    filled += n;
+                    if filled == buf.len() {
+                        buf.resize(buf.len() * 2, 0);
+                    }
+                }
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+                Err(_) => return false,
+            }
         }
+        let stat = parse_cpu_stat(&buf[..filled]);
+        let ns = |us: u64| us.saturating_mul(1000);
+        if let Some(v) = stat.user_usec {
+            out.counter(&self.user, ns(v));
+        }
+        if let Some(v) = stat.system_usec {
+            out.counter(&self.system, ns(v));
+        }
+        if let Some(v) = stat.nr_throttled {
+            out.counter(&self.throttled, v);
+        }
+        if let Some(v) = stat.throttled_usec {
+            out.counter(&self.throttled_time, ns(v));
+        }
+        true
     }
 }
 
 struct CgroupCpu {
     mount: PathBuf,
     max: usize,
+    scan_interval: Duration,
+    last_scan: Option<Instant>,
     tracked: HashMap<Vec<u8>, Tracked>,
+    untracked_count: i64,
     untracked: Arc<Series>,
     generation: u64,
     buf: Vec<u8>,
@@ -179,8 +230,13 @@ struct CgroupCpu {
 
 fn init(ctx: &SamplerContext) -> anyhow::Result<Box<dyn Sampler>> {
     let mountinfo_path = ctx.root.join("proc/self/mountinfo");
-    let mountinfo = std::fs::read(&mountinfo_path)
-        .map_err(|e| Unsupported(format!("reading {}: {e}", mountinfo_path.display())))?;
+    let mountinfo = std::fs::read(&mountinfo_path).map_err(|e| {
+        if e.kind() == std::io::ErrorKind::NotFound {
+            Unsupported(format!("{} does not exist", mountinfo_path.display()))
+        } else {
+            Unsupported(format!("reading {}: {e}", mountinfo_path.display()))
+        }
+    })?;
     let mount = cgroup2_mount(&mountinfo).ok_or_else(|| {
         Unsupported(format!(
             "no cgroup2 hierarchy is mounted ({} lists none): cgroup v1 alone is not supported",
@@ -192,7 +248,10 @@ fn init(ctx: &SamplerContext) -> anyhow::Result<Box<dyn Sampler>> {
     Ok(Box::new(CgroupCpu {
         mount,
         max: ctx.option(&SPEC, "max_cgroups") as usize,
+        scan_interval: Duration::from_millis(ctx.option(&SPEC, "scan_interval_ms") as u64),
+        last_scan: None,
         tracked: HashMap::new(),
+        untracked_count: 0,
         untracked: Series::new(&CGROUP_UNTRACKED, &[]),
         generation: 0,
         buf: Vec::new(),
@@ -200,62 +259,35 @@ fn init(ctx: &SamplerContext) -> anyhow::Result<Box<dyn Sampler>> {
 }
 
 impl CgroupCpu {
-    /// Reads one cgroup (directory `dir`, hierarchy path `name`) if it is
-    /// tracked or there is room; returns false when it was left out.
-    fn visit(&mut self, dir: &Path, name: &[u8], inode: u64, out: &mut Emitter<'_>) -> bool {
-        let generation = self.generation;
-        let known = self.tracked.get(name).is_some_and(|t| t.inode == inode);
-        if !known {
-            if self.tracked.len() >= self.max && !self.tracked.contains_key(name) {
-                return false;
-            }
-            let label = label_value(name);
-            self.tracked
-                .insert(name.to_vec(), Tracked::new(&label, inode, generation));
-        }
-        self.buf.clear();
-        let Ok(mut file) = std::fs::File::open(dir.join("cpu.stat")) else {
-            return true; // removed meanwhile: it drops out below
-        };
-        if std::io::Read::read_to_end(&mut file, &mut self.buf).is_err() {
-            return true;
-        }
-        let stat = parse_cpu_stat(&self.buf);
-        let Some(t) = self.tracked.get_mut(name) else {
-            return true;
-        };
-        t.seen = generation;
-        let ns = |us: u64| us.saturating_mul(1000);
-        if let Some(v) = stat.user_usec {
-            out.counter(&t.user, ns(v));
-        }
-        if let Some(v) = stat.system_usec {
-            out.counter(&t.system, ns(v));
-        }
-        if let Some(v) = stat.nr_throttled {
-            out.counter(&t.throttled, v);
-        }
-        if let Some(v) = stat.throttled_usec {
-            out.counter(&t.throttled_time, ns(v));
-        }
-        true
-    }
-}
-
-impl Sampler for CgroupCpu {
-    fn refresh(&mut self, out: &mut Emitter<'_>) -> anyhow::Result<()> {
+    /// Walks the hierarchy: starts tracking new cgroups while there is room
+    /// (and counts those left out), and stops tracking those that are gone
+    /// or were re-created. Depth first, parents before children, siblings in
+    /// name order: a stable order, so the same cgroups are kept when there
+    /// are too many, and those already tracked keep their place.
+    fn scan(&mut self) -> anyhow::Result<()> {
         self.generation += 1;
+        let generation = self.generation;
         let root_inode = std::fs::metadata(&self.mount)
             .map_err(|e| anyhow::anyhow!("reading {}: {e}", self.mount.display()))?
             .ino();
-        let mut untracked = 0i64;
-        // depth first, parents before children, siblings in name order: a
-        // stable order, so the same cgroups are kept when there are too many
+        let mut untracked = 0;
         let mut stack: Vec<(PathBuf, Vec<u8>, u64)> =
             vec![(self.mount.clone(), b"/".to_vec(), root_inode)];
         while let Some((dir, name, inode)) = stack.pop() {
-            if !self.visit(&dir, &name, inode, out) {
-                untracked += 1;
+            let room = self.tracked.len() < self.max;
+            match self.tracked.get_mut(&name) {
+                Some(t) if t.inode == inode => t.seen = generation,
+                // re-created under the same path: new series from its own counts
+                Some(_) => match Tracked::open(&dir, &name, inode, generation) {
+                    Some(t) => drop(self.tracked.insert(name.clone(), t)),
+                    None => drop(self.tracked.remove(&name)),
+                },
+                None if room => {
+                    if let Some(t) = Tracked::open(&dir, &name, inode, generation) {
+                        self.tracked.insert(name.clone(), t);
+                    }
+                }
+                None => untracked += 1,
             }
             let Ok(entries) = std::fs::read_dir(&dir) else {
                 continue; // removed while we walked
@@ -277,11 +309,26 @@ impl Sampler for CgroupCpu {
             children.sort_by(|a, b| b.1.cmp(&a.1));
             stack.extend(children);
         }
-        // cgroups not seen in this walk are gone: their last value was
-        // served by the previous snapshot
-        let generation = self.generation;
         self.tracked.retain(|_, t| t.seen == generation);
-        out.gauge(&self.untracked, untracked);
+        self.untracked_count = untracked;
+        Ok(())
+    }
+}
+
+impl Sampler for CgroupCpu {
+    fn refresh(&mut self, out: &mut Emitter<'_>) -> anyhow::Result<()> {
+        if self
+            .last_scan
+            .is_none_or(|at| at.elapsed() >= self.scan_interval)
+        {
+            self.scan()?;
+            self.last_scan = Some(Instant::now());
+        }
+        // a cgroup removed since the scan fails its read and drops out now:
+        // its last value was served by the previous snapshot
+        let buf = &mut self.buf;
+        self.tracked.retain(|_, t| t.emit(buf, out));
+        out.gauge(&self.untracked, self.untracked_count);
         Ok(())
     }
 }
