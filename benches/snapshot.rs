@@ -13,6 +13,10 @@
 //!    snapshot and render the Prometheus text (summaries; then summaries
 //!    and full histograms).
 //!
+//! 5. The `cgroup_cpu` sampler alone with 1000 live cgroups (made for the
+//!    run under the cgroup2 mount, root only): per snapshot between
+//!    hierarchy walks, and with a walk at every snapshot.
+//!
 //! Environment: `BENCH_REQUESTS` (default 2000).
 
 use std::process::{Child, Command, Stdio};
@@ -28,6 +32,7 @@ fn main() {
         .and_then(|v| v.parse().ok())
         .unwrap_or(2000);
     in_process(requests);
+    cgroups_in_process(1000, requests / 4);
     exporter_in_process(requests, "");
     exporter_in_process(requests, "[prometheus]\nhistograms = true\n");
     let ours = over_http("rezolus agent", spawn_agent, "/metrics/binary", requests);
@@ -77,6 +82,55 @@ fn in_process(iterations: usize) {
         us(times[iterations * 99 / 100]),
         us(cpu / iterations as u32)
     );
+}
+
+/// `cgroup_cpu` alone over `count` cgroups made for the run.
+fn cgroups_in_process(count: usize, iterations: usize) {
+    let mountinfo = std::fs::read("/proc/self/mountinfo").unwrap_or_default();
+    let Some(mount) = rezolus::cgroups::cgroup2_mount(&mountinfo) else {
+        println!("\n(no cgroup2 mount: no cgroup benchmark)");
+        return;
+    };
+    let top = std::path::Path::new(std::str::from_utf8(&mount).expect("mount path"))
+        .join(format!("rezolus-bench-{}", std::process::id()));
+    if std::fs::create_dir(&top).is_err() {
+        println!(
+            "\n(cannot make cgroups under {}: run as root for the cgroup benchmark)",
+            top.display()
+        );
+        return;
+    }
+    let children: Vec<_> = (0..count).map(|i| top.join(format!("c{i}"))).collect();
+    for c in &children {
+        std::fs::create_dir(c).expect("mkdir cgroup");
+    }
+    for (label, interval) in [
+        ("between walks", 3_600_000),
+        ("walking at every snapshot", 0),
+    ] {
+        let config = Config::parse(&format!(
+            "[defaults]\nenabled = false\n[samplers.cgroup_cpu]\nenabled = true\nscan_interval_ms = {interval}\n"
+        ))
+        .expect("config");
+        let mut collector = Collector::from_config(&config, &SamplerContext::default());
+        collector.collect();
+        let cpu_start = thread_cpu();
+        let mut series = 0;
+        for _ in 0..iterations {
+            let snapshot = collector.collect();
+            let _ = snapshot.to_msgpack().expect("encode");
+            series = snapshot.counters.len() + snapshot.gauges.len();
+        }
+        let cpu = thread_cpu() - cpu_start;
+        println!(
+            "cgroup_cpu with {count} cgroups, {label} ({series} series): CPU {:.1} us per snapshot (build + encode)",
+            us(cpu / iterations as u32)
+        );
+    }
+    for c in &children {
+        let _ = std::fs::remove_dir(c);
+    }
+    let _ = std::fs::remove_dir(&top);
 }
 
 fn exporter_in_process(iterations: usize, config: &str) {

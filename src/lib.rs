@@ -5,6 +5,7 @@
 
 pub mod agent;
 pub mod bpf;
+pub mod cgroups;
 pub mod client;
 pub mod config;
 pub mod exporter;
