@@ -1,6 +1,118 @@
-//! The cgroup v2 hierarchy: where it is mounted, for the per-cgroup samplers.
+//! The cgroup v2 hierarchy for the per-cgroup samplers: where it is
+//! mounted, and the cgroups in it.
 
-use crate::source::{fields, lines};
+use std::os::unix::ffi::OsStrExt;
+use std::os::unix::fs::{DirEntryExt, MetadataExt};
+use std::path::{Path, PathBuf};
+
+use crate::source::{fields, lines, Unsupported};
+
+/// The cgroup2 mount under `root` (`/` outside tests), from
+/// `ROOT/proc/self/mountinfo`; [`Unsupported`] when there is none.
+pub fn find_mount(root: &Path) -> Result<PathBuf, Unsupported> {
+    let mountinfo_path = root.join("proc/self/mountinfo");
+    let mountinfo = std::fs::read(&mountinfo_path).map_err(|e| {
+        if e.kind() == std::io::ErrorKind::NotFound {
+            Unsupported(format!("{} does not exist", mountinfo_path.display()))
+        } else {
+            Unsupported(format!("reading {}: {e}", mountinfo_path.display()))
+        }
+    })?;
+    let mount = cgroup2_mount(&mountinfo).ok_or_else(|| {
+        Unsupported(format!(
+            "no cgroup2 hierarchy is mounted ({} lists none): cgroup v1 alone is not supported",
+            mountinfo_path.display()
+        ))
+    })?;
+    let mount = Path::new(std::ffi::OsStr::from_bytes(&mount));
+    Ok(root.join(mount.strip_prefix("/").unwrap_or(mount)))
+}
+
+/// One cgroup found by [`walk`].
+#[derive(Debug, Clone)]
+pub struct Cgroup {
+    /// Its directory.
+    pub dir: PathBuf,
+    /// Its path in the hierarchy, `/` for the root: the `name` label (raw
+    /// bytes; see `source::label_value`).
+    pub name: Vec<u8>,
+    /// Its directory's inode number, which is the kernel's cgroup id: a
+    /// cgroup re-created under the same path has a new one.
+    pub id: u64,
+}
+
+/// What [`walk`] found.
+pub struct Walk {
+    /// Every cgroup it could list, depth first, parents before children,
+    /// siblings in name order (a stable order).
+    pub cgroups: Vec<Cgroup>,
+    /// Directories it could not list (other than those removed meanwhile),
+    /// and why: their subtrees are missing from `cgroups`. A path longer
+    /// than PATH_MAX is one such case.
+    pub unreadable: Vec<(PathBuf, std::io::Error)>,
+}
+
+/// Every cgroup under `mount`.
+pub fn walk(mount: &Path) -> std::io::Result<Walk> {
+    let root = Cgroup {
+        dir: mount.to_path_buf(),
+        name: b"/".to_vec(),
+        id: std::fs::metadata(mount)?.ino(),
+    };
+    let mut found = Vec::new();
+    let mut unreadable = Vec::new();
+    let mut stack = vec![root];
+    while let Some(cgroup) = stack.pop() {
+        match std::fs::read_dir(&cgroup.dir) {
+            Ok(entries) => {
+                let mut children: Vec<Cgroup> = entries
+                    .filter_map(Result::ok)
+                    .filter(|e| e.file_type().is_ok_and(|t| t.is_dir()))
+                    .map(|e| {
+                        let mut name = if cgroup.name == b"/" {
+                            Vec::new()
+                        } else {
+                            cgroup.name.clone()
+                        };
+                        name.push(b'/');
+                        name.extend_from_slice(e.file_name().as_bytes());
+                        Cgroup {
+                            dir: e.path(),
+                            name,
+                            id: e.ino(),
+                        }
+                    })
+                    .collect();
+                children.sort_by(|a, b| b.name.cmp(&a.name));
+                stack.extend(children);
+            }
+            // removed while we walked
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
+            Err(e) => unreadable.push((cgroup.dir.clone(), e)),
+        }
+        found.push(cgroup);
+    }
+    Ok(Walk {
+        cgroups: found,
+        unreadable,
+    })
+}
+
+/// How many files a per-cgroup sampler may hold open: a quarter of the
+/// soft open-file limit (raised to the hard limit first), so that HTTP
+/// connections and other samplers keep the rest.
+pub fn open_file_budget() -> usize {
+    crate::http::raise_fd_limit();
+    let mut limit = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit writes into the struct we pass.
+    if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) } != 0 {
+        return 256;
+    }
+    usize::try_from(limit.rlim_cur / 4).unwrap_or(usize::MAX)
+}
 
 /// The mount point of the cgroup v2 hierarchy in `/proc/self/mountinfo`
 /// text (the first `cgroup2` mount), with the kernel's octal escapes

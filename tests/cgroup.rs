@@ -1,88 +1,12 @@
-//! The per-cgroup samplers against cgroups the test makes in the machine's
-//! cgroup v2 hierarchy (found from /proc/self/mountinfo, as the agent finds
-//! it). Root only: CI runs these as root.
+//! The per-cgroup CPU sampler against cgroups the test makes in the
+//! machine's cgroup v2 hierarchy. Root only: CI runs these as root.
 
 mod common;
 
-use std::path::{Path, PathBuf};
-use std::process::Command;
-use std::sync::Mutex;
 use std::time::Instant;
 
+use common::cgroups::{alone, cgroup2_mount, names, series_count, walk_count, Cgroup};
 use common::{require_active, Agent, Snap};
-
-/// Tests that count cgroups must not overlap.
-static CGROUPS: Mutex<()> = Mutex::new(());
-
-fn alone() -> std::sync::MutexGuard<'static, ()> {
-    CGROUPS.lock().unwrap_or_else(|e| e.into_inner())
-}
-
-/// Where cgroup2 is mounted, read the way a user would.
-fn cgroup2_mount() -> PathBuf {
-    let mountinfo = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
-    mountinfo
-        .lines()
-        .find_map(|l| {
-            let (before, after) = l.split_once(" - ")?;
-            (after.split_whitespace().next()? == "cgroup2")
-                .then(|| PathBuf::from(before.split_whitespace().nth(4).unwrap()))
-        })
-        .expect("no cgroup2 mount")
-}
-
-/// A cgroup made for the test (and its children), removed on drop.
-struct Cgroup {
-    path: PathBuf,
-    /// Its name in the hierarchy, as the `name` label shows it.
-    name: String,
-}
-
-impl Cgroup {
-    fn new(parent: &Path, parent_name: &str, leaf: &str) -> Self {
-        let path = parent.join(leaf);
-        std::fs::create_dir(&path).unwrap_or_else(|e| panic!("mkdir {}: {e}", path.display()));
-        let name = if parent_name == "/" {
-            format!("/{leaf}")
-        } else {
-            format!("{parent_name}/{leaf}")
-        };
-        Self { path, name }
-    }
-
-    fn top(leaf: &str) -> Self {
-        Self::new(&cgroup2_mount(), "/", leaf)
-    }
-
-    fn child(&self, leaf: &str) -> Self {
-        Self::new(&self.path, &self.name, leaf)
-    }
-
-    /// Runs `sh -c script` inside this cgroup, to completion.
-    fn run(&self, script: &str) {
-        let procs = self.path.join("cgroup.procs");
-        let status = Command::new("sh")
-            .arg("-c")
-            .arg(format!("echo $$ > {} && {script}", procs.display()))
-            .status()
-            .unwrap();
-        assert!(status.success(), "{script} in {}", self.name);
-    }
-}
-
-impl Drop for Cgroup {
-    fn drop(&mut self) {
-        // children first (a test may leave some), then this one
-        if let Ok(entries) = std::fs::read_dir(&self.path) {
-            for e in entries.flatten() {
-                if e.file_type().is_ok_and(|t| t.is_dir()) {
-                    let _ = std::fs::remove_dir(e.path());
-                }
-            }
-        }
-        let _ = std::fs::remove_dir(&self.path);
-    }
-}
 
 fn cpu_seconds(snap: &Snap, name: &str) -> f64 {
     ["user", "system"]
@@ -123,17 +47,6 @@ fn cpu_time_lands_in_the_cgroup_that_used_it() {
     // a parent's usage includes its children's
     let parent = cpu_seconds(&after, &top.name) - cpu_seconds(&before, &top.name);
     assert!(parent >= used, "parent {parent} s < child {used} s");
-}
-
-fn series_count(snap: &Snap) -> usize {
-    snap.entries.len() + snap.histograms.len()
-}
-
-fn names(snap: &Snap) -> std::collections::BTreeSet<String> {
-    snap.entries
-        .iter()
-        .filter_map(|e| e.labels.get("name").cloned())
-        .collect()
 }
 
 /// 500 short-lived cgroups, each running a short task: afterwards the
@@ -223,15 +136,6 @@ fn more_cgroups_than_the_maximum_are_counted_not_served() {
     assert_eq!(snap.value("cgroup_untracked", &[]), 0);
 }
 
-fn walk_count(dir: &Path) -> usize {
-    1 + std::fs::read_dir(dir)
-        .unwrap()
-        .flatten()
-        .filter(|e| e.file_type().is_ok_and(|t| t.is_dir()))
-        .map(|e| walk_count(&e.path()))
-        .sum::<usize>()
-}
-
 /// With the default scan interval, a new cgroup is served within about a
 /// second, and a removed one is gone from the next snapshot.
 #[test]
@@ -254,5 +158,70 @@ fn new_cgroups_appear_within_the_scan_interval() {
     assert!(
         !names(&agent.snapshot()).contains(&name),
         "{name} served after removal"
+    );
+}
+
+/// With an open-file limit of 256 and 300 cgroups, every cgroup is still
+/// served (files beyond the sampler's share are opened per read), and the
+/// HTTP server keeps answering.
+#[test]
+fn a_low_open_file_limit_costs_neither_cgroups_nor_http() {
+    let _alone = alone();
+    let top = Cgroup::top(&format!("rzt{}fds", std::process::id()));
+    let many: Vec<Cgroup> = (0..300).map(|i| top.child(&format!("f{i:03}"))).collect();
+    let agent = Agent::start_limited(
+        &[],
+        "ttl = \"0s\"",
+        &format!("[defaults]\nenabled = false\n{CPU}"),
+        256,
+        &[],
+    );
+    require_active(&agent, &["cgroup_cpu"]);
+    for _ in 0..20 {
+        let snap = agent.snapshot();
+        let served = names(&snap);
+        let missing: Vec<&String> = many
+            .iter()
+            .map(|c| &c.name)
+            .filter(|n| !served.contains(*n))
+            .collect();
+        assert!(missing.is_empty(), "{} of 300 not served", missing.len());
+        assert_eq!(snap.value("cgroup_untracked", &[]), 0);
+    }
+}
+
+/// Removed cgroups make room at once: with `max_cgroups = 10` and 30
+/// cgroups, removing 3 tracked ones lets 3 more in at the next walk.
+#[test]
+fn removed_cgroups_make_room_at_the_next_walk() {
+    let _alone = alone();
+    let top = Cgroup::top(&format!("rzt{}room", std::process::id()));
+    let mut many: Vec<Cgroup> = (0..30).map(|i| top.child(&format!("r{i:02}"))).collect();
+    let agent = cgroup_agent(&format!("{CPU}max_cgroups = 10\n"));
+    let existing = walk_count(&cgroup2_mount());
+    let snap = agent.snapshot();
+    assert_eq!(names(&snap).len(), 10);
+    assert_eq!(snap.value("cgroup_untracked", &[]) as usize, existing - 10);
+    // remove three tracked ones
+    let served = names(&snap);
+    let mut removed = 0;
+    many.retain(|c| {
+        let tracked = served.contains(&c.name);
+        if tracked && removed < 3 {
+            removed += 1;
+            false
+        } else {
+            true
+        }
+    });
+    assert_eq!(
+        removed, 3,
+        "fewer than 3 of the test's cgroups were tracked"
+    );
+    let snap = agent.snapshot();
+    assert_eq!(names(&snap).len(), 10, "{:?}", names(&snap));
+    assert_eq!(
+        snap.value("cgroup_untracked", &[]) as usize,
+        existing - 3 - 10
     );
 }

@@ -2,6 +2,7 @@
 //! its snapshots.
 #![allow(dead_code)]
 
+pub mod cgroups;
 pub mod fake;
 pub mod parquet;
 

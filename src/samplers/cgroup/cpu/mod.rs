@@ -19,18 +19,18 @@
 
 use std::collections::HashMap;
 use std::fs::File;
-use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::FileExt;
-use std::os::unix::fs::{DirEntryExt, MetadataExt};
-use std::path::{Path, PathBuf};
+
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use crate::cgroups::cgroup2_mount;
+use crate::cgroups::{find_mount, open_file_budget, walk, Cgroup, Walk};
+use crate::logging::Repeated;
 use crate::metrics::{MetricDef, Series};
 use crate::samplers::{Sampler, SamplerContext, SamplerOption, SamplerSpec, Source, SAMPLERS};
 use crate::snapshot::Emitter;
-use crate::source::{fields, label_value, lines, parse_u64, Unsupported};
+use crate::source::{fields, label_value, lines, parse_u64};
 
 pub static CGROUP_CPU_USAGE: MetricDef = MetricDef::counter(
     "cgroup_cpu_usage",
@@ -118,11 +118,13 @@ pub fn parse_cpu_stat(text: &[u8]) -> CpuStat {
 }
 
 /// One tracked cgroup: its directory's inode (a re-created cgroup has a
-/// new one), its open `cpu.stat` (read again from offset 0 each time; once
-/// the cgroup is removed, reads fail with ENODEV), and its series.
+/// new one), its `cpu.stat` (held open within the open-file budget and read
+/// again from offset 0 each time, else opened for each read; once the
+/// cgroup is removed, reads fail), and its series.
 struct Tracked {
     inode: u64,
-    file: File,
+    stat: PathBuf,
+    file: Option<File>,
     user: Arc<Series>,
     system: Arc<Series>,
     throttled: Arc<Series>,
@@ -131,29 +133,40 @@ struct Tracked {
 }
 
 impl Tracked {
-    fn open(dir: &Path, name: &[u8], inode: u64, seen: u64) -> Option<Self> {
-        let file = File::open(dir.join("cpu.stat")).ok()?;
-        let name = label_value(name);
+    fn new(cgroup: Cgroup, hold: bool, seen: u64) -> Self {
+        let stat = cgroup.dir.join("cpu.stat");
+        let file = if hold { File::open(&stat).ok() } else { None };
+        let name = label_value(&cgroup.name);
         let named = |def| Series::new(def, &[("name", &name)]);
         let state = |s| Series::new(&CGROUP_CPU_USAGE, &[("state", s), ("name", &name)]);
-        Some(Self {
-            inode,
+        Self {
+            inode: cgroup.id,
+            stat,
             file,
             user: state("user"),
             system: state("system"),
             throttled: named(&CGROUP_CPU_THROTTLED),
             throttled_time: named(&CGROUP_CPU_THROTTLED_TIME),
             seen,
-        })
+        }
     }
 
-    /// Reads `cpu.stat` and emits its values; false once the cgroup is gone.
-    fn emit(&self, buf: &mut Vec<u8>, out: &mut Emitter<'_>) -> bool {
+    /// Reads `cpu.stat` into `buf`; false once the cgroup is gone.
+    fn read(&self, buf: &mut Vec<u8>) -> bool {
         buf.clear();
+        let Some(file) = &self.file else {
+            return match std::fs::read(&self.stat) {
+                Ok(bytes) => {
+                    *buf = bytes;
+                    true
+                }
+                Err(_) => false,
+            };
+        };
         buf.resize(4096, 0);
         let mut filled = 0;
         loop {
-            match self.file.read_at(&mut buf[filled..], filled as u64) {
+            match file.read_at(&mut buf[filled..], filled as u64) {
                 Ok(0) => break,
                 Ok(n) => {
                     filled += n;
@@ -165,7 +178,16 @@ impl Tracked {
                 Err(_) => return false,
             }
         }
-        let stat = parse_cpu_stat(&buf[..filled]);
+        buf.truncate(filled);
+        true
+    }
+
+    /// Reads `cpu.stat` and emits its values; false once the cgroup is gone.
+    fn emit(&self, buf: &mut Vec<u8>, out: &mut Emitter<'_>) -> bool {
+        if !self.read(buf) {
+            return false;
+        }
+        let stat = parse_cpu_stat(buf);
         let ns = |us: u64| us.saturating_mul(1000);
         if let Some(v) = stat.user_usec {
             out.counter(&self.user, ns(v));
@@ -189,94 +211,76 @@ struct CgroupCpu {
     scan_interval: Duration,
     last_scan: Option<Instant>,
     tracked: HashMap<Vec<u8>, Tracked>,
+    /// Files held open at most (see [`crate::cgroups::open_file_budget`]).
+    budget: usize,
     untracked_count: i64,
     untracked: Arc<Series>,
     generation: u64,
     buf: Vec<u8>,
+    unreadable: Repeated,
 }
 
 fn init(ctx: &SamplerContext) -> anyhow::Result<Box<dyn Sampler>> {
-    let mountinfo_path = ctx.root.join("proc/self/mountinfo");
-    let mountinfo = std::fs::read(&mountinfo_path).map_err(|e| {
-        if e.kind() == std::io::ErrorKind::NotFound {
-            Unsupported(format!("{} does not exist", mountinfo_path.display()))
-        } else {
-            Unsupported(format!("reading {}: {e}", mountinfo_path.display()))
-        }
-    })?;
-    let mount = cgroup2_mount(&mountinfo).ok_or_else(|| {
-        Unsupported(format!(
-            "no cgroup2 hierarchy is mounted ({} lists none): cgroup v1 alone is not supported",
-            mountinfo_path.display()
-        ))
-    })?;
-    let mount = Path::new(std::ffi::OsStr::from_bytes(&mount));
-    let mount = ctx.root.join(mount.strip_prefix("/").unwrap_or(mount));
     Ok(Box::new(CgroupCpu {
-        mount,
+        mount: find_mount(&ctx.root)?,
         max: ctx.option(&SPEC, "max_cgroups") as usize,
         scan_interval: Duration::from_millis(ctx.option(&SPEC, "scan_interval_ms") as u64),
         last_scan: None,
         tracked: HashMap::new(),
+        budget: open_file_budget(),
         untracked_count: 0,
         untracked: Series::new(&CGROUP_UNTRACKED, &[]),
         generation: 0,
         buf: Vec::new(),
+        unreadable: Repeated::with_window(Duration::from_secs(3600)),
     }))
 }
 
 impl CgroupCpu {
-    /// Walks the hierarchy: starts tracking new cgroups while there is room
-    /// (and counts those left out), and stops tracking those that are gone
-    /// or were re-created. Depth first, parents before children, siblings in
-    /// name order: a stable order, so the same cgroups are kept when there
-    /// are too many, and those already tracked keep their place.
+    /// Walks the hierarchy: stops tracking cgroups that are gone or were
+    /// re-created, then starts tracking new ones while there is room (in
+    /// walk order, so the same cgroups are kept when there are too many, and
+    /// those already tracked keep their place), counting those left out.
     fn scan(&mut self) -> anyhow::Result<()> {
         self.generation += 1;
         let generation = self.generation;
-        let root_inode = std::fs::metadata(&self.mount)
-            .map_err(|e| anyhow::anyhow!("reading {}: {e}", self.mount.display()))?
-            .ino();
-        let mut untracked = 0;
-        let mut stack: Vec<(PathBuf, Vec<u8>, u64)> =
-            vec![(self.mount.clone(), b"/".to_vec(), root_inode)];
-        while let Some((dir, name, inode)) = stack.pop() {
-            let room = self.tracked.len() < self.max;
-            match self.tracked.get_mut(&name) {
-                Some(t) if t.inode == inode => t.seen = generation,
-                // re-created under the same path: new series from its own counts
-                Some(_) => match Tracked::open(&dir, &name, inode, generation) {
-                    Some(t) => drop(self.tracked.insert(name.clone(), t)),
-                    None => drop(self.tracked.remove(&name)),
-                },
-                None if room => {
-                    if let Some(t) = Tracked::open(&dir, &name, inode, generation) {
-                        self.tracked.insert(name.clone(), t);
-                    }
-                }
-                None => untracked += 1,
+        let Walk {
+            cgroups,
+            unreadable,
+        } = walk(&self.mount)
+            .map_err(|e| anyhow::anyhow!("reading {}: {e}", self.mount.display()))?;
+        match unreadable.first() {
+            Some((dir, e)) => self.unreadable.warn(
+                "listing cgroup directories (their cgroups are counted in cgroup_untracked)",
+                &format_args!(
+                    "{} of them, the first {}: {e}",
+                    unreadable.len(),
+                    dir.display()
+                ),
+            ),
+            None => drop(self.unreadable.ok()),
+        }
+        let mut new = Vec::new();
+        for cgroup in cgroups {
+            match self.tracked.get_mut(&cgroup.name) {
+                Some(t) if t.inode == cgroup.id => t.seen = generation,
+                // new, or re-created under the same path: new series that
+                // start from its own counts
+                _ => new.push(cgroup),
             }
-            let Ok(entries) = std::fs::read_dir(&dir) else {
-                continue; // removed while we walked
-            };
-            let mut children: Vec<(PathBuf, Vec<u8>, u64)> = entries
-                .filter_map(Result::ok)
-                .filter(|e| e.file_type().is_ok_and(|t| t.is_dir()))
-                .map(|e| {
-                    let mut child = if name == b"/" {
-                        Vec::new()
-                    } else {
-                        name.clone()
-                    };
-                    child.push(b'/');
-                    child.extend_from_slice(e.file_name().as_bytes());
-                    (e.path(), child, e.ino())
-                })
-                .collect();
-            children.sort_by(|a, b| b.1.cmp(&a.1));
-            stack.extend(children);
         }
         self.tracked.retain(|_, t| t.seen == generation);
+        let mut untracked = unreadable.len() as i64;
+        let mut held = self.tracked.values().filter(|t| t.file.is_some()).count();
+        for cgroup in new {
+            if self.tracked.len() >= self.max {
+                untracked += 1;
+                continue;
+            }
+            let t = Tracked::new(cgroup.clone(), held < self.budget, generation);
+            held += usize::from(t.file.is_some());
+            self.tracked.insert(cgroup.name, t);
+        }
         self.untracked_count = untracked;
         Ok(())
     }
