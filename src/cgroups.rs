@@ -103,15 +103,8 @@ pub fn walk(mount: &Path) -> std::io::Result<Walk> {
 /// connections and other samplers keep the rest.
 pub fn open_file_budget() -> usize {
     crate::http::raise_fd_limit();
-    let mut limit = libc::rlimit {
-        rlim_cur: 0,
-        rlim_max: 0,
-    };
-    // SAFETY: getrlimit writes into the struct we pass.
-    if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) } != 0 {
-        return 256;
-    }
-    usize::try_from(limit.rlim_cur / 4).unwrap_or(usize::MAX)
+    let soft = crate::http::soft_fd_limit().unwrap_or(1024);
+    usize::try_from(soft / 4).unwrap_or(usize::MAX)
 }
 
 /// The mount point of the cgroup v2 hierarchy in `/proc/self/mountinfo`

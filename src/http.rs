@@ -170,20 +170,21 @@ pub fn raise_fd_limit() {
 /// the descriptors open (entries of `/proc/self/fd`) minus [`FD_MARGIN`],
 /// clamped to [`MIN_CONNECTIONS`]..=[`MAX_CONNECTIONS`].
 pub fn connection_cap() -> usize {
+    let soft = soft_fd_limit().unwrap_or(1024);
+    let open = std::fs::read_dir("/proc/self/fd")
+        .map(|dir| dir.count() as u64)
+        .unwrap_or(0);
+    cap_for(soft, open)
+}
+
+/// The soft `RLIMIT_NOFILE`, if getrlimit answers.
+pub fn soft_fd_limit() -> Option<u64> {
     let mut limit = libc::rlimit {
         rlim_cur: 0,
         rlim_max: 0,
     };
     // SAFETY: getrlimit writes into the struct we pass.
-    let soft = if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) } == 0 {
-        limit.rlim_cur
-    } else {
-        1024
-    };
-    let open = std::fs::read_dir("/proc/self/fd")
-        .map(|dir| dir.count() as u64)
-        .unwrap_or(0);
-    cap_for(soft, open)
+    (unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) } == 0).then_some(limit.rlim_cur)
 }
 
 fn cap_for(soft: u64, open: u64) -> usize {

@@ -10,17 +10,25 @@ use std::io::{Read, Write};
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, TcpListener, TcpStream, UdpSocket};
 use std::os::fd::AsRawFd;
 use std::process::Command;
-use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use common::{added, added_between, counter_delta, require_active, Agent, Snap};
 
 /// The samplers count every TCP packet and drop on the host: tests that
 /// measure them must not overlap.
-static NETWORK: Mutex<()> = Mutex::new(());
-
 fn alone() -> std::sync::MutexGuard<'static, ()> {
-    NETWORK.lock().unwrap_or_else(|e| e.into_inner())
+    common::serial()
+}
+
+/// Reads and discards exactly `n` bytes from `conn`.
+fn drain(conn: &mut TcpStream, n: usize) {
+    let mut buf = vec![0u8; 1 << 16];
+    let mut got = 0;
+    while got < n {
+        let k = conn.read(&mut buf).unwrap();
+        assert!(k > 0, "connection closed after {got} of {n} bytes");
+        got += k;
+    }
 }
 
 fn agent() -> Agent {
@@ -93,13 +101,7 @@ fn bytes_follow_a_loopback_transfer(agent: &Agent) {
         let before = agent.snapshot();
         let receiver = std::thread::spawn(move || {
             let (mut conn, _) = listener.accept().unwrap();
-            let mut buf = vec![0u8; 1 << 16];
-            let mut got = 0;
-            while got < N {
-                let n = conn.read(&mut buf).unwrap();
-                assert!(n > 0, "connection closed after {got} bytes");
-                got += n;
-            }
+            drain(&mut conn, N);
         });
         let mut conn = TcpStream::connect(addr).unwrap();
         conn.write_all(&vec![7u8; N]).unwrap();
@@ -367,13 +369,7 @@ fn transfer_to(ns: &Namespaces, addr: IpAddr, n: usize, connections: usize) {
     let receiver = std::thread::spawn(move || {
         for _ in 0..connections {
             let (mut conn, _) = listener.accept().unwrap();
-            let mut buf = vec![0u8; 1 << 16];
-            let mut got = 0;
-            while got < n {
-                let k = conn.read(&mut buf).unwrap();
-                assert!(k > 0, "closed after {got} of {n} bytes");
-                got += k;
-            }
+            drain(&mut conn, n);
             conn.write_all(b"k").unwrap();
         }
     });

@@ -3,15 +3,12 @@
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
-use std::sync::Mutex;
 
 use super::Snap;
 
 /// Tests that count cgroups must not overlap.
-static CGROUPS: Mutex<()> = Mutex::new(());
-
 pub fn alone() -> std::sync::MutexGuard<'static, ()> {
-    CGROUPS.lock().unwrap_or_else(|e| e.into_inner())
+    super::serial()
 }
 
 /// Where cgroup2 is mounted, read the way a user would.

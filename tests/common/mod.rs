@@ -474,6 +474,13 @@ pub fn sampler_status(agent: &Agent, name: &str) -> serde_json::Value {
         .clone()
 }
 
+/// Held by tests of one binary that measure something host-wide (packets,
+/// cgroups), so that they do not see each other's work.
+pub fn serial() -> std::sync::MutexGuard<'static, ()> {
+    static SERIAL: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    SERIAL.lock().unwrap_or_else(|e| e.into_inner())
+}
+
 pub fn counter_delta(before: &Snap, after: &Snap, metric: &str, labels: &[(&str, &str)]) -> i128 {
     after.value(metric, labels) - before.value(metric, labels)
 }

@@ -11,11 +11,13 @@
 //! Cgroups come and go. The hierarchy is walked for new ones every
 //! `scan_interval_ms` (default 1 s), so a new cgroup appears within that;
 //! each tracked cgroup's `cpu.stat` stays open and is read again at every
-//! snapshot, so one that is removed drops out at the next snapshot (the last
-//! value read is the last one served). A cgroup re-created under the same
+//! snapshot (within a quarter of the open-file limit; beyond it, files are
+//! opened for each read), so one that is removed drops out at the next
+//! snapshot (the last value read is the last one served). A cgroup re-created under the same
 //! path (a new directory inode) gets new series that start again from its
 //! own counts. At most `max_cgroups` are tracked; those already tracked keep
-//! their place, and the number left out is the gauge `cgroup_untracked`.
+//! their place, and the number left out (with those in directories the walk
+//! cannot list) is the gauge `cgroup_untracked`.
 
 use std::collections::HashMap;
 use std::fs::File;
@@ -53,7 +55,7 @@ pub static CGROUP_CPU_THROTTLED_TIME: MetricDef = MetricDef::counter(
 pub static CGROUP_UNTRACKED: MetricDef = MetricDef::gauge(
     "cgroup_untracked",
     "cgroups",
-    "Cgroups left out because `max_cgroups` were already tracked",
+    "Cgroups not served: beyond `max_cgroups`, or in directories that cannot be listed",
 );
 
 #[linkme::distributed_slice(SAMPLERS)]
@@ -155,24 +157,23 @@ impl Tracked {
     fn read(&self, buf: &mut Vec<u8>) -> bool {
         buf.clear();
         let Some(file) = &self.file else {
-            return match std::fs::read(&self.stat) {
-                Ok(bytes) => {
-                    *buf = bytes;
-                    true
-                }
-                Err(_) => false,
-            };
+            return File::open(&self.stat)
+                .and_then(|mut f| std::io::Read::read_to_end(&mut f, buf))
+                .is_ok();
         };
         buf.resize(4096, 0);
         let mut filled = 0;
         loop {
             match file.read_at(&mut buf[filled..], filled as u64) {
-                Ok(0) => break,
+                // a short read is the end: the kernel fills the buffer
+                // while it has data, so one pread is the usual whole cost
+                Ok(n) if filled + n < buf.len() => {
+                    filled += n;
+                    break;
+                }
                 Ok(n) => {
                     filled += n;
-                    if filled == buf.len() {
-                        buf.resize(buf.len() * 2, 0);
-                    }
+                    buf.resize(buf.len() * 2, 0);
                 }
                 Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
                 Err(_) => return false,
@@ -277,9 +278,10 @@ impl CgroupCpu {
                 untracked += 1;
                 continue;
             }
-            let t = Tracked::new(cgroup.clone(), held < self.budget, generation);
+            let name = cgroup.name.clone();
+            let t = Tracked::new(cgroup, held < self.budget, generation);
             held += usize::from(t.file.is_some());
-            self.tracked.insert(cgroup.name, t);
+            self.tracked.insert(name, t);
         }
         self.untracked_count = untracked;
         Ok(())

@@ -32,11 +32,18 @@ HISTOGRAM_MAP(size, 2);
  * before __netif_receive_skb_core resets network_header, which is stale when
  * GRO did not run (GRO off, XDP attached, netif_rx drivers); skb->data is
  * at the IP header there once the link-layer header has been pulled. */
-static __always_inline u32 network_offset(struct sk_buff *skb, u32 direction)
+static __always_inline u32 network_offset(struct sk_buff *skb, u32 direction,
+					  u32 *before_network)
 {
-	if (direction == RECEIVE)
-		return (u32)(skb->data - skb->head);
-	return skb->network_header;
+	u32 data = (u32)(skb->data - skb->head);
+	if (direction == RECEIVE) {
+		*before_network = 0;
+		return data;
+	}
+	/* skb->len counts from skb->data, at the link-layer header here */
+	u32 network = skb->network_header;
+	*before_network = network - data;
+	return network;
 }
 
 /* IPv6: the fixed header, then at most one Hop-by-Hop options header (as BIG
@@ -52,11 +59,11 @@ static __always_inline u32 ipv6_tcp_offset(u8 next, u8 hop_next, u8 hop_len)
 	return 0;
 }
 
-static __always_inline void record(struct sk_buff *skb, u32 direction, u32 network, u32 headers)
+/* Counts a TCP packet whose IP and TCP headers take `headers` bytes, after
+ * `before_network` bytes of link-layer header counted in skb->len. */
+static __always_inline void record(struct sk_buff *skb, u32 direction, u32 before_network,
+				   u32 headers)
 {
-	/* skb->len counts from skb->data, which is at the link-layer header on
-	 * transmit and at the IP header on receive */
-	u32 before_network = network - (u32)(skb->data - skb->head);
 	u32 len = skb->len;
 	u32 payload = 0;
 	if (len > before_network + headers)
@@ -81,7 +88,8 @@ extern void *bpf_rdonly_cast(const void *obj, __u32 btf_id) __ksym __weak;
 static __always_inline void account_plain(struct sk_buff *skb, u32 direction)
 {
 	u16 protocol = skb->protocol;
-	u32 network = network_offset(skb, direction);
+	u32 before_network;
+	u32 network = network_offset(skb, direction, &before_network);
 	u8 *ip = bpf_rdonly_cast(skb->head + network, 0);
 	u32 ip_len;
 
@@ -102,7 +110,7 @@ static __always_inline void account_plain(struct sk_buff *skb, u32 direction)
 	barrier_var(tcp);
 	tcp += ip_len;
 	u8 data_offset = tcp[TCP_DATA_OFFSET];
-	record(skb, direction, network, ip_len + (data_offset >> 4) * 4);
+	record(skb, direction, before_network, ip_len + (data_offset >> 4) * 4);
 }
 
 /* Copies with bpf_probe_read_kernel (any kernel): one copy covers the IP
@@ -112,7 +120,8 @@ static __always_inline void account_copy(struct sk_buff *skb, u32 direction)
 {
 	u16 protocol = skb->protocol;
 	unsigned char *head = skb->head;
-	u32 network = network_offset(skb, direction);
+	u32 before_network;
+	u32 network = network_offset(skb, direction, &before_network);
 	u32 ip_len;
 	u8 data_offset;
 	u8 h[IPV6_LEN + TCP_DATA_OFFSET + 1];
@@ -142,7 +151,7 @@ static __always_inline void account_copy(struct sk_buff *skb, u32 direction)
 	} else {
 		return;
 	}
-	record(skb, direction, network, ip_len + (data_offset >> 4) * 4);
+	record(skb, direction, before_network, ip_len + (data_offset >> 4) * 4);
 }
 
 SEC("tp_btf/net_dev_start_xmit")
