@@ -31,7 +31,9 @@ enum bpf_map_type {
 	BPF_MAP_TYPE_HASH = 1,
 	BPF_MAP_TYPE_ARRAY = 2,
 	BPF_MAP_TYPE_PERCPU_ARRAY = 6,
+	BPF_MAP_TYPE_QUEUE = 22,
 	BPF_MAP_TYPE_SK_STORAGE = 24,
+	BPF_MAP_TYPE_CGRP_STORAGE = 32,
 	BPF_MAP_TYPE_TASK_STORAGE = 29,
 };
 enum {
@@ -51,8 +53,21 @@ struct thread_info {
 
 /* `cpu` is in thread_info on some configurations, in task_struct on others:
  * programs test which exists with bpf_core_field_exists. */
+struct kernfs_node {
+	__u64 id; /* the cgroup id: its directory's inode number */
+} __attribute__((preserve_access_index));
+
+struct cgroup {
+	struct kernfs_node *kn;
+} __attribute__((preserve_access_index));
+
+struct css_set {
+	struct cgroup *dfl_cgrp; /* the task's cgroup in the v2 hierarchy */
+} __attribute__((preserve_access_index));
+
 struct task_struct {
 	struct thread_info thread_info;
+	struct css_set *cgroups;
 	unsigned int __state;
 	int pid;
 	int tgid;

@@ -10,6 +10,15 @@
 //! Option `latency_sampling = K`: time only one call in K per CPU (counts
 //! stay exact). Each timed call costs two clock reads, which dominate this
 //! sampler's overhead; sampling trades rare slow calls for that cost.
+//!
+//! Option `cgroups = 1` (the default) also counts each call for the calling
+//! task's cgroup (v2): `cgroup_syscall{op, name}`, `name` being the cgroup's
+//! path in the hierarchy. It is done in the same program, through the slots
+//! of [`crate::cgroups::slots`] (cgroup-local storage, Linux 6.2 or later;
+//! where that is missing the sampler runs without it and logs why). Tasks
+//! count in their own cgroup only, not its ancestors. At most `max_cgroups`
+//! cgroups (4096) are counted on their own; the rest count under
+//! `name="other"` for as long as they live.
 
 pub mod classes;
 
@@ -18,6 +27,7 @@ mod bpf {
 }
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use libbpf_rs::skel::{OpenSkel, Skel, SkelBuilder};
 
@@ -25,6 +35,7 @@ use crate::bpf::{
     check_support, classify, object_storage, possible_cpus, BankCounter, MmapArray,
     HISTOGRAM_BUCKETS,
 };
+use crate::cgroups::slots::{self, CgroupSlots, Column};
 use crate::metrics::{MetricDef, Series, HISTOGRAM_GROUPING_POWER, HISTOGRAM_MAX_VALUE_POWER};
 use crate::samplers::{Sampler, SamplerContext, SamplerOption, SamplerSpec, Source, SAMPLERS};
 use crate::snapshot::Emitter;
@@ -42,19 +53,48 @@ pub static SYSCALL_LATENCY: MetricDef = MetricDef::histogram(
     "Time from system call entry to exit, by op class; without `op`, all of them",
 )
 .labels(&["op"]);
+pub static CGROUP_SYSCALL: MetricDef = MetricDef::counter(
+    "cgroup_syscall",
+    "syscalls",
+    "System calls entered by the tasks of cgroup `name` (`other`: cgroups beyond `max_cgroups`), by op class",
+)
+.labels(&["op", "name"]);
 
 #[linkme::distributed_slice(SAMPLERS)]
 static SPEC: SamplerSpec = SamplerSpec {
     name: "syscall",
     source: Source::Bpf("tp_btf/sys_enter, tp_btf/sys_exit"),
-    options: &[SamplerOption {
-        key: "latency_sampling",
-        default: 1,
-        min: 1,
-        max: 1 << 16,
-        description: "time one call in this many per CPU for syscall_latency (1: every call)",
-    }],
-    metrics: || vec![&SYSCALL, &SYSCALL_LATENCY],
+    options: &[
+        SamplerOption {
+            key: "latency_sampling",
+            default: 1,
+            min: 1,
+            max: 1 << 16,
+            description: "time one call in this many per CPU for syscall_latency (1: every call)",
+        },
+        SamplerOption {
+            key: "cgroups",
+            default: 1,
+            min: 0,
+            max: 1,
+            description: "1: also count calls per cgroup (cgroup_syscall); 0: do not",
+        },
+        SamplerOption {
+            key: "max_cgroups",
+            default: slots::SLOTS as i64,
+            min: 1,
+            max: slots::SLOTS as i64,
+            description: "cgroups counted on their own at most; the rest count under name=\"other\"",
+        },
+        SamplerOption {
+            key: "cgroup_scan_interval_ms",
+            default: 1000,
+            min: 0,
+            max: 3_600_000,
+            description: "how often the cgroup hierarchy is walked to name and free slots, in milliseconds (0: every snapshot)",
+        },
+    ],
+    metrics: || vec![&SYSCALL, &SYSCALL_LATENCY, &CGROUP_SYSCALL],
     init,
 };
 
@@ -68,11 +108,12 @@ struct Syscall {
     latency_total: Arc<Series>,
     latency_per_class: Vec<Arc<Series>>,
     scratch: Vec<u64>,
+    /// Per-cgroup counts, when on and supported.
+    cgroups: Option<CgroupSlots>,
 }
 
-fn init(ctx: &SamplerContext) -> anyhow::Result<Box<dyn Sampler>> {
-    check_support()?;
-    let latency_sampling = ctx.option(&SPEC, "latency_sampling") as u32;
+/// Opens and loads the programs, counting per cgroup or not.
+fn load(latency_sampling: u32, count_cgroups: bool) -> anyhow::Result<bpf::SyscallSkel<'static>> {
     let mut open = bpf::SyscallSkelBuilder::default()
         .open(object_storage())
         .map_err(|e| classify(e, "opening the syscall BPF object"))?;
@@ -83,13 +124,65 @@ fn init(ctx: &SamplerContext) -> anyhow::Result<Box<dyn Sampler>> {
         .ok_or_else(|| anyhow::anyhow!("the syscall BPF object has no .rodata section"))?;
     rodata.syscall_class = classes::table();
     rodata.latency_sampling = latency_sampling;
+    rodata.count_cgroups = count_cgroups;
+    let cpus = possible_cpus()? as u32;
     open.maps
         .counts
-        .set_max_entries(possible_cpus()? as u32)
+        .set_max_entries(cpus)
         .map_err(|e| classify(e, "sizing the syscall counter banks"))?;
-    let mut skel = open
-        .load()
-        .map_err(|e| classify(e, "loading the syscall BPF programs"))?;
+    open.maps
+        .slot_cache
+        .set_max_entries(cpus)
+        .map_err(|e| classify(e, "sizing the cgroup slot caches"))?;
+    if !count_cgroups {
+        // cgroup storage may not exist in this kernel, and is not needed
+        for map in [
+            &mut open.maps.cgroup_slot,
+            &mut open.maps.free_slots,
+            &mut open.maps.slot_owner,
+            &mut open.maps.cgroup_counts,
+            &mut open.maps.slot_cache,
+        ] {
+            map.set_autocreate(false)
+                .map_err(|e| classify(e, "leaving out the cgroup maps"))?;
+        }
+    }
+    open.load()
+        .map_err(|e| classify(e, "loading the syscall BPF programs"))
+}
+
+fn init(ctx: &SamplerContext) -> anyhow::Result<Box<dyn Sampler>> {
+    check_support()?;
+    let latency_sampling = ctx.option(&SPEC, "latency_sampling") as u32;
+    let (mut skel, mount) = slots::load_with_cgroups(
+        SPEC.name,
+        "cgroup_syscall",
+        &ctx.root,
+        ctx.option(&SPEC, "cgroups") == 1,
+        |cgroups| load(latency_sampling, cgroups),
+    )?;
+    let cgroups = match mount {
+        Some(mount) => Some(CgroupSlots::new(
+            mount,
+            slots::Maps {
+                free_slots: &skel.maps.free_slots,
+                slot_owner: &skel.maps.slot_owner,
+                cgroup_counts: &skel.maps.cgroup_counts,
+            },
+            CLASSES.len(),
+            CLASSES
+                .iter()
+                .map(|op| Column {
+                    metric: &CGROUP_SYSCALL,
+                    labels: vec![("op", *op)],
+                })
+                .collect(),
+            ctx.option(&SPEC, "max_cgroups") as usize,
+            Duration::from_millis(ctx.option(&SPEC, "cgroup_scan_interval_ms") as u64),
+        )?),
+        None => None,
+    };
+    // the free slots are filled before the first event
     skel.attach()
         .map_err(|e| classify(e, "attaching to tp_btf/sys_enter and sys_exit"))?;
     let counts = MmapArray::new(&skel.maps.counts)?;
@@ -110,6 +203,7 @@ fn init(ctx: &SamplerContext) -> anyhow::Result<Box<dyn Sampler>> {
             .map(|c| Series::new(&SYSCALL_LATENCY, &[("op", c)]))
             .collect(),
         scratch: Vec::new(),
+        cgroups,
     }))
 }
 
@@ -135,6 +229,9 @@ impl Sampler for Syscall {
             all,
         )?;
         out.histogram(&self.latency_total, all);
+        if let Some(cgroups) = &mut self.cgroups {
+            cgroups.emit(out)?;
+        }
         Ok(())
     }
 }

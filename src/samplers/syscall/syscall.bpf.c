@@ -3,12 +3,18 @@
  * latency from sys_enter to sys_exit (one histogram per class). The start
  * time lives in task-local storage: no hash map on the hot path. With
  * latency_sampling = K > 1, only one call in K per CPU is timed (its two clock
- * reads are most of this program's cost); every call is still counted. */
+ * reads are most of this program's cost); every call is still counted.
+ * With count_cgroups, each call is also counted for the calling task's
+ * cgroup (cgroup_slot.h), in the same program: a second program on
+ * sys_enter would cost a second dispatch per call. */
 #include "rezolus.h"
 #include <bpf/bpf_tracing.h>
 
 #define MAX_SYSCALL_NR 1024
 #define CLASSES 16
+
+#define CGROUP_COUNTERS CLASSES
+#include "cgroup_slot.h"
 
 /* op class per syscall number, filled in by userspace before load */
 const volatile u8 syscall_class[MAX_SYSCALL_NR] = {};
@@ -46,6 +52,8 @@ int BPF_PROG(syscall_enter, struct pt_regs *regs, long id)
 	if (!bank)
 		return 0;
 	bank->counters[class] += 1;
+	if (count_cgroups)
+		cgroup_add(current_cgroup_slot(), class, 1);
 	if (latency_sampling > 1 && ++bank->counters[SAMPLING_PHASE] % latency_sampling)
 		return 0;
 

@@ -7,18 +7,30 @@
 //! out to switch back in), and counters `scheduler_context_switch{kind}` per
 //! CPU (`id`) and in total. The idle task is counted in switches but has no
 //! latency samples.
+//!
+//! Option `cgroups = 1` (the default) also sums, per cgroup (v2) of the task
+//! concerned, `name` being the cgroup's path in the hierarchy:
+//! `cgroup_scheduler_runqueue_wait` and `cgroup_scheduler_offcpu`
+//! (nanoseconds, added when the task is switched back in),
+//! `cgroup_scheduler_context_switch{kind}` (counted for the task switched
+//! out) and `cgroup_cpu_migrations` (a task switched in on a CPU other than
+//! the one it last ran on: moves while it waits count once). Same program,
+//! slots of [`crate::cgroups::slots`]; see the `syscall` sampler for the
+//! limits (`max_cgroups`, `other`, Linux 6.2).
 
 mod bpf {
     include!(concat!(env!("OUT_DIR"), "/runqueue.skel.rs"));
 }
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use libbpf_rs::skel::{OpenSkel, Skel, SkelBuilder};
 
 use crate::bpf::{check_support, classify, object_storage, possible_cpus, BankCounter, MmapArray};
+use crate::cgroups::slots::{self, CgroupSlots, Column};
 use crate::metrics::{MetricDef, Series};
-use crate::samplers::{Sampler, SamplerContext, SamplerSpec, Source, SAMPLERS};
+use crate::samplers::{Sampler, SamplerContext, SamplerOption, SamplerSpec, Source, SAMPLERS};
 use crate::snapshot::Emitter;
 
 pub static RUNQUEUE_LATENCY: MetricDef = MetricDef::histogram(
@@ -42,15 +54,87 @@ pub static CONTEXT_SWITCH: MetricDef = MetricDef::counter(
     "Context switches: `voluntary` (the task blocked) or `involuntary` (preempted while runnable); without `id`, all CPUs",
 )
 .labels(&["kind", "id"]);
+pub static CGROUP_RUNQUEUE_WAIT: MetricDef = MetricDef::counter(
+    "cgroup_scheduler_runqueue_wait",
+    "nanoseconds",
+    "Time the tasks of cgroup `name` waited on a run queue (from wakeup or preemption until they ran)",
+)
+.labels(&["name"]);
+pub static CGROUP_OFFCPU: MetricDef = MetricDef::counter(
+    "cgroup_scheduler_offcpu",
+    "nanoseconds",
+    "Time the tasks of cgroup `name` spent off CPU (from switch out until switched back in)",
+)
+.labels(&["name"]);
+pub static CGROUP_CONTEXT_SWITCH: MetricDef = MetricDef::counter(
+    "cgroup_scheduler_context_switch",
+    "switches",
+    "Context switches of the tasks of cgroup `name`: `voluntary` (the task blocked) or `involuntary` (preempted while runnable)",
+)
+.labels(&["kind", "name"]);
+pub static CGROUP_MIGRATIONS: MetricDef = MetricDef::counter(
+    "cgroup_cpu_migrations",
+    "migrations",
+    "Times a task of cgroup `name` started running on a CPU other than the one it last ran on",
+)
+.labels(&["name"]);
 
 #[linkme::distributed_slice(SAMPLERS)]
 static SPEC: SamplerSpec = SamplerSpec {
     name: "scheduler_runqueue",
     source: Source::Bpf("tp_btf/sched_wakeup, tp_btf/sched_wakeup_new, tp_btf/sched_switch"),
-    options: &[],
-    metrics: || vec![&RUNQUEUE_LATENCY, &RUNNING, &OFFCPU, &CONTEXT_SWITCH],
+    options: &[
+        SamplerOption {
+            key: "cgroups",
+            default: 1,
+            min: 0,
+            max: 1,
+            description: "1: also sum scheduling per cgroup (cgroup_scheduler_*, cgroup_cpu_migrations); 0: do not",
+        },
+        SamplerOption {
+            key: "max_cgroups",
+            default: slots::SLOTS as i64,
+            min: 1,
+            max: slots::SLOTS as i64,
+            description: "cgroups counted on their own at most; the rest count under name=\"other\"",
+        },
+        SamplerOption {
+            key: "cgroup_scan_interval_ms",
+            default: 1000,
+            min: 0,
+            max: 3_600_000,
+            description: "how often the cgroup hierarchy is walked to name and free slots, in milliseconds (0: every snapshot)",
+        },
+    ],
+    metrics: || {
+        vec![
+            &RUNQUEUE_LATENCY,
+            &RUNNING,
+            &OFFCPU,
+            &CONTEXT_SWITCH,
+            &CGROUP_RUNQUEUE_WAIT,
+            &CGROUP_OFFCPU,
+            &CGROUP_CONTEXT_SWITCH,
+            &CGROUP_MIGRATIONS,
+        ]
+    },
     init,
 };
+
+/// Counters per cgroup slot (`CGROUP_COUNTERS` in runqueue.bpf.c).
+const CGROUP_WIDTH: usize = 8;
+
+/// The per-cgroup counters, in the order of the BPF `CG_*` constants.
+fn cgroup_columns() -> Vec<Column> {
+    let column = |metric, labels| Column { metric, labels };
+    vec![
+        column(&CGROUP_RUNQUEUE_WAIT, vec![]),
+        column(&CGROUP_OFFCPU, vec![]),
+        column(&CGROUP_CONTEXT_SWITCH, vec![("kind", "voluntary")]),
+        column(&CGROUP_CONTEXT_SWITCH, vec![("kind", "involuntary")]),
+        column(&CGROUP_MIGRATIONS, vec![]),
+    ]
+}
 
 /// Counter order in the BPF bank (`VOLUNTARY`, `INVOLUNTARY`).
 const KINDS: [&str; 2] = ["voluntary", "involuntary"];
@@ -63,21 +147,72 @@ struct Runqueue {
     histogram_series: [Arc<Series>; 3],
     switch_counters: Vec<BankCounter>,
     scratch: Vec<u64>,
+    /// Per-cgroup sums, when on and supported.
+    cgroups: Option<CgroupSlots>,
 }
 
-fn init(_: &SamplerContext) -> anyhow::Result<Box<dyn Sampler>> {
-    check_support()?;
+/// Opens and loads the programs, summing per cgroup or not.
+fn load(count_cgroups: bool) -> anyhow::Result<bpf::RunqueueSkel<'static>> {
     let mut open = bpf::RunqueueSkelBuilder::default()
         .open(object_storage())
         .map_err(|e| classify(e, "opening the scheduler BPF object"))?;
-    let cpus = possible_cpus()?;
+    let cpus = possible_cpus()? as u32;
     open.maps
         .switches
-        .set_max_entries(cpus as u32)
+        .set_max_entries(cpus)
         .map_err(|e| classify(e, "sizing the context switch banks"))?;
-    let mut skel = open
-        .load()
-        .map_err(|e| classify(e, "loading the scheduler BPF programs"))?;
+    open.maps
+        .slot_cache
+        .set_max_entries(cpus)
+        .map_err(|e| classify(e, "sizing the cgroup slot caches"))?;
+    open.maps
+        .rodata_data
+        .as_deref_mut()
+        .ok_or_else(|| anyhow::anyhow!("the scheduler BPF object has no .rodata section"))?
+        .count_cgroups = count_cgroups;
+    if !count_cgroups {
+        // cgroup storage may not exist in this kernel, and is not needed
+        for map in [
+            &mut open.maps.cgroup_slot,
+            &mut open.maps.free_slots,
+            &mut open.maps.slot_owner,
+            &mut open.maps.cgroup_counts,
+            &mut open.maps.slot_cache,
+        ] {
+            map.set_autocreate(false)
+                .map_err(|e| classify(e, "leaving out the cgroup maps"))?;
+        }
+    }
+    open.load()
+        .map_err(|e| classify(e, "loading the scheduler BPF programs"))
+}
+
+fn init(ctx: &SamplerContext) -> anyhow::Result<Box<dyn Sampler>> {
+    check_support()?;
+    let cpus = possible_cpus()?;
+    let (mut skel, mount) = slots::load_with_cgroups(
+        SPEC.name,
+        "per-cgroup scheduling",
+        &ctx.root,
+        ctx.option(&SPEC, "cgroups") == 1,
+        load,
+    )?;
+    let cgroups = match mount {
+        Some(mount) => Some(CgroupSlots::new(
+            mount,
+            slots::Maps {
+                free_slots: &skel.maps.free_slots,
+                slot_owner: &skel.maps.slot_owner,
+                cgroup_counts: &skel.maps.cgroup_counts,
+            },
+            CGROUP_WIDTH,
+            cgroup_columns(),
+            ctx.option(&SPEC, "max_cgroups") as usize,
+            Duration::from_millis(ctx.option(&SPEC, "cgroup_scan_interval_ms") as u64),
+        )?),
+        None => None,
+    };
+    // the free slots are filled before the first event
     skel.attach().map_err(|e| {
         classify(
             e,
@@ -101,6 +236,7 @@ fn init(_: &SamplerContext) -> anyhow::Result<Box<dyn Sampler>> {
             .map(|(i, kind)| BankCounter::new(&CONTEXT_SWITCH, &[("kind", kind)], i, Some(cpus)))
             .collect(),
         scratch: Vec::new(),
+        cgroups,
     }))
 }
 
@@ -112,6 +248,9 @@ impl Sampler for Runqueue {
         }
         for (h, series) in self.histogram_series.iter().enumerate() {
             out.histogram(series, self.histograms.histogram(h));
+        }
+        if let Some(cgroups) = &mut self.cgroups {
+            cgroups.emit(out)?;
         }
         Ok(())
     }

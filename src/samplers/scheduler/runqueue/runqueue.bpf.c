@@ -1,9 +1,19 @@
 // SPDX-License-Identifier: GPL-2.0
 /* scheduler_runqueue: per-task timestamps in task storage, set at wakeup and
  * at context switch, give three histograms (run-queue latency, time on CPU
- * per slice, time off CPU) and per-CPU voluntary/involuntary switch counts. */
+ * per slice, time off CPU) and per-CPU voluntary/involuntary switch counts.
+ * With count_cgroups, the same events are also summed per cgroup
+ * (cgroup_slot.h): nanoseconds waited on a run queue and off CPU, switches
+ * by kind, and migrations (a task switched in on a CPU other than the one it
+ * last ran on). Each task caches its cgroup's slot in its own storage. */
 #include "rezolus.h"
 #include <bpf/bpf_tracing.h>
+
+/* per-cgroup counters, in the order of CGROUP_COLUMNS in mod.rs */
+enum { CG_RUNQUEUE_WAIT = 0, CG_OFFCPU = 1, CG_VOLUNTARY = 2, CG_INVOLUNTARY = 3,
+       CG_MIGRATIONS = 4 };
+#define CGROUP_COUNTERS 8
+#include "cgroup_slot.h"
 
 #define TASK_RUNNING 0
 
@@ -20,6 +30,8 @@ struct task_times {
 	u64 enqueued;      /* woken or preempted: waiting on a run queue */
 	u64 running_since; /* switched in */
 	u64 offcpu_since;  /* switched out */
+	struct cgroup_slot_cache cgroup;
+	u32 last_cpu;      /* the CPU it last ran on, plus one */
 };
 
 struct {
@@ -70,6 +82,9 @@ int BPF_PROG(sched_switch, bool preempt, struct task_struct *prev, struct task_s
 			t->offcpu_since = now;
 			/* still runnable: it waits on the run queue from now */
 			t->enqueued = kind == INVOLUNTARY ? now : 0;
+			if (count_cgroups)
+				cgroup_add(cached_cgroup_slot(prev, &t->cgroup),
+					   kind == INVOLUNTARY ? CG_INVOLUNTARY : CG_VOLUNTARY, 1);
 		}
 	}
 
@@ -80,6 +95,17 @@ int BPF_PROG(sched_switch, bool preempt, struct task_struct *prev, struct task_s
 				histogram_record(&histograms, RUNQUEUE_LATENCY, now - t->enqueued);
 			if (t->offcpu_since)
 				histogram_record(&histograms, OFFCPU, now - t->offcpu_since);
+			if (count_cgroups) {
+				u32 slot = cached_cgroup_slot(next, &t->cgroup);
+				u32 cpu = bpf_get_smp_processor_id() + 1;
+				if (t->enqueued)
+					cgroup_add(slot, CG_RUNQUEUE_WAIT, now - t->enqueued);
+				if (t->offcpu_since)
+					cgroup_add(slot, CG_OFFCPU, now - t->offcpu_since);
+				if (t->last_cpu && t->last_cpu != cpu)
+					cgroup_add(slot, CG_MIGRATIONS, 1);
+				t->last_cpu = cpu;
+			}
 			t->enqueued = 0;
 			t->offcpu_since = 0;
 			t->running_since = now;

@@ -1,6 +1,8 @@
 //! The cgroup v2 hierarchy for the per-cgroup samplers: where it is
 //! mounted, and the cgroups in it.
 
+pub mod slots;
+
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::{DirEntryExt, MetadataExt};
 use std::path::{Path, PathBuf};

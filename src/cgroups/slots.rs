@@ -1,0 +1,281 @@
+//! The userspace half of `src/bpf/cgroup_slot.h`: per-cgroup counters kept
+//! by a BPF program in numbered slots, turned into series labelled with the
+//! cgroup's `name`.
+//!
+//! The BPF side gives a cgroup a slot from the `free_slots` queue the first
+//! time it counts something, and records the owner (cgroup id and time) in
+//! `slot_owner`. Here the hierarchy is walked every `scan_interval`: slots
+//! whose owner is alive get the owner's name; slots whose owner is gone are
+//! served one last time, then freed (their counts kept as a baseline, so the
+//! slot's next owner starts from zero) and their series dropped. A slot
+//! assigned after a walk began is left for the next walk. Slot
+//! [`SLOTS`] is `other`: cgroups that found no free slot.
+
+use std::collections::{HashMap, HashSet};
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use libbpf_rs::{MapCore, MapFlags, MapHandle};
+
+use crate::bpf::MmapArray;
+use crate::metrics::{MetricDef, Series};
+use crate::snapshot::Emitter;
+use crate::source::label_value;
+
+use super::walk;
+
+/// Slots for cgroups of their own (`CGROUP_SLOTS` in cgroup_slot.h); one
+/// more, numbered `SLOTS`, counts every cgroup beyond them as `other`.
+pub const SLOTS: usize = 4096;
+
+/// One per-cgroup counter of a slot: its metric and labels other than
+/// `name`.
+pub struct Column {
+    pub metric: &'static MetricDef,
+    pub labels: Vec<(&'static str, &'static str)>,
+}
+
+/// The BPF maps of cgroup_slot.h, from a loaded program.
+pub struct Maps<'a> {
+    pub free_slots: &'a libbpf_rs::Map<'a>,
+    pub slot_owner: &'a libbpf_rs::Map<'a>,
+    pub cgroup_counts: &'a libbpf_rs::Map<'a>,
+}
+
+/// Loads a sampler's programs with per-cgroup counting when `wanted` and
+/// possible, else without: returns the loaded object and, when counting per
+/// cgroup, the cgroup2 mount. Why it is not possible (no cgroup2 mount, no
+/// cgroup storage in the kernel) is logged as a warning naming `what`.
+pub fn load_with_cgroups<S>(
+    sampler: &str,
+    what: &str,
+    root: &std::path::Path,
+    wanted: bool,
+    load: impl Fn(bool) -> anyhow::Result<S>,
+) -> anyhow::Result<(S, Option<PathBuf>)> {
+    if !wanted {
+        return Ok((load(false)?, None));
+    }
+    let mount = match super::find_mount(root) {
+        Ok(mount) => mount,
+        Err(why) => {
+            tracing::warn!(sampler, "{what} unsupported: {why}");
+            return Ok((load(false)?, None));
+        }
+    };
+    match load(true) {
+        Ok(loaded) => Ok((loaded, Some(mount))),
+        Err(e) => {
+            tracing::warn!(
+                sampler,
+                "{what} unsupported (needs cgroup storage, Linux 6.2): {e:#}"
+            );
+            Ok((load(false)?, None))
+        }
+    }
+}
+
+/// What the agent knows of a slot in use.
+struct Slot {
+    /// The owning cgroup's id, from `slot_owner`.
+    id: u64,
+    /// Counts of the slot's previous owners, subtracted.
+    baseline: Vec<u64>,
+    series: Vec<Option<Arc<Series>>>,
+    name: String,
+}
+
+/// Per-cgroup counters of one BPF program.
+pub struct CgroupSlots {
+    mount: PathBuf,
+    free_slots: MapHandle,
+    slot_owner: MapHandle,
+    counts: MmapArray,
+    owners: MmapArray,
+    /// Counters per slot in `cgroup_counts` (`CGROUP_COUNTERS`).
+    width: usize,
+    columns: Vec<Column>,
+    scan_interval: Duration,
+    last_scan: Option<Instant>,
+    slots: HashMap<usize, Slot>,
+    /// Slots of cgroups found gone, served once more and then freed.
+    dying: Vec<(usize, Slot)>,
+    /// Counts left behind by freed slots' owners.
+    baselines: HashMap<usize, Vec<u64>>,
+    other: Vec<Option<Arc<Series>>>,
+}
+
+impl CgroupSlots {
+    /// Takes over the maps of a loaded program with `width` counters per
+    /// slot, of which `columns` are served, and hands out `max_cgroups`
+    /// slots (at most [`SLOTS`]).
+    pub fn new(
+        mount: PathBuf,
+        maps: Maps<'_>,
+        width: usize,
+        columns: Vec<Column>,
+        max_cgroups: usize,
+        scan_interval: Duration,
+    ) -> anyhow::Result<Self> {
+        assert!(columns.len() <= width);
+        let counts = MmapArray::new(maps.cgroup_counts)?;
+        anyhow::ensure!(
+            counts.entries() == (SLOTS + 1) * width,
+            "cgroup_counts holds {} counters, not {} slots of {width}",
+            counts.entries(),
+            SLOTS + 1
+        );
+        let free_slots = MapHandle::try_from(maps.free_slots)?;
+        for slot in 0..max_cgroups.min(SLOTS) as u32 {
+            free_slots
+                .update(&[], &slot.to_ne_bytes(), MapFlags::ANY)
+                .map_err(|e| anyhow::anyhow!("filling the free cgroup slots: {e}"))?;
+        }
+        Ok(Self {
+            mount,
+            free_slots,
+            slot_owner: MapHandle::try_from(maps.slot_owner)?,
+            counts,
+            owners: MmapArray::new(maps.slot_owner)?,
+            width,
+            other: vec![None; columns.len()],
+            columns,
+            scan_interval,
+            last_scan: None,
+            slots: HashMap::new(),
+            dying: Vec::new(),
+            baselines: HashMap::new(),
+        })
+    }
+
+    fn count(&self, slot: usize, column: usize) -> u64 {
+        self.counts.u64(slot * self.width + column, 0)
+    }
+
+    /// Names the slots in use and finds those whose cgroup is gone.
+    fn scan(&mut self) -> anyhow::Result<()> {
+        let started = crate::ticker::mono_now().as_nanos() as u64;
+        let walked = walk(&self.mount)
+            .map_err(|e| anyhow::anyhow!("reading {}: {e}", self.mount.display()))?;
+        // with part of the hierarchy unlisted, a missing cgroup may be alive:
+        // free nothing this time rather than hand out a slot still in use
+        let may_free = walked.unreadable.is_empty();
+        let names: HashMap<u64, Vec<u8>> =
+            walked.cgroups.into_iter().map(|c| (c.id, c.name)).collect();
+        let mut live = HashSet::new();
+        for slot in 0..SLOTS {
+            let (id, assigned) = (self.owners.u64(slot, 0), self.owners.u64(slot, 1));
+            if id == 0 {
+                continue;
+            }
+            match names.get(&id) {
+                Some(name) => {
+                    live.insert(slot);
+                    if self.slots.get(&slot).is_none_or(|s| s.id != id) {
+                        let baseline = self
+                            .baselines
+                            .remove(&slot)
+                            .unwrap_or_else(|| vec![0; self.width]);
+                        let slot_state = Slot {
+                            id,
+                            baseline,
+                            series: vec![None; self.columns.len()],
+                            name: label_value(name),
+                        };
+                        self.slots.insert(slot, slot_state);
+                    }
+                }
+                // made after the walk began: named at the next walk
+                None if assigned >= started => {}
+                None if may_free => {
+                    live.insert(slot);
+                    match self.slots.remove(&slot) {
+                        // served once more, then freed
+                        Some(state) => self.dying.push((slot, state)),
+                        // never served: freed now
+                        None => self.free(slot)?,
+                    }
+                }
+                None => {
+                    live.insert(slot);
+                }
+            }
+        }
+        self.slots.retain(|slot, _| live.contains(slot));
+        Ok(())
+    }
+
+    /// Gives a dead cgroup's slot back, remembering its counts.
+    fn free(&mut self, slot: usize) -> anyhow::Result<()> {
+        let baseline = (0..self.width).map(|c| self.count(slot, c)).collect();
+        self.baselines.insert(slot, baseline);
+        let key = (slot as u32).to_ne_bytes();
+        self.slot_owner
+            .update(&key, &[0u8; 16], MapFlags::ANY)
+            .map_err(|e| anyhow::anyhow!("clearing cgroup slot {slot}: {e}"))?;
+        self.free_slots
+            .update(&[], &key, MapFlags::ANY)
+            .map_err(|e| anyhow::anyhow!("freeing cgroup slot {slot}: {e}"))?;
+        Ok(())
+    }
+
+    /// Emits every slot's counters (walking the hierarchy first when due).
+    /// A series appears at its cgroup's first count in that column.
+    pub fn emit(&mut self, out: &mut Emitter<'_>) -> anyhow::Result<()> {
+        for (slot, state) in std::mem::take(&mut self.dying) {
+            self.free(slot)?;
+            drop(state);
+        }
+        if self
+            .last_scan
+            .is_none_or(|at| at.elapsed() >= self.scan_interval)
+        {
+            self.scan()?;
+            self.last_scan = Some(Instant::now());
+        }
+        let (counts, width, columns) = (&self.counts, self.width, &self.columns);
+        let live = self.slots.iter_mut();
+        let dying = self.dying.iter_mut().map(|(slot, state)| (&*slot, state));
+        for (&slot, state) in live.chain(dying) {
+            for (c, column) in columns.iter().enumerate() {
+                let value = counts
+                    .u64(slot * width + c, 0)
+                    .wrapping_sub(state.baseline[c]);
+                if value == 0 && state.series[c].is_none() {
+                    continue;
+                }
+                let series = state.series[c].get_or_insert_with(|| {
+                    let mut labels: Vec<(&'static str, &str)> = column.labels.to_vec();
+                    labels.push(("name", &state.name));
+                    Series::new(column.metric, &labels)
+                });
+                out.counter(series, value);
+            }
+        }
+        for (c, column) in columns.iter().enumerate() {
+            let value = counts.u64(SLOTS * width + c, 0);
+            if value == 0 && self.other[c].is_none() {
+                continue;
+            }
+            let series = self.other[c].get_or_insert_with(|| {
+                let mut labels = column.labels.clone();
+                labels.push(("name", "other"));
+                Series::new(column.metric, &labels)
+            });
+            out.counter(series, value);
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn slot_count_matches_the_bpf_header() {
+        let header = include_str!("../bpf/cgroup_slot.h");
+        assert!(header.contains(&format!("#define CGROUP_SLOTS {SLOTS}")));
+    }
+}

@@ -1,0 +1,225 @@
+//! The per-cgroup syscall sampler against cgroups the test makes in the
+//! machine's cgroup v2 hierarchy, with python3 processes moved into them.
+//! Root only: CI runs these as root.
+
+mod common;
+
+use std::process::Command;
+
+use common::cgroups::{alone, names, series_count, Cgroup};
+use common::{require_active, Agent, Snap};
+
+/// Runs python3 code in a new process that first moves itself into `cgroup`.
+fn python_in(cgroup: &Cgroup, code: &str) {
+    let procs = cgroup.path.join("cgroup.procs");
+    let script = format!(
+        "import os\nopen({:?}, 'w').write(str(os.getpid()))\n{code}\n",
+        procs.to_str().unwrap()
+    );
+    let status = Command::new("python3")
+        .arg("-c")
+        .arg(script)
+        .status()
+        .unwrap();
+    assert!(status.success(), "python3 in {}", cgroup.name);
+}
+
+fn syscalls(snap: &Snap, op: &str, name: &str) -> i128 {
+    snap.get("cgroup_syscall", &[("op", op), ("name", name)])
+        .unwrap_or(0)
+}
+
+const SYSCALL: &str = "[samplers.syscall]\nenabled = true\ncgroup_scan_interval_ms = 0\n";
+
+fn syscall_agent() -> Agent {
+    let agent = Agent::start("", &format!("[defaults]\nenabled = false\n{SYSCALL}"));
+    require_active(&agent, &["syscall"]);
+    agent
+}
+
+/// N sched_yield calls made in one of two sibling cgroups are counted under
+/// its name, none under the sibling's.
+#[test]
+fn syscalls_land_in_the_cgroup_that_made_them() {
+    const N: i128 = 100_000;
+    let _alone = alone();
+    let agent = syscall_agent();
+    let top = Cgroup::top(&format!("rzt{}sys", std::process::id()));
+    let (busy, idle) = (top.child("busy"), top.child("idle"));
+    let before = agent.snapshot();
+    python_in(&busy, &format!("for _ in range({N}): os.sched_yield()"));
+    let after = agent.snapshot();
+    let yields = syscalls(&after, "yield", &busy.name) - syscalls(&before, "yield", &busy.name);
+    assert!(
+        (N..N + N / 20).contains(&yields),
+        "{yields} yields under {} for {N}",
+        busy.name
+    );
+    let other: i128 = ["yield", "read", "filesystem"]
+        .iter()
+        .map(|op| syscalls(&after, op, &idle.name) - syscalls(&before, op, &idle.name))
+        .sum();
+    assert_eq!(other, 0, "calls under the idle sibling");
+}
+
+/// A python3 process that, for each cgroup it is sent, moves into it,
+/// yields `yields` times, and moves back to `home` (so the cgroup can be
+/// removed): one process for many cgroups, fast.
+struct Mover {
+    child: std::process::Child,
+    stdin: std::process::ChildStdin,
+    stdout: std::io::BufReader<std::process::ChildStdout>,
+}
+
+impl Mover {
+    fn new(home: &Cgroup, yields: usize) -> Self {
+        let home = home.path.join("cgroup.procs");
+        let script = format!(
+            "import os, sys\npid = str(os.getpid())\nhome = {home:?}\n\
+             open(home, 'w').write(pid)\nfor line in sys.stdin:\n\
+             \x20   open(line.strip(), 'w').write(pid)\n\
+             \x20   for _ in range({yields}): os.sched_yield()\n\
+             \x20   open(home, 'w').write(pid)\n\
+             \x20   print('ok', flush=True)\n",
+            home = home.to_str().unwrap()
+        );
+        let mut child = Command::new("python3")
+            .arg("-c")
+            .arg(script)
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        let stdin = child.stdin.take().unwrap();
+        let stdout = std::io::BufReader::new(child.stdout.take().unwrap());
+        Self {
+            child,
+            stdin,
+            stdout,
+        }
+    }
+
+    fn visit(&mut self, cgroup: &Cgroup) {
+        use std::io::{BufRead, Write};
+        let procs = cgroup.path.join("cgroup.procs");
+        writeln!(self.stdin, "{}", procs.to_str().unwrap()).unwrap();
+        let mut line = String::new();
+        self.stdout.read_line(&mut line).unwrap();
+        assert_eq!(line.trim(), "ok", "mover in {}", cgroup.name);
+    }
+}
+
+impl Drop for Mover {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Yield counts by cgroup name, in one pass over a snapshot.
+fn yields_by_name(snap: &Snap) -> std::collections::HashMap<String, i128> {
+    snap.entries
+        .iter()
+        .filter(|e| {
+            e.metric == "cgroup_syscall" && e.labels.get("op").map(String::as_str) == Some("yield")
+        })
+        .filter_map(|e| Some((e.labels.get("name")?.clone(), e.value)))
+        .collect()
+}
+
+/// Slots of removed cgroups are given back: 500 short-lived cgroups that
+/// each make calls leave no series behind, and a slot's next owner starts
+/// from zero.
+#[test]
+fn cgroup_slots_are_reused_from_zero() {
+    let _alone = alone();
+    // 16 slots: 500 cgroups reuse each about 30 times
+    let agent = Agent::start(
+        "",
+        &format!("[defaults]\nenabled = false\n{SYSCALL}max_cgroups = 16\n"),
+    );
+    require_active(&agent, &["syscall"]);
+    let top = Cgroup::top(&format!("rzt{}slots", std::process::id()));
+    let mut mover = Mover::new(&top, 10);
+    let warm = top.child("warm");
+    mover.visit(&warm);
+    drop(warm);
+    agent.snapshot();
+    let base = agent.snapshot();
+    for i in 0..500 {
+        let c = top.child(&format!("c{i}"));
+        mover.visit(&c);
+        let snap = agent.snapshot();
+        let yields = syscalls(&snap, "yield", &c.name);
+        assert!(
+            (10..20).contains(&yields),
+            "{yields} yields under {} (its slot's earlier counts leaked in?)",
+            c.name
+        );
+        drop(c);
+    }
+    agent.snapshot();
+    let end = agent.snapshot();
+    let gone: Vec<String> = names(&end)
+        .into_iter()
+        .filter(|n| n.starts_with(&format!("{}/c", top.name)))
+        .collect();
+    assert!(gone.is_empty(), "removed cgroups still served: {gone:?}");
+    assert!(
+        series_count(&end) * 100 <= series_count(&base) * 105,
+        "{} series before, {} after",
+        series_count(&base),
+        series_count(&end)
+    );
+}
+
+/// More cgroups making calls than there are slots: the extra ones are
+/// counted under `other`, and a cgroup that had a slot keeps counting.
+#[test]
+fn cgroups_beyond_the_slots_are_counted_as_other() {
+    const LIVE: usize = 5000;
+    let _alone = alone();
+    let agent = syscall_agent();
+    let top = Cgroup::top(&format!("rzt{}over", std::process::id()));
+    let first = top.child("first");
+    python_in(&first, "os.sched_yield()");
+    let many: Vec<Cgroup> = (0..LIVE).map(|i| top.child(&format!("m{i:04}"))).collect();
+    let before = agent.snapshot();
+    // one process visits every cgroup and yields once in each
+    let paths: Vec<String> = many
+        .iter()
+        .map(|c| c.path.join("cgroup.procs").to_str().unwrap().to_string())
+        .collect();
+    let list = std::env::temp_dir().join(format!("rzt{}paths", std::process::id()));
+    std::fs::write(&list, paths.join("\n")).unwrap();
+    python_in(
+        &first,
+        &format!(
+            "pid = str(os.getpid())\nfor p in open({:?}).read().split('\\n'):\n    open(p, 'w').write(pid)\n    os.sched_yield()",
+            list.to_str().unwrap()
+        ),
+    );
+    let _ = std::fs::remove_file(&list);
+    python_in(&first, "for _ in range(1000): os.sched_yield()");
+    let after = agent.snapshot();
+    let first_yields =
+        syscalls(&after, "yield", &first.name) - syscalls(&before, "yield", &first.name);
+    assert!(
+        (1000..1100).contains(&first_yields),
+        "{first_yields} yields under {} for 1000",
+        first.name
+    );
+    let other = syscalls(&after, "yield", "other") - syscalls(&before, "yield", "other");
+    let (was, now) = (yields_by_name(&before), yields_by_name(&after));
+    let named: i128 = many
+        .iter()
+        .map(|c| now.get(&c.name).unwrap_or(&0) - was.get(&c.name).unwrap_or(&0))
+        .sum();
+    // every visit's yield is somewhere: a slot of its own, or other
+    assert!(other > 0, "no cgroup overflowed into other");
+    assert!(
+        named + other >= LIVE as i128,
+        "{named} named + {other} other yields for {LIVE} visits"
+    );
+    drop(many);
+}
