@@ -13,9 +13,12 @@
 //!    snapshot and render the Prometheus text (summaries; then summaries
 //!    and full histograms).
 //!
-//! 5. The `cgroup_cpu` sampler alone with 1000 live cgroups (made for the
-//!    run under the cgroup2 mount, root only): per snapshot between
-//!    hierarchy walks, and with a walk at every snapshot.
+//! 5. 1000 live cgroups (made for the run under the cgroup2 mount, root
+//!    only): the `cgroup_cpu` sampler alone, then with the per-cgroup counts
+//!    of the `syscall` and `scheduler_runqueue` samplers after a process has
+//!    made calls and context switches in every cgroup (so each has its
+//!    slots and series); per snapshot between hierarchy walks, and with a
+//!    walk at every snapshot.
 //!
 //! Environment: `BENCH_REQUESTS` (default 2000).
 
@@ -104,28 +107,73 @@ fn cgroups_in_process(count: usize, iterations: usize) {
     for c in &children {
         std::fs::create_dir(c).expect("mkdir cgroup");
     }
-    for (label, interval) in [
-        ("between walks", 3_600_000),
-        ("walking at every snapshot", 0),
-    ] {
-        let config = Config::parse(&format!(
-            "[defaults]\nenabled = false\n[samplers.cgroup_cpu]\nenabled = true\nscan_interval_ms = {interval}\n"
-        ))
-        .expect("config");
-        let mut collector = Collector::from_config(&config, &SamplerContext::default());
-        collector.collect();
-        let cpu_start = thread_cpu();
-        let mut series = 0;
-        for _ in 0..iterations {
-            let snapshot = collector.collect();
-            let _ = snapshot.to_msgpack().expect("encode");
-            series = snapshot.counters.len() + snapshot.gauges.len();
+    // a process that moves into every cgroup, makes calls and sleeps
+    // there (a context switch), and moves back out
+    let visit = || {
+        let paths: Vec<String> = children
+            .iter()
+            .map(|c| c.join("cgroup.procs").display().to_string())
+            .collect();
+        let home = std::fs::read_to_string("/proc/self/cgroup").unwrap_or_default();
+        let home = home
+            .lines()
+            .find_map(|l| l.strip_prefix("0::"))
+            .map(|p| {
+                std::path::Path::new(std::str::from_utf8(&mount).unwrap_or("/"))
+                    .join(p.trim_start_matches('/'))
+            })
+            .unwrap_or_else(|| top.clone());
+        let script = "import os, sys, time\npid = str(os.getpid())\n\
+             for p in sys.argv[2:]:\n    open(p, 'w').write(pid)\n    os.getppid()\n    time.sleep(0.0001)\n\
+             open(sys.argv[1], 'w').write(pid)\n";
+        let status = Command::new("python3")
+            .arg("-c")
+            .arg(script)
+            .arg(home.join("cgroup.procs"))
+            .args(&paths)
+            .status();
+        if !status.is_ok_and(|s| s.success()) {
+            println!("(python3 could not visit the cgroups: per-cgroup BPF series not made)");
         }
-        let cpu = thread_cpu() - cpu_start;
-        println!(
-            "cgroup_cpu with {count} cgroups, {label} ({series} series): CPU {:.1} us per snapshot (build + encode)",
-            us(cpu / iterations as u32)
-        );
+    };
+    let cpu = "[samplers.cgroup_cpu]\nenabled = true\nscan_interval_ms = {interval}\n";
+    let bpf = "[samplers.syscall]\nenabled = true\ncgroup_scan_interval_ms = {interval}\n\
+               [samplers.scheduler_runqueue]\nenabled = true\ncgroup_scan_interval_ms = {interval}\n";
+    for (samplers, config) in [
+        ("cgroup_cpu", cpu.to_string()),
+        (
+            "cgroup_cpu, syscall, scheduler_runqueue",
+            format!("{cpu}{bpf}"),
+        ),
+    ] {
+        for (label, interval) in [
+            ("between walks", 3_600_000),
+            ("walking at every snapshot", 0),
+        ] {
+            let config = Config::parse(&format!(
+                "[defaults]\nenabled = false\n{}",
+                config.replace("{interval}", &interval.to_string())
+            ))
+            .expect("config");
+            let mut collector = Collector::from_config(&config, &SamplerContext::default());
+            if config.samplers.contains_key("syscall") {
+                visit();
+            }
+            // the first walk names the slots
+            collector.collect();
+            let cpu_start = thread_cpu();
+            let mut series = 0;
+            for _ in 0..iterations {
+                let snapshot = collector.collect();
+                let _ = snapshot.to_msgpack().expect("encode");
+                series = snapshot.counters.len() + snapshot.gauges.len();
+            }
+            let cpu = thread_cpu() - cpu_start;
+            println!(
+                "{samplers} with {count} cgroups, {label} ({series} series): CPU {:.1} us per snapshot (build + encode)",
+                us(cpu / iterations as u32)
+            );
+        }
     }
     for c in &children {
         let _ = std::fs::remove_dir(c);

@@ -1,4 +1,4 @@
-//! The per-cgroup syscall sampler against cgroups the test makes in the
+//! Per-cgroup syscall counts (the syscall sampler's `cgroups` option) against cgroups the test makes in the
 //! machine's cgroup v2 hierarchy, with python3 processes moved into them.
 //! Root only: CI runs these as root.
 
@@ -8,21 +8,6 @@ use std::process::Command;
 
 use common::cgroups::{alone, names, series_count, Cgroup};
 use common::{require_active, Agent, Snap};
-
-/// Runs python3 code in a new process that first moves itself into `cgroup`.
-fn python_in(cgroup: &Cgroup, code: &str) {
-    let procs = cgroup.path.join("cgroup.procs");
-    let script = format!(
-        "import os\nopen({:?}, 'w').write(str(os.getpid()))\n{code}\n",
-        procs.to_str().unwrap()
-    );
-    let status = Command::new("python3")
-        .arg("-c")
-        .arg(script)
-        .status()
-        .unwrap();
-    assert!(status.success(), "python3 in {}", cgroup.name);
-}
 
 fn syscalls(snap: &Snap, op: &str, name: &str) -> i128 {
     snap.get("cgroup_syscall", &[("op", op), ("name", name)])
@@ -37,17 +22,40 @@ fn syscall_agent() -> Agent {
     agent
 }
 
-/// N sched_yield calls made in one of two sibling cgroups are counted under
-/// its name, none under the sibling's.
+fn cpu_seconds(snap: &Snap, name: &str) -> f64 {
+    ["user", "system"]
+        .iter()
+        .map(|state| {
+            snap.get("cgroup_cpu_usage", &[("state", state), ("name", name)])
+                .unwrap_or(0) as f64
+        })
+        .sum::<f64>()
+        / 1e9
+}
+
+/// A process in one of two sibling cgroups makes N sched_yield calls and
+/// burns CPU until it has used a second: about a second of
+/// `cgroup_cpu_usage` and N `cgroup_syscall{op=yield}` under its name, close
+/// to nothing under the sibling's.
 #[test]
-fn syscalls_land_in_the_cgroup_that_made_them() {
-    const N: i128 = 100_000;
+fn cpu_and_syscalls_land_in_the_cgroup_that_made_them() {
+    const N: i128 = 50_000;
     let _alone = alone();
-    let agent = syscall_agent();
+    let agent = Agent::start(
+        "",
+        &format!(
+            "[defaults]\nenabled = false\n{SYSCALL}\
+             [samplers.cgroup_cpu]\nenabled = true\nscan_interval_ms = 0\n"
+        ),
+    );
+    require_active(&agent, &["syscall", "cgroup_cpu"]);
     let top = Cgroup::top(&format!("rzt{}sys", std::process::id()));
     let (busy, idle) = (top.child("busy"), top.child("idle"));
     let before = agent.snapshot();
-    python_in(&busy, &format!("for _ in range({N}): os.sched_yield()"));
+    busy.python(&format!(
+        "import time\nfor _ in range({N}): os.sched_yield()\n\
+         while time.process_time() < 1.0: pass"
+    ));
     let after = agent.snapshot();
     let yields = syscalls(&after, "yield", &busy.name) - syscalls(&before, "yield", &busy.name);
     assert!(
@@ -55,11 +63,15 @@ fn syscalls_land_in_the_cgroup_that_made_them() {
         "{yields} yields under {} for {N}",
         busy.name
     );
+    let used = cpu_seconds(&after, &busy.name) - cpu_seconds(&before, &busy.name);
+    assert!((0.8..1.2).contains(&used), "{used} s under {}", busy.name);
     let other: i128 = ["yield", "read", "filesystem"]
         .iter()
         .map(|op| syscalls(&after, op, &idle.name) - syscalls(&before, op, &idle.name))
         .sum();
     assert_eq!(other, 0, "calls under the idle sibling");
+    let idle_cpu = cpu_seconds(&after, &idle.name) - cpu_seconds(&before, &idle.name);
+    assert!(idle_cpu < 0.02, "{idle_cpu} s under the idle sibling");
 }
 
 /// A python3 process that, for each cgroup it is sent, moves into it,
@@ -182,7 +194,7 @@ fn cgroups_beyond_the_slots_are_counted_as_other() {
     let agent = syscall_agent();
     let top = Cgroup::top(&format!("rzt{}over", std::process::id()));
     let first = top.child("first");
-    python_in(&first, "os.sched_yield()");
+    first.python("os.sched_yield()");
     let many: Vec<Cgroup> = (0..LIVE).map(|i| top.child(&format!("m{i:04}"))).collect();
     let before = agent.snapshot();
     // one process visits every cgroup and yields once in each
@@ -192,15 +204,13 @@ fn cgroups_beyond_the_slots_are_counted_as_other() {
         .collect();
     let list = std::env::temp_dir().join(format!("rzt{}paths", std::process::id()));
     std::fs::write(&list, paths.join("\n")).unwrap();
-    python_in(
-        &first,
-        &format!(
+    first.python(&format!(
             "pid = str(os.getpid())\nfor p in open({:?}).read().split('\\n'):\n    open(p, 'w').write(pid)\n    os.sched_yield()",
             list.to_str().unwrap()
         ),
     );
     let _ = std::fs::remove_file(&list);
-    python_in(&first, "for _ in range(1000): os.sched_yield()");
+    first.python("for _ in range(1000): os.sched_yield()");
     let after = agent.snapshot();
     let first_yields =
         syscalls(&after, "yield", &first.name) - syscalls(&before, "yield", &first.name);

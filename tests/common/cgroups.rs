@@ -61,6 +61,24 @@ impl Cgroup {
             .unwrap();
         assert!(status.success(), "{script} in {}", self.name);
     }
+
+    /// Runs python3 code in a new process that first moves itself into this
+    /// cgroup (`os` is imported), to completion; returns what it printed.
+    pub fn python(&self, code: &str) -> String {
+        let procs = self.path.join("cgroup.procs");
+        let script = format!(
+            "import os\nopen({:?}, 'w').write(str(os.getpid()))\n{code}\n",
+            procs.to_str().unwrap()
+        );
+        let out = Command::new("python3")
+            .arg("-c")
+            .arg(script)
+            .stderr(std::process::Stdio::inherit())
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "python3 in {}", self.name);
+        String::from_utf8(out.stdout).unwrap()
+    }
 }
 
 impl Drop for Cgroup {
