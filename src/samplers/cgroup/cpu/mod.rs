@@ -27,7 +27,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use crate::cgroups::{find_mount, open_file_budget, walk, Cgroup, Walk};
+use crate::cgroups::{find_mount, open_file_budget, shared_walk, Cgroup, Walk};
 use crate::logging::Repeated;
 use crate::metrics::{MetricDef, Series};
 use crate::samplers::{Sampler, SamplerContext, SamplerOption, SamplerSpec, Source, SAMPLERS};
@@ -245,11 +245,13 @@ impl CgroupCpu {
     fn scan(&mut self) -> anyhow::Result<()> {
         self.generation += 1;
         let generation = self.generation;
+        let walked = shared_walk(&self.mount, self.scan_interval)
+            .map_err(|e| anyhow::anyhow!("reading {}: {e}", self.mount.display()))?;
         let Walk {
             cgroups,
             unreadable,
-        } = walk(&self.mount)
-            .map_err(|e| anyhow::anyhow!("reading {}: {e}", self.mount.display()))?;
+            ..
+        } = &*walked;
         match unreadable.first() {
             Some((dir, e)) => self.unreadable.warn(
                 "listing cgroup directories (their cgroups are counted in cgroup_untracked)",
@@ -267,7 +269,7 @@ impl CgroupCpu {
                 Some(t) if t.inode == cgroup.id => t.seen = generation,
                 // new, or re-created under the same path: new series that
                 // start from its own counts
-                _ => new.push(cgroup),
+                _ => new.push(cgroup.clone()),
             }
         }
         self.tracked.retain(|_, t| t.seen == generation);
