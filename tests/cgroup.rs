@@ -51,14 +51,29 @@ fn cpu_time_lands_in_the_cgroup_that_used_it() {
 
 /// 500 short-lived cgroups, each running a short task: afterwards the
 /// series count and the agent's RSS are back within 5% of where they were,
-/// and no series names a removed cgroup once a snapshot has been taken after
-/// its removal.
+/// and no series names a removed cgroup for more than one snapshot after its
+/// removal. All the per-cgroup samplers are on: `cgroup_cpu`, whose last
+/// value is the one read before removal, and the per-cgroup counts of
+/// `syscall` and `scheduler_runqueue`, which serve a removed cgroup's final
+/// counts once more.
 #[test]
 fn short_lived_cgroups_leave_nothing_behind() {
     let _alone = alone();
-    let agent = cgroup_agent(&format!("{CPU}[samplers.rezolus_rusage]\nenabled = true\n"));
+    let agent = cgroup_agent(&format!(
+        "{CPU}[samplers.rezolus_rusage]\nenabled = true\n\
+         [samplers.syscall]\nenabled = true\ncgroup_scan_interval_ms = 0\n\
+         [samplers.scheduler_runqueue]\nenabled = true\ncgroup_scan_interval_ms = 0\n"
+    ));
+    require_active(&agent, &["syscall", "scheduler_runqueue"]);
     let top = Cgroup::top(&format!("rzt{}churn", std::process::id()));
     let rss = |s: &Snap| s.value("rezolus_memory_resident", &[]) as f64;
+    let metrics_of = |snap: &Snap, name: &str| {
+        snap.entries
+            .iter()
+            .filter(|e| e.labels.get("name").map(String::as_str) == Some(name))
+            .map(|e| e.metric.clone())
+            .collect::<std::collections::BTreeSet<_>>()
+    };
     // warm up: allocations that stay (buffers, maps) happen on first use
     for i in 0..50 {
         let c = top.child(&format!("warm{i}"));
@@ -66,20 +81,29 @@ fn short_lived_cgroups_leave_nothing_behind() {
         agent.snapshot();
     }
     agent.snapshot();
+    agent.snapshot();
     let base = agent.snapshot();
     for i in 0..500 {
         let c = top.child(&format!("c{i}"));
         c.run("true");
-        let snap = agent.snapshot();
-        assert!(names(&snap).contains(&c.name), "{} never served", c.name);
+        let served = metrics_of(&agent.snapshot(), &c.name);
+        for metric in [
+            "cgroup_cpu_usage",
+            "cgroup_syscall",
+            "cgroup_scheduler_context_switch",
+        ] {
+            assert!(served.contains(metric), "{} has no {metric}", c.name);
+        }
+        let gone = c.name.clone();
         drop(c);
-        let snap = agent.snapshot();
-        let gone = format!("{}/c{i}", top.name);
+        agent.snapshot();
+        let still = metrics_of(&agent.snapshot(), &gone);
         assert!(
-            !names(&snap).contains(&gone),
-            "{gone} still served after its removal"
+            still.is_empty(),
+            "{gone} still served two snapshots after its removal: {still:?}"
         );
     }
+    agent.snapshot();
     let end = agent.snapshot();
     let (n0, n1) = (series_count(&base), series_count(&end));
     assert!(

@@ -233,3 +233,39 @@ fn cgroups_beyond_the_slots_are_counted_as_other() {
     );
     drop(many);
 }
+
+/// A removed cgroup's series are served once more and then leave, without
+/// waiting for the next walk of the hierarchy (an hour away here): the
+/// kernel's cgroup_rmdir tracepoint marks its slot.
+#[test]
+fn removed_cgroups_leave_without_waiting_for_a_walk() {
+    let _alone = alone();
+    let agent = Agent::start(
+        "",
+        "[defaults]\nenabled = false\n\
+         [samplers.syscall]\nenabled = true\ncgroup_scan_interval_ms = 3600000\n\
+         [samplers.scheduler_runqueue]\nenabled = true\ncgroup_scan_interval_ms = 3600000\n",
+    );
+    require_active(&agent, &["syscall", "scheduler_runqueue"]);
+    let top = Cgroup::top(&format!("rzt{}rmdir", std::process::id()));
+    let short = top.child("short");
+    short.python("import time\nos.sched_yield()\ntime.sleep(0.01)");
+    let name = short.name.clone();
+    let series_of = |snap: &Snap| {
+        snap.entries
+            .iter()
+            .filter(|e| e.labels.get("name") == Some(&name))
+            .map(|e| e.metric.clone())
+            .collect::<std::collections::BTreeSet<_>>()
+    };
+    // the first snapshot walks the hierarchy and names the slots
+    let first = series_of(&agent.snapshot());
+    for metric in ["cgroup_syscall", "cgroup_scheduler_context_switch"] {
+        assert!(first.contains(metric), "{name} has no {metric}: {first:?}");
+    }
+    drop(short);
+    let last = series_of(&agent.snapshot());
+    assert_eq!(last, first, "{name} was not served once more after removal");
+    let after = series_of(&agent.snapshot());
+    assert!(after.is_empty(), "{name} still served: {after:?}");
+}

@@ -4,9 +4,9 @@
  * slots that userspace fills at start and refills as cgroups die. A cgroup
  * that finds no free slot counts under slot CGROUP_OTHER for as long as it
  * lives. slot_owner[slot] holds the owning cgroup's id (its directory's
- * inode number) and the time it was assigned, so userspace can name slots
- * and free those whose cgroup is gone, never one assigned after its walk of
- * the hierarchy began. The counters are CGROUP_COUNTERS u64 per slot in one
+ * inode number), the time it was assigned and the time the cgroup was
+ * removed (cgroup_rmdir), so userspace can name slots and free those whose
+ * cgroup is gone, never one assigned after its walk of the hierarchy began. The counters are CGROUP_COUNTERS u64 per slot in one
  * mmap-able array shared by all CPUs (added to atomically: per-CPU copies
  * of 4097 slots would cost megabytes per CPU).
  *
@@ -27,6 +27,7 @@ const volatile bool count_cgroups = false;
 struct cgroup_slot_owner {
 	u64 id;
 	u64 assigned_ns;
+	u64 removed_ns; /* 0 while the cgroup lives */
 };
 
 struct {
@@ -105,6 +106,7 @@ static __always_inline u32 storage_slot(struct cgroup *cgrp)
 		if (owner) {
 			owner->id = cgrp->kn->id;
 			owner->assigned_ns = bpf_ktime_get_ns();
+			owner->removed_ns = 0;
 		}
 	}
 	return slot;
@@ -142,6 +144,23 @@ static __always_inline void cgroup_add(u32 slot, u32 counter, u64 value)
 	u64 *count = bpf_map_lookup_elem(&cgroup_counts, &key);
 	if (count)
 		__sync_fetch_and_add(count, value);
+}
+
+/* A removed cgroup's slot is marked at once, so its series leave the
+ * snapshot at the next one rather than at the next walk. Rare: rmdir. */
+SEC("tp_btf/cgroup_rmdir")
+int BPF_PROG(cgroup_rmdir_slot, struct cgroup *cgrp, const char *path)
+{
+	if (!count_cgroups)
+		return 0;
+	u64 *stored = bpf_cgrp_storage_get(&cgroup_slot, cgrp, 0, 0);
+	if (!stored || !*stored)
+		return 0;
+	u32 slot = *stored - 1;
+	struct cgroup_slot_owner *owner = bpf_map_lookup_elem(&slot_owner, &slot);
+	if (owner && owner->id == cgrp->kn->id)
+		owner->removed_ns = bpf_ktime_get_ns();
+	return 0;
 }
 
 #endif

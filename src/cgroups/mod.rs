@@ -57,17 +57,24 @@ pub struct Walk {
     pub started_ns: u64,
 }
 
+/// How old a walk made by another sampler may be and still be used: long
+/// enough to cover one snapshot's samplers, short enough that a sampler
+/// never sees cgroups later than its own scan interval would.
+pub const SHARED_WALK_WINDOW: std::time::Duration = std::time::Duration::from_millis(250);
+
 /// The last walk of each mount, shared by the samplers of this process.
 type Walks = std::collections::HashMap<PathBuf, std::sync::Arc<Walk>>;
 static WALKS: std::sync::Mutex<Option<Walks>> = std::sync::Mutex::new(None);
 
-/// A walk of `mount` begun less than `max_age` ago: the last one made by any
-/// sampler of this process when it is that recent (so samplers that scan
-/// in the same snapshot walk once between them), else a new one.
+/// A walk of `mount` begun less than `max_age` (and at most
+/// [`SHARED_WALK_WINDOW`]) ago: the last one made by any sampler of this
+/// process when it is that recent, so samplers that scan in the same
+/// snapshot walk once between them; else a new one.
 pub fn shared_walk(
     mount: &Path,
     max_age: std::time::Duration,
 ) -> std::io::Result<std::sync::Arc<Walk>> {
+    let max_age = max_age.min(SHARED_WALK_WINDOW);
     let now = crate::ticker::mono_now().as_nanos() as u64;
     let mut walks = WALKS.lock().unwrap_or_else(|e| e.into_inner());
     let walks = walks.get_or_insert_with(Default::default);

@@ -4,11 +4,13 @@
 //!
 //! The BPF side gives a cgroup a slot from the `free_slots` queue the first
 //! time it counts something, and records the owner (cgroup id and time) in
-//! `slot_owner`. Here the hierarchy is walked every `scan_interval`: slots
-//! whose owner is alive get the owner's name; slots whose owner is gone are
-//! served one last time, then freed (their counts kept as a baseline, so the
-//! slot's next owner starts from zero) and their series dropped. A slot
-//! assigned after a walk began is left for the next walk. Slot
+//! `slot_owner`, and the time of its removal (`cgroup_rmdir`). Here the
+//! hierarchy is walked every `scan_interval`: slots whose owner is alive get
+//! the owner's name. Slots whose owner is gone (marked removed, checked at
+//! every snapshot, or missing from a walk) are served one last time, then
+//! freed (their counts kept as a baseline, so the slot's next owner starts
+//! from zero) and their series dropped. A slot assigned after a walk began
+//! is left for the next walk. Slot
 //! [`SLOTS`] is `other`: cgroups that found no free slot.
 
 use std::collections::{HashMap, HashSet};
@@ -169,7 +171,7 @@ impl CgroupSlots {
         let mut live = HashSet::new();
         for slot in 0..SLOTS {
             let (id, assigned) = (self.owners.u64(slot, 0), self.owners.u64(slot, 1));
-            if id == 0 {
+            if id == 0 || self.dying.iter().any(|(s, _)| *s == slot) {
                 continue;
             }
             match names.get(&id) {
@@ -215,7 +217,7 @@ impl CgroupSlots {
         self.baselines.insert(slot, baseline);
         let key = (slot as u32).to_ne_bytes();
         self.slot_owner
-            .update(&key, &[0u8; 16], MapFlags::ANY)
+            .update(&key, &[0u8; 24], MapFlags::ANY)
             .map_err(|e| anyhow::anyhow!("clearing cgroup slot {slot}: {e}"))?;
         self.free_slots
             .update(&[], &key, MapFlags::ANY)
@@ -229,6 +231,21 @@ impl CgroupSlots {
         for (slot, state) in std::mem::take(&mut self.dying) {
             self.free(slot)?;
             drop(state);
+        }
+        // cgroups removed since the last snapshot: served once more
+        let owners = &self.owners;
+        let removed: Vec<usize> = self
+            .slots
+            .iter()
+            .filter(|(&slot, state)| {
+                owners.u64(slot, 2) != 0 && owners.u64(slot, 0) == state.id
+            })
+            .map(|(&slot, _)| slot)
+            .collect();
+        for slot in removed {
+            if let Some(state) = self.slots.remove(&slot) {
+                self.dying.push((slot, state));
+            }
         }
         if self
             .last_scan

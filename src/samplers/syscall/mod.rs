@@ -146,6 +146,7 @@ fn load(latency_sampling: u32, count_cgroups: bool) -> anyhow::Result<bpf::Sysca
             map.set_autocreate(false)
                 .map_err(|e| classify(e, "leaving out the cgroup maps"))?;
         }
+        open.progs.cgroup_rmdir_slot.set_autoload(false);
     }
     open.load()
         .map_err(|e| classify(e, "loading the syscall BPF programs"))

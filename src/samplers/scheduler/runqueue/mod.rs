@@ -182,6 +182,7 @@ fn load(count_cgroups: bool) -> anyhow::Result<bpf::RunqueueSkel<'static>> {
             map.set_autocreate(false)
                 .map_err(|e| classify(e, "leaving out the cgroup maps"))?;
         }
+        open.progs.cgroup_rmdir_slot.set_autoload(false);
     }
     open.load()
         .map_err(|e| classify(e, "loading the scheduler BPF programs"))
