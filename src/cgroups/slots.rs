@@ -237,9 +237,7 @@ impl CgroupSlots {
         let removed: Vec<usize> = self
             .slots
             .iter()
-            .filter(|(&slot, state)| {
-                owners.u64(slot, 2) != 0 && owners.u64(slot, 0) == state.id
-            })
+            .filter(|(&slot, state)| owners.u64(slot, 2) != 0 && owners.u64(slot, 0) == state.id)
             .map(|(&slot, _)| slot)
             .collect();
         for slot in removed {
