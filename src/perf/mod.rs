@@ -32,6 +32,8 @@ use crate::samplers::{Absent, Sampler};
 use crate::snapshot::Emitter;
 use crate::source::Unsupported;
 
+pub mod cgroups;
+
 pub static GROUP_TIME_ENABLED: MetricDef = MetricDef::counter(
     "perf_group_time_enabled",
     "nanoseconds",
@@ -263,16 +265,35 @@ fn errno_name(errno: i32) -> String {
 }
 
 fn open(attr: &sys::perf_event_attr, cpu: u32, group: Option<&OwnedFd>) -> io::Result<OwnedFd> {
+    open_for(attr, cpu, group, None)
+}
+
+/// [`open`], counting only the tasks of the cgroup (and its descendants)
+/// whose directory is open as `cgroup`, when given.
+fn open_for(
+    attr: &sys::perf_event_attr,
+    cpu: u32,
+    group: Option<&OwnedFd>,
+    cgroup: Option<std::os::fd::BorrowedFd<'_>>,
+) -> io::Result<OwnedFd> {
     let mut attr = *attr;
+    let (pid, flags) = match cgroup {
+        Some(dir) => (
+            dir.as_raw_fd(),
+            sys::PERF_FLAG_FD_CLOEXEC | sys::PERF_FLAG_PID_CGROUP,
+        ),
+        None => (-1, sys::PERF_FLAG_FD_CLOEXEC),
+    };
     // SAFETY: `attr` is a complete perf_event_attr requesting counting only;
-    // pid -1 with a CPU counts everything on that CPU.
+    // pid -1 with a CPU counts everything on that CPU, a cgroup directory's
+    // descriptor with PERF_FLAG_PID_CGROUP that cgroup's tasks on it.
     let fd = unsafe {
         perf_event_open_sys::perf_event_open(
             &mut attr,
-            -1,
+            pid,
             cpu as i32,
             group.map_or(-1, |g| g.as_raw_fd()),
-            libc::c_ulong::from(sys::PERF_FLAG_FD_CLOEXEC),
+            libc::c_ulong::from(flags),
         )
     };
     if fd < 0 {
@@ -418,11 +439,20 @@ struct Group {
 
 impl Group {
     fn open(attrs: &[sys::perf_event_attr], cpu: u32) -> io::Result<Self> {
-        let leader = open(&attrs[0], cpu, None)?;
+        Self::open_for(attrs, cpu, None)
+    }
+
+    /// A group counting only the tasks of the cgroup open as `cgroup`.
+    fn open_for(
+        attrs: &[sys::perf_event_attr],
+        cpu: u32,
+        cgroup: Option<std::os::fd::BorrowedFd<'_>>,
+    ) -> io::Result<Self> {
+        let leader = open_for(&attrs[0], cpu, None, cgroup)?;
         let mut ids = vec![event_id(&leader)?];
         let mut members = Vec::with_capacity(attrs.len() - 1);
         for attr in &attrs[1..] {
-            let fd = open(attr, cpu, Some(&leader))?;
+            let fd = open_for(attr, cpu, Some(&leader), cgroup)?;
             ids.push(event_id(&fd)?);
             members.push(fd);
         }

@@ -8,15 +8,25 @@
 //! Emits `cpu_cycles`, `cpu_instructions`, `cpu_tsc`, `cpu_aperf`,
 //! `cpu_mperf` per CPU (`id`) and in total, `cpu_frequency{method}`, and the
 //! group times.
+//!
+//! Option `cgroups = N` (default 0: off) also counts cycles and instructions
+//! for the first N cgroups (v2) of the hierarchy, in the kernel's perf cgroup
+//! mode (see [`crate::perf::cgroups`]): `cgroup_cpu_cycles{name}`,
+//! `cgroup_cpu_instructions{name}`. Off by default: it costs N x CPUs groups
+//! of descriptors and a PMU switch in the kernel at every context switch
+//! between cgroups.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use crate::metrics::{MetricDef, Series};
+use crate::perf::cgroups::{CgroupCounter, CgroupCounters};
 use crate::perf::{
     ids, Counter, Event, Kind, PerfCounters, Probe, Totals, GROUP_TIME_ENABLED, GROUP_TIME_RUNNING,
 };
-use crate::samplers::{Absent, Sampler, SamplerContext, SamplerSpec, Source, SAMPLERS};
+use crate::samplers::{
+    Absent, Sampler, SamplerContext, SamplerOption, SamplerSpec, Source, SAMPLERS,
+};
 use crate::snapshot::Emitter;
 
 pub static CYCLES: MetricDef = MetricDef::counter(
@@ -55,6 +65,18 @@ pub static FREQUENCY: MetricDef = MetricDef::gauge(
     "Average frequency of CPU `id` since the previous estimate, by `method`; without `id`, all CPUs",
 )
 .labels(&["method", "id"]);
+pub static CGROUP_CYCLES: MetricDef = MetricDef::counter(
+    "cgroup_cpu_cycles",
+    "cycles",
+    "CPU cycles while tasks of cgroup `name` or its descendants ran (option `cgroups`)",
+)
+.labels(&["name"]);
+pub static CGROUP_INSTRUCTIONS: MetricDef = MetricDef::counter(
+    "cgroup_cpu_instructions",
+    "instructions",
+    "Instructions retired by tasks of cgroup `name` or its descendants (option `cgroups`)",
+)
+.labels(&["name"]);
 
 const CYCLES_EVENT: &str = "cycles";
 const TSC_EVENT: &str = "msr/tsc";
@@ -115,9 +137,26 @@ static SPEC: SamplerSpec = SamplerSpec {
     source: Source::Perf(
         "cycles, instructions (needs a hardware PMU), msr/tsc, msr/aperf, msr/mperf",
     ),
-    options: &[],
+    options: &[
+        SamplerOption {
+            key: "cgroups",
+            default: 0,
+            min: 0,
+            max: 4096,
+            description: "count cycles and instructions for this many cgroups, in walk order (0: none)",
+        },
+        SamplerOption {
+            key: "cgroup_scan_interval_ms",
+            default: 1000,
+            min: 0,
+            max: 3_600_000,
+            description: "how often the cgroup hierarchy is walked for cgroups to count or close, in milliseconds (0: every snapshot)",
+        },
+    ],
     metrics: || {
         vec![
+            &CGROUP_CYCLES,
+            &CGROUP_INSTRUCTIONS,
             &CYCLES,
             &INSTRUCTIONS,
             &TSC,
@@ -257,6 +296,59 @@ impl Frequency {
 struct CpuPerf {
     counters: PerfCounters,
     frequency: Option<Frequency>,
+    cgroups: Option<CgroupCounters>,
+}
+
+/// Cycles and instructions per cgroup, when asked for and possible.
+fn cgroup_counters(
+    ctx: &SamplerContext,
+    counters: &mut PerfCounters,
+) -> anyhow::Result<Option<CgroupCounters>> {
+    let max = ctx.option(&SPEC, "cgroups") as usize;
+    if max == 0 {
+        return Ok(None);
+    }
+    let absent = |reason: String| {
+        [&CGROUP_CYCLES, &CGROUP_INSTRUCTIONS].map(|m| Absent {
+            metric: m.name.to_string(),
+            reason: reason.clone(),
+        })
+    };
+    if counters.position(CYCLES_EVENT).is_none() || counters.position("instructions").is_none() {
+        for a in absent("needs both cycles and instructions".into()) {
+            counters.add_absent(a);
+        }
+        return Ok(None);
+    }
+    let mount = match crate::cgroups::find_mount(&ctx.root) {
+        Ok(mount) => mount,
+        Err(why) => {
+            for a in absent(why.to_string()) {
+                counters.add_absent(a);
+            }
+            return Ok(None);
+        }
+    };
+    let events = [
+        CgroupCounter {
+            event: COUNTERS[0].event,
+            metric: &CGROUP_CYCLES,
+        },
+        CgroupCounter {
+            event: COUNTERS[1].event,
+            metric: &CGROUP_INSTRUCTIONS,
+        },
+    ];
+    let interval = ctx.option(&SPEC, "cgroup_scan_interval_ms") as u64;
+    CgroupCounters::new(
+        SPEC.name,
+        &ctx.root,
+        mount,
+        &events,
+        max,
+        std::time::Duration::from_millis(interval),
+    )
+    .map(Some)
 }
 
 fn init(ctx: &SamplerContext) -> anyhow::Result<Box<dyn Sampler>> {
@@ -279,12 +371,14 @@ fn init(ctx: &SamplerContext) -> anyhow::Result<Box<dyn Sampler>> {
             reason: "needs cycles, or msr/aperf, msr/mperf and msr/tsc".into(),
         });
     }
+    let cgroups = cgroup_counters(ctx, &mut counters)?;
     Ok(Box::new(CpuPerf {
         counters,
         frequency: method.map(|method| Frequency {
             method,
             state: BTreeMap::new(),
         }),
+        cgroups,
     }))
 }
 
@@ -294,6 +388,9 @@ impl Sampler for CpuPerf {
         self.counters.emit(out);
         if let Some(frequency) = self.frequency.as_mut() {
             frequency.update(&self.counters, out);
+        }
+        if let Some(cgroups) = self.cgroups.as_mut() {
+            cgroups.emit(out)?;
         }
         Ok(())
     }
