@@ -1,6 +1,7 @@
-//! Per-cgroup syscall counts (the syscall sampler's `cgroups` option) against cgroups the test makes in the
-//! machine's cgroup v2 hierarchy, with python3 processes moved into them.
-//! Root only: CI runs these as root.
+//! Per-cgroup syscall counts (the syscall sampler's `cgroups` option), with
+//! `cgroup_cpu` alongside, against cgroups the test makes in the machine's
+//! cgroup v2 hierarchy, with python3 processes moved into them. Root only:
+//! CI runs these as root.
 
 mod common;
 

@@ -18,10 +18,11 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use libbpf_rs::{MapCore, MapFlags, MapHandle};
+use libbpf_rs::{MapCore, MapFlags, MapHandle, OpenMapMut, OpenProgramMut};
 
-use crate::bpf::MmapArray;
+use crate::bpf::{classify, MmapArray};
 use crate::metrics::{MetricDef, Series};
+use crate::samplers::{SamplerContext, SamplerOption, SamplerSpec};
 use crate::snapshot::Emitter;
 use crate::source::label_value;
 
@@ -43,6 +44,64 @@ pub struct Maps<'a> {
     pub free_slots: &'a libbpf_rs::Map<'a>,
     pub slot_owner: &'a libbpf_rs::Map<'a>,
     pub cgroup_counts: &'a libbpf_rs::Map<'a>,
+}
+
+/// The sampler options of per-cgroup counting, shared by the samplers that
+/// offer it.
+pub const OPTION_CGROUPS: SamplerOption = SamplerOption {
+    key: "cgroups",
+    default: 1,
+    min: 0,
+    max: 1,
+    description: "1: also count per cgroup (the sampler's cgroup_* metrics); 0: do not",
+};
+pub const OPTION_MAX_CGROUPS: SamplerOption = SamplerOption {
+    key: "max_cgroups",
+    default: SLOTS as i64,
+    min: 1,
+    max: SLOTS as i64,
+    description: "cgroups counted on their own at most; the rest count under name=\"other\"",
+};
+pub const OPTION_SCAN_INTERVAL: SamplerOption = SamplerOption {
+    key: "cgroup_scan_interval_ms",
+    default: 1000,
+    min: 0,
+    max: 3_600_000,
+    description: "how often the cgroup hierarchy is walked to name and free slots, in milliseconds (0: every snapshot)",
+};
+
+/// The parts of cgroup_slot.h in a BPF object not loaded yet.
+pub struct OpenParts<'a, 'obj> {
+    pub cgroup_slot: &'a mut OpenMapMut<'obj>,
+    pub free_slots: &'a mut OpenMapMut<'obj>,
+    pub slot_owner: &'a mut OpenMapMut<'obj>,
+    pub cgroup_counts: &'a mut OpenMapMut<'obj>,
+    pub slot_cache: &'a mut OpenMapMut<'obj>,
+    pub cgroup_rmdir_slot: &'a mut OpenProgramMut<'obj>,
+}
+
+/// Readies those parts for load: sized for `cpus` when counting per
+/// cgroup, else left out (cgroup storage may not exist in this kernel; the
+/// code using them is dropped by the verifier, `count_cgroups` being false).
+pub fn prepare(parts: OpenParts<'_, '_>, count_cgroups: bool, cpus: u32) -> anyhow::Result<()> {
+    if count_cgroups {
+        return parts
+            .slot_cache
+            .set_max_entries(cpus)
+            .map_err(|e| classify(e, "sizing the cgroup slot caches"));
+    }
+    for map in [
+        parts.cgroup_slot,
+        parts.free_slots,
+        parts.slot_owner,
+        parts.cgroup_counts,
+        parts.slot_cache,
+    ] {
+        map.set_autocreate(false)
+            .map_err(|e| classify(e, "leaving out the cgroup maps"))?;
+    }
+    parts.cgroup_rmdir_slot.set_autoload(false);
+    Ok(())
 }
 
 /// Loads a sampler's programs with per-cgroup counting when `wanted` and
@@ -149,6 +208,26 @@ impl CgroupSlots {
             dying: Vec::new(),
             baselines: HashMap::new(),
         })
+    }
+
+    /// [`CgroupSlots::new`] with the sampler's `max_cgroups` and
+    /// `cgroup_scan_interval_ms` options.
+    pub fn with_options(
+        ctx: &SamplerContext,
+        spec: &SamplerSpec,
+        mount: PathBuf,
+        maps: Maps<'_>,
+        width: usize,
+        columns: Vec<Column>,
+    ) -> anyhow::Result<Self> {
+        Self::new(
+            mount,
+            maps,
+            width,
+            columns,
+            ctx.option(spec, OPTION_MAX_CGROUPS.key) as usize,
+            Duration::from_millis(ctx.option(spec, OPTION_SCAN_INTERVAL.key) as u64),
+        )
     }
 
     fn count(&self, slot: usize, column: usize) -> u64 {

@@ -27,7 +27,6 @@ mod bpf {
 }
 
 use std::sync::Arc;
-use std::time::Duration;
 
 use libbpf_rs::skel::{OpenSkel, Skel, SkelBuilder};
 
@@ -72,27 +71,9 @@ static SPEC: SamplerSpec = SamplerSpec {
             max: 1 << 16,
             description: "time one call in this many per CPU for syscall_latency (1: every call)",
         },
-        SamplerOption {
-            key: "cgroups",
-            default: 1,
-            min: 0,
-            max: 1,
-            description: "1: also count calls per cgroup (cgroup_syscall); 0: do not",
-        },
-        SamplerOption {
-            key: "max_cgroups",
-            default: slots::SLOTS as i64,
-            min: 1,
-            max: slots::SLOTS as i64,
-            description: "cgroups counted on their own at most; the rest count under name=\"other\"",
-        },
-        SamplerOption {
-            key: "cgroup_scan_interval_ms",
-            default: 1000,
-            min: 0,
-            max: 3_600_000,
-            description: "how often the cgroup hierarchy is walked to name and free slots, in milliseconds (0: every snapshot)",
-        },
+        slots::OPTION_CGROUPS,
+        slots::OPTION_MAX_CGROUPS,
+        slots::OPTION_SCAN_INTERVAL,
     ],
     metrics: || vec![&SYSCALL, &SYSCALL_LATENCY, &CGROUP_SYSCALL],
     init,
@@ -130,24 +111,15 @@ fn load(latency_sampling: u32, count_cgroups: bool) -> anyhow::Result<bpf::Sysca
         .counts
         .set_max_entries(cpus)
         .map_err(|e| classify(e, "sizing the syscall counter banks"))?;
-    open.maps
-        .slot_cache
-        .set_max_entries(cpus)
-        .map_err(|e| classify(e, "sizing the cgroup slot caches"))?;
-    if !count_cgroups {
-        // cgroup storage may not exist in this kernel, and is not needed
-        for map in [
-            &mut open.maps.cgroup_slot,
-            &mut open.maps.free_slots,
-            &mut open.maps.slot_owner,
-            &mut open.maps.cgroup_counts,
-            &mut open.maps.slot_cache,
-        ] {
-            map.set_autocreate(false)
-                .map_err(|e| classify(e, "leaving out the cgroup maps"))?;
-        }
-        open.progs.cgroup_rmdir_slot.set_autoload(false);
-    }
+    let parts = slots::OpenParts {
+        cgroup_slot: &mut open.maps.cgroup_slot,
+        free_slots: &mut open.maps.free_slots,
+        slot_owner: &mut open.maps.slot_owner,
+        cgroup_counts: &mut open.maps.cgroup_counts,
+        slot_cache: &mut open.maps.slot_cache,
+        cgroup_rmdir_slot: &mut open.progs.cgroup_rmdir_slot,
+    };
+    slots::prepare(parts, count_cgroups, cpus)?;
     open.load()
         .map_err(|e| classify(e, "loading the syscall BPF programs"))
 }
@@ -159,11 +131,13 @@ fn init(ctx: &SamplerContext) -> anyhow::Result<Box<dyn Sampler>> {
         SPEC.name,
         "cgroup_syscall",
         &ctx.root,
-        ctx.option(&SPEC, "cgroups") == 1,
+        ctx.option(&SPEC, slots::OPTION_CGROUPS.key) == 1,
         |cgroups| load(latency_sampling, cgroups),
     )?;
     let cgroups = match mount {
-        Some(mount) => Some(CgroupSlots::new(
+        Some(mount) => Some(CgroupSlots::with_options(
+            ctx,
+            &SPEC,
             mount,
             slots::Maps {
                 free_slots: &skel.maps.free_slots,
@@ -178,8 +152,6 @@ fn init(ctx: &SamplerContext) -> anyhow::Result<Box<dyn Sampler>> {
                     labels: vec![("op", *op)],
                 })
                 .collect(),
-            ctx.option(&SPEC, "max_cgroups") as usize,
-            Duration::from_millis(ctx.option(&SPEC, "cgroup_scan_interval_ms") as u64),
         )?),
         None => None,
     };

@@ -23,14 +23,13 @@ mod bpf {
 }
 
 use std::sync::Arc;
-use std::time::Duration;
 
 use libbpf_rs::skel::{OpenSkel, Skel, SkelBuilder};
 
 use crate::bpf::{check_support, classify, object_storage, possible_cpus, BankCounter, MmapArray};
 use crate::cgroups::slots::{self, CgroupSlots, Column};
 use crate::metrics::{MetricDef, Series};
-use crate::samplers::{Sampler, SamplerContext, SamplerOption, SamplerSpec, Source, SAMPLERS};
+use crate::samplers::{Sampler, SamplerContext, SamplerSpec, Source, SAMPLERS};
 use crate::snapshot::Emitter;
 
 pub static RUNQUEUE_LATENCY: MetricDef = MetricDef::histogram(
@@ -84,27 +83,9 @@ static SPEC: SamplerSpec = SamplerSpec {
     name: "scheduler_runqueue",
     source: Source::Bpf("tp_btf/sched_wakeup, tp_btf/sched_wakeup_new, tp_btf/sched_switch"),
     options: &[
-        SamplerOption {
-            key: "cgroups",
-            default: 1,
-            min: 0,
-            max: 1,
-            description: "1: also sum scheduling per cgroup (cgroup_scheduler_*, cgroup_cpu_migrations); 0: do not",
-        },
-        SamplerOption {
-            key: "max_cgroups",
-            default: slots::SLOTS as i64,
-            min: 1,
-            max: slots::SLOTS as i64,
-            description: "cgroups counted on their own at most; the rest count under name=\"other\"",
-        },
-        SamplerOption {
-            key: "cgroup_scan_interval_ms",
-            default: 1000,
-            min: 0,
-            max: 3_600_000,
-            description: "how often the cgroup hierarchy is walked to name and free slots, in milliseconds (0: every snapshot)",
-        },
+        slots::OPTION_CGROUPS,
+        slots::OPTION_MAX_CGROUPS,
+        slots::OPTION_SCAN_INTERVAL,
     ],
     metrics: || {
         vec![
@@ -162,28 +143,19 @@ fn load(count_cgroups: bool) -> anyhow::Result<bpf::RunqueueSkel<'static>> {
         .set_max_entries(cpus)
         .map_err(|e| classify(e, "sizing the context switch banks"))?;
     open.maps
-        .slot_cache
-        .set_max_entries(cpus)
-        .map_err(|e| classify(e, "sizing the cgroup slot caches"))?;
-    open.maps
         .rodata_data
         .as_deref_mut()
         .ok_or_else(|| anyhow::anyhow!("the scheduler BPF object has no .rodata section"))?
         .count_cgroups = count_cgroups;
-    if !count_cgroups {
-        // cgroup storage may not exist in this kernel, and is not needed
-        for map in [
-            &mut open.maps.cgroup_slot,
-            &mut open.maps.free_slots,
-            &mut open.maps.slot_owner,
-            &mut open.maps.cgroup_counts,
-            &mut open.maps.slot_cache,
-        ] {
-            map.set_autocreate(false)
-                .map_err(|e| classify(e, "leaving out the cgroup maps"))?;
-        }
-        open.progs.cgroup_rmdir_slot.set_autoload(false);
-    }
+    let parts = slots::OpenParts {
+        cgroup_slot: &mut open.maps.cgroup_slot,
+        free_slots: &mut open.maps.free_slots,
+        slot_owner: &mut open.maps.slot_owner,
+        cgroup_counts: &mut open.maps.cgroup_counts,
+        slot_cache: &mut open.maps.slot_cache,
+        cgroup_rmdir_slot: &mut open.progs.cgroup_rmdir_slot,
+    };
+    slots::prepare(parts, count_cgroups, cpus)?;
     open.load()
         .map_err(|e| classify(e, "loading the scheduler BPF programs"))
 }
@@ -195,11 +167,13 @@ fn init(ctx: &SamplerContext) -> anyhow::Result<Box<dyn Sampler>> {
         SPEC.name,
         "per-cgroup scheduling",
         &ctx.root,
-        ctx.option(&SPEC, "cgroups") == 1,
+        ctx.option(&SPEC, slots::OPTION_CGROUPS.key) == 1,
         load,
     )?;
     let cgroups = match mount {
-        Some(mount) => Some(CgroupSlots::new(
+        Some(mount) => Some(CgroupSlots::with_options(
+            ctx,
+            &SPEC,
             mount,
             slots::Maps {
                 free_slots: &skel.maps.free_slots,
@@ -208,8 +182,6 @@ fn init(ctx: &SamplerContext) -> anyhow::Result<Box<dyn Sampler>> {
             },
             CGROUP_WIDTH,
             cgroup_columns(),
-            ctx.option(&SPEC, "max_cgroups") as usize,
-            Duration::from_millis(ctx.option(&SPEC, "cgroup_scan_interval_ms") as u64),
         )?),
         None => None,
     };
