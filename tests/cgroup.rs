@@ -249,3 +249,75 @@ fn removed_cgroups_make_room_at_the_next_walk() {
         existing - 3 - 10
     );
 }
+
+/// With cgroup v1 alone (the cgroup2 mount taken away in the agent's own
+/// mount namespace): `cgroup_cpu` is unsupported with the reason, and the
+/// syscall and scheduler samplers run without their per-cgroup metrics,
+/// which `/samplers` lists as absent with the reason.
+#[test]
+fn with_cgroup_v1_alone_per_cgroup_metrics_are_reported_absent() {
+    use std::os::unix::ffi::OsStrExt;
+    let mount = std::ffi::CString::new(cgroup2_mount().as_os_str().as_bytes()).unwrap();
+    let agent = Agent::start_with_setup(
+        move || {
+            // SAFETY: plain system calls on C strings that outlive them
+            unsafe {
+                if libc::unshare(libc::CLONE_NEWNS) != 0
+                    || libc::mount(
+                        c"none".as_ptr(),
+                        c"/".as_ptr(),
+                        std::ptr::null(),
+                        libc::MS_REC | libc::MS_PRIVATE,
+                        std::ptr::null(),
+                    ) != 0
+                    || libc::umount2(mount.as_ptr(), libc::MNT_DETACH) != 0
+                {
+                    return Err(std::io::Error::last_os_error());
+                }
+            }
+            Ok(())
+        },
+        "",
+        "[defaults]\nenabled = false\n\
+         [samplers.cgroup_cpu]\nenabled = true\n\
+         [samplers.syscall]\nenabled = true\n\
+         [samplers.scheduler_runqueue]\nenabled = true\n",
+    );
+    let cpu = common::sampler_status(&agent, "cgroup_cpu");
+    assert_eq!(cpu["state"], "unsupported", "{cpu}");
+    assert!(cpu["reason"].as_str().unwrap().contains("cgroup2"), "{cpu}");
+    for (sampler, metrics) in [
+        ("syscall", &["cgroup_syscall"][..]),
+        (
+            "scheduler_runqueue",
+            &[
+                "cgroup_scheduler_runqueue_wait",
+                "cgroup_scheduler_offcpu",
+                "cgroup_scheduler_context_switch",
+                "cgroup_cpu_migrations",
+            ][..],
+        ),
+    ] {
+        let status = common::sampler_status(&agent, sampler);
+        assert_eq!(status["state"], "active", "{status}");
+        for metric in metrics {
+            let absent = status["absent"]
+                .as_array()
+                .unwrap_or_else(|| panic!("{sampler} lists nothing absent: {status}"))
+                .iter()
+                .find(|a| a["metric"] == *metric)
+                .unwrap_or_else(|| panic!("{metric} not listed absent: {status}"));
+            assert!(
+                absent["reason"].as_str().unwrap().contains("cgroup2"),
+                "{absent}"
+            );
+        }
+    }
+    let snap = agent.snapshot();
+    assert!(snap.get("syscall", &[("op", "read")]).is_some());
+    assert!(
+        !snap.metrics().iter().any(|m| m.starts_with("cgroup_")),
+        "{:?}",
+        snap.metrics()
+    );
+}

@@ -270,3 +270,79 @@ fn removed_cgroups_leave_without_waiting_for_a_walk() {
     let after = series_of(&agent.snapshot());
     assert!(after.is_empty(), "{name} still served: {after:?}");
 }
+
+/// Every call counted machine-wide is counted under some `name`: cgroups
+/// made, used and removed between two walks of the hierarchy (never named)
+/// are counted under `other`.
+#[test]
+fn cgroups_removed_before_a_walk_are_counted_as_other() {
+    const CGROUPS: usize = 20;
+    const YIELDS: i128 = 500;
+    let _alone = alone();
+    let agent = Agent::start(
+        "",
+        "[defaults]\nenabled = false\n\
+         [samplers.syscall]\nenabled = true\ncgroup_scan_interval_ms = 3600000\n",
+    );
+    require_active(&agent, &["syscall"]);
+    let top = Cgroup::top(&format!("rzt{}brief", std::process::id()));
+    let yields_total = |snap: &Snap| snap.value("syscall", &[("op", "yield")]);
+    let by_name = |snap: &Snap| yields_by_name(snap).values().sum::<i128>();
+    // the first snapshot walks the hierarchy; none of these exist yet
+    let before = agent.snapshot();
+    for i in 0..CGROUPS {
+        let brief = top.child(&format!("b{i}"));
+        brief.python(&format!("for _ in range({YIELDS}): os.sched_yield()"));
+    }
+    agent.snapshot();
+    let after = agent.snapshot();
+    let machine = yields_total(&after) - yields_total(&before);
+    let named = by_name(&after) - by_name(&before);
+    let other = syscalls(&after, "yield", "other") - syscalls(&before, "yield", "other");
+    assert!(
+        other >= CGROUPS as i128 * YIELDS,
+        "{other} yields under other for {CGROUPS} x {YIELDS} in cgroups never named"
+    );
+    assert_eq!(
+        named, machine,
+        "sum over names {named} != machine-wide {machine} (other {other})"
+    );
+}
+
+/// A cgroup removed and made again under the same path (a service restart)
+/// never shows up twice in one snapshot, and the new one counts from zero.
+#[test]
+fn a_cgroup_made_again_under_the_same_path_is_served_once_per_snapshot() {
+    let _alone = alone();
+    let agent = syscall_agent();
+    let top = Cgroup::top(&format!("rzt{}again", std::process::id()));
+    let first = top.child("svc");
+    let name = first.name.clone();
+    first.python("for _ in range(500): os.sched_yield()");
+    agent.snapshot();
+    drop(first);
+    let second = top.child("svc");
+    second.python("for _ in range(100): os.sched_yield()");
+    let mut seen = Vec::new();
+    for _ in 0..4 {
+        let snap = agent.snapshot();
+        let series: Vec<i128> = snap
+            .entries
+            .iter()
+            .filter(|e| {
+                e.metric == "cgroup_syscall"
+                    && e.labels.get("op").map(String::as_str) == Some("yield")
+                    && e.labels.get("name") == Some(&name)
+            })
+            .map(|e| e.value)
+            .collect();
+        assert!(series.len() <= 1, "{name} served twice: {series:?}");
+        seen.push(series.first().copied());
+    }
+    // the old cgroup's last value, then the new one's from zero
+    assert_eq!(seen[0], Some(500), "{seen:?}");
+    assert!(
+        seen[2..].iter().all(|v| matches!(v, Some(100..=110))),
+        "{seen:?}"
+    );
+}

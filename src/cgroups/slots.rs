@@ -10,7 +10,10 @@
 //! every snapshot, or missing from a walk) are served one last time, then
 //! freed (their counts kept as a baseline, so the slot's next owner starts
 //! from zero) and their series dropped. A slot assigned after a walk began
-//! is left for the next walk. Slot
+//! is left for the next walk. A cgroup removed before any walk named it
+//! has its counts added to `other`, so the sum over `name` is every event.
+//! A cgroup re-created under the path of one being served for the last
+//! time appears one snapshot later, so no series name appears twice. Slot
 //! [`SLOTS`] is `other`: cgroups that found no free slot.
 
 use std::collections::{HashMap, HashSet};
@@ -104,35 +107,60 @@ pub fn prepare(parts: OpenParts<'_, '_>, count_cgroups: bool, cpus: u32) -> anyh
     Ok(())
 }
 
+/// Whether a sampler counts per cgroup.
+pub enum Support {
+    /// Turned off by its `cgroups` option.
+    Off,
+    /// On, over the cgroup2 hierarchy mounted here.
+    On(PathBuf),
+    /// Wanted but impossible here, and why.
+    Unsupported(String),
+}
+
+impl Support {
+    /// The sampler's per-cgroup `metrics` as absent, when unsupported: for
+    /// `/samplers`.
+    pub fn absent(&self, metrics: &[&MetricDef]) -> Vec<crate::samplers::Absent> {
+        match self {
+            Support::Unsupported(reason) => metrics
+                .iter()
+                .map(|m| crate::samplers::Absent {
+                    metric: m.name.to_string(),
+                    reason: reason.clone(),
+                })
+                .collect(),
+            _ => Vec::new(),
+        }
+    }
+}
+
 /// Loads a sampler's programs with per-cgroup counting when `wanted` and
-/// possible, else without: returns the loaded object and, when counting per
-/// cgroup, the cgroup2 mount. Why it is not possible (no cgroup2 mount, no
-/// cgroup storage in the kernel) is logged as a warning naming `what`.
+/// possible, else without. Why it is not possible (no cgroup2 mount, no
+/// cgroup storage in the kernel) is logged as a warning naming `what`, and
+/// returned.
 pub fn load_with_cgroups<S>(
     sampler: &str,
     what: &str,
     root: &std::path::Path,
     wanted: bool,
     load: impl Fn(bool) -> anyhow::Result<S>,
-) -> anyhow::Result<(S, Option<PathBuf>)> {
+) -> anyhow::Result<(S, Support)> {
     if !wanted {
-        return Ok((load(false)?, None));
+        return Ok((load(false)?, Support::Off));
     }
     let mount = match super::find_mount(root) {
         Ok(mount) => mount,
         Err(why) => {
             tracing::warn!(sampler, "{what} unsupported: {why}");
-            return Ok((load(false)?, None));
+            return Ok((load(false)?, Support::Unsupported(why.to_string())));
         }
     };
     match load(true) {
-        Ok(loaded) => Ok((loaded, Some(mount))),
+        Ok(loaded) => Ok((loaded, Support::On(mount))),
         Err(e) => {
-            tracing::warn!(
-                sampler,
-                "{what} unsupported (needs cgroup storage, Linux 6.2): {e:#}"
-            );
-            Ok((load(false)?, None))
+            let why = format!("needs cgroup storage (Linux 6.2): {e:#}");
+            tracing::warn!(sampler, "{what} unsupported: {why}");
+            Ok((load(false)?, Support::Unsupported(why)))
         }
     }
 }
@@ -165,6 +193,10 @@ pub struct CgroupSlots {
     /// Counts left behind by freed slots' owners.
     baselines: HashMap<usize, Vec<u64>>,
     other: Vec<Option<Arc<Series>>>,
+    /// Counts of cgroups removed before a walk named them, served as `other`.
+    other_extra: Vec<u64>,
+    /// The last unlistable-directories warning, logged once.
+    unreadable: Option<String>,
 }
 
 impl CgroupSlots {
@@ -201,6 +233,8 @@ impl CgroupSlots {
             owners: MmapArray::new(maps.slot_owner)?,
             width,
             other: vec![None; columns.len()],
+            other_extra: vec![0; columns.len()],
+            unreadable: None,
             columns,
             scan_interval,
             last_scan: None,
@@ -234,28 +268,60 @@ impl CgroupSlots {
         self.counts.u64(slot * self.width + column, 0)
     }
 
+    /// Whether the cgroup owning `slot` has been removed (`cgroup_rmdir`).
+    fn removed(&self, slot: usize) -> bool {
+        self.owners.u64(slot, 0) != 0 && self.owners.u64(slot, 2) != 0
+    }
+
+    /// A slot whose cgroup is gone: served once more if it was named, else
+    /// freed now with its counts added to `other`.
+    fn gone(&mut self, slot: usize) -> anyhow::Result<()> {
+        if self.dying.iter().any(|(s, _)| *s == slot) {
+            return Ok(());
+        }
+        match self.slots.remove(&slot) {
+            Some(state) => self.dying.push((slot, state)),
+            None => self.free(slot, false)?,
+        }
+        Ok(())
+    }
+
     /// Names the slots in use and finds those whose cgroup is gone.
     fn scan(&mut self) -> anyhow::Result<()> {
         let walked = shared_walk(&self.mount, self.scan_interval)
             .map_err(|e| anyhow::anyhow!("reading {}: {e}", self.mount.display()))?;
+        match walked.unreadable.first() {
+            Some((dir, e)) => {
+                let message = format!(
+                    "{} cgroup directories cannot be listed, the first {}: {e}",
+                    walked.unreadable.len(),
+                    dir.display()
+                );
+                if self.unreadable.as_deref() != Some(message.as_str()) {
+                    tracing::warn!(
+                        "{message}; their cgroups' counts are served under name=\"other\" once they are removed"
+                    );
+                    self.unreadable = Some(message);
+                }
+            }
+            None => self.unreadable = None,
+        }
         let started = walked.started_ns;
         // with part of the hierarchy unlisted, a missing cgroup may be alive:
-        // free nothing this time rather than hand out a slot still in use
-        let may_free = walked.unreadable.is_empty();
+        // only those marked removed are freed this time
+        let complete = walked.unreadable.is_empty();
         let names: HashMap<u64, &[u8]> = walked
             .cgroups
             .iter()
             .map(|c| (c.id, c.name.as_slice()))
             .collect();
-        let mut live = HashSet::new();
         for slot in 0..SLOTS {
             let (id, assigned) = (self.owners.u64(slot, 0), self.owners.u64(slot, 1));
-            if id == 0 || self.dying.iter().any(|(s, _)| *s == slot) {
+            if id == 0 || self.removed(slot) || self.dying.iter().any(|(s, _)| *s == slot) {
                 continue;
             }
             match names.get(&id) {
                 Some(name) => {
-                    live.insert(slot);
                     if self.slots.get(&slot).is_none_or(|s| s.id != id) {
                         let baseline = self
                             .baselines
@@ -272,28 +338,25 @@ impl CgroupSlots {
                 }
                 // made after the walk began: named at the next walk
                 None if assigned >= started => {}
-                None if may_free => {
-                    live.insert(slot);
-                    match self.slots.remove(&slot) {
-                        // served once more, then freed
-                        Some(state) => self.dying.push((slot, state)),
-                        // never served: freed now
-                        None => self.free(slot)?,
-                    }
-                }
-                None => {
-                    live.insert(slot);
-                }
+                None if complete => self.gone(slot)?,
+                None => {}
             }
         }
-        self.slots.retain(|slot, _| live.contains(slot));
         Ok(())
     }
 
-    /// Gives a dead cgroup's slot back, remembering its counts.
-    fn free(&mut self, slot: usize) -> anyhow::Result<()> {
-        let baseline = (0..self.width).map(|c| self.count(slot, c)).collect();
-        self.baselines.insert(slot, baseline);
+    /// Gives a dead cgroup's slot back, remembering its counts. Those of a
+    /// cgroup never named (removed before a walk found it) go to `other`.
+    fn free(&mut self, slot: usize, served: bool) -> anyhow::Result<()> {
+        let now: Vec<u64> = (0..self.width).map(|c| self.count(slot, c)).collect();
+        if !served {
+            let base = self.baselines.get(&slot);
+            for (c, extra) in self.other_extra.iter_mut().enumerate() {
+                let before = base.map_or(0, |b| b[c]);
+                *extra = extra.wrapping_add(now[c].wrapping_sub(before));
+            }
+        }
+        self.baselines.insert(slot, now);
         let key = (slot as u32).to_ne_bytes();
         self.slot_owner
             .update(&key, &[0u8; 24], MapFlags::ANY)
@@ -307,21 +370,15 @@ impl CgroupSlots {
     /// Emits every slot's counters (walking the hierarchy first when due).
     /// A series appears at its cgroup's first count in that column.
     pub fn emit(&mut self, out: &mut Emitter<'_>) -> anyhow::Result<()> {
-        for (slot, state) in std::mem::take(&mut self.dying) {
-            self.free(slot)?;
-            drop(state);
+        // served once more by the previous snapshot
+        for (slot, _) in std::mem::take(&mut self.dying) {
+            self.free(slot, true)?;
         }
-        // cgroups removed since the last snapshot: served once more
-        let owners = &self.owners;
-        let removed: Vec<usize> = self
-            .slots
-            .iter()
-            .filter(|(&slot, state)| owners.u64(slot, 2) != 0 && owners.u64(slot, 0) == state.id)
-            .map(|(&slot, _)| slot)
-            .collect();
-        for slot in removed {
-            if let Some(state) = self.slots.remove(&slot) {
-                self.dying.push((slot, state));
+        // cgroups removed since: marked by cgroup_rmdir (checked at every
+        // snapshot, a read of the mmap-ed owners)
+        for slot in 0..SLOTS {
+            if self.removed(slot) {
+                self.gone(slot)?;
             }
         }
         if self
@@ -332,7 +389,13 @@ impl CgroupSlots {
             self.last_scan = Some(Instant::now());
         }
         let (counts, width, columns) = (&self.counts, self.width, &self.columns);
-        let live = self.slots.iter_mut();
+        // a cgroup re-created under a dying one's path waits one snapshot,
+        // so no series appears twice (its counts are kept meanwhile)
+        let dying_names: HashSet<String> = self.dying.iter().map(|(_, s)| s.name.clone()).collect();
+        let live = self
+            .slots
+            .iter_mut()
+            .filter(|(_, s)| !dying_names.contains(&s.name));
         let dying = self.dying.iter_mut().map(|(slot, state)| (&*slot, state));
         for (&slot, state) in live.chain(dying) {
             for (c, column) in columns.iter().enumerate() {
@@ -351,7 +414,9 @@ impl CgroupSlots {
             }
         }
         for (c, column) in columns.iter().enumerate() {
-            let value = counts.u64(SLOTS * width + c, 0);
+            let value = counts
+                .u64(SLOTS * width + c, 0)
+                .wrapping_add(self.other_extra[c]);
             if value == 0 && self.other[c].is_none() {
                 continue;
             }

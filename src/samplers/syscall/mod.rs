@@ -36,7 +36,9 @@ use crate::bpf::{
 };
 use crate::cgroups::slots::{self, CgroupSlots, Column};
 use crate::metrics::{MetricDef, Series, HISTOGRAM_GROUPING_POWER, HISTOGRAM_MAX_VALUE_POWER};
-use crate::samplers::{Sampler, SamplerContext, SamplerOption, SamplerSpec, Source, SAMPLERS};
+use crate::samplers::{
+    Absent, Sampler, SamplerContext, SamplerOption, SamplerSpec, Source, SAMPLERS,
+};
 use crate::snapshot::Emitter;
 use classes::CLASSES;
 
@@ -91,6 +93,8 @@ struct Syscall {
     scratch: Vec<u64>,
     /// Per-cgroup counts, when on and supported.
     cgroups: Option<CgroupSlots>,
+    /// The per-cgroup metrics, when wanted but unsupported here.
+    absent: Vec<Absent>,
 }
 
 /// Opens and loads the programs, counting per cgroup or not.
@@ -127,15 +131,16 @@ fn load(latency_sampling: u32, count_cgroups: bool) -> anyhow::Result<bpf::Sysca
 fn init(ctx: &SamplerContext) -> anyhow::Result<Box<dyn Sampler>> {
     check_support()?;
     let latency_sampling = ctx.option(&SPEC, "latency_sampling") as u32;
-    let (mut skel, mount) = slots::load_with_cgroups(
+    let (mut skel, support) = slots::load_with_cgroups(
         SPEC.name,
         "cgroup_syscall",
         &ctx.root,
         ctx.option(&SPEC, slots::OPTION_CGROUPS.key) == 1,
         |cgroups| load(latency_sampling, cgroups),
     )?;
-    let cgroups = match mount {
-        Some(mount) => Some(CgroupSlots::with_options(
+    let absent = support.absent(&[&CGROUP_SYSCALL]);
+    let cgroups = match support {
+        slots::Support::On(mount) => Some(CgroupSlots::with_options(
             ctx,
             &SPEC,
             mount,
@@ -153,7 +158,7 @@ fn init(ctx: &SamplerContext) -> anyhow::Result<Box<dyn Sampler>> {
                 })
                 .collect(),
         )?),
-        None => None,
+        _ => None,
     };
     // the free slots are filled before the first event
     skel.attach()
@@ -177,10 +182,15 @@ fn init(ctx: &SamplerContext) -> anyhow::Result<Box<dyn Sampler>> {
             .collect(),
         scratch: Vec::new(),
         cgroups,
+        absent,
     }))
 }
 
 impl Sampler for Syscall {
+    fn absent(&self) -> Vec<Absent> {
+        self.absent.clone()
+    }
+
     fn refresh(&mut self, out: &mut Emitter<'_>) -> anyhow::Result<()> {
         let mut total = 0u64;
         for counter in &self.per_class {

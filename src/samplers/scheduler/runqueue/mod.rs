@@ -29,7 +29,7 @@ use libbpf_rs::skel::{OpenSkel, Skel, SkelBuilder};
 use crate::bpf::{check_support, classify, object_storage, possible_cpus, BankCounter, MmapArray};
 use crate::cgroups::slots::{self, CgroupSlots, Column};
 use crate::metrics::{MetricDef, Series};
-use crate::samplers::{Sampler, SamplerContext, SamplerSpec, Source, SAMPLERS};
+use crate::samplers::{Absent, Sampler, SamplerContext, SamplerSpec, Source, SAMPLERS};
 use crate::snapshot::Emitter;
 
 pub static RUNQUEUE_LATENCY: MetricDef = MetricDef::histogram(
@@ -130,6 +130,8 @@ struct Runqueue {
     scratch: Vec<u64>,
     /// Per-cgroup sums, when on and supported.
     cgroups: Option<CgroupSlots>,
+    /// The per-cgroup metrics, when wanted but unsupported here.
+    absent: Vec<Absent>,
 }
 
 /// Opens and loads the programs, summing per cgroup or not.
@@ -163,15 +165,21 @@ fn load(count_cgroups: bool) -> anyhow::Result<bpf::RunqueueSkel<'static>> {
 fn init(ctx: &SamplerContext) -> anyhow::Result<Box<dyn Sampler>> {
     check_support()?;
     let cpus = possible_cpus()?;
-    let (mut skel, mount) = slots::load_with_cgroups(
+    let (mut skel, support) = slots::load_with_cgroups(
         SPEC.name,
         "per-cgroup scheduling",
         &ctx.root,
         ctx.option(&SPEC, slots::OPTION_CGROUPS.key) == 1,
         load,
     )?;
-    let cgroups = match mount {
-        Some(mount) => Some(CgroupSlots::with_options(
+    let absent = support.absent(&[
+        &CGROUP_RUNQUEUE_WAIT,
+        &CGROUP_OFFCPU,
+        &CGROUP_CONTEXT_SWITCH,
+        &CGROUP_MIGRATIONS,
+    ]);
+    let cgroups = match support {
+        slots::Support::On(mount) => Some(CgroupSlots::with_options(
             ctx,
             &SPEC,
             mount,
@@ -183,7 +191,7 @@ fn init(ctx: &SamplerContext) -> anyhow::Result<Box<dyn Sampler>> {
             CGROUP_WIDTH,
             cgroup_columns(),
         )?),
-        None => None,
+        _ => None,
     };
     // the free slots are filled before the first event
     skel.attach().map_err(|e| {
@@ -210,10 +218,15 @@ fn init(ctx: &SamplerContext) -> anyhow::Result<Box<dyn Sampler>> {
             .collect(),
         scratch: Vec::new(),
         cgroups,
+        absent,
     }))
 }
 
 impl Sampler for Runqueue {
+    fn absent(&self) -> Vec<Absent> {
+        self.absent.clone()
+    }
+
     fn refresh(&mut self, out: &mut Emitter<'_>) -> anyhow::Result<()> {
         let online = crate::source::online_cpus();
         for counter in &self.switch_counters {
