@@ -321,21 +321,21 @@ impl CgroupSlots {
                 continue;
             }
             match names.get(&id) {
-                Some(name) => {
-                    if self.slots.get(&slot).is_none_or(|s| s.id != id) {
-                        let baseline = self
-                            .baselines
-                            .remove(&slot)
-                            .unwrap_or_else(|| vec![0; self.width]);
-                        let slot_state = Slot {
-                            id,
-                            baseline,
-                            series: vec![None; self.columns.len()],
-                            name: label_value(name),
-                        };
-                        self.slots.insert(slot, slot_state);
-                    }
+                Some(name) if self.slots.get(&slot).is_none_or(|s| s.id != id) => {
+                    let baseline = self
+                        .baselines
+                        .remove(&slot)
+                        .unwrap_or_else(|| vec![0; self.width]);
+                    let slot_state = Slot {
+                        id,
+                        baseline,
+                        series: vec![None; self.columns.len()],
+                        name: label_value(name),
+                    };
+                    self.slots.insert(slot, slot_state);
                 }
+                // named already
+                Some(_) => {}
                 // made after the walk began: named at the next walk
                 None if assigned >= started => {}
                 None if complete => self.gone(slot)?,
