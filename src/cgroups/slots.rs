@@ -83,6 +83,34 @@ pub struct OpenParts<'a, 'obj> {
     pub cgroup_rmdir_slot: &'a mut OpenProgramMut<'obj>,
 }
 
+/// The [`OpenParts`] of an open skeleton (every skeleton including
+/// cgroup_slot.h has them, under the same names).
+macro_rules! open_parts {
+    ($open:expr) => {
+        $crate::cgroups::slots::OpenParts {
+            cgroup_slot: &mut $open.maps.cgroup_slot,
+            free_slots: &mut $open.maps.free_slots,
+            slot_owner: &mut $open.maps.slot_owner,
+            cgroup_counts: &mut $open.maps.cgroup_counts,
+            slot_cache: &mut $open.maps.slot_cache,
+            cgroup_rmdir_slot: &mut $open.progs.cgroup_rmdir_slot,
+        }
+    };
+}
+pub(crate) use open_parts;
+
+/// The [`Maps`] of a loaded skeleton.
+macro_rules! loaded_maps {
+    ($skel:expr) => {
+        $crate::cgroups::slots::Maps {
+            free_slots: &$skel.maps.free_slots,
+            slot_owner: &$skel.maps.slot_owner,
+            cgroup_counts: &$skel.maps.cgroup_counts,
+        }
+    };
+}
+pub(crate) use loaded_maps;
+
 /// Readies those parts for load: sized for `cpus` when counting per
 /// cgroup, else left out (cgroup storage may not exist in this kernel; the
 /// code using them is dropped by the verifier, `count_cgroups` being false).

@@ -115,15 +115,7 @@ fn load(latency_sampling: u32, count_cgroups: bool) -> anyhow::Result<bpf::Sysca
         .counts
         .set_max_entries(cpus)
         .map_err(|e| classify(e, "sizing the syscall counter banks"))?;
-    let parts = slots::OpenParts {
-        cgroup_slot: &mut open.maps.cgroup_slot,
-        free_slots: &mut open.maps.free_slots,
-        slot_owner: &mut open.maps.slot_owner,
-        cgroup_counts: &mut open.maps.cgroup_counts,
-        slot_cache: &mut open.maps.slot_cache,
-        cgroup_rmdir_slot: &mut open.progs.cgroup_rmdir_slot,
-    };
-    slots::prepare(parts, count_cgroups, cpus)?;
+    slots::prepare(slots::open_parts!(open), count_cgroups, cpus)?;
     open.load()
         .map_err(|e| classify(e, "loading the syscall BPF programs"))
 }
@@ -144,11 +136,7 @@ fn init(ctx: &SamplerContext) -> anyhow::Result<Box<dyn Sampler>> {
             ctx,
             &SPEC,
             mount,
-            slots::Maps {
-                free_slots: &skel.maps.free_slots,
-                slot_owner: &skel.maps.slot_owner,
-                cgroup_counts: &skel.maps.cgroup_counts,
-            },
+            slots::loaded_maps!(skel),
             CLASSES.len(),
             CLASSES
                 .iter()

@@ -149,15 +149,7 @@ fn load(count_cgroups: bool) -> anyhow::Result<bpf::RunqueueSkel<'static>> {
         .as_deref_mut()
         .ok_or_else(|| anyhow::anyhow!("the scheduler BPF object has no .rodata section"))?
         .count_cgroups = count_cgroups;
-    let parts = slots::OpenParts {
-        cgroup_slot: &mut open.maps.cgroup_slot,
-        free_slots: &mut open.maps.free_slots,
-        slot_owner: &mut open.maps.slot_owner,
-        cgroup_counts: &mut open.maps.cgroup_counts,
-        slot_cache: &mut open.maps.slot_cache,
-        cgroup_rmdir_slot: &mut open.progs.cgroup_rmdir_slot,
-    };
-    slots::prepare(parts, count_cgroups, cpus)?;
+    slots::prepare(slots::open_parts!(open), count_cgroups, cpus)?;
     open.load()
         .map_err(|e| classify(e, "loading the scheduler BPF programs"))
 }
@@ -183,11 +175,7 @@ fn init(ctx: &SamplerContext) -> anyhow::Result<Box<dyn Sampler>> {
             ctx,
             &SPEC,
             mount,
-            slots::Maps {
-                free_slots: &skel.maps.free_slots,
-                slot_owner: &skel.maps.slot_owner,
-                cgroup_counts: &skel.maps.cgroup_counts,
-            },
+            slots::loaded_maps!(skel),
             CGROUP_WIDTH,
             cgroup_columns(),
         )?),
