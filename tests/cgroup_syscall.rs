@@ -310,20 +310,32 @@ fn cgroups_removed_before_a_walk_are_counted_as_other() {
 }
 
 /// A cgroup removed and made again under the same path (a service restart)
-/// never shows up twice in one snapshot, and the new one counts from zero.
+/// never shows up twice in one snapshot, and continues the old one's series:
+/// the new one's own counts are added to the old one's last values, so no
+/// series goes back (for `cgroup_syscall` and `cgroup_cpu_usage` alike).
 #[test]
-fn a_cgroup_made_again_under_the_same_path_is_served_once_per_snapshot() {
+fn a_cgroup_made_again_under_the_same_path_continues_its_series() {
     let _alone = alone();
-    let agent = syscall_agent();
+    let agent = Agent::start(
+        "",
+        &format!(
+            "[defaults]\nenabled = false\n{SYSCALL}\
+             [samplers.cgroup_cpu]\nenabled = true\nscan_interval_ms = 0\n"
+        ),
+    );
+    require_active(&agent, &["syscall", "cgroup_cpu"]);
     let top = Cgroup::top(&format!("rzt{}again", std::process::id()));
     let first = top.child("svc");
     let name = first.name.clone();
     first.python("for _ in range(500): os.sched_yield()");
-    agent.snapshot();
+    let cpu = |snap: &Snap| snap.get("cgroup_cpu_usage", &[("state", "user"), ("name", &name)]);
+    let was = agent.snapshot();
+    let cpu_before = cpu(&was).expect("no cgroup_cpu_usage");
     drop(first);
     let second = top.child("svc");
     second.python("for _ in range(100): os.sched_yield()");
     let mut seen = Vec::new();
+    let mut last_cpu = cpu_before;
     for _ in 0..4 {
         let snap = agent.snapshot();
         let series: Vec<i128> = snap
@@ -338,11 +350,18 @@ fn a_cgroup_made_again_under_the_same_path_is_served_once_per_snapshot() {
             .collect();
         assert!(series.len() <= 1, "{name} served twice: {series:?}");
         seen.push(series.first().copied());
+        if let Some(now) = cpu(&snap) {
+            assert!(
+                now >= last_cpu,
+                "cgroup_cpu_usage went back: {last_cpu} -> {now}"
+            );
+            last_cpu = now;
+        }
     }
-    // the old cgroup's last value, then the new one's from zero
+    // the old cgroup's last value, then the new one's added to it
     assert_eq!(seen[0], Some(500), "{seen:?}");
     assert!(
-        seen[2..].iter().all(|v| matches!(v, Some(100..=110))),
+        seen[2..].iter().all(|v| matches!(v, Some(600..=610))),
         "{seen:?}"
     );
 }

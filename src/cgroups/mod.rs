@@ -57,6 +57,12 @@ pub struct Walk {
     pub started_ns: u64,
 }
 
+/// How long the last values of a removed cgroup's series are remembered: a
+/// cgroup made again under the same path within this time continues them
+/// (as an interface or disk does; see docs/METRICS.md, "Counters never go
+/// backwards"), later it starts afresh.
+pub const FORGET_AFTER: std::time::Duration = std::time::Duration::from_secs(600);
+
 /// How old a walk made by another sampler may be and still be used: long
 /// enough to cover one snapshot's samplers, short enough that a sampler
 /// never sees cgroups later than its own scan interval would.

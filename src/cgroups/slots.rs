@@ -199,8 +199,18 @@ struct Slot {
     id: u64,
     /// Counts of the slot's previous owners, subtracted.
     baseline: Vec<u64>,
+    /// The last values served under this name by a cgroup that had it
+    /// before (removed and made again), added: a series never goes back.
+    offset: Vec<u64>,
     series: Vec<Option<Arc<Series>>>,
     name: String,
+}
+
+impl Slot {
+    /// The value served for column `c` when the slot's counter reads `count`.
+    fn value(&self, count: u64, c: usize) -> u64 {
+        self.offset[c].wrapping_add(count.wrapping_sub(self.baseline[c]))
+    }
 }
 
 /// Per-cgroup counters of one BPF program.
@@ -225,6 +235,10 @@ pub struct CgroupSlots {
     other_extra: Vec<u64>,
     /// The last unlistable-directories warning, logged once.
     unreadable: Option<String>,
+    /// By name, the last values served for cgroups that are gone, and
+    /// when: continued by a cgroup made again under that name within
+    /// [`super::FORGET_AFTER`].
+    carried: HashMap<String, (Instant, Vec<u64>)>,
 }
 
 impl CgroupSlots {
@@ -263,6 +277,7 @@ impl CgroupSlots {
             other: vec![None; columns.len()],
             other_extra: vec![0; columns.len()],
             unreadable: None,
+            carried: HashMap::new(),
             columns,
             scan_interval,
             last_scan: None,
@@ -354,11 +369,23 @@ impl CgroupSlots {
                         .baselines
                         .remove(&slot)
                         .unwrap_or_else(|| vec![0; self.width]);
+                    let name = label_value(name);
+                    // continues the series of an earlier cgroup of that name:
+                    // one served for the last time now, or one gone before
+                    let dying = self.dying.iter().find(|(_, d)| d.name == name);
+                    let offset = match (dying, self.carried.remove(&name)) {
+                        (Some((old, state)), _) => (0..self.columns.len())
+                            .map(|c| state.value(self.count(*old, c), c))
+                            .collect(),
+                        (None, Some((_, values))) => values,
+                        (None, None) => vec![0; self.columns.len()],
+                    };
                     let slot_state = Slot {
                         id,
                         baseline,
+                        offset,
                         series: vec![None; self.columns.len()],
-                        name: label_value(name),
+                        name,
                     };
                     self.slots.insert(slot, slot_state);
                 }
@@ -399,7 +426,17 @@ impl CgroupSlots {
     /// A series appears at its cgroup's first count in that column.
     pub fn emit(&mut self, out: &mut Emitter<'_>) -> anyhow::Result<()> {
         // served once more by the previous snapshot
-        for (slot, _) in std::mem::take(&mut self.dying) {
+        let now = Instant::now();
+        self.carried
+            .retain(|_, (at, _)| now.duration_since(*at) < super::FORGET_AFTER);
+        for (slot, state) in std::mem::take(&mut self.dying) {
+            // remembered unless a new cgroup of that name continues it already
+            if !self.slots.values().any(|s| s.name == state.name) {
+                let last = (0..self.columns.len())
+                    .map(|c| state.value(self.count(slot, c), c))
+                    .collect();
+                self.carried.insert(state.name, (now, last));
+            }
             self.free(slot, true)?;
         }
         // cgroups removed since: marked by cgroup_rmdir (checked at every
@@ -427,9 +464,7 @@ impl CgroupSlots {
         let dying = self.dying.iter_mut().map(|(slot, state)| (&*slot, state));
         for (&slot, state) in live.chain(dying) {
             for (c, column) in columns.iter().enumerate() {
-                let value = counts
-                    .u64(slot * width + c, 0)
-                    .wrapping_sub(state.baseline[c]);
+                let value = state.value(counts.u64(slot * width + c, 0), c);
                 if value == 0 && state.series[c].is_none() {
                     continue;
                 }

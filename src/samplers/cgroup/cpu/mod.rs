@@ -27,7 +27,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use crate::cgroups::{find_mount, open_file_budget, shared_walk, Cgroup, Walk};
+use crate::cgroups::{find_mount, open_file_budget, shared_walk, Cgroup, Walk, FORGET_AFTER};
 use crate::logging::Repeated;
 use crate::metrics::{MetricDef, Series};
 use crate::samplers::{Sampler, SamplerContext, SamplerOption, SamplerSpec, Source, SAMPLERS};
@@ -127,15 +127,18 @@ struct Tracked {
     inode: u64,
     stat: PathBuf,
     file: Option<File>,
-    user: Arc<Series>,
-    system: Arc<Series>,
-    throttled: Arc<Series>,
-    throttled_time: Arc<Series>,
+    /// user, system, throttled, throttled time
+    series: [Arc<Series>; 4],
+    /// The last values a cgroup of the same name served before it was
+    /// removed (this one was made again): added, so no series goes back.
+    offset: [u64; 4],
+    /// The last values served, offset included.
+    last: [u64; 4],
     seen: u64,
 }
 
 impl Tracked {
-    fn new(cgroup: Cgroup, hold: bool, seen: u64) -> Self {
+    fn new(cgroup: Cgroup, hold: bool, seen: u64, offset: [u64; 4]) -> Self {
         let stat = cgroup.dir.join("cpu.stat");
         let file = if hold { File::open(&stat).ok() } else { None };
         let name = label_value(&cgroup.name);
@@ -145,10 +148,14 @@ impl Tracked {
             inode: cgroup.id,
             stat,
             file,
-            user: state("user"),
-            system: state("system"),
-            throttled: named(&CGROUP_CPU_THROTTLED),
-            throttled_time: named(&CGROUP_CPU_THROTTLED_TIME),
+            series: [
+                state("user"),
+                state("system"),
+                named(&CGROUP_CPU_THROTTLED),
+                named(&CGROUP_CPU_THROTTLED_TIME),
+            ],
+            offset,
+            last: offset,
             seen,
         }
     }
@@ -184,23 +191,24 @@ impl Tracked {
     }
 
     /// Reads `cpu.stat` and emits its values; false once the cgroup is gone.
-    fn emit(&self, buf: &mut Vec<u8>, out: &mut Emitter<'_>) -> bool {
+    fn emit(&mut self, buf: &mut Vec<u8>, out: &mut Emitter<'_>) -> bool {
         if !self.read(buf) {
             return false;
         }
         let stat = parse_cpu_stat(buf);
         let ns = |us: u64| us.saturating_mul(1000);
-        if let Some(v) = stat.user_usec {
-            out.counter(&self.user, ns(v));
-        }
-        if let Some(v) = stat.system_usec {
-            out.counter(&self.system, ns(v));
-        }
-        if let Some(v) = stat.nr_throttled {
-            out.counter(&self.throttled, v);
-        }
-        if let Some(v) = stat.throttled_usec {
-            out.counter(&self.throttled_time, ns(v));
+        let values = [
+            stat.user_usec.map(ns),
+            stat.system_usec.map(ns),
+            stat.nr_throttled,
+            stat.throttled_usec.map(ns),
+        ];
+        for (i, value) in values.into_iter().enumerate() {
+            if let Some(v) = value {
+                let v = self.offset[i].saturating_add(v);
+                out.counter(&self.series[i], v);
+                self.last[i] = v;
+            }
         }
         true
     }
@@ -219,6 +227,10 @@ struct CgroupCpu {
     generation: u64,
     buf: Vec<u8>,
     unreadable: Repeated,
+    /// By name, the last values served for cgroups that are gone, and
+    /// when: continued by a cgroup made again under that name within
+    /// [`FORGET_AFTER`].
+    carried: HashMap<Vec<u8>, (Instant, [u64; 4])>,
 }
 
 fn init(ctx: &SamplerContext) -> anyhow::Result<Box<dyn Sampler>> {
@@ -234,6 +246,7 @@ fn init(ctx: &SamplerContext) -> anyhow::Result<Box<dyn Sampler>> {
         generation: 0,
         buf: Vec::new(),
         unreadable: Repeated::with_window(Duration::from_secs(3600)),
+        carried: HashMap::new(),
     }))
 }
 
@@ -268,11 +281,19 @@ impl CgroupCpu {
             match self.tracked.get_mut(&cgroup.name) {
                 Some(t) if t.inode == cgroup.id => t.seen = generation,
                 // new, or re-created under the same path: new series that
+                // continue the old one's last values (`carried`), and
                 // start from its own counts
                 _ => new.push(cgroup.clone()),
             }
         }
-        self.tracked.retain(|_, t| t.seen == generation);
+        let carried = &mut self.carried;
+        self.tracked.retain(|name, t| {
+            let keep = t.seen == generation;
+            if !keep {
+                carried.insert(name.clone(), (Instant::now(), t.last));
+            }
+            keep
+        });
         let mut untracked = unreadable.len() as i64;
         let mut held = self.tracked.values().filter(|t| t.file.is_some()).count();
         for cgroup in new {
@@ -281,7 +302,8 @@ impl CgroupCpu {
                 continue;
             }
             let name = cgroup.name.clone();
-            let t = Tracked::new(cgroup, held < self.budget, generation);
+            let offset = self.carried.remove(&name).map_or([0; 4], |(_, last)| last);
+            let t = Tracked::new(cgroup, held < self.budget, generation, offset);
             held += usize::from(t.file.is_some());
             self.tracked.insert(name, t);
         }
@@ -302,7 +324,16 @@ impl Sampler for CgroupCpu {
         // a cgroup removed since the scan fails its read and drops out now:
         // its last value was served by the previous snapshot
         let buf = &mut self.buf;
-        self.tracked.retain(|_, t| t.emit(buf, out));
+        let carried = &mut self.carried;
+        let now = Instant::now();
+        carried.retain(|_, (at, _)| now.duration_since(*at) < FORGET_AFTER);
+        self.tracked.retain(|name, t| {
+            let alive = t.emit(buf, out);
+            if !alive {
+                carried.insert(name.clone(), (now, t.last));
+            }
+            alive
+        });
         out.gauge(&self.untracked, self.untracked_count);
         Ok(())
     }
