@@ -303,8 +303,10 @@ fn cgroups_removed_before_a_walk_are_counted_as_other() {
         other >= CGROUPS as i128 * YIELDS,
         "{other} yields under other for {CGROUPS} x {YIELDS} in cgroups never named"
     );
-    assert_eq!(
-        named, machine,
+    // the machine-wide and per-cgroup counters are read moments apart: a
+    // yield by anything else in between may show in one and not the other
+    assert!(
+        (named - machine).abs() <= 5,
         "sum over names {named} != machine-wide {machine} (other {other})"
     );
 }
