@@ -260,20 +260,10 @@ fn with_cgroup_v1_alone_per_cgroup_metrics_are_reported_absent() {
     let mount = std::ffi::CString::new(cgroup2_mount().as_os_str().as_bytes()).unwrap();
     let agent = Agent::start_with_setup(
         move || {
-            // SAFETY: plain system calls on C strings that outlive them
-            unsafe {
-                if libc::unshare(libc::CLONE_NEWNS) != 0
-                    || libc::mount(
-                        c"none".as_ptr(),
-                        c"/".as_ptr(),
-                        std::ptr::null(),
-                        libc::MS_REC | libc::MS_PRIVATE,
-                        std::ptr::null(),
-                    ) != 0
-                    || libc::umount2(mount.as_ptr(), libc::MNT_DETACH) != 0
-                {
-                    return Err(std::io::Error::last_os_error());
-                }
+            common::private_mount_namespace()?;
+            // SAFETY: a plain system call on a C string that outlives it
+            if unsafe { libc::umount2(mount.as_ptr(), libc::MNT_DETACH) } != 0 {
+                return Err(std::io::Error::last_os_error());
             }
             Ok(())
         },

@@ -17,6 +17,20 @@ fn syscalls(snap: &Snap, op: &str, name: &str) -> i128 {
 
 const SYSCALL: &str = "[samplers.syscall]\nenabled = true\ncgroup_scan_interval_ms = 0\n";
 
+/// The syscall sampler counting per cgroup, and `cgroup_cpu`, both
+/// walking the hierarchy at every snapshot.
+fn syscall_and_cpu_agent() -> Agent {
+    let agent = Agent::start(
+        "",
+        &format!(
+            "[defaults]\nenabled = false\n{SYSCALL}\
+             [samplers.cgroup_cpu]\nenabled = true\nscan_interval_ms = 0\n"
+        ),
+    );
+    require_active(&agent, &["syscall", "cgroup_cpu"]);
+    agent
+}
+
 fn syscall_agent() -> Agent {
     let agent = Agent::start("", &format!("[defaults]\nenabled = false\n{SYSCALL}"));
     require_active(&agent, &["syscall"]);
@@ -42,14 +56,7 @@ fn cpu_seconds(snap: &Snap, name: &str) -> f64 {
 fn cpu_and_syscalls_land_in_the_cgroup_that_made_them() {
     const N: i128 = 50_000;
     let _alone = alone();
-    let agent = Agent::start(
-        "",
-        &format!(
-            "[defaults]\nenabled = false\n{SYSCALL}\
-             [samplers.cgroup_cpu]\nenabled = true\nscan_interval_ms = 0\n"
-        ),
-    );
-    require_active(&agent, &["syscall", "cgroup_cpu"]);
+    let agent = syscall_and_cpu_agent();
     let top = Cgroup::top(&format!("rzt{}sys", std::process::id()));
     let (busy, idle) = (top.child("busy"), top.child("idle"));
     let before = agent.snapshot();
@@ -318,14 +325,7 @@ fn cgroups_removed_before_a_walk_are_counted_as_other() {
 #[test]
 fn a_cgroup_made_again_under_the_same_path_continues_its_series() {
     let _alone = alone();
-    let agent = Agent::start(
-        "",
-        &format!(
-            "[defaults]\nenabled = false\n{SYSCALL}\
-             [samplers.cgroup_cpu]\nenabled = true\nscan_interval_ms = 0\n"
-        ),
-    );
-    require_active(&agent, &["syscall", "cgroup_cpu"]);
+    let agent = syscall_and_cpu_agent();
     let top = Cgroup::top(&format!("rzt{}again", std::process::id()));
     let first = top.child("svc");
     let name = first.name.clone();

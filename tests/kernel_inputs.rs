@@ -116,26 +116,19 @@ fn iowait_going_backwards_is_held_and_counted() {
     let source = CString::new(stat.as_os_str().as_bytes()).unwrap();
     let agent = Agent::start_with_setup(
         move || {
-            // SAFETY: plain system calls on C strings that outlive them
-            unsafe {
-                if libc::unshare(libc::CLONE_NEWNS) != 0
-                    || libc::mount(
-                        c"none".as_ptr(),
-                        c"/".as_ptr(),
-                        std::ptr::null(),
-                        libc::MS_REC | libc::MS_PRIVATE,
-                        std::ptr::null(),
-                    ) != 0
-                    || libc::mount(
-                        source.as_ptr(),
-                        c"/proc/stat".as_ptr(),
-                        std::ptr::null(),
-                        libc::MS_BIND,
-                        std::ptr::null(),
-                    ) != 0
-                {
-                    return Err(std::io::Error::last_os_error());
-                }
+            common::private_mount_namespace()?;
+            // SAFETY: a plain system call on C strings that outlive it
+            let bound = unsafe {
+                libc::mount(
+                    source.as_ptr(),
+                    c"/proc/stat".as_ptr(),
+                    std::ptr::null(),
+                    libc::MS_BIND,
+                    std::ptr::null(),
+                )
+            };
+            if bound != 0 {
+                return Err(std::io::Error::last_os_error());
             }
             Ok(())
         },

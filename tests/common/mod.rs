@@ -454,6 +454,27 @@ pub fn run(args: &[&str]) -> std::process::Output {
         .unwrap()
 }
 
+/// For `Agent::start_with_setup`: moves the child into a mount namespace of
+/// its own, with every mount private, so what it mounts or unmounts next is
+/// seen by it alone. Only async-signal-safe system calls.
+pub fn private_mount_namespace() -> std::io::Result<()> {
+    // SAFETY: plain system calls on static C strings
+    unsafe {
+        if libc::unshare(libc::CLONE_NEWNS) != 0
+            || libc::mount(
+                c"none".as_ptr(),
+                c"/".as_ptr(),
+                std::ptr::null(),
+                libc::MS_REC | libc::MS_PRIVATE,
+                std::ptr::null(),
+            ) != 0
+        {
+            return Err(std::io::Error::last_os_error());
+        }
+    }
+    Ok(())
+}
+
 /// Fails unless every named sampler is active, showing the reason if not.
 pub fn require_active(agent: &Agent, names: &[&str]) {
     for name in names {
