@@ -57,7 +57,7 @@ pub static SYSCALL_LATENCY: MetricDef = MetricDef::histogram(
 pub static CGROUP_SYSCALL: MetricDef = MetricDef::counter(
     "cgroup_syscall",
     "syscalls",
-    "System calls entered by the tasks of cgroup `name` (`other`: cgroups beyond `max_cgroups`), by op class",
+    "System calls entered by the tasks of cgroup `name` (`other`: cgroups beyond `max_cgroups`, or removed before they were named), by op class",
 )
 .labels(&["op", "name"]);
 
