@@ -35,6 +35,9 @@ pub struct Status {
     pub state: State,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub reason: Option<String>,
+    /// For an active sampler that chose how to measure, what it chose.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub method: Option<String>,
     /// For an active sampler, the metrics this machine can't provide.
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub absent: Vec<Absent>,
@@ -91,6 +94,7 @@ impl Collector {
                     source: spec.source.describe(),
                     state,
                     reason,
+                    method: sampler.as_ref().and_then(|s| s.method()),
                     absent: sampler.as_ref().map(|s| s.absent()).unwrap_or_default(),
                 };
                 log_status(&status);
@@ -113,6 +117,7 @@ impl Collector {
                     source: "test".into(),
                     state: State::Active,
                     reason: None,
+                    method: sampler.method(),
                     absent: sampler.absent(),
                 },
                 sampler: Some(sampler),
@@ -204,8 +209,14 @@ impl Collector {
 
 fn log_status(status: &Status) {
     let reason = status.reason.as_deref().unwrap_or("");
+    let method = match &status.method {
+        Some(method) => format!(" ({method})"),
+        None => String::new(),
+    };
     match status.state {
-        State::Active if status.absent.is_empty() => info!(sampler = status.name, "active"),
+        State::Active if status.absent.is_empty() => {
+            info!(sampler = status.name, "active{method}")
+        }
         State::Active => {
             let absent: Vec<String> = status
                 .absent
@@ -214,7 +225,7 @@ fn log_status(status: &Status) {
                 .collect();
             info!(
                 sampler = status.name,
-                "active; absent here: {}",
+                "active{method}; absent here: {}",
                 absent.join("; ")
             )
         }

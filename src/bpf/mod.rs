@@ -233,6 +233,51 @@ impl Drop for MmapArray {
     }
 }
 
+/// A named-slot table (`NAMED_SLOTS` in rezolus.h): slot `i` holds a
+/// non-zero id once claimed by a program, then a name of up to
+/// [`SLOT_NAME_LEN`] bytes, published by setting `named`.
+pub struct NamedSlots(MmapArray);
+
+/// `SLOT_NAME_LEN` in rezolus.h.
+pub const SLOT_NAME_LEN: usize = 32;
+
+impl NamedSlots {
+    /// Maps the table; fails if the map's values are not `struct named_slot`.
+    pub fn new(map: &libbpf_rs::Map<'_>) -> anyhow::Result<Self> {
+        let expected = 16 + SLOT_NAME_LEN;
+        anyhow::ensure!(
+            map.value_size() as usize == expected,
+            "BPF map {} has {}-byte values, not rezolus.h's {expected}-byte struct named_slot",
+            map.name().to_string_lossy(),
+            map.value_size()
+        );
+        Ok(Self(MmapArray::new(map)?))
+    }
+
+    pub fn len(&self) -> usize {
+        self.0.entries()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.0.entries() == 0
+    }
+
+    /// The name of `slot` as a label value, once published (`None` before,
+    /// or if the name is empty).
+    pub fn name(&self, slot: usize) -> Option<String> {
+        if self.0.u64(slot, 1) == 0 {
+            return None;
+        }
+        // the program wrote the name before `named`
+        std::sync::atomic::fence(std::sync::atomic::Ordering::Acquire);
+        let bytes: Vec<u8> = (0..SLOT_NAME_LEN / 8)
+            .flat_map(|word| self.0.u64(slot, 2 + word).to_le_bytes())
+            .collect();
+        let end = bytes.iter().position(|b| *b == 0).unwrap_or(bytes.len());
+        (end > 0).then(|| crate::source::label_value(&bytes[..end]))
+    }
+}
+
 fn page_size() -> usize {
     // SAFETY: sysconf has no memory-safety preconditions.
     match unsafe { libc::sysconf(libc::_SC_PAGESIZE) } {

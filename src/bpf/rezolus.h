@@ -80,4 +80,66 @@ static __always_inline void *bank_of_this_cpu(void *map)
 	return bpf_map_lookup_elem(map, &cpu);
 }
 
+/* Named slots: a bounded, mmap-able table giving things met on a hot path
+ * (file system types, disks) a small index without a hash map. Slot i holds
+ * the thing's non-zero id, claimed first, then its name, and then `named`
+ * is set; userspace reads `named` before the name (bpf::NamedSlots in
+ * Rust). */
+#define SLOT_NAME_LEN 32
+
+struct named_slot {
+	u64 id;
+	u64 named;
+	char name[SLOT_NAME_LEN];
+};
+
+/* Writes a claimed slot's name (a kernel string) and publishes it. */
+static __always_inline void name_slot(void *map, u32 slot, const char *name)
+{
+	u32 key = slot;
+	struct named_slot *s = bpf_map_lookup_elem(map, &key);
+	if (!s)
+		return;
+	bpf_probe_read_kernel_str(s->name, sizeof(s->name), name);
+	__sync_fetch_and_add(&s->named, 1); /* a full barrier: the name first */
+}
+
+#define NAMED_SLOTS(name, n)                                                   \
+	struct {                                                               \
+		__uint(type, BPF_MAP_TYPE_ARRAY);                              \
+		__uint(map_flags, BPF_F_MMAPABLE);                             \
+		__type(key, u32);                                              \
+		__type(value, struct named_slot);                              \
+		__uint(max_entries, n);                                        \
+	} name SEC(".maps")
+
+/* The slot holding `id`, or the first free one, claimed with a
+ * compare-and-swap (CPUs racing for one slot agree on the winner); `n` when
+ * all n are taken. `*claimed` is set when this call took the slot: the
+ * caller then writes the name. O(n) in the worst case; things are met in
+ * the order of first use, so the busy ones sit early. */
+static __always_inline u32 slot_of(void *map, u32 n, u64 id, bool *claimed)
+{
+	*claimed = false;
+	for (u32 i = 0; i < n; i++) {
+		u32 key = i;
+		struct named_slot *s = bpf_map_lookup_elem(map, &key);
+		if (!s)
+			break;
+		u64 seen = s->id;
+		if (seen == id)
+			return i;
+		if (seen)
+			continue;
+		seen = __sync_val_compare_and_swap(&s->id, 0, id);
+		if (seen == 0) {
+			*claimed = true;
+			return i;
+		}
+		if (seen == id)
+			return i;
+	}
+	return n;
+}
+
 #endif

@@ -72,9 +72,51 @@ struct task_struct {
 	int pid;
 	int tgid;
 	unsigned int cpu;
+	struct files_struct *files;
 } __attribute__((preserve_access_index));
 
-struct pt_regs;
+/* A system call's number and first argument as saved at entry: orig_ax and
+ * di on x86-64, syscallno and orig_x0 on arm64 (programs test which exists
+ * with bpf_core_field_exists). */
+struct pt_regs {
+	unsigned long orig_ax;
+	unsigned long di;
+	int syscallno;
+	unsigned long orig_x0;
+} __attribute__((preserve_access_index));
+
+/* files and file systems */
+struct file_system_type {
+	const char *name;
+} __attribute__((preserve_access_index));
+
+struct super_block {
+	struct file_system_type *s_type;
+} __attribute__((preserve_access_index));
+
+struct inode {
+	unsigned short i_mode;
+	struct super_block *i_sb;
+} __attribute__((preserve_access_index));
+
+struct file {
+	struct inode *f_inode;
+} __attribute__((preserve_access_index));
+
+struct fdtable {
+	unsigned int max_fds;
+	struct file **fd;
+} __attribute__((preserve_access_index));
+
+struct files_struct {
+	struct fdtable *fdt;
+} __attribute__((preserve_access_index));
+
+struct kiocb {
+	struct file *ki_filp;
+} __attribute__((preserve_access_index));
+
+typedef long long loff_t;
 
 struct device {
 	struct device *parent;
@@ -86,6 +128,9 @@ struct block_device {
 
 struct gendisk {
 	struct block_device *part0;
+	int major;
+	int first_minor;
+	char disk_name[32];
 } __attribute__((preserve_access_index));
 
 struct request_queue {

@@ -65,6 +65,12 @@ pub trait Sampler: Send {
     fn absent(&self) -> Vec<Absent> {
         Vec::new()
     }
+
+    /// How this running sampler measures, when it chose among ways at start
+    /// (e.g. fentry, or system call tracepoints where fentry can't load).
+    fn method(&self) -> Option<String> {
+        None
+    }
 }
 
 /// A metric (or one series of it) a running sampler leaves out, and why.

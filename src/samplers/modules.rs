@@ -23,6 +23,8 @@ pub mod cpu_perf;
 pub mod cpu_software;
 #[path = "cpu/usage/mod.rs"]
 pub mod cpu_usage;
+#[path = "filesystem/latency/mod.rs"]
+pub mod filesystem_latency;
 #[path = "memory/meminfo/mod.rs"]
 pub mod memory_meminfo;
 #[path = "memory/vmstat/mod.rs"]

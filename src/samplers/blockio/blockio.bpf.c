@@ -1,14 +1,20 @@
 // SPDX-License-Identifier: GPL-2.0
 /* blockio: operations and bytes per op (per-CPU banks, counted at
  * completion), and histograms of request size and issue-to-completion
- * latency per op. Issue times are kept in a hash map keyed by request.
+ * latency per op, for all disks together and per disk. Issue times are kept
+ * in a hash map keyed by request: the kernel offers no per-request storage,
+ * and its own issue stamp (io_start_time_ns) is only set while block
+ * statistics are on. One update and one delete per request.
  *
- * Only requests to disks backed by a device are counted (the gendisk's
- * device has a parent: a PCI, virtio, SCSI, NVMe, MMC ... device). Virtual
- * request-based disks (loop, nbd, ublk, request-based device-mapper) pass
- * their IO on to another disk or to the network, where it is counted once:
- * counting them too would count the same bytes twice. Partitions, md and
- * most device-mapper targets issue no requests of their own. */
+ * The all-disk figures count requests to disks backed by a device (the
+ * gendisk's device has a parent: a PCI, virtio, SCSI, NVMe, MMC ... device).
+ * Virtual request-based disks (loop, nbd, ublk, request-based device-mapper)
+ * pass their IO on to another disk or to the network, where it is counted
+ * once: counting them too would count the same bytes twice. The per-disk
+ * histograms cover every disk, virtual ones included, each in its own slot
+ * (named as in /sys/block); BLOCKIO_DEVICES disks get one, the rest share
+ * the slot after. Partitions, md and most device-mapper targets issue no
+ * requests of their own. */
 #include "rezolus.h"
 #include <bpf/bpf_core_read.h>
 #include <bpf/bpf_tracing.h>
@@ -37,6 +43,27 @@ BANK_MAP(counters, blockio_bank);
 
 HISTOGRAM_MAP(histograms, BLOCKIO_HISTOGRAMS);
 
+/* disks with a slot of their own, by dev_t; then the shared overflow slot */
+#define BLOCKIO_DEVICES 64
+NAMED_SLOTS(devices, BLOCKIO_DEVICES);
+
+/* per disk slot: BLOCKIO_HISTOGRAMS histograms (latency per op, size per op) */
+HISTOGRAM_MAP(device_histograms, (BLOCKIO_DEVICES + 1) * BLOCKIO_HISTOGRAMS);
+
+static __always_inline u32 device_slot(struct request *rq)
+{
+	struct gendisk *disk = BPF_CORE_READ(rq, q, disk);
+	if (!disk)
+		return BLOCKIO_DEVICES;
+	u64 id = (1ULL << 63) | ((u64)BPF_CORE_READ(disk, major) << 32) |
+		 (u32)BPF_CORE_READ(disk, first_minor);
+	bool claimed;
+	u32 slot = slot_of(&devices, BLOCKIO_DEVICES, id, &claimed);
+	if (claimed)
+		name_slot(&devices, slot, __builtin_preserve_access_index(&disk->disk_name[0]));
+	return slot;
+}
+
 struct {
 	__uint(type, BPF_MAP_TYPE_HASH);
 	__type(key, u64);
@@ -47,8 +74,6 @@ struct {
 SEC("tp_btf/block_rq_issue")
 int BPF_PROG(block_rq_issue, struct request *rq)
 {
-	if (on_virtual_disk(rq))
-		return 0;
 	u64 key = (u64)rq;
 	u64 now = bpf_ktime_get_ns();
 	bpf_map_update_elem(&issued, &key, &now, BPF_ANY);
@@ -58,25 +83,31 @@ int BPF_PROG(block_rq_issue, struct request *rq)
 SEC("tp_btf/block_rq_complete")
 int BPF_PROG(block_rq_complete, struct request *rq, int error, unsigned int nr_bytes)
 {
-	if (on_virtual_disk(rq))
-		return 0;
 	u64 key = (u64)rq;
 	u32 op = rq->cmd_flags & REQ_OP_MASK;
 	u64 *start = bpf_map_lookup_elem(&issued, &key);
-	u64 issued_at = start ? *start : 0;
-	if (start)
+	bool timed = start != NULL;
+	u64 latency = timed ? bpf_ktime_get_ns() - *start : 0;
+	if (timed)
 		bpf_map_delete_elem(&issued, &key);
 	if (op >= OPS)
 		return 0;
 
+	u32 base = device_slot(rq) * BLOCKIO_HISTOGRAMS;
+	histogram_record(&device_histograms, base + SIZE + op, nr_bytes);
+	if (timed)
+		histogram_record(&device_histograms, base + LATENCY + op, latency);
+
+	if (on_virtual_disk(rq))
+		return 0;
 	struct blockio_bank *bank = bank_of_this_cpu(&counters);
 	if (bank) {
 		bank->counters[OPERATIONS + op] += 1;
 		bank->counters[BYTES + op] += nr_bytes;
 	}
 	histogram_record(&histograms, SIZE + op, nr_bytes);
-	if (issued_at)
-		histogram_record(&histograms, LATENCY + op, bpf_ktime_get_ns() - issued_at);
+	if (timed)
+		histogram_record(&histograms, LATENCY + op, latency);
 	return 0;
 }
 

@@ -7,17 +7,32 @@
 //! disks backed by a device (virtual request-based disks such as loop and
 //! nbd pass their IO on to another device and are left out, so nothing is
 //! counted twice). Other request ops (write-zeroes, secure erase, zone and driver
-//! ops) are not counted. Per-device figures come from `blockio_devices`.
+//! ops) are not counted.
+//!
+//! Per disk, virtual ones included: histograms `blockio_device_latency{op,
+//! device}` and `blockio_device_size{op, device}`, `device` named as in
+//! `/sys/block` (`vda`, `nvme0n1`, `loop3`). They are separate metric
+//! families because summing them with the all-disk series, or loop devices
+//! with the disks beneath them, would count IO twice. The first 64 disks
+//! (by major:minor) that complete a request after the agent starts get
+//! series of their own, hot-plugged and new loop devices included; IO to
+//! any later one is in `device="other"`. A series appears with the disk's
+//! first request of that op. Per-disk counts of operations, bytes and
+//! merges come from the `blockio_devices` sampler.
 
 mod bpf {
     include!(concat!(env!("OUT_DIR"), "/blockio.skel.rs"));
 }
 
+use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use libbpf_rs::skel::{OpenSkel, Skel, SkelBuilder};
 
-use crate::bpf::{check_support, classify, object_storage, possible_cpus, BankCounter, MmapArray};
+use crate::bpf::{
+    check_support, classify, object_storage, possible_cpus, BankCounter, MmapArray, NamedSlots,
+    HISTOGRAM_BUCKETS,
+};
 use crate::metrics::{MetricDef, Series};
 use crate::samplers::{Sampler, SamplerContext, SamplerSpec, Source, SAMPLERS};
 use crate::snapshot::Emitter;
@@ -47,17 +62,37 @@ pub static LATENCY: MetricDef = MetricDef::histogram(
 )
 .labels(&["op"]);
 
+pub static DEVICE_SIZE: MetricDef = MetricDef::histogram(
+    "blockio_device_size",
+    "bytes",
+    "Size of completed block IO requests to disk `device` (virtual disks included), by op",
+)
+.labels(&["op", "device"]);
+pub static DEVICE_LATENCY: MetricDef = MetricDef::histogram(
+    "blockio_device_latency",
+    "nanoseconds",
+    "Block IO request latency from issue to completion on disk `device` (virtual disks included), by op",
+)
+.labels(&["op", "device"]);
+
 #[linkme::distributed_slice(SAMPLERS)]
 static SPEC: SamplerSpec = SamplerSpec {
     name: "blockio",
     source: Source::Bpf("tp_btf/block_rq_issue, tp_btf/block_rq_complete"),
     options: &[],
-    metrics: || vec![&OPERATIONS, &BYTES, &SIZE, &LATENCY],
+    metrics: || vec![&OPERATIONS, &BYTES, &SIZE, &LATENCY, &DEVICE_SIZE, &DEVICE_LATENCY],
     init,
 };
 
 /// The kernel's REQ_OP numbers 0..=3, the order of the BPF counters.
 pub const OPS: [&str; 4] = ["read", "write", "flush", "discard"];
+/// `BLOCKIO_DEVICES` in blockio.bpf.c: disks with a slot of their own.
+const DEVICES: usize = 64;
+/// Histograms per disk slot: latency per op, then size per op.
+const PER_DEVICE: usize = 2 * OPS.len();
+
+/// One disk's histograms, by op: latency and size.
+type DeviceSeries = Vec<(Arc<Series>, Arc<Series>)>;
 
 struct Blockio {
     _skel: bpf::BlockioSkel<'static>,
@@ -66,6 +101,13 @@ struct Blockio {
     /// Per op: operations and bytes counters, latency and size histograms.
     series: Vec<(BankCounter, BankCounter, Arc<Series>, Arc<Series>)>,
     scratch: Vec<u64>,
+    devices: NamedSlots,
+    device_histograms: MmapArray,
+    /// Each slot's disk name, once the program has written it; the last
+    /// slot is the shared `other`.
+    device_names: Vec<Option<String>>,
+    /// Series by disk name (a name may have had two dev_t's).
+    device_series: BTreeMap<String, DeviceSeries>,
 }
 
 fn init(_: &SamplerContext) -> anyhow::Result<Box<dyn Sampler>> {
@@ -88,6 +130,15 @@ fn init(_: &SamplerContext) -> anyhow::Result<Box<dyn Sampler>> {
     })?;
     let counters = MmapArray::new(&skel.maps.counters)?;
     let histograms = MmapArray::new(&skel.maps.histograms)?;
+    let devices = NamedSlots::new(&skel.maps.devices)?;
+    let device_histograms = MmapArray::new(&skel.maps.device_histograms)?;
+    anyhow::ensure!(
+        devices.len() == DEVICES
+            && device_histograms.entries() == (DEVICES + 1) * PER_DEVICE * HISTOGRAM_BUCKETS,
+        "blockio.bpf.c and its loader disagree on the number of disk slots"
+    );
+    let mut device_names = vec![None; DEVICES + 1];
+    device_names[DEVICES] = Some("other".to_string());
     Ok(Box::new(Blockio {
         _skel: skel,
         counters,
@@ -105,6 +156,10 @@ fn init(_: &SamplerContext) -> anyhow::Result<Box<dyn Sampler>> {
             })
             .collect(),
         scratch: Vec::new(),
+        devices,
+        device_histograms,
+        device_names,
+        device_series: BTreeMap::new(),
     }))
 }
 
@@ -115,6 +170,53 @@ impl Sampler for Blockio {
             bytes.emit(&self.counters, &[], &mut self.scratch, out);
             out.histogram(latency, self.histograms.histogram(op));
             out.histogram(size, self.histograms.histogram(OPS.len() + op));
+        }
+        self.emit_devices(out)
+    }
+}
+
+impl Blockio {
+    /// Per-disk histograms of the slots named so far, summed by name;
+    /// a disk's op appears once it has a request.
+    fn emit_devices(&mut self, out: &mut Emitter<'_>) -> anyhow::Result<()> {
+        for slot in 0..DEVICES {
+            if self.device_names[slot].is_none() {
+                // as /sys/block spells it: a `/` in a disk name becomes `!`
+                self.device_names[slot] = self.devices.name(slot).map(|n| n.replace('/', "!"));
+            }
+        }
+        let mut by_name: BTreeMap<&str, Vec<Option<histogram::Histogram>>> = BTreeMap::new();
+        for (slot, name) in self.device_names.iter().enumerate() {
+            let Some(name) = name.as_deref() else { continue };
+            let sums = by_name.entry(name).or_insert_with(|| vec![None; PER_DEVICE]);
+            for (h, sum) in sums.iter_mut().enumerate() {
+                let histogram = self.device_histograms.histogram(slot * PER_DEVICE + h);
+                if histogram.as_slice().iter().all(|b| *b == 0) {
+                    continue;
+                }
+                *sum = Some(match sum.take() {
+                    Some(sum) => sum.wrapping_add(&histogram)?,
+                    None => histogram,
+                });
+            }
+        }
+        for (name, sums) in by_name {
+            let series = self.device_series.entry(name.to_string()).or_insert_with(|| {
+                OPS.iter()
+                    .map(|op| {
+                        let labels = [("op", *op), ("device", name)];
+                        (
+                            Series::new(&DEVICE_LATENCY, &labels),
+                            Series::new(&DEVICE_SIZE, &labels),
+                        )
+                    })
+                    .collect()
+            });
+            for (h, sum) in sums.into_iter().enumerate() {
+                let Some(sum) = sum else { continue };
+                let (latency, size) = &series[h % OPS.len()];
+                out.histogram(if h < OPS.len() { latency } else { size }, sum);
+            }
         }
         Ok(())
     }

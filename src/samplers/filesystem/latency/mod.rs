@@ -1,0 +1,428 @@
+//! `filesystem_latency`: read, write, open and fsync latency per file system
+//! type.
+//!
+//! Emits histograms `filesystem_latency{fs, op}` (nanoseconds) and counters
+//! `filesystem_operations{fs, op}`, `op` = read, write, open, fsync, `fs` =
+//! the kernel's name for the type (`ext4`, `xfs`, `btrfs`, `tmpfs`, ... as in
+//! `/proc/filesystems`). A type's series appear with its first operation;
+//! calls that fail are not counted. Up to 32 types are counted on their
+//! own, the rest as `fs="other"`.
+//!
+//! Two ways in, chosen at start and named in `/samplers` (`method`):
+//! - **fentry**: fentry/fexit on the file systems' own file operations
+//!   ([`TARGETS`]: ext4, xfs, btrfs, tmpfs, f2fs, nfs; a type whose functions
+//!   this kernel lacks is not measured). The time is spent in the file
+//!   system, whoever called it: read(2), io_uring, the kernel itself.
+//! - **syscalls**: `tp_btf/sys_enter` and `sys_exit`, for read, pread64,
+//!   readv, preadv, preadv2 (op read), the same for write, open, openat,
+//!   openat2, creat (op open), fsync and fdatasync (op fsync), on regular
+//!   files and directories. The time is the whole system call, page-cache
+//!   hits included (as ext4dist measures); IO through io_uring or AIO is not
+//!   seen, and neither are 32-bit compat system calls. Used where fentry can't
+//!   load (some kernels refuse it: EPERM), or with option `fentry = 0`.
+//!
+//! Type names come from the kernel (`file->f_inode->i_sb->s_type->name`);
+//! types get a slot in the BPF program on first use, without a hash map
+//! (the shared layout is in `filesystem_latency.h`).
+
+mod bpf {
+    include!(concat!(env!("OUT_DIR"), "/filesystem_latency.skel.rs"));
+}
+
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::sync::Arc;
+
+use libbpf_rs::skel::{OpenSkel, Skel, SkelBuilder};
+use libbpf_rs::MapCore;
+
+use crate::bpf::{check_support, classify, object_storage, possible_cpus, MmapArray, NamedSlots};
+use crate::metrics::{MetricDef, Series};
+use crate::samplers::{Sampler, SamplerContext, SamplerOption, SamplerSpec, Source, SAMPLERS};
+use crate::snapshot::Emitter;
+
+pub static LATENCY: MetricDef = MetricDef::histogram(
+    "filesystem_latency",
+    "nanoseconds",
+    "Latency of file system operations, by file system type (`fs`) and op; `method` in /samplers says what is timed",
+)
+.labels(&["fs", "op"]);
+pub static OPERATIONS: MetricDef = MetricDef::counter(
+    "filesystem_operations",
+    "operations",
+    "File system operations completed without error, by file system type (`fs`) and op",
+)
+.labels(&["fs", "op"]);
+
+#[linkme::distributed_slice(SAMPLERS)]
+static SPEC: SamplerSpec = SamplerSpec {
+    name: "filesystem_latency",
+    source: Source::Bpf(
+        "fentry/fexit on file systems' file operations, else tp_btf/sys_enter and sys_exit",
+    ),
+    options: &[SamplerOption {
+        key: "fentry",
+        default: 1,
+        min: 0,
+        max: 1,
+        description: "1: time the file systems' own operations with fentry/fexit where the kernel allows, else the system calls; 0: always the system calls",
+    }],
+    metrics: || vec![&LATENCY, &OPERATIONS],
+    init,
+};
+
+/// The ops, in the order of `FS_OP_*` in filesystem_latency.h.
+pub const OPS: [&str; 4] = ["read", "write", "open", "fsync"];
+/// `FS_TYPES` in filesystem_latency.h.
+const FS_TYPES: usize = 32;
+const FS_SLOTS: usize = FS_TYPES + 1;
+/// `MAX_SYSCALL_NR` in filesystem_latency.bpf.c.
+const MAX_SYSCALL_NR: usize = 1024;
+
+/// fentry targets: per file system, its read_iter, write_iter, open and
+/// fsync file operations (`None`: it has none of its own). At most six
+/// (`TARGET(N)` slots in the BPF source).
+pub const TARGETS: [(&str, [Option<&str>; 4]); 6] = [
+    (
+        "ext4",
+        [
+            Some("ext4_file_read_iter"),
+            Some("ext4_file_write_iter"),
+            Some("ext4_file_open"),
+            Some("ext4_sync_file"),
+        ],
+    ),
+    (
+        "xfs",
+        [
+            Some("xfs_file_read_iter"),
+            Some("xfs_file_write_iter"),
+            Some("xfs_file_open"),
+            Some("xfs_file_fsync"),
+        ],
+    ),
+    (
+        "btrfs",
+        [
+            Some("btrfs_file_read_iter"),
+            Some("btrfs_file_write_iter"),
+            Some("btrfs_file_open"),
+            Some("btrfs_sync_file"),
+        ],
+    ),
+    // tmpfs opens and fsyncs with generic helpers shared by other types
+    (
+        "tmpfs",
+        [
+            Some("shmem_file_read_iter"),
+            Some("shmem_file_write_iter"),
+            None,
+            None,
+        ],
+    ),
+    (
+        "f2fs",
+        [
+            Some("f2fs_file_read_iter"),
+            Some("f2fs_file_write_iter"),
+            Some("f2fs_file_open"),
+            Some("f2fs_sync_file"),
+        ],
+    ),
+    (
+        "nfs",
+        [
+            Some("nfs_file_read"),
+            Some("nfs_file_write"),
+            Some("nfs_file_open"),
+            Some("nfs_file_fsync"),
+        ],
+    ),
+];
+
+/// Syscall number to op + 1 (0: not traced), for this architecture.
+pub fn syscall_ops() -> [u8; MAX_SYSCALL_NR] {
+    use libc::*;
+    let mut table = [0u8; MAX_SYSCALL_NR];
+    let mut set = |nrs: &[c_long], op: u8| {
+        for &nr in nrs {
+            if let Some(slot) = usize::try_from(nr).ok().and_then(|n| table.get_mut(n)) {
+                *slot = op + 1;
+            }
+        }
+    };
+    set(&[SYS_read, SYS_pread64, SYS_readv, SYS_preadv, SYS_preadv2], 0);
+    set(&[SYS_write, SYS_pwrite64, SYS_writev, SYS_pwritev, SYS_pwritev2], 1);
+    set(&[SYS_openat, SYS_openat2], 2);
+    #[cfg(target_arch = "x86_64")]
+    set(&[SYS_open, SYS_creat], 2);
+    set(&[SYS_fsync, SYS_fdatasync], 3);
+    table
+}
+
+/// The text symbols of `/proc/kallsyms` among `wanted`.
+fn kernel_functions(root: &Path, wanted: &[&str]) -> std::collections::HashSet<String> {
+    let Ok(text) = std::fs::read(root.join("proc/kallsyms")) else {
+        return Default::default();
+    };
+    crate::source::lines(&text)
+        .filter_map(|line| {
+            let mut fields = line.split(|b| *b == b' ');
+            let (_, kind, name) = (fields.next()?, fields.next()?, fields.next()?);
+            let name = std::str::from_utf8(name).ok()?;
+            let name = name.split('\t').next()?;
+            (matches!(kind, b"t" | b"T") && wanted.contains(&name)).then(|| name.to_string())
+        })
+        .collect()
+}
+
+/// Loads the fentry programs on every target function this kernel has.
+fn load_fentry(root: &Path) -> anyhow::Result<(bpf::FilesystemLatencySkel<'static>, String)> {
+    let wanted: Vec<&str> = TARGETS.iter().flat_map(|(_, f)| f.iter().flatten().copied()).collect();
+    let present = kernel_functions(root, &wanted);
+    let mut open = open(false)?;
+    let mut measured = Vec::new();
+    for prog in open.open_object_mut().progs_mut() {
+        let name = prog.name().to_string_lossy().into_owned();
+        let target = name
+            .rsplit_once('_')
+            .and_then(|(head, n)| Some((head, n.parse::<usize>().ok()?)))
+            .and_then(|(head, n)| {
+                let op = OPS.iter().position(|op| head.starts_with(op))?;
+                let (fs, functions) = TARGETS.get(n)?;
+                Some((*fs, functions[op]?))
+            });
+        let mut prog = prog;
+        match target {
+            Some((fs, function)) if present.contains(function) => {
+                prog.set_attach_target(0, Some(function.to_string()))
+                    .map_err(|e| classify(e, &format!("targeting {function}")))?;
+                if !measured.contains(&fs) {
+                    measured.push(fs);
+                }
+            }
+            _ => prog.set_autoload(false),
+        }
+    }
+    if measured.is_empty() {
+        return Err(crate::source::Unsupported(
+            "none of the file systems' operations is in /proc/kallsyms".into(),
+        )
+        .into());
+    }
+    let mut skel = open
+        .load()
+        .map_err(|e| classify(e, "loading the fentry/fexit programs"))?;
+    skel.attach()
+        .map_err(|e| classify(e, "attaching fentry/fexit to the file systems' operations"))?;
+    Ok((skel, format!("fentry: {}", measured.join(", "))))
+}
+
+/// Loads the system call programs.
+fn load_syscalls() -> anyhow::Result<bpf::FilesystemLatencySkel<'static>> {
+    let mut open = open(true)?;
+    for mut prog in open.open_object_mut().progs_mut() {
+        if !prog.name().to_string_lossy().starts_with("fs_sys_") {
+            prog.set_autoload(false);
+        }
+    }
+    let mut skel = open
+        .load()
+        .map_err(|e| classify(e, "loading the system call programs"))?;
+    skel.attach()
+        .map_err(|e| classify(e, "attaching to tp_btf/sys_enter and sys_exit"))?;
+    Ok(skel)
+}
+
+/// Opens the object and sizes its maps; with `syscalls`, fills in the
+/// system call table.
+fn open(syscalls: bool) -> anyhow::Result<bpf::OpenFilesystemLatencySkel<'static>> {
+    let mut open = bpf::FilesystemLatencySkelBuilder::default()
+        .open(object_storage())
+        .map_err(|e| classify(e, "opening the filesystem_latency BPF object"))?;
+    if syscalls {
+        open.maps
+            .rodata_data
+            .as_deref_mut()
+            .ok_or_else(|| anyhow::anyhow!("the filesystem_latency BPF object has no .rodata"))?
+            .syscall_op = syscall_ops();
+    }
+    open.maps
+        .counters
+        .set_max_entries(possible_cpus()? as u32)
+        .map_err(|e| classify(e, "sizing the filesystem_latency counter banks"))?;
+    Ok(open)
+}
+
+/// A type slot's series, by op: the counter and the histogram.
+type SlotSeries = Vec<(Arc<Series>, Arc<Series>)>;
+
+struct FilesystemLatency {
+    _skel: bpf::FilesystemLatencySkel<'static>,
+    method: String,
+    counters: MmapArray,
+    latency: MmapArray,
+    fs_types: NamedSlots,
+    /// Series by type name (two slots may hold one name: a module unloaded
+    /// and loaded again registers a new type).
+    series: BTreeMap<String, SlotSeries>,
+    /// The name of each slot, once the program has written it.
+    names: Vec<Option<String>>,
+    scratch: Vec<u64>,
+}
+
+fn init(ctx: &SamplerContext) -> anyhow::Result<Box<dyn Sampler>> {
+    check_support()?;
+    let (skel, method) = if ctx.option(&SPEC, "fentry") == 1 {
+        // a refusal is expected on some kernels and reported in `method`:
+        // libbpf's own lines about it (and its ulimit advice) would mislead
+        let print = libbpf_rs::set_print(None);
+        let fentry = load_fentry(&ctx.root);
+        libbpf_rs::set_print(print);
+        match fentry {
+            Ok(loaded) => loaded,
+            Err(e) => {
+                let skel = load_syscalls()?;
+                (skel, format!("syscalls (fentry not used: {e:#})"))
+            }
+        }
+    } else {
+        (load_syscalls()?, "syscalls (fentry = 0)".to_string())
+    };
+    check_layout(&skel)?;
+    let mut names = vec![None; FS_SLOTS];
+    names[FS_TYPES] = Some("other".to_string());
+    Ok(Box::new(FilesystemLatency {
+        counters: MmapArray::new(&skel.maps.counters)?,
+        latency: MmapArray::new(&skel.maps.latency)?,
+        fs_types: NamedSlots::new(&skel.maps.fs_types)?,
+        _skel: skel,
+        method,
+        series: BTreeMap::new(),
+        names,
+        scratch: Vec::new(),
+    }))
+}
+
+/// The loaded maps have the sizes this file's constants imply.
+fn check_layout(skel: &bpf::FilesystemLatencySkel<'_>) -> anyhow::Result<()> {
+    let maps = &skel.maps;
+    let checks = [
+        ("fs_types entries", maps.fs_types.max_entries() as usize, FS_TYPES),
+        (
+            "counter bank size",
+            maps.counters.value_size() as usize,
+            (FS_SLOTS * OPS.len() * 8).next_multiple_of(64),
+        ),
+        (
+            "latency histograms",
+            maps.latency.max_entries() as usize,
+            FS_SLOTS * OPS.len() * crate::bpf::HISTOGRAM_BUCKETS,
+        ),
+    ];
+    for (what, loaded, expected) in checks {
+        anyhow::ensure!(
+            loaded == expected,
+            "filesystem_latency.h and the loader disagree: {what} is {loaded}, expected {expected}"
+        );
+    }
+    Ok(())
+}
+
+impl Sampler for FilesystemLatency {
+    fn method(&self) -> Option<String> {
+        Some(self.method.clone())
+    }
+
+    fn refresh(&mut self, out: &mut Emitter<'_>) -> anyhow::Result<()> {
+        // per name and op: the count and the histogram, summed over slots
+        for slot in 0..FS_TYPES {
+            if self.names[slot].is_none() {
+                self.names[slot] = self.fs_types.name(slot);
+            }
+        }
+        let mut totals: BTreeMap<&str, [(u64, Option<histogram::Histogram>); 4]> = BTreeMap::new();
+        for slot in 0..FS_SLOTS {
+            let Some(name) = self.names[slot].as_deref() else {
+                continue;
+            };
+            let entry = totals.entry(name).or_default();
+            for (op, (count, histogram)) in entry.iter_mut().enumerate() {
+                let index = slot * OPS.len() + op;
+                let n = self.counters.bank_counter(index, &mut self.scratch);
+                if n == 0 {
+                    continue;
+                }
+                *count += n;
+                let h = self.latency.histogram(index);
+                *histogram = Some(match histogram.take() {
+                    Some(sum) => sum.wrapping_add(&h)?,
+                    None => h,
+                });
+            }
+        }
+        for (name, ops) in totals {
+            for (op, (count, histogram)) in ops.into_iter().enumerate() {
+                let Some(histogram) = histogram else { continue };
+                let series = self.series.entry(name.to_string()).or_insert_with(|| {
+                    OPS.iter()
+                        .map(|op| {
+                            let labels = [("fs", name), ("op", *op)];
+                            (Series::new(&OPERATIONS, &labels), Series::new(&LATENCY, &labels))
+                        })
+                        .collect()
+                });
+                out.counter(&series[op].0, count);
+                out.histogram(&series[op].1, histogram);
+            }
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_syscall_table_maps_each_traced_call_to_its_op() {
+        let table = syscall_ops();
+        let op = |nr: libc::c_long| table[nr as usize];
+        assert_eq!(op(libc::SYS_read), 1);
+        assert_eq!(op(libc::SYS_pwritev2), 2);
+        assert_eq!(op(libc::SYS_openat), 3);
+        assert_eq!(op(libc::SYS_fdatasync), 4);
+        assert_eq!(op(libc::SYS_getppid), 0);
+        assert_eq!(op(libc::SYS_close), 0);
+        assert_eq!(table.iter().filter(|op| **op != 0).count(), {
+            let common = 5 + 5 + 2 + 2;
+            if cfg!(target_arch = "x86_64") {
+                common + 2
+            } else {
+                common
+            }
+        });
+    }
+
+    #[test]
+    fn kallsyms_lines_yield_text_symbols_only() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::create_dir(dir.path().join("proc")).unwrap();
+        std::fs::write(
+            dir.path().join("proc/kallsyms"),
+            "ffffffff81000000 T ext4_file_read_iter\n\
+             ffffffff81000010 d ext4_sync_file\n\
+             ffffffffc0000000 t xfs_file_fsync\t[xfs]\n\
+             garbage\n\
+             ffffffff81000020 T unrelated\n",
+        )
+        .unwrap();
+        let found = kernel_functions(
+            dir.path(),
+            &["ext4_file_read_iter", "ext4_sync_file", "xfs_file_fsync"],
+        );
+        let mut found: Vec<_> = found.into_iter().collect();
+        found.sort();
+        assert_eq!(found, ["ext4_file_read_iter", "xfs_file_fsync"]);
+    }
+}
