@@ -7,6 +7,7 @@ mod common;
 use std::io::{Read, Write};
 use std::time::Duration;
 
+use common::disks::{direct_writes, disk_of, LoopDevice};
 use common::{added, added_between, cores, counter_delta, pin_to, require_active, Agent, Snap};
 
 /// Held by a test while it counts sched_yield calls: the counts are
@@ -240,81 +241,6 @@ fn softirqs_follow_network_traffic() {
         .map(|id| after.value("softirq", &[("kind", "net_rx"), ("id", &id.to_string())]))
         .sum();
     assert_eq!(per_cpu, after.value("softirq", &[("kind", "net_rx")]));
-}
-
-/// A loop device backed by a file in tmpfs (so no other device sees the IO),
-/// detached on drop.
-struct LoopDevice {
-    path: String,
-    _backing: tempfile::NamedTempFile,
-}
-
-impl LoopDevice {
-    fn new(size: u64) -> Self {
-        let backing = tempfile::NamedTempFile::new_in("/dev/shm").unwrap();
-        backing.as_file().set_len(size).unwrap();
-        let out = std::process::Command::new("losetup")
-            .args(["--find", "--show"])
-            .arg(backing.path())
-            .output()
-            .expect("run losetup");
-        assert!(
-            out.status.success(),
-            "losetup: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        let path = String::from_utf8(out.stdout).unwrap().trim().to_string();
-        Self {
-            path,
-            _backing: backing,
-        }
-    }
-
-    fn name(&self) -> &str {
-        self.path.trim_start_matches("/dev/")
-    }
-}
-
-impl Drop for LoopDevice {
-    fn drop(&mut self) {
-        let _ = std::process::Command::new("losetup")
-            .args(["-d", &self.path])
-            .status();
-    }
-}
-
-/// N O_DIRECT writes of S bytes of a file on the root filesystem's disk.
-fn direct_writes(path: &std::path::Path, n: usize, s: usize) {
-    use std::os::unix::fs::{FileExt, OpenOptionsExt};
-    // O_DIRECT needs an aligned buffer
-    let layout = std::alloc::Layout::from_size_align(s, 4096).unwrap();
-    let buf = unsafe { std::slice::from_raw_parts_mut(std::alloc::alloc_zeroed(layout), s) };
-    buf.fill(0xab);
-    let file = std::fs::OpenOptions::new()
-        .write(true)
-        .custom_flags(libc::O_DIRECT)
-        .open(path)
-        .unwrap();
-    for i in 0..n {
-        file.write_all_at(buf, (i * s) as u64).unwrap();
-    }
-    drop(file);
-    unsafe { std::alloc::dealloc(buf.as_mut_ptr(), layout) };
-}
-
-/// The whole disk holding `path` (its kernel name, e.g. `vda`).
-fn disk_of(path: &std::path::Path) -> String {
-    use std::os::unix::fs::MetadataExt;
-    let dev = std::fs::metadata(path).unwrap().dev();
-    let (major, minor) = (libc::major(dev), libc::minor(dev));
-    let sys = std::fs::canonicalize(format!("/sys/dev/block/{major}:{minor}")).unwrap();
-    // a partition's directory sits inside its disk's
-    let disk = if sys.join("partition").exists() {
-        sys.parent().unwrap().to_path_buf()
-    } else {
-        sys
-    };
-    disk.file_name().unwrap().to_str().unwrap().to_string()
 }
 
 /// N O_DIRECT writes of S bytes to a file on a real disk move the write

@@ -3,6 +3,7 @@
 #![allow(dead_code)]
 
 pub mod cgroups;
+pub mod disks;
 pub mod fake;
 pub mod parquet;
 

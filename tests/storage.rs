@@ -1,0 +1,343 @@
+//! Storage: `filesystem_latency` on file systems the tests make (ext4 and
+//! XFS on loop devices, tmpfs), and `blockio`'s per-disk histograms on two
+//! loop devices, one of them slow (over a FUSE file system that sleeps).
+//! Root only; CI runs them as root.
+
+mod common;
+
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command};
+use std::time::{Duration, Instant};
+
+use common::disks::{direct_writes, LoopDevice};
+use common::{added, added_between, counter_delta, require_active, sampler_status, Agent, Snap};
+
+const FS_ONLY: &str = "[defaults]\nenabled = false\n[samplers.filesystem_latency]\nenabled = true\n";
+const BLOCKIO_ONLY: &str = "[defaults]\nenabled = false\n[samplers.blockio]\nenabled = true\n";
+
+fn run(program: &str, args: &[&str]) {
+    let out = Command::new(program)
+        .args(args)
+        .output()
+        .unwrap_or_else(|e| panic!("running {program}: {e} (scripts/deps installs it)"));
+    assert!(
+        out.status.success(),
+        "{program} {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// A file system of type `fs` mounted on a fresh directory, on a loop device
+/// of its own unless it is tmpfs; unmounted on drop.
+struct Mounted {
+    dir: tempfile::TempDir,
+    _device: Option<LoopDevice>,
+}
+
+impl Mounted {
+    fn new(fs: &str) -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let target = dir.path().to_str().unwrap();
+        let device = if fs == "tmpfs" {
+            run("mount", &["-t", "tmpfs", "-o", "size=64m", "none", target]);
+            None
+        } else {
+            // XFS wants at least 300 MB; the backing file is sparse, in tmpfs
+            let device = LoopDevice::new(512 << 20);
+            let force = if fs == "xfs" { "-f" } else { "-F" };
+            run(&format!("mkfs.{fs}"), &["-q", force, &device.path]);
+            run("mount", &["-t", fs, &device.path, target]);
+            Some(device)
+        };
+        Self {
+            dir,
+            _device: device,
+        }
+    }
+
+    fn path(&self) -> &Path {
+        self.dir.path()
+    }
+}
+
+impl Drop for Mounted {
+    fn drop(&mut self) {
+        let _ = Command::new("umount").arg(self.dir.path()).status();
+    }
+}
+
+const N: usize = 200;
+
+/// N each of pwrite, pread (of cached data), fsync and open on one file of
+/// `dir`, and N opens that fail (not counted), between two snapshots.
+fn file_ops(agent: &Agent, dir: &Path) -> (Snap, Snap) {
+    let path = dir.join("f");
+    let file = std::fs::File::options()
+        .create(true)
+        .truncate(true)
+        .read(true)
+        .write(true)
+        .open(&path)
+        .unwrap();
+    let block = vec![7u8; 4096];
+    file.write_all_at(&block, 0).unwrap();
+    file.sync_all().unwrap();
+    let mut buf = vec![0u8; 4096];
+
+    let before = agent.snapshot();
+    for _ in 0..N {
+        file.write_all_at(&block, 0).unwrap();
+    }
+    for _ in 0..N {
+        file.read_exact_at(&mut buf, 0).unwrap();
+    }
+    for _ in 0..N {
+        file.sync_all().unwrap();
+    }
+    for _ in 0..N {
+        drop(std::fs::File::open(&path).unwrap());
+        assert!(std::fs::File::open(dir.join("missing")).is_err());
+    }
+    let after = agent.snapshot();
+    (before, after)
+}
+
+fn operations(before: &Snap, after: &Snap, fs: &str, op: &str) -> i128 {
+    let labels = [("fs", fs), ("op", op)];
+    after.get("filesystem_operations", &labels).unwrap_or(0)
+        - before.get("filesystem_operations", &labels).unwrap_or(0)
+}
+
+fn latency(snap: &Snap, fs: &str, op: &str) -> histogram::Histogram {
+    let labels = [("fs", fs), ("op", op)];
+    let present = snap.get("filesystem_operations", &labels).is_some();
+    if present {
+        snap.histogram("filesystem_latency", &labels).clone()
+    } else {
+        histogram::Histogram::new(3, 64).unwrap()
+    }
+}
+
+/// The ops this agent times on `fs`: with fentry, tmpfs has no open or
+/// fsync of its own (it uses generic ones shared with other types).
+fn timed_ops(agent: &Agent, fs: &str) -> Vec<&'static str> {
+    let method = sampler_status(agent, "filesystem_latency")["method"]
+        .as_str()
+        .expect("filesystem_latency reports its method")
+        .to_string();
+    assert!(
+        method.starts_with("syscalls") || method.starts_with("fentry"),
+        "{method}"
+    );
+    if method.starts_with("fentry") && fs == "tmpfs" {
+        vec!["read", "write"]
+    } else {
+        vec!["read", "write", "open", "fsync"]
+    }
+}
+
+/// N of each op on a file system of type `fs` move each op's count and
+/// histogram by at least N, by exactly N where nothing else uses that type
+/// (`exact`), and cached 4 KiB reads are mostly under 10 us.
+fn check_file_system(fs: &str, exact: bool) {
+    let agent = Agent::start("", FS_ONLY);
+    require_active(&agent, &["filesystem_latency"]);
+    let mounted = Mounted::new(fs);
+    let (before, after) = file_ops(&agent, mounted.path());
+    for op in timed_ops(&agent, fs) {
+        let counted = operations(&before, &after, fs, op);
+        let timed = added(&latency(&before, fs, op), &latency(&after, fs, op)) as i128;
+        let seen = format!("{fs} {op}: {counted} counted, {timed} timed, for {N}");
+        if exact {
+            assert_eq!(counted, N as i128, "{seen}");
+        } else {
+            assert!(counted >= N as i128, "{seen}");
+        }
+        assert_eq!(timed, counted, "{seen}");
+    }
+    if exact {
+        let fast = added_between(
+            &latency(&before, fs, "read"),
+            &latency(&after, fs, "read"),
+            0,
+            10_000,
+        );
+        assert!(
+            fast * 10 >= N as u64 * 9,
+            "{fast} of {N} cached {fs} reads under 10 us"
+        );
+    }
+}
+
+/// XFS is used by nothing else here: its counts must be exact.
+#[test]
+fn xfs_operations_are_counted_and_timed() {
+    check_file_system("xfs", true);
+}
+
+/// The root file system may be ext4 too, so others' ops add to ours.
+#[test]
+fn ext4_operations_are_counted_and_timed() {
+    check_file_system("ext4", false);
+}
+
+#[test]
+fn tmpfs_operations_are_counted_and_timed() {
+    check_file_system("tmpfs", false);
+}
+
+/// Only regular files and directories count: reads and writes on a pipe
+/// (pipefs) and on /dev/null (devtmpfs) add nothing.
+#[test]
+fn pipes_and_devices_are_not_file_system_operations() {
+    let agent = Agent::start("", FS_ONLY);
+    require_active(&agent, &["filesystem_latency"]);
+    let mut fds = [0; 2];
+    assert_eq!(unsafe { libc::pipe(fds.as_mut_ptr()) }, 0);
+    let null = std::fs::File::options().write(true).open("/dev/null").unwrap();
+    let before = agent.snapshot();
+    let mut byte = [0u8; 1];
+    for _ in 0..N {
+        assert_eq!(unsafe { libc::write(fds[1], byte.as_ptr().cast(), 1) }, 1);
+        assert_eq!(unsafe { libc::read(fds[0], byte.as_mut_ptr().cast(), 1) }, 1);
+        null.write_all_at(&byte, 0).unwrap();
+    }
+    let after = agent.snapshot();
+    unsafe {
+        libc::close(fds[0]);
+        libc::close(fds[1]);
+    }
+    for fs in ["pipefs", "devtmpfs"] {
+        for op in ["read", "write"] {
+            assert_eq!(operations(&before, &after, fs, op), 0, "{fs} {op}");
+        }
+    }
+}
+
+/// With `fentry = 0` the sampler times system calls, and says so.
+#[test]
+fn the_method_is_reported_and_can_be_forced_to_system_calls() {
+    let agent = Agent::start(
+        "",
+        "[defaults]\nenabled = false\n[samplers.filesystem_latency]\nenabled = true\nfentry = 0\n",
+    );
+    let status = sampler_status(&agent, "filesystem_latency");
+    assert_eq!(status["state"], "active", "{status}");
+    assert_eq!(status["method"], "syscalls (fentry = 0)", "{status}");
+    let mounted = Mounted::new("tmpfs");
+    let (before, after) = file_ops(&agent, mounted.path());
+    assert!(operations(&before, &after, "tmpfs", "fsync") >= N as i128);
+}
+
+/// A FUSE file system (tests/slowfs.py) that sleeps `delay_ms` per request,
+/// serving `backing`; unmounted on drop.
+struct SlowFs {
+    mountpoint: tempfile::TempDir,
+    child: Child,
+}
+
+impl SlowFs {
+    fn new(backing: &Path, delay_ms: u32) -> Self {
+        let mountpoint = tempfile::tempdir().unwrap();
+        let script = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/slowfs.py");
+        let child = Command::new(common::parquet::python())
+            .arg(script)
+            .arg(backing)
+            .arg(mountpoint.path())
+            .arg(delay_ms.to_string())
+            .spawn()
+            .expect("start tests/slowfs.py");
+        let fs = Self { mountpoint, child };
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while !fs.mounted() {
+            assert!(Instant::now() < deadline, "slowfs.py did not mount");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        fs
+    }
+
+    fn mounted(&self) -> bool {
+        let target = self.mountpoint.path().to_str().unwrap();
+        std::fs::read_to_string("/proc/self/mounts")
+            .unwrap()
+            .lines()
+            .any(|l| l.split(' ').nth(1) == Some(target))
+    }
+
+    fn path(&self) -> &Path {
+        self.mountpoint.path()
+    }
+}
+
+impl Drop for SlowFs {
+    fn drop(&mut self) {
+        let _ = Command::new("umount").arg(self.mountpoint.path()).status();
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn device_histogram(snap: &Snap, metric: &str, device: &str) -> histogram::Histogram {
+    let labels = [("op", "write"), ("device", device)];
+    let present = snap
+        .histograms
+        .iter()
+        .any(|h| h.metric == metric && h.labels.get("device").map(String::as_str) == Some(device));
+    if present {
+        snap.histogram(metric, &labels).clone()
+    } else {
+        histogram::Histogram::new(3, 64).unwrap()
+    }
+}
+
+/// Two loop devices, one over tmpfs and one over a FUSE file system that
+/// sleeps 5 ms per request: writes to each move only that device's
+/// per-device histograms, by exactly the writes made, and the slow device's
+/// latency sits above 4 ms while the fast one's sits below.
+#[test]
+fn blockio_latency_is_per_device() {
+    const W: usize = 40;
+    const S: usize = 4096;
+    const SLOW_NS: u64 = 4_000_000;
+    let agent = Agent::start("", BLOCKIO_ONLY);
+    require_active(&agent, &["blockio"]);
+    let backing = tempfile::tempdir_in("/dev/shm").unwrap();
+    std::fs::File::create(backing.path().join("disk"))
+        .unwrap()
+        .set_len(16 << 20)
+        .unwrap();
+    let slow_fs = SlowFs::new(backing.path(), 5);
+    let slow = LoopDevice::over(&slow_fs.path().join("disk"));
+    let fast = LoopDevice::new(16 << 20);
+
+    let latency = |snap: &Snap, d: &LoopDevice| device_histogram(snap, "blockio_device_latency", d.name());
+    let size = |snap: &Snap, d: &LoopDevice| device_histogram(snap, "blockio_device_size", d.name());
+
+    let s0 = agent.snapshot();
+    direct_writes(Path::new(&fast.path), W, S);
+    let s1 = agent.snapshot();
+    direct_writes(Path::new(&slow.path), W, S);
+    let s2 = agent.snapshot();
+
+    for (device, during, other) in [(&fast, (&s0, &s1), (&s1, &s2)), (&slow, (&s1, &s2), (&s0, &s1))] {
+        let name = device.name();
+        let sized = added_between(&size(during.0, device), &size(during.1, device), S as u64, S as u64);
+        let timed = added(&latency(during.0, device), &latency(during.1, device));
+        assert_eq!(sized, W as u64, "{name}: {sized} writes of {S} bytes for {W}");
+        assert_eq!(timed, W as u64, "{name}: {timed} latencies for {W} writes");
+        let idle = added(&latency(other.0, device), &latency(other.1, device))
+            + added(&size(other.0, device), &size(other.1, device));
+        assert_eq!(idle, 0, "{name} moved while the other device was written");
+    }
+    let slow_ones = added_between(&latency(&s1, &slow), &latency(&s2, &slow), SLOW_NS, u64::MAX);
+    let fast_ones = added_between(&latency(&s0, &fast), &latency(&s1, &fast), SLOW_NS, u64::MAX);
+    assert_eq!(slow_ones, W as u64, "{slow_ones} of {W} writes to the slow device took over 4 ms");
+    assert!(fast_ones * 10 <= W as u64, "{fast_ones} of {W} writes to the fast device took over 4 ms");
+
+    // the all-disk series leave loop devices out
+    let all = counter_delta(&s0, &s2, "blockio_operations", &[("op", "write")]);
+    assert!(all < W as i128 / 2, "blockio_operations{{op=write}} moved {all}");
+    drop(slow);
+    drop(slow_fs);
+}
