@@ -330,18 +330,23 @@ impl Namespaces {
         .unwrap()
     }
 
-    /// `RetransSegs` from namespace `name`'s own /proc/net/snmp.
+    /// Segments retransmitted in namespace `name`: `RetransSegs` (its own
+    /// /proc/net/snmp) less `TCPRetransFail` (/proc/net/netstat). The kernel
+    /// adds to RetransSegs before it transmits; a transmission that then
+    /// fails (no memory, a full or stopped device queue, which a loaded
+    /// machine can produce) adds to TCPRetransFail and was never sent, and
+    /// the tracepoint reports it as failed.
     fn retrans_segs(name: &str) -> u64 {
         Self::run(name, || {
             // thread-self: /proc/net follows the process's main thread
-            let snmp = std::fs::read_to_string("/proc/thread-self/net/snmp").unwrap();
-            let mut tcp = snmp.lines().filter(|l| l.starts_with("Tcp:"));
-            let (keys, values) = (tcp.next().unwrap(), tcp.next().unwrap());
-            let at = keys
-                .split_whitespace()
-                .position(|k| k == "RetransSegs")
-                .unwrap();
-            values.split_whitespace().nth(at).unwrap().parse().unwrap()
+            let field = |file: &str, prefix: &str, key: &str| -> u64 {
+                let text = std::fs::read_to_string(format!("/proc/thread-self/net/{file}")).unwrap();
+                let mut rows = text.lines().filter(|l| l.starts_with(prefix));
+                let (keys, values) = (rows.next().unwrap(), rows.next().unwrap());
+                let at = keys.split_whitespace().position(|k| k == key).unwrap();
+                values.split_whitespace().nth(at).unwrap().parse().unwrap()
+            };
+            field("snmp", "Tcp:", "RetransSegs") - field("netstat", "TcpExt:", "TCPRetransFail")
         })
     }
 }
@@ -436,19 +441,16 @@ fn forced_loss_makes_retransmits_and_netfilter_drops() {
     let dropped = nft_dropped(&ns.b);
     let after = agent.snapshot();
 
-    eprintln!("RetransSegs {retrans}, nft drops {dropped}");
+    eprintln!("RetransSegs less TCPRetransFail {retrans}, nft drops {dropped}");
     assert!(retrans > 0, "20% loss and no retransmits");
     let counted: i128 = ["segment", "synack"]
         .iter()
         .map(|kind| counter_delta(&before, &after, "tcp_retransmit", &[("kind", kind)]))
         .sum();
     eprintln!("tcp_retransmit moved {counted}");
-    // Exactly equal in every isolated run; in full test runs, 747 for 773
-    // once and 520 for 521 once, not reproduced in isolation. Until that is
-    // understood, 95% is required (see the blockio test in tests/bpf.rs).
     assert!(
-        counted * 100 >= retrans * 95,
-        "tcp_retransmit moved {counted}, the namespaces' RetransSegs {retrans}"
+        counted >= retrans,
+        "tcp_retransmit moved {counted}, the namespaces' RetransSegs less TCPRetransFail {retrans}"
     );
     assert!(
         counted <= retrans + retrans / 5 + 5,

@@ -14,6 +14,8 @@ use common::disks::{direct_writes, LoopDevice};
 use common::{added, added_between, counter_delta, require_active, sampler_status, Agent, Snap};
 
 const FS_ONLY: &str = "[defaults]\nenabled = false\n[samplers.filesystem_latency]\nenabled = true\n";
+/// With the syscall sampler, whose programs then time the system calls.
+const FS_AND_SYSCALL: &str = "[defaults]\nenabled = false\n[samplers.filesystem_latency]\nenabled = true\n[samplers.syscall]\nenabled = true\n";
 const BLOCKIO_ONLY: &str = "[defaults]\nenabled = false\n[samplers.blockio]\nenabled = true\n";
 
 fn run(program: &str, args: &[&str]) {
@@ -141,7 +143,11 @@ fn timed_ops(agent: &Agent, fs: &str) -> Vec<&'static str> {
 /// histogram by at least N, by exactly N where nothing else uses that type
 /// (`exact`), and cached 4 KiB reads are mostly under 10 us.
 fn check_file_system(fs: &str, exact: bool) {
-    let agent = Agent::start("", FS_ONLY);
+    check_file_system_with(FS_ONLY, fs, exact)
+}
+
+fn check_file_system_with(config: &str, fs: &str, exact: bool) {
+    let agent = Agent::start("", config);
     require_active(&agent, &["filesystem_latency"]);
     let mounted = Mounted::new(fs);
     let (before, after) = file_ops(&agent, mounted.path());
@@ -174,6 +180,38 @@ fn check_file_system(fs: &str, exact: bool) {
 #[test]
 fn xfs_operations_are_counted_and_timed() {
     check_file_system("xfs", true);
+}
+
+/// With the syscall sampler running, its programs time the system calls
+/// (when fentry is refused, as here) and the counts are as exact.
+#[test]
+fn xfs_operations_are_counted_in_the_syscall_samplers_programs() {
+    check_file_system_with(FS_AND_SYSCALL, "xfs", true);
+}
+
+/// Where fentry is refused, the system call path runs in the syscall
+/// sampler's programs when that sampler runs, and in this sampler's own
+/// programs when it does not: never in both.
+#[test]
+fn the_system_call_path_shares_the_syscall_samplers_programs() {
+    let own = Agent::start("", FS_ONLY);
+    let shared = Agent::start("", FS_AND_SYSCALL);
+    let method = |agent: &Agent| {
+        sampler_status(agent, "filesystem_latency")["method"]
+            .as_str()
+            .unwrap()
+            .to_string()
+    };
+    let (own, shared) = (method(&own), method(&shared));
+    if own.starts_with("fentry") {
+        assert_eq!(own, shared, "fentry is used whatever else runs");
+    } else {
+        assert!(own.starts_with("syscalls (fentry"), "{own}");
+        assert!(
+            shared.starts_with("syscalls, in the syscall sampler's programs (fentry"),
+            "{shared}"
+        );
+    }
 }
 
 /// The root file system may be ext4 too, so others' ops add to ours.

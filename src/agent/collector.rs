@@ -2,16 +2,18 @@
 //! snapshots, and keeps each one's state for `/samplers` and the log.
 
 use std::collections::BTreeMap;
+use std::os::fd::RawFd;
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::Arc;
-use std::time::{Instant, SystemTime};
+use std::time::{Duration, Instant, SystemTime};
 
 use serde::Serialize;
 use tracing::{debug, error, info, warn};
 
 use crate::agent::config::Config;
 use crate::metrics::{MetricDef, Series};
-use crate::samplers::{registry, Absent, Sampler, SamplerContext};
+use crate::bpf;
+use crate::samplers::{registry, Absent, Sampler, SamplerContext, Source};
 use crate::snapshot::{Correction, Emitter, Snapshot};
 use crate::source::is_unsupported;
 
@@ -46,7 +48,21 @@ pub struct Status {
 struct Slot {
     status: Status,
     sampler: Option<Box<dyn Sampler>>,
+    /// For a sampler that loaded BPF programs: their file descriptors, and
+    /// the series of their summed recursion misses.
+    programs: Option<(Vec<RawFd>, Arc<Series>)>,
 }
+
+/// Runs of a sampler's BPF programs that the kernel skipped.
+pub static BPF_MISSED: MetricDef = MetricDef::counter(
+    "rezolus_bpf_missed_runs",
+    "runs",
+    "Runs of the `sampler`'s BPF programs the kernel skipped because one was already running on that CPU (a hook hit again, e.g. from an interrupt, while the program ran): events the sampler did not count. Read at most once a second",
+)
+.labels(&["sampler"]);
+
+/// How often the programs' miss counts are read (one system call each).
+const MISSES_EVERY: Duration = Duration::from_secs(1);
 
 /// Counter readings the agent did not serve as read, by counter and reason
 /// (see `samplers::common`). A series appears with its first correction.
@@ -60,15 +76,18 @@ pub static COUNTER_CORRECTIONS: MetricDef = MetricDef::counter(
 pub struct Collector {
     slots: Vec<Slot>,
     corrections: BTreeMap<(&'static str, Correction), (Arc<Series>, u64)>,
+    /// Each BPF sampler's missed runs as last read, and when.
+    misses: (Vec<u64>, Option<Instant>),
 }
 
 impl Collector {
     /// Initialises every registered sampler the config enables, logging the
     /// outcome of each.
     pub fn from_config(config: &Config, ctx: &SamplerContext) -> Self {
-        let slots = registry()
+        let mut slots: Vec<Slot> = registry()
             .into_iter()
             .map(|spec| {
+                let fds_before = matches!(spec.source, Source::Bpf(_)).then(bpf::program_fds);
                 let (state, reason, sampler) = if !config.enabled(spec.name) {
                     (State::Disabled, None, None)
                 } else {
@@ -76,34 +95,55 @@ impl Collector {
                         options: config.options(spec),
                         ..ctx.clone()
                     };
-                    match catch_unwind(AssertUnwindSafe(|| (spec.init)(&ctx))) {
-                        Ok(Ok(sampler)) => (State::Active, None, Some(sampler)),
-                        Ok(Err(e)) if is_unsupported(&e) => {
-                            (State::Unsupported, Some(format!("{e:#}")), None)
-                        }
-                        Ok(Err(e)) => (State::Failed, Some(format!("{e:#}")), None),
-                        Err(_) => (
-                            State::Failed,
-                            Some("panicked during initialisation".into()),
-                            None,
-                        ),
-                    }
+                    outcome(catch_unwind(AssertUnwindSafe(|| (spec.init)(&ctx))))
                 };
+                // the programs this sampler's start left open are its own
+                let programs = fds_before.filter(|_| sampler.is_some()).map(|before| {
+                    let fds = bpf::program_fds()
+                        .into_iter()
+                        .filter(|fd| !before.contains(fd))
+                        .collect();
+                    (fds, Series::new(&BPF_MISSED, &[("sampler", spec.name)]))
+                });
                 let status = Status {
                     name: spec.name,
                     source: spec.source.describe(),
                     state,
                     reason,
-                    method: sampler.as_ref().and_then(|s| s.method()),
-                    absent: sampler.as_ref().map(|s| s.absent()).unwrap_or_default(),
+                    method: None,
+                    absent: Vec::new(),
                 };
-                log_status(&status);
-                Slot { status, sampler }
+                Slot {
+                    status,
+                    sampler,
+                    programs,
+                }
             })
             .collect();
+        for slot in &mut slots {
+            if let Some(sampler) = slot.sampler.as_mut() {
+                let before = slot.programs.as_ref().map(|_| bpf::program_fds());
+                let started = catch_unwind(AssertUnwindSafe(|| sampler.all_started()));
+                if let (Some(before), Some((fds, _))) = (before, slot.programs.as_mut()) {
+                    fds.extend(bpf::program_fds().into_iter().filter(|fd| !before.contains(fd)));
+                }
+                if let (state, reason, None) = outcome(started) {
+                    slot.sampler = None;
+                    slot.programs = None;
+                    slot.status.state = state;
+                    slot.status.reason = reason;
+                }
+            }
+            if let Some(sampler) = &slot.sampler {
+                slot.status.method = sampler.method();
+                slot.status.absent = sampler.absent();
+            }
+            log_status(&slot.status);
+        }
         Self {
             slots,
             corrections: BTreeMap::new(),
+            misses: (Vec::new(), None),
         }
     }
 
@@ -121,16 +161,24 @@ impl Collector {
                     absent: sampler.absent(),
                 },
                 sampler: Some(sampler),
+                programs: None,
             })
             .collect();
         Self {
             slots,
             corrections: BTreeMap::new(),
+            misses: (Vec::new(), None),
         }
     }
 
     pub fn status(&self) -> Vec<Status> {
-        self.slots.iter().map(|s| s.status.clone()).collect()
+        self.slots
+            .iter()
+            .map(|slot| Status {
+                method: slot.sampler.as_ref().and_then(|s| s.method()),
+                ..slot.status.clone()
+            })
+            .collect()
     }
 
     /// Refreshes every active sampler into a new snapshot. A sampler that
@@ -178,8 +226,37 @@ impl Collector {
             }
         }
         self.count_corrections(&mut snapshot);
+        self.emit_misses(&mut snapshot);
         snapshot.duration = started.elapsed();
         snapshot
+    }
+
+    /// Emits each running BPF sampler's missed runs, read anew if the last
+    /// read is older than [`MISSES_EVERY`].
+    fn emit_misses(&mut self, snapshot: &mut Snapshot) {
+        let (values, read_at) = &mut self.misses;
+        if read_at.is_none_or(|at| at.elapsed() >= MISSES_EVERY) {
+            *read_at = Some(Instant::now());
+            *values = self
+                .slots
+                .iter()
+                .map(|slot| match (&slot.programs, &slot.sampler) {
+                    (Some((fds, _)), Some(_)) => fds
+                        .iter()
+                        .filter_map(|fd| bpf::recursion_misses(*fd))
+                        .sum(),
+                    _ => 0,
+                })
+                .collect();
+        }
+        let mut out = Emitter::new(snapshot);
+        for (slot, missed) in self.slots.iter().zip(values.iter()) {
+            if let (Some((fds, series)), Some(_)) = (&slot.programs, &slot.sampler) {
+                if !fds.is_empty() {
+                    out.counter(series, *missed);
+                }
+            }
+        }
     }
 
     /// Adds this snapshot's counter corrections to the running totals and
@@ -204,6 +281,22 @@ impl Collector {
             out.counter(series, *count);
         }
         snapshot.corrections.clear();
+    }
+}
+
+/// The state a sampler's `init` (or `all_started`) left it in.
+fn outcome<T>(
+    result: std::thread::Result<anyhow::Result<T>>,
+) -> (State, Option<String>, Option<T>) {
+    match result {
+        Ok(Ok(sampler)) => (State::Active, None, Some(sampler)),
+        Ok(Err(e)) if is_unsupported(&e) => (State::Unsupported, Some(format!("{e:#}")), None),
+        Ok(Err(e)) => (State::Failed, Some(format!("{e:#}")), None),
+        Err(_) => (
+            State::Failed,
+            Some("panicked during initialisation".into()),
+            None,
+        ),
     }
 }
 

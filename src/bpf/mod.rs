@@ -278,6 +278,36 @@ impl NamedSlots {
     }
 }
 
+/// The BPF program file descriptors this process holds open (from
+/// `/proc/self/fd`: links to `anon_inode:bpf-prog`).
+pub fn program_fds() -> Vec<std::os::fd::RawFd> {
+    let Ok(entries) = std::fs::read_dir("/proc/self/fd") else {
+        return Vec::new();
+    };
+    let mut fds: Vec<_> = entries
+        .flatten()
+        .filter(|e| {
+            std::fs::read_link(e.path()).is_ok_and(|l| l.as_os_str() == "anon_inode:bpf-prog")
+        })
+        .filter_map(|e| e.file_name().to_str()?.parse().ok())
+        .collect();
+    fds.sort_unstable();
+    fds
+}
+
+/// How many times the kernel skipped program `fd` because a program was
+/// already running on that CPU (a tracepoint hit while the program ran,
+/// e.g. from an interrupt): the `recursion_misses` of `bpf_prog_info`
+/// (Linux 5.12+). Each skip is an event the program did not see. One
+/// `bpf(BPF_OBJ_GET_INFO_BY_FD)` call; `None` if it fails.
+pub fn recursion_misses(fd: std::os::fd::RawFd) -> Option<u64> {
+    let mut info = libbpf_rs::libbpf_sys::bpf_prog_info::default();
+    let mut len = std::mem::size_of_val(&info) as u32;
+    // SAFETY: the kernel writes at most `len` bytes into `info`
+    let rc = unsafe { libbpf_rs::libbpf_sys::bpf_prog_get_info_by_fd(fd, &mut info, &mut len) };
+    (rc == 0).then_some(info.recursion_misses)
+}
+
 fn page_size() -> usize {
     // SAFETY: sysconf has no memory-safety preconditions.
     match unsafe { libc::sysconf(libc::_SC_PAGESIZE) } {

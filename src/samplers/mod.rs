@@ -71,6 +71,13 @@ pub trait Sampler: Send {
     fn method(&self) -> Option<String> {
         None
     }
+
+    /// Called once every enabled sampler has been initialised, before the
+    /// first refresh: for work that depends on what the others set up. An
+    /// error fails this sampler (or makes it unsupported, see `init`).
+    fn all_started(&mut self) -> anyhow::Result<()> {
+        Ok(())
+    }
 }
 
 /// A metric (or one series of it) a running sampler leaves out, and why.

@@ -7,6 +7,10 @@
 //! the running architecture ([`classes`]) and written into the program's
 //! read-only data before load.
 //!
+//! When the `filesystem_latency` sampler times system calls (fentry refused
+//! or turned off), these programs do it for it, in the same runs
+//! (`filesystem_latency.bpf.h`; see [`fs::Share`]).
+//!
 //! Option `latency_sampling = K`: time only one call in K per CPU (counts
 //! stay exact). Each timed call costs two clock reads, which dominate this
 //! sampler's overhead; sampling trades rare slow calls for that cost.
@@ -21,6 +25,8 @@
 //! `name="other"` for as long as they live.
 
 pub mod classes;
+
+use super::filesystem_latency as fs;
 
 mod bpf {
     include!(concat!(env!("OUT_DIR"), "/syscall.skel.rs"));
@@ -97,7 +103,8 @@ struct Syscall {
     absent: Vec<Absent>,
 }
 
-/// Opens and loads the programs, counting per cgroup or not.
+/// Opens and loads the programs, counting per cgroup or not, and timing
+/// file system calls for filesystem_latency when it asked.
 fn load(latency_sampling: u32, count_cgroups: bool) -> anyhow::Result<bpf::SyscallSkel<'static>> {
     let mut open = bpf::SyscallSkelBuilder::default()
         .open(object_storage())
@@ -110,6 +117,12 @@ fn load(latency_sampling: u32, count_cgroups: bool) -> anyhow::Result<bpf::Sysca
     rodata.syscall_class = classes::table();
     rodata.latency_sampling = latency_sampling;
     rodata.count_cgroups = count_cgroups;
+    let time_filesystems = fs::wanted();
+    rodata.time_filesystems = time_filesystems;
+    if time_filesystems {
+        rodata.fs_syscall_op = fs::syscall_ops();
+    }
+    fs::prepare(&mut open.maps.fs_counters, &mut open.maps.fs_latency, time_filesystems)?;
     let cpus = possible_cpus()? as u32;
     open.maps
         .counts
@@ -151,6 +164,10 @@ fn init(ctx: &SamplerContext) -> anyhow::Result<Box<dyn Sampler>> {
     // the free slots are filled before the first event
     skel.attach()
         .map_err(|e| classify(e, "attaching to tp_btf/sys_enter and sys_exit"))?;
+    if skel.maps.rodata_data.as_deref().is_some_and(|r| r.time_filesystems) {
+        let maps = &skel.maps;
+        fs::provide(fs::FsMaps::new(&maps.fs_counters, &maps.fs_latency, &maps.fs_types)?);
+    }
     let counts = MmapArray::new(&skel.maps.counts)?;
     let latency = MmapArray::new(&skel.maps.latency)?;
     Ok(Box::new(Syscall {

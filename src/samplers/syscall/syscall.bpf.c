@@ -6,7 +6,10 @@
  * reads are most of this program's cost); every call is still counted.
  * With count_cgroups, each call is also counted for the calling task's
  * cgroup (cgroup_slot.h), in the same program: a second program on
- * sys_enter would cost a second dispatch per call. */
+ * sys_enter would cost a second dispatch per call. For the same reason,
+ * with time_filesystems these programs also time file system calls for the
+ * filesystem_latency sampler (filesystem_latency.bpf.h), which then reads
+ * the fs_* maps of this object. */
 #include "rezolus.h"
 #include <bpf/bpf_tracing.h>
 
@@ -15,6 +18,10 @@
 
 #define CGROUP_COUNTERS CLASSES
 #include "cgroup_slot.h"
+#include "../filesystem/latency/filesystem_latency.bpf.h"
+
+/* set by userspace before load when filesystem_latency shares these programs */
+const volatile bool time_filesystems = false;
 
 /* op class per syscall number, filled in by userspace before load */
 const volatile u8 syscall_class[MAX_SYSCALL_NR] = {};
@@ -54,6 +61,8 @@ int BPF_PROG(syscall_enter, struct pt_regs *regs, long id)
 	bank->counters[class] += 1;
 	if (count_cgroups)
 		cgroup_add(current_cgroup_slot(), class, 1);
+	if (time_filesystems)
+		fs_syscall_enter(regs, id);
 	if (latency_sampling > 1 && ++bank->counters[SAMPLING_PHASE] % latency_sampling)
 		return 0;
 
@@ -69,6 +78,8 @@ int BPF_PROG(syscall_enter, struct pt_regs *regs, long id)
 SEC("tp_btf/sys_exit")
 int BPF_PROG(syscall_exit, struct pt_regs *regs, long ret)
 {
+	if (time_filesystems)
+		fs_syscall_exit(regs, ret);
 	struct syscall_start *s = bpf_task_storage_get(&start, bpf_get_current_task_btf(), 0, 0);
 	if (!s || !s->ts)
 		return 0;

@@ -19,11 +19,14 @@
 //!   files and directories. The time is the whole system call, page-cache
 //!   hits included (as ext4dist measures); IO through io_uring or AIO is not
 //!   seen, and neither are 32-bit compat system calls. Used where fentry can't
-//!   load (some kernels refuse it: EPERM), or with option `fentry = 0`.
+//!   load (some kernels refuse it: EPERM), or with option `fentry = 0`. When
+//!   the `syscall` sampler runs too, its programs do this work
+//!   ([`Share`]): a second pair of programs on those tracepoints would
+//!   cost every system call two more dispatches.
 //!
 //! Type names come from the kernel (`file->f_inode->i_sb->s_type->name`);
 //! types get a slot in the BPF program on first use, without a hash map
-//! (the shared layout is in `filesystem_latency.h`).
+//! (`filesystem_latency.bpf.h`).
 
 mod bpf {
     include!(concat!(env!("OUT_DIR"), "/filesystem_latency.skel.rs"));
@@ -36,7 +39,9 @@ use std::sync::Arc;
 use libbpf_rs::skel::{OpenSkel, Skel, SkelBuilder};
 use libbpf_rs::MapCore;
 
-use crate::bpf::{check_support, classify, object_storage, possible_cpus, MmapArray, NamedSlots};
+use crate::bpf::{
+    check_support, classify, object_storage, possible_cpus, MmapArray, NamedSlots, HISTOGRAM_BUCKETS,
+};
 use crate::metrics::{MetricDef, Series};
 use crate::samplers::{Sampler, SamplerContext, SamplerOption, SamplerSpec, Source, SAMPLERS};
 use crate::snapshot::Emitter;
@@ -73,11 +78,11 @@ static SPEC: SamplerSpec = SamplerSpec {
 
 /// The ops, in the order of `FS_OP_*` in filesystem_latency.h.
 pub const OPS: [&str; 4] = ["read", "write", "open", "fsync"];
-/// `FS_TYPES` in filesystem_latency.h.
+/// `FS_TYPES` in filesystem_latency.bpf.h.
 const FS_TYPES: usize = 32;
 const FS_SLOTS: usize = FS_TYPES + 1;
-/// `MAX_SYSCALL_NR` in filesystem_latency.bpf.c.
-const MAX_SYSCALL_NR: usize = 1024;
+/// `FS_MAX_SYSCALL_NR` in filesystem_latency.bpf.h.
+pub const MAX_SYSCALL_NR: usize = 1024;
 
 /// fentry targets: per file system, its read_iter, write_iter, open and
 /// fsync file operations (`None`: it has none of its own). At most six
@@ -218,7 +223,7 @@ fn load_fentry(root: &Path) -> anyhow::Result<(bpf::FilesystemLatencySkel<'stati
     Ok((skel, format!("fentry: {}", measured.join(", "))))
 }
 
-/// Loads the system call programs.
+/// Loads this sampler's own system call programs.
 fn load_syscalls() -> anyhow::Result<bpf::FilesystemLatencySkel<'static>> {
     let mut open = open(true)?;
     for mut prog in open.open_object_mut().progs_mut() {
@@ -245,24 +250,115 @@ fn open(syscalls: bool) -> anyhow::Result<bpf::OpenFilesystemLatencySkel<'static
             .rodata_data
             .as_deref_mut()
             .ok_or_else(|| anyhow::anyhow!("the filesystem_latency BPF object has no .rodata"))?
-            .syscall_op = syscall_ops();
+            .fs_syscall_op = syscall_ops();
     }
-    open.maps
-        .counters
-        .set_max_entries(possible_cpus()? as u32)
-        .map_err(|e| classify(e, "sizing the filesystem_latency counter banks"))?;
+    prepare(&mut open.maps.fs_counters, &mut open.maps.fs_latency, true)?;
     Ok(open)
+}
+
+/// Sizes an object's fs_* maps (from `filesystem_latency.bpf.h`): in full
+/// when `used`, else to one entry each (the syscall sampler's object, when
+/// it does not time file systems).
+pub fn prepare(
+    counters: &mut libbpf_rs::OpenMapMut<'_>,
+    latency: &mut libbpf_rs::OpenMapMut<'_>,
+    used: bool,
+) -> anyhow::Result<()> {
+    let (banks, histograms) = match used {
+        true => (possible_cpus()?, FS_SLOTS * OPS.len() * HISTOGRAM_BUCKETS),
+        false => (1, 1),
+    };
+    counters
+        .set_max_entries(banks as u32)
+        .map_err(|e| classify(e, "sizing the file system counter banks"))?;
+    latency
+        .set_max_entries(histograms as u32)
+        .map_err(|e| classify(e, "sizing the file system histograms"))?;
+    Ok(())
+}
+
+/// A loaded object's fs_* maps, mapped: what this sampler reads.
+pub struct FsMaps {
+    counters: MmapArray,
+    latency: MmapArray,
+    types: NamedSlots,
+}
+
+impl FsMaps {
+    /// Maps `fs_counters`, `fs_latency` and `fs_types`, checking their sizes
+    /// against this file's copies of the header's numbers.
+    pub fn new(
+        counters: &libbpf_rs::Map<'_>,
+        latency: &libbpf_rs::Map<'_>,
+        types: &libbpf_rs::Map<'_>,
+    ) -> anyhow::Result<Self> {
+        let checks = [
+            ("fs_types entries", types.max_entries() as usize, FS_TYPES),
+            (
+                "counter bank size",
+                counters.value_size() as usize,
+                (FS_SLOTS * OPS.len() * 8).next_multiple_of(64),
+            ),
+            (
+                "latency histograms",
+                latency.max_entries() as usize,
+                FS_SLOTS * OPS.len() * HISTOGRAM_BUCKETS,
+            ),
+        ];
+        for (what, loaded, expected) in checks {
+            anyhow::ensure!(
+                loaded == expected,
+                "filesystem_latency.bpf.h and its loader disagree: {what} is {loaded}, expected {expected}"
+            );
+        }
+        Ok(Self {
+            counters: MmapArray::new(counters)?,
+            latency: MmapArray::new(latency)?,
+            types: NamedSlots::new(types)?,
+        })
+    }
+}
+
+/// Hand-over of the system call path to the `syscall` sampler, whose
+/// programs are already on sys_enter and sys_exit. Samplers start in name
+/// order, so this one asks first ([`Share::Wanted`]); the syscall sampler,
+/// if it starts, sees the request ([`wanted`]), times file systems in its
+/// programs and hands over their maps ([`provide`]); once every sampler has
+/// started, this one takes them, or loads its own programs.
+pub enum Share {
+    None,
+    Wanted,
+    Provided(FsMaps),
+}
+
+static SHARE: std::sync::Mutex<Share> = std::sync::Mutex::new(Share::None);
+
+fn share() -> std::sync::MutexGuard<'static, Share> {
+    SHARE.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+/// Whether filesystem_latency wants the syscall sampler's programs to time
+/// file system calls.
+pub fn wanted() -> bool {
+    matches!(*share(), Share::Wanted)
+}
+
+/// The syscall sampler's fs_* maps, its programs timing file system calls.
+pub fn provide(maps: FsMaps) {
+    *share() = Share::Provided(maps);
 }
 
 /// A type slot's series, by op: the counter and the histogram.
 type SlotSeries = Vec<(Arc<Series>, Arc<Series>)>;
 
 struct FilesystemLatency {
-    _skel: bpf::FilesystemLatencySkel<'static>,
+    /// This sampler's own programs, when it runs any.
+    _skel: Option<bpf::FilesystemLatencySkel<'static>>,
+    /// Why fentry is not used, when it is not.
+    no_fentry: Option<String>,
     method: String,
-    counters: MmapArray,
-    latency: MmapArray,
-    fs_types: NamedSlots,
+    /// The maps counted into; `None` until every sampler has started.
+    maps: Option<FsMaps>,
     /// Series by type name (two slots may hold one name: a module unloaded
     /// and loaded again registers a new type).
     series: BTreeMap<String, SlotSeries>,
@@ -273,60 +369,68 @@ struct FilesystemLatency {
 
 fn init(ctx: &SamplerContext) -> anyhow::Result<Box<dyn Sampler>> {
     check_support()?;
-    let (skel, method) = if ctx.option(&SPEC, "fentry") == 1 {
+    let mut names = vec![None; FS_SLOTS];
+    names[FS_TYPES] = Some("other".to_string());
+    let mut sampler = FilesystemLatency {
+        _skel: None,
+        no_fentry: None,
+        method: String::new(),
+        maps: None,
+        series: BTreeMap::new(),
+        names,
+        scratch: Vec::new(),
+    };
+    if ctx.option(&SPEC, "fentry") == 1 {
         // a refusal is expected on some kernels and reported in `method`:
         // libbpf's own lines about it (and its ulimit advice) would mislead
         let print = libbpf_rs::set_print(None);
         let fentry = load_fentry(&ctx.root);
         libbpf_rs::set_print(print);
         match fentry {
-            Ok(loaded) => loaded,
-            Err(e) => {
-                let skel = load_syscalls()?;
-                (skel, format!("syscalls (fentry not used: {e:#})"))
+            Ok((skel, method)) => {
+                sampler.maps = Some(FsMaps::new(
+                    &skel.maps.fs_counters,
+                    &skel.maps.fs_latency,
+                    &skel.maps.fs_types,
+                )?);
+                sampler._skel = Some(skel);
+                sampler.method = method;
+                return Ok(Box::new(sampler));
             }
+            Err(e) => sampler.no_fentry = Some(format!("fentry not used: {e:#}")),
         }
     } else {
-        (load_syscalls()?, "syscalls (fentry = 0)".to_string())
-    };
-    check_layout(&skel)?;
-    let mut names = vec![None; FS_SLOTS];
-    names[FS_TYPES] = Some("other".to_string());
-    Ok(Box::new(FilesystemLatency {
-        counters: MmapArray::new(&skel.maps.counters)?,
-        latency: MmapArray::new(&skel.maps.latency)?,
-        fs_types: NamedSlots::new(&skel.maps.fs_types)?,
-        _skel: skel,
-        method,
-        series: BTreeMap::new(),
-        names,
-        scratch: Vec::new(),
-    }))
+        sampler.no_fentry = Some("fentry = 0".to_string());
+    }
+    // the system calls: the syscall sampler's programs if it starts
+    *share() = Share::Wanted;
+    Ok(Box::new(sampler))
 }
 
-/// The loaded maps have the sizes this file's constants imply.
-fn check_layout(skel: &bpf::FilesystemLatencySkel<'_>) -> anyhow::Result<()> {
-    let maps = &skel.maps;
-    let checks = [
-        ("fs_types entries", maps.fs_types.max_entries() as usize, FS_TYPES),
-        (
-            "counter bank size",
-            maps.counters.value_size() as usize,
-            (FS_SLOTS * OPS.len() * 8).next_multiple_of(64),
-        ),
-        (
-            "latency histograms",
-            maps.latency.max_entries() as usize,
-            FS_SLOTS * OPS.len() * crate::bpf::HISTOGRAM_BUCKETS,
-        ),
-    ];
-    for (what, loaded, expected) in checks {
-        anyhow::ensure!(
-            loaded == expected,
-            "filesystem_latency.h and the loader disagree: {what} is {loaded}, expected {expected}"
-        );
+impl FilesystemLatency {
+    /// Once every sampler has started: the syscall sampler's maps if it
+    /// took the work, else this sampler's own system call programs.
+    fn bind(&mut self) -> anyhow::Result<()> {
+        if self.maps.is_some() {
+            return Ok(());
+        }
+        let why = self.no_fentry.take().unwrap_or_default();
+        let provided = std::mem::replace(&mut *share(), Share::None);
+        if let Share::Provided(maps) = provided {
+            self.maps = Some(maps);
+            self.method = format!("syscalls, in the syscall sampler's programs ({why})");
+            return Ok(());
+        }
+        let skel = load_syscalls()?;
+        self.maps = Some(FsMaps::new(
+            &skel.maps.fs_counters,
+            &skel.maps.fs_latency,
+            &skel.maps.fs_types,
+        )?);
+        self._skel = Some(skel);
+        self.method = format!("syscalls ({why})");
+        Ok(())
     }
-    Ok(())
 }
 
 impl Sampler for FilesystemLatency {
@@ -334,11 +438,18 @@ impl Sampler for FilesystemLatency {
         Some(self.method.clone())
     }
 
+    fn all_started(&mut self) -> anyhow::Result<()> {
+        self.bind()
+    }
+
     fn refresh(&mut self, out: &mut Emitter<'_>) -> anyhow::Result<()> {
+        let Some(maps) = &self.maps else {
+            anyhow::bail!("not bound to its maps (all_started was not called)");
+        };
         // per name and op: the count and the histogram, summed over slots
         for slot in 0..FS_TYPES {
             if self.names[slot].is_none() {
-                self.names[slot] = self.fs_types.name(slot);
+                self.names[slot] = maps.types.name(slot);
             }
         }
         let mut totals: BTreeMap<&str, [(u64, Option<histogram::Histogram>); 4]> = BTreeMap::new();
@@ -349,12 +460,12 @@ impl Sampler for FilesystemLatency {
             let entry = totals.entry(name).or_default();
             for (op, (count, histogram)) in entry.iter_mut().enumerate() {
                 let index = slot * OPS.len() + op;
-                let n = self.counters.bank_counter(index, &mut self.scratch);
+                let n = maps.counters.bank_counter(index, &mut self.scratch);
                 if n == 0 {
                     continue;
                 }
                 *count += n;
-                let h = self.latency.histogram(index);
+                let h = maps.latency.histogram(index);
                 *histogram = Some(match histogram.take() {
                     Some(sum) => sum.wrapping_add(&h)?,
                     None => h,
