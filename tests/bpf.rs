@@ -277,6 +277,8 @@ fn blockio_follows_direct_writes_to_a_disk_and_skips_loop_devices() {
     unsafe { libc::sync() };
     let before = agent.snapshot();
     direct_writes(&path, N, S);
+    // rezolus_bpf_missed_runs is read at most once a second
+    std::thread::sleep(Duration::from_millis(1100));
     let after = agent.snapshot();
 
     let merged = counter_delta(
@@ -289,16 +291,26 @@ fn blockio_follows_direct_writes_to_a_disk_and_skips_loop_devices() {
     let bytes = counter_delta(&before, &after, "blockio_bytes", &[("op", "write")]);
     let labels = [("op", "write"), ("device", disk.as_str())];
     let per_device = counter_delta(&before, &after, "blockio_device_operations", &labels);
+    let missed = counter_delta(
+        &before,
+        &after,
+        "rezolus_bpf_missed_runs",
+        &[("sampler", "blockio")],
+    );
     let seen = format!(
         "{ops} requests and {bytes} bytes counted for {N} writes of {S}; \
-         {disk} wrote {per_device} in /proc/diskstats, {merged} merged"
+         {disk} wrote {per_device} in /proc/diskstats, {merged} merged; \
+         {missed} runs of the blockio programs skipped by the kernel"
     );
     // A few percent of these requests have twice gone uncounted with no
     // merge reported (251 of 256 in CI, 245 in a full local test run), and
-    // neither could be reproduced since; until that is understood (issue
-    // 16), 95% is required of each count, and every number is in the message.
+    // neither could be reproduced since. One candidate: the kernel skipping
+    // a run of block_rq_complete nested in another on the same CPU, now
+    // served as rezolus_bpf_missed_runs and added here. Until a failure
+    // shows the cause, 95% is required of each count, and every number is
+    // in the message.
     let at_least = |n: i128| n * 100 >= (N as i128) * 95;
-    assert!(at_least(ops + merged), "{seen}");
+    assert!(at_least(ops + merged + missed), "{seen}");
     assert!(bytes * 100 >= (N * S) as i128 * 95, "{seen}");
     let size = |s: &Snap| s.histogram("blockio_size", &[("op", "write")]).clone();
     let of_size_s = added_between(&size(&before), &size(&after), S as u64, S as u64);

@@ -340,7 +340,8 @@ impl Namespaces {
         Self::run(name, || {
             // thread-self: /proc/net follows the process's main thread
             let field = |file: &str, prefix: &str, key: &str| -> u64 {
-                let text = std::fs::read_to_string(format!("/proc/thread-self/net/{file}")).unwrap();
+                let text =
+                    std::fs::read_to_string(format!("/proc/thread-self/net/{file}")).unwrap();
                 let mut rows = text.lines().filter(|l| l.starts_with(prefix));
                 let (keys, values) = (rows.next().unwrap(), rows.next().unwrap());
                 let at = keys.split_whitespace().position(|k| k == key).unwrap();
@@ -439,6 +440,8 @@ fn forced_loss_makes_retransmits_and_netfilter_drops() {
     let retrans = (Namespaces::retrans_segs(&ns.a) + Namespaces::retrans_segs(&ns.b)
         - retrans_before) as i128;
     let dropped = nft_dropped(&ns.b);
+    // rezolus_bpf_missed_runs is read at most once a second
+    std::thread::sleep(Duration::from_millis(1100));
     let after = agent.snapshot();
 
     eprintln!("RetransSegs less TCPRetransFail {retrans}, nft drops {dropped}");
@@ -463,10 +466,19 @@ fn forced_loss_makes_retransmits_and_netfilter_drops() {
         "network_drop",
         &[("reason", "NETFILTER_DROP")],
     );
-    // once 25 for 26 in a full test run (see the retransmit check above)
+    // Once 25 for 26 in a full test run, not reproduced in isolation. One
+    // candidate: a kfree_skb run skipped by the kernel because another was
+    // running on that CPU (drops happen in task and softirq context), served
+    // as rezolus_bpf_missed_runs. Until a failure shows the cause, 95%.
+    let missed = counter_delta(
+        &before,
+        &after,
+        "rezolus_bpf_missed_runs",
+        &[("sampler", "network_drop")],
+    );
     assert!(
-        drops * 100 >= dropped * 95 && drops <= dropped + dropped / 10 + 5,
-        "network_drop{{reason=NETFILTER_DROP}} moved {drops}, the rule dropped {dropped}"
+        (drops + missed) * 100 >= dropped * 95 && drops <= dropped + dropped / 10 + 5,
+        "network_drop{{reason=NETFILTER_DROP}} moved {drops} ({missed} runs skipped), the rule dropped {dropped}"
     );
 }
 

@@ -13,7 +13,8 @@ use std::time::{Duration, Instant};
 use common::disks::{direct_writes, LoopDevice};
 use common::{added, added_between, counter_delta, require_active, sampler_status, Agent, Snap};
 
-const FS_ONLY: &str = "[defaults]\nenabled = false\n[samplers.filesystem_latency]\nenabled = true\n";
+const FS_ONLY: &str =
+    "[defaults]\nenabled = false\n[samplers.filesystem_latency]\nenabled = true\n";
 /// With the syscall sampler, whose programs then time the system calls.
 const FS_AND_SYSCALL: &str = "[defaults]\nenabled = false\n[samplers.filesystem_latency]\nenabled = true\n[samplers.syscall]\nenabled = true\n";
 const BLOCKIO_ONLY: &str = "[defaults]\nenabled = false\n[samplers.blockio]\nenabled = true\n";
@@ -233,12 +234,18 @@ fn pipes_and_devices_are_not_file_system_operations() {
     require_active(&agent, &["filesystem_latency"]);
     let mut fds = [0; 2];
     assert_eq!(unsafe { libc::pipe(fds.as_mut_ptr()) }, 0);
-    let null = std::fs::File::options().write(true).open("/dev/null").unwrap();
+    let null = std::fs::File::options()
+        .write(true)
+        .open("/dev/null")
+        .unwrap();
     let before = agent.snapshot();
     let mut byte = [0u8; 1];
     for _ in 0..N {
         assert_eq!(unsafe { libc::write(fds[1], byte.as_ptr().cast(), 1) }, 1);
-        assert_eq!(unsafe { libc::read(fds[0], byte.as_mut_ptr().cast(), 1) }, 1);
+        assert_eq!(
+            unsafe { libc::read(fds[0], byte.as_mut_ptr().cast(), 1) },
+            1
+        );
         null.write_all_at(&byte, 0).unwrap();
     }
     let after = agent.snapshot();
@@ -349,8 +356,10 @@ fn blockio_latency_is_per_device() {
     let slow = LoopDevice::over(&slow_fs.path().join("disk"));
     let fast = LoopDevice::new(16 << 20);
 
-    let latency = |snap: &Snap, d: &LoopDevice| device_histogram(snap, "blockio_device_latency", d.name());
-    let size = |snap: &Snap, d: &LoopDevice| device_histogram(snap, "blockio_device_size", d.name());
+    let latency =
+        |snap: &Snap, d: &LoopDevice| device_histogram(snap, "blockio_device_latency", d.name());
+    let size =
+        |snap: &Snap, d: &LoopDevice| device_histogram(snap, "blockio_device_size", d.name());
 
     let s0 = agent.snapshot();
     direct_writes(Path::new(&fast.path), W, S);
@@ -358,24 +367,91 @@ fn blockio_latency_is_per_device() {
     direct_writes(Path::new(&slow.path), W, S);
     let s2 = agent.snapshot();
 
-    for (device, during, other) in [(&fast, (&s0, &s1), (&s1, &s2)), (&slow, (&s1, &s2), (&s0, &s1))] {
+    for (device, during, other) in [
+        (&fast, (&s0, &s1), (&s1, &s2)),
+        (&slow, (&s1, &s2), (&s0, &s1)),
+    ] {
         let name = device.name();
-        let sized = added_between(&size(during.0, device), &size(during.1, device), S as u64, S as u64);
+        let sized = added_between(
+            &size(during.0, device),
+            &size(during.1, device),
+            S as u64,
+            S as u64,
+        );
         let timed = added(&latency(during.0, device), &latency(during.1, device));
-        assert_eq!(sized, W as u64, "{name}: {sized} writes of {S} bytes for {W}");
+        assert_eq!(
+            sized, W as u64,
+            "{name}: {sized} writes of {S} bytes for {W}"
+        );
         assert_eq!(timed, W as u64, "{name}: {timed} latencies for {W} writes");
         let idle = added(&latency(other.0, device), &latency(other.1, device))
             + added(&size(other.0, device), &size(other.1, device));
         assert_eq!(idle, 0, "{name} moved while the other device was written");
     }
-    let slow_ones = added_between(&latency(&s1, &slow), &latency(&s2, &slow), SLOW_NS, u64::MAX);
-    let fast_ones = added_between(&latency(&s0, &fast), &latency(&s1, &fast), SLOW_NS, u64::MAX);
-    assert_eq!(slow_ones, W as u64, "{slow_ones} of {W} writes to the slow device took over 4 ms");
-    assert!(fast_ones * 10 <= W as u64, "{fast_ones} of {W} writes to the fast device took over 4 ms");
+    let slow_ones = added_between(
+        &latency(&s1, &slow),
+        &latency(&s2, &slow),
+        SLOW_NS,
+        u64::MAX,
+    );
+    let fast_ones = added_between(
+        &latency(&s0, &fast),
+        &latency(&s1, &fast),
+        SLOW_NS,
+        u64::MAX,
+    );
+    assert_eq!(
+        slow_ones, W as u64,
+        "{slow_ones} of {W} writes to the slow device took over 4 ms"
+    );
+    assert!(
+        fast_ones * 10 <= W as u64,
+        "{fast_ones} of {W} writes to the fast device took over 4 ms"
+    );
 
     // the all-disk series leave loop devices out
     let all = counter_delta(&s0, &s2, "blockio_operations", &[("op", "write")]);
-    assert!(all < W as i128 / 2, "blockio_operations{{op=write}} moved {all}");
+    assert!(
+        all < W as i128 / 2,
+        "blockio_operations{{op=write}} moved {all}"
+    );
     drop(slow);
     drop(slow_fs);
+}
+
+/// More disks than slots: each disk with a slot of its own moves only its
+/// series, by its own writes, and the writes to disks beyond the slots are
+/// counted in `device="other"`; nothing is lost either way.
+#[test]
+fn disks_beyond_the_slots_count_as_other() {
+    const DISKS: usize = 30;
+    let agent = Agent::start("", BLOCKIO_ONLY);
+    require_active(&agent, &["blockio"]);
+    let devices: Vec<LoopDevice> = (0..DISKS).map(|_| LoopDevice::new(1 << 20)).collect();
+    let size = |snap: &Snap, device: &str| device_histogram(snap, "blockio_device_size", device);
+    let before = agent.snapshot();
+    for device in &devices {
+        direct_writes(Path::new(&device.path), 1, 4096);
+    }
+    let after = agent.snapshot();
+    let own: Vec<&LoopDevice> = devices
+        .iter()
+        .filter(|d| {
+            after
+                .histograms
+                .iter()
+                .any(|h| h.labels.get("device").map(String::as_str) == Some(d.name()))
+        })
+        .collect();
+    for device in &own {
+        let moved = added(&size(&before, device.name()), &size(&after, device.name()));
+        assert_eq!(moved, 1, "{} moved {moved} for one write", device.name());
+    }
+    let beyond = (DISKS - own.len()) as u64;
+    assert!(beyond > 0, "all {DISKS} new disks got slots of their own");
+    let other = added(&size(&before, "other"), &size(&after, "other"));
+    assert!(
+        other >= beyond,
+        "device=\"other\" moved {other} for {beyond} disks without a slot"
+    );
 }

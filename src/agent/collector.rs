@@ -11,8 +11,8 @@ use serde::Serialize;
 use tracing::{debug, error, info, warn};
 
 use crate::agent::config::Config;
-use crate::metrics::{MetricDef, Series};
 use crate::bpf;
+use crate::metrics::{MetricDef, Series};
 use crate::samplers::{registry, Absent, Sampler, SamplerContext, Source};
 use crate::snapshot::{Correction, Emitter, Snapshot};
 use crate::source::is_unsupported;
@@ -125,7 +125,11 @@ impl Collector {
                 let before = slot.programs.as_ref().map(|_| bpf::program_fds());
                 let started = catch_unwind(AssertUnwindSafe(|| sampler.all_started()));
                 if let (Some(before), Some((fds, _))) = (before, slot.programs.as_mut()) {
-                    fds.extend(bpf::program_fds().into_iter().filter(|fd| !before.contains(fd)));
+                    fds.extend(
+                        bpf::program_fds()
+                            .into_iter()
+                            .filter(|fd| !before.contains(fd)),
+                    );
                 }
                 if let (state, reason, None) = outcome(started) {
                     slot.sampler = None;
@@ -241,10 +245,9 @@ impl Collector {
                 .slots
                 .iter()
                 .map(|slot| match (&slot.programs, &slot.sampler) {
-                    (Some((fds, _)), Some(_)) => fds
-                        .iter()
-                        .filter_map(|fd| bpf::recursion_misses(*fd))
-                        .sum(),
+                    (Some((fds, _)), Some(_)) => {
+                        fds.iter().filter_map(|fd| bpf::recursion_misses(*fd)).sum()
+                    }
                     _ => 0,
                 })
                 .collect();

@@ -83,4 +83,3 @@ pub fn disk_of(path: &Path) -> String {
     };
     disk.file_name().unwrap().to_str().unwrap().to_string()
 }
-

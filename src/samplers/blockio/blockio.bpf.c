@@ -12,7 +12,7 @@
  * pass their IO on to another disk or to the network, where it is counted
  * once: counting them too would count the same bytes twice. The per-disk
  * histograms cover every disk, virtual ones included, each in its own slot
- * (named as in /sys/block); BLOCKIO_DEVICES disks get one, the rest share
+ * (named as in /sys/block); device_slots disks get one, the rest share
  * the slot after. Partitions, md and most device-mapper targets issue no
  * requests of their own. */
 #include "rezolus.h"
@@ -43,22 +43,26 @@ BANK_MAP(counters, blockio_bank);
 
 HISTOGRAM_MAP(histograms, BLOCKIO_HISTOGRAMS);
 
-/* disks with a slot of their own, by dev_t; then the shared overflow slot */
-#define BLOCKIO_DEVICES 64
-NAMED_SLOTS(devices, BLOCKIO_DEVICES);
+/* Disks with a slot of their own, by dev_t, then the shared overflow slot.
+ * Userspace sizes both maps to device_slots (disks present at start, plus
+ * room for more) before load: each slot's histograms take 31 KiB. */
+#define BLOCKIO_MAX_DEVICES 256
+const volatile u32 device_slots = 16;
+NAMED_SLOTS(devices, BLOCKIO_MAX_DEVICES);
 
 /* per disk slot: BLOCKIO_HISTOGRAMS histograms (latency per op, size per op) */
-HISTOGRAM_MAP(device_histograms, (BLOCKIO_DEVICES + 1) * BLOCKIO_HISTOGRAMS);
+HISTOGRAM_MAP(device_histograms, (BLOCKIO_MAX_DEVICES + 1) * BLOCKIO_HISTOGRAMS);
 
 static __always_inline u32 device_slot(struct request *rq)
 {
+	u32 n = device_slots < BLOCKIO_MAX_DEVICES ? device_slots : BLOCKIO_MAX_DEVICES;
 	struct gendisk *disk = BPF_CORE_READ(rq, q, disk);
 	if (!disk)
-		return BLOCKIO_DEVICES;
+		return n;
 	u64 id = (1ULL << 63) | ((u64)BPF_CORE_READ(disk, major) << 32) |
 		 (u32)BPF_CORE_READ(disk, first_minor);
 	bool claimed;
-	u32 slot = slot_of(&devices, BLOCKIO_DEVICES, id, &claimed);
+	u32 slot = slot_of(&devices, n, id, &claimed);
 	if (claimed)
 		name_slot(&devices, slot, __builtin_preserve_access_index(&disk->disk_name[0]));
 	return slot;

@@ -13,10 +13,12 @@
 //! device}` and `blockio_device_size{op, device}`, `device` named as in
 //! `/sys/block` (`vda`, `nvme0n1`, `loop3`). They are separate metric
 //! families because summing them with the all-disk series, or loop devices
-//! with the disks beneath them, would count IO twice. The first 64 disks
-//! (by major:minor) that complete a request after the agent starts get
-//! series of their own, hot-plugged and new loop devices included; IO to
-//! any later one is in `device="other"`. A series appears with the disk's
+//! with the disks beneath them, would count IO twice. Disks get a slot (by
+//! major:minor) with their first completed request after the agent starts,
+//! hot-plugged and new loop devices included. There are as many slots as
+//! disks in `/sys/block` at start plus 8, at most 256 (each holds 31 KiB
+//! of histograms, kernel memory mapped into the agent); IO to disks beyond
+//! them is in `device="other"`. A series appears with the disk's
 //! first request of that op. Per-disk counts of operations, bytes and
 //! merges come from the `blockio_devices` sampler.
 
@@ -80,14 +82,27 @@ static SPEC: SamplerSpec = SamplerSpec {
     name: "blockio",
     source: Source::Bpf("tp_btf/block_rq_issue, tp_btf/block_rq_complete"),
     options: &[],
-    metrics: || vec![&OPERATIONS, &BYTES, &SIZE, &LATENCY, &DEVICE_SIZE, &DEVICE_LATENCY],
+    metrics: || {
+        vec![
+            &OPERATIONS,
+            &BYTES,
+            &SIZE,
+            &LATENCY,
+            &DEVICE_SIZE,
+            &DEVICE_LATENCY,
+        ]
+    },
     init,
 };
 
 /// The kernel's REQ_OP numbers 0..=3, the order of the BPF counters.
 pub const OPS: [&str; 4] = ["read", "write", "flush", "discard"];
-/// `BLOCKIO_DEVICES` in blockio.bpf.c: disks with a slot of their own.
-const DEVICES: usize = 64;
+/// Disks with series of their own: those in `/sys/block` at start plus
+/// this many (hot-plugged disks, new loop devices); the rest share
+/// `device="other"`.
+const SPARE_DEVICE_SLOTS: usize = 8;
+/// `BLOCKIO_MAX_DEVICES` in blockio.bpf.c.
+const MAX_DEVICES: usize = 256;
 /// Histograms per disk slot: latency per op, then size per op.
 const PER_DEVICE: usize = 2 * OPS.len();
 
@@ -110,7 +125,13 @@ struct Blockio {
     device_series: BTreeMap<String, DeviceSeries>,
 }
 
-fn init(_: &SamplerContext) -> anyhow::Result<Box<dyn Sampler>> {
+/// Slots for disks: those in `/sys/block` under `root` now, plus spares.
+fn device_slots(root: &std::path::Path) -> usize {
+    let present = std::fs::read_dir(root.join("sys/block")).map_or(0, |d| d.count());
+    (present + SPARE_DEVICE_SLOTS).min(MAX_DEVICES)
+}
+
+fn init(ctx: &SamplerContext) -> anyhow::Result<Box<dyn Sampler>> {
     check_support()?;
     let mut open = bpf::BlockioSkelBuilder::default()
         .open(object_storage())
@@ -119,6 +140,20 @@ fn init(_: &SamplerContext) -> anyhow::Result<Box<dyn Sampler>> {
         .counters
         .set_max_entries(possible_cpus()? as u32)
         .map_err(|e| classify(e, "sizing the blockio counter banks"))?;
+    let slots = device_slots(&ctx.root);
+    open.maps
+        .rodata_data
+        .as_deref_mut()
+        .ok_or_else(|| anyhow::anyhow!("the blockio BPF object has no .rodata"))?
+        .device_slots = slots as u32;
+    open.maps
+        .devices
+        .set_max_entries(slots as u32)
+        .map_err(|e| classify(e, "sizing the blockio disk slots"))?;
+    open.maps
+        .device_histograms
+        .set_max_entries(((slots + 1) * PER_DEVICE * HISTOGRAM_BUCKETS) as u32)
+        .map_err(|e| classify(e, "sizing the blockio disk histograms"))?;
     let mut skel = open
         .load()
         .map_err(|e| classify(e, "loading the blockio BPF programs"))?;
@@ -133,12 +168,12 @@ fn init(_: &SamplerContext) -> anyhow::Result<Box<dyn Sampler>> {
     let devices = NamedSlots::new(&skel.maps.devices)?;
     let device_histograms = MmapArray::new(&skel.maps.device_histograms)?;
     anyhow::ensure!(
-        devices.len() == DEVICES
-            && device_histograms.entries() == (DEVICES + 1) * PER_DEVICE * HISTOGRAM_BUCKETS,
+        devices.len() == slots
+            && device_histograms.entries() == (slots + 1) * PER_DEVICE * HISTOGRAM_BUCKETS,
         "blockio.bpf.c and its loader disagree on the number of disk slots"
     );
-    let mut device_names = vec![None; DEVICES + 1];
-    device_names[DEVICES] = Some("other".to_string());
+    let mut device_names = vec![None; slots + 1];
+    device_names[slots] = Some("other".to_string());
     Ok(Box::new(Blockio {
         _skel: skel,
         counters,
@@ -179,7 +214,7 @@ impl Blockio {
     /// Per-disk histograms of the slots named so far, summed by name;
     /// a disk's op appears once it has a request.
     fn emit_devices(&mut self, out: &mut Emitter<'_>) -> anyhow::Result<()> {
-        for slot in 0..DEVICES {
+        for slot in 0..self.devices.len() {
             if self.device_names[slot].is_none() {
                 // as /sys/block spells it: a `/` in a disk name becomes `!`
                 self.device_names[slot] = self.devices.name(slot).map(|n| n.replace('/', "!"));
@@ -187,8 +222,12 @@ impl Blockio {
         }
         let mut by_name: BTreeMap<&str, Vec<Option<histogram::Histogram>>> = BTreeMap::new();
         for (slot, name) in self.device_names.iter().enumerate() {
-            let Some(name) = name.as_deref() else { continue };
-            let sums = by_name.entry(name).or_insert_with(|| vec![None; PER_DEVICE]);
+            let Some(name) = name.as_deref() else {
+                continue;
+            };
+            let sums = by_name
+                .entry(name)
+                .or_insert_with(|| vec![None; PER_DEVICE]);
             for (h, sum) in sums.iter_mut().enumerate() {
                 let histogram = self.device_histograms.histogram(slot * PER_DEVICE + h);
                 if histogram.as_slice().iter().all(|b| *b == 0) {
@@ -201,17 +240,20 @@ impl Blockio {
             }
         }
         for (name, sums) in by_name {
-            let series = self.device_series.entry(name.to_string()).or_insert_with(|| {
-                OPS.iter()
-                    .map(|op| {
-                        let labels = [("op", *op), ("device", name)];
-                        (
-                            Series::new(&DEVICE_LATENCY, &labels),
-                            Series::new(&DEVICE_SIZE, &labels),
-                        )
-                    })
-                    .collect()
-            });
+            let series = self
+                .device_series
+                .entry(name.to_string())
+                .or_insert_with(|| {
+                    OPS.iter()
+                        .map(|op| {
+                            let labels = [("op", *op), ("device", name)];
+                            (
+                                Series::new(&DEVICE_LATENCY, &labels),
+                                Series::new(&DEVICE_SIZE, &labels),
+                            )
+                        })
+                        .collect()
+                });
             for (h, sum) in sums.into_iter().enumerate() {
                 let Some(sum) = sum else { continue };
                 let (latency, size) = &series[h % OPS.len()];

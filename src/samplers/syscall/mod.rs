@@ -122,7 +122,11 @@ fn load(latency_sampling: u32, count_cgroups: bool) -> anyhow::Result<bpf::Sysca
     if time_filesystems {
         rodata.fs_syscall_op = fs::syscall_ops();
     }
-    fs::prepare(&mut open.maps.fs_counters, &mut open.maps.fs_latency, time_filesystems)?;
+    fs::prepare(
+        &mut open.maps.fs_counters,
+        &mut open.maps.fs_latency,
+        time_filesystems,
+    )?;
     let cpus = possible_cpus()? as u32;
     open.maps
         .counts
@@ -164,9 +168,18 @@ fn init(ctx: &SamplerContext) -> anyhow::Result<Box<dyn Sampler>> {
     // the free slots are filled before the first event
     skel.attach()
         .map_err(|e| classify(e, "attaching to tp_btf/sys_enter and sys_exit"))?;
-    if skel.maps.rodata_data.as_deref().is_some_and(|r| r.time_filesystems) {
+    if skel
+        .maps
+        .rodata_data
+        .as_deref()
+        .is_some_and(|r| r.time_filesystems)
+    {
         let maps = &skel.maps;
-        fs::provide(fs::FsMaps::new(&maps.fs_counters, &maps.fs_latency, &maps.fs_types)?);
+        fs::provide(fs::FsMaps::new(
+            &maps.fs_counters,
+            &maps.fs_latency,
+            &maps.fs_types,
+        )?);
     }
     let counts = MmapArray::new(&skel.maps.counts)?;
     let latency = MmapArray::new(&skel.maps.latency)?;

@@ -5,7 +5,7 @@
 //! `filesystem_operations{fs, op}`, `op` = read, write, open, fsync, `fs` =
 //! the kernel's name for the type (`ext4`, `xfs`, `btrfs`, `tmpfs`, ... as in
 //! `/proc/filesystems`). A type's series appear with its first operation;
-//! calls that fail are not counted. Up to 32 types are counted on their
+//! calls that fail are not counted. Up to 16 types are counted on their
 //! own, the rest as `fs="other"`.
 //!
 //! Two ways in, chosen at start and named in `/samplers` (`method`):
@@ -40,7 +40,8 @@ use libbpf_rs::skel::{OpenSkel, Skel, SkelBuilder};
 use libbpf_rs::MapCore;
 
 use crate::bpf::{
-    check_support, classify, object_storage, possible_cpus, MmapArray, NamedSlots, HISTOGRAM_BUCKETS,
+    check_support, classify, object_storage, possible_cpus, MmapArray, NamedSlots,
+    HISTOGRAM_BUCKETS,
 };
 use crate::metrics::{MetricDef, Series};
 use crate::samplers::{Sampler, SamplerContext, SamplerOption, SamplerSpec, Source, SAMPLERS};
@@ -79,7 +80,7 @@ static SPEC: SamplerSpec = SamplerSpec {
 /// The ops, in the order of `FS_OP_*` in filesystem_latency.h.
 pub const OPS: [&str; 4] = ["read", "write", "open", "fsync"];
 /// `FS_TYPES` in filesystem_latency.bpf.h.
-const FS_TYPES: usize = 32;
+const FS_TYPES: usize = 16;
 const FS_SLOTS: usize = FS_TYPES + 1;
 /// `FS_MAX_SYSCALL_NR` in filesystem_latency.bpf.h.
 pub const MAX_SYSCALL_NR: usize = 1024;
@@ -156,8 +157,20 @@ pub fn syscall_ops() -> [u8; MAX_SYSCALL_NR] {
             }
         }
     };
-    set(&[SYS_read, SYS_pread64, SYS_readv, SYS_preadv, SYS_preadv2], 0);
-    set(&[SYS_write, SYS_pwrite64, SYS_writev, SYS_pwritev, SYS_pwritev2], 1);
+    set(
+        &[SYS_read, SYS_pread64, SYS_readv, SYS_preadv, SYS_preadv2],
+        0,
+    );
+    set(
+        &[
+            SYS_write,
+            SYS_pwrite64,
+            SYS_writev,
+            SYS_pwritev,
+            SYS_pwritev2,
+        ],
+        1,
+    );
     set(&[SYS_openat, SYS_openat2], 2);
     #[cfg(target_arch = "x86_64")]
     set(&[SYS_open, SYS_creat], 2);
@@ -183,7 +196,10 @@ fn kernel_functions(root: &Path, wanted: &[&str]) -> std::collections::HashSet<S
 
 /// Loads the fentry programs on every target function this kernel has.
 fn load_fentry(root: &Path) -> anyhow::Result<(bpf::FilesystemLatencySkel<'static>, String)> {
-    let wanted: Vec<&str> = TARGETS.iter().flat_map(|(_, f)| f.iter().flatten().copied()).collect();
+    let wanted: Vec<&str> = TARGETS
+        .iter()
+        .flat_map(|(_, f)| f.iter().flatten().copied())
+        .collect();
     let present = kernel_functions(root, &wanted);
     let mut open = open(false)?;
     let mut measured = Vec::new();
@@ -334,7 +350,9 @@ pub enum Share {
 static SHARE: std::sync::Mutex<Share> = std::sync::Mutex::new(Share::None);
 
 fn share() -> std::sync::MutexGuard<'static, Share> {
-    SHARE.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+    SHARE
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
 /// Whether filesystem_latency wants the syscall sampler's programs to time
@@ -479,7 +497,10 @@ impl Sampler for FilesystemLatency {
                     OPS.iter()
                         .map(|op| {
                             let labels = [("fs", name), ("op", *op)];
-                            (Series::new(&OPERATIONS, &labels), Series::new(&LATENCY, &labels))
+                            (
+                                Series::new(&OPERATIONS, &labels),
+                                Series::new(&LATENCY, &labels),
+                            )
                         })
                         .collect()
                 });
