@@ -19,6 +19,14 @@ const FS_ONLY: &str =
 const FS_AND_SYSCALL: &str = "[defaults]\nenabled = false\n[samplers.filesystem_latency]\nenabled = true\n[samplers.syscall]\nenabled = true\n";
 const BLOCKIO_ONLY: &str = "[defaults]\nenabled = false\n[samplers.blockio]\nenabled = true\n";
 
+/// Held by the tests that make loop devices: each agent has disk slots for
+/// the disks present at its start plus a few, which one test's 30 new disks
+/// would use up under another test's feet.
+fn disks_lock() -> std::sync::MutexGuard<'static, ()> {
+    static LOCK: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    LOCK.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
 fn run(program: &str, args: &[&str]) {
     let out = Command::new(program)
         .args(args)
@@ -148,6 +156,7 @@ fn check_file_system(fs: &str, exact: bool) {
 }
 
 fn check_file_system_with(config: &str, fs: &str, exact: bool) {
+    let _disks = disks_lock();
     let agent = Agent::start("", config);
     require_active(&agent, &["filesystem_latency"]);
     let mounted = Mounted::new(fs);
@@ -345,6 +354,7 @@ fn blockio_latency_is_per_device() {
     const W: usize = 40;
     const S: usize = 4096;
     const SLOW_NS: u64 = 4_000_000;
+    let _disks = disks_lock();
     let agent = Agent::start("", BLOCKIO_ONLY);
     require_active(&agent, &["blockio"]);
     let backing = tempfile::tempdir_in("/dev/shm").unwrap();
@@ -425,6 +435,7 @@ fn blockio_latency_is_per_device() {
 #[test]
 fn disks_beyond_the_slots_count_as_other() {
     const DISKS: usize = 30;
+    let _disks = disks_lock();
     let agent = Agent::start("", BLOCKIO_ONLY);
     require_active(&agent, &["blockio"]);
     let devices: Vec<LoopDevice> = (0..DISKS).map(|_| LoopDevice::new(1 << 20)).collect();

@@ -16,7 +16,7 @@
 //! with the disks beneath them, would count IO twice. Disks get a slot (by
 //! major:minor) with their first completed request after the agent starts,
 //! hot-plugged and new loop devices included. There are as many slots as
-//! disks in `/sys/block` at start plus 8, at most 256 (each holds 31 KiB
+//! disks in `/sys/block` with a non-zero size at start plus 8, at most 256 (each holds 31 KiB
 //! of histograms, kernel memory mapped into the agent); IO to disks beyond
 //! them is in `device="other"`. A series appears with the disk's
 //! first request of that op. Per-disk counts of operations, bytes and
@@ -97,8 +97,8 @@ static SPEC: SamplerSpec = SamplerSpec {
 
 /// The kernel's REQ_OP numbers 0..=3, the order of the BPF counters.
 pub const OPS: [&str; 4] = ["read", "write", "flush", "discard"];
-/// Disks with series of their own: those in `/sys/block` at start plus
-/// this many (hot-plugged disks, new loop devices); the rest share
+/// Disks with series of their own: those in `/sys/block` at start (with a
+/// non-zero size) plus this many (hot-plugged disks, new loop devices); the rest share
 /// `device="other"`.
 const SPARE_DEVICE_SLOTS: usize = 8;
 /// `BLOCKIO_MAX_DEVICES` in blockio.bpf.c.
@@ -125,9 +125,20 @@ struct Blockio {
     device_series: BTreeMap<String, DeviceSeries>,
 }
 
-/// Slots for disks: those in `/sys/block` under `root` now, plus spares.
+/// Slots for disks: those in `/sys/block` under `root` now with a non-zero
+/// size (an unattached loop device or unconfigured zram has none, and many
+/// systems keep dozens), plus spares.
 fn device_slots(root: &std::path::Path) -> usize {
-    let present = std::fs::read_dir(root.join("sys/block")).map_or(0, |d| d.count());
+    let present = std::fs::read_dir(root.join("sys/block")).map_or(0, |dir| {
+        dir.flatten()
+            .filter(|disk| {
+                std::fs::read(disk.path().join("size"))
+                    .ok()
+                    .and_then(|size| crate::source::parse_u64(size.trim_ascii()))
+                    .is_some_and(|sectors| sectors > 0)
+            })
+            .count()
+    });
     (present + SPARE_DEVICE_SLOTS).min(MAX_DEVICES)
 }
 
@@ -261,5 +272,30 @@ impl Blockio {
             }
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn disk_slots_count_disks_with_a_size_plus_spares() {
+        let root = tempfile::tempdir().unwrap();
+        for (disk, size) in [
+            ("vda", "2097152\n"),
+            ("loop0", "0\n"),
+            ("nvme0n1", "junk\n"),
+        ] {
+            let dir = root.path().join("sys/block").join(disk);
+            std::fs::create_dir_all(&dir).unwrap();
+            std::fs::write(dir.join("size"), size).unwrap();
+        }
+        std::fs::create_dir_all(root.path().join("sys/block/sda")).unwrap(); // no size file
+        assert_eq!(device_slots(root.path()), 1 + SPARE_DEVICE_SLOTS);
+        assert_eq!(
+            device_slots(std::path::Path::new("/nonexistent")),
+            SPARE_DEVICE_SLOTS
+        );
     }
 }
