@@ -168,12 +168,7 @@ fn init(ctx: &SamplerContext) -> anyhow::Result<Box<dyn Sampler>> {
     // the free slots are filled before the first event
     skel.attach()
         .map_err(|e| classify(e, "attaching to tp_btf/sys_enter and sys_exit"))?;
-    if skel
-        .maps
-        .rodata_data
-        .as_deref()
-        .is_some_and(|r| r.time_filesystems)
-    {
+    if skel.maps.rodata_data.is_some_and(|r| r.time_filesystems) {
         let maps = &skel.maps;
         fs::provide(fs::FsMaps::new(
             &maps.fs_counters,
