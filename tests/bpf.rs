@@ -367,3 +367,52 @@ fn unprivileged_agent_serves_procfs_and_reports_bpf_unsupported() {
     assert!(snap.get("cpu_usage", &[("state", "user")]).is_some());
     assert!(snap.histograms.is_empty());
 }
+
+/// Every active BPF sampler with programs of its own has
+/// `rezolus_bpf_missed_runs` (filesystem_latency has none when the syscall
+/// sampler's programs do its work), and over all of them it adds up to the
+/// `recursion_misses` the kernel shows in the agent's own /proc/PID/fdinfo
+/// for its BPF programs.
+#[test]
+fn missed_runs_are_served_per_bpf_sampler_and_match_fdinfo() {
+    let agent = Agent::start("", "");
+    // the values are read at most once a second
+    std::thread::sleep(Duration::from_millis(1100));
+    let snap = agent.snapshot();
+    let fdinfo_total: i128 = std::fs::read_dir(format!("/proc/{}/fd", agent.pid()))
+        .unwrap()
+        .flatten()
+        .filter(|fd| {
+            std::fs::read_link(fd.path()).is_ok_and(|l| l.as_os_str() == "anon_inode:bpf-prog")
+        })
+        .map(|fd| {
+            let info = std::fs::read_to_string(format!(
+                "/proc/{}/fdinfo/{}",
+                agent.pid(),
+                fd.file_name().to_str().unwrap()
+            ))
+            .unwrap();
+            info.lines()
+                .find_map(|l| l.strip_prefix("recursion_misses:"))
+                .map_or(0, |v| v.trim().parse::<i128>().unwrap())
+        })
+        .sum();
+    let mut served = 0;
+    for s in agent.get_json("/samplers").as_array().unwrap() {
+        let name = s["name"].as_str().unwrap();
+        let borrowed = s["method"]
+            .as_str()
+            .is_some_and(|m| m.contains("in the syscall sampler's programs"));
+        if s["state"] == "active" && s["source"].as_str().unwrap().starts_with("eBPF") && !borrowed
+        {
+            served += snap
+                .get("rezolus_bpf_missed_runs", &[("sampler", name)])
+                .unwrap_or_else(|| panic!("no rezolus_bpf_missed_runs for {name}"));
+        }
+    }
+    // misses counted after the snapshot's read can only raise fdinfo's side
+    assert!(
+        served <= fdinfo_total && fdinfo_total - served < 1000,
+        "served {served}, fdinfo {fdinfo_total}"
+    );
+}
