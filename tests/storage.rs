@@ -167,10 +167,12 @@ fn check_file_system_with(config: &str, fs: &str, exact: bool) {
         let seen = format!("{fs} {op}: {counted} counted, {timed} timed, for {N}");
         if exact {
             assert_eq!(counted, N as i128, "{seen}");
+            assert_eq!(timed, counted, "{seen}");
         } else {
-            assert!(counted >= N as i128, "{seen}");
+            // others' calls land between the reads of the counter and the
+            // histogram, so the two may differ by a few
+            assert!(counted >= N as i128 && timed >= N as i128, "{seen}");
         }
-        assert_eq!(timed, counted, "{seen}");
     }
     if exact {
         let fast = added_between(
