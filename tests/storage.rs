@@ -70,6 +70,11 @@ impl Mounted {
     fn path(&self) -> &Path {
         self.dir.path()
     }
+
+    /// The loop device's name (`loop3`), unless tmpfs.
+    fn device(&self) -> Option<&str> {
+        self._device.as_ref().map(LoopDevice::name)
+    }
 }
 
 impl Drop for Mounted {
@@ -467,4 +472,77 @@ fn disks_beyond_the_slots_count_as_other() {
         other >= beyond,
         "device=\"other\" moved {other} for {beyond} disks without a slot"
     );
+}
+
+/// 32-bit (compat) system calls use other numbers: ia32 `lseek` is 19, the
+/// x86-64 number of `readv`. Made through `int 0x80` on a file of a
+/// file system nothing else uses, they must not count as reads.
+#[cfg(target_arch = "x86_64")]
+#[test]
+fn compat_system_calls_are_not_taken_for_native_ones() {
+    use std::os::fd::AsRawFd;
+    const IA32_LSEEK: u32 = 19;
+    let _disks = disks_lock();
+    for config in [FS_ONLY, FS_AND_SYSCALL] {
+        let agent = Agent::start("", config);
+        let mounted = Mounted::new("xfs");
+        let file = std::fs::File::create(mounted.path().join("f")).unwrap();
+        let before = agent.snapshot();
+        for _ in 0..N {
+            let ret: u32;
+            // SAFETY: the ia32 lseek(fd, 0, SEEK_SET) system call; it reads
+            // and writes no memory
+            unsafe {
+                // rbx holds the fd for the call; LLVM keeps rbx for itself,
+                // so it is swapped in and out around the call
+                std::arch::asm!(
+                    "xchg {fd}, rbx",
+                    "int 0x80",
+                    "xchg {fd}, rbx",
+                    fd = inout(reg) file.as_raw_fd() as u64 => _,
+                    inlateout("eax") IA32_LSEEK => ret,
+                    in("ecx") 0,
+                    in("edx") 0,
+                    // where a native call's first argument would be: a
+                    // sampler reading the call as native finds the file
+                    in("edi") file.as_raw_fd(),
+                );
+            }
+            assert_eq!(ret, 0, "the compat lseek failed: is IA32 emulation on?");
+        }
+        let after = agent.snapshot();
+        for op in ["read", "write", "open", "fsync"] {
+            assert_eq!(
+                operations(&before, &after, "xfs", op),
+                0,
+                "{op} with {config}"
+            );
+        }
+    }
+}
+
+/// An fsync's cache flush rides on an empty write request that the block
+/// layer completes without issuing: it must not show as a write of 0 bytes.
+#[test]
+fn fsync_flushes_are_not_empty_writes() {
+    let _disks = disks_lock();
+    let agent = Agent::start("", BLOCKIO_ONLY);
+    let mounted = Mounted::new("xfs");
+    let device = mounted.device().unwrap().to_string();
+    let file = std::fs::File::create(mounted.path().join("f")).unwrap();
+    let before = agent.snapshot();
+    for _ in 0..N / 4 {
+        file.write_all_at(&[1u8; 4096], 0).unwrap();
+        file.sync_data().unwrap();
+    }
+    let after = agent.snapshot();
+    let size = |snap: &Snap| device_histogram(snap, "blockio_device_size", &device);
+    let empty = added_between(&size(&before), &size(&after), 0, 0);
+    let writes = added(&size(&before), &size(&after));
+    assert!(
+        writes >= (N / 4) as u64,
+        "{writes} writes for {} fdatasyncs",
+        N / 4
+    );
+    assert_eq!(empty, 0, "{empty} empty writes among {writes}");
 }

@@ -5,6 +5,7 @@
 
 #include "vmlinux.h"
 #include <bpf/bpf_helpers.h>
+#include <bpf/bpf_core_read.h>
 
 /* The `histogram` crate's log-linear scheme with grouping power 3 and max
  * value power 64: values below 2^(GP+1) get a bucket each; above, each power
@@ -140,6 +141,18 @@ static __always_inline u32 slot_of(void *map, u32 n, u64 id, bool *claimed)
 			return i;
 	}
 	return n;
+}
+
+/* Whether the current task is in a 32-bit (compat) system call, whose
+ * numbers are not the native ones. x86-64 marks it with TS_COMPAT in
+ * thread_info.status; elsewhere this says no. */
+#define TS_COMPAT 0x0002
+static __always_inline bool compat_syscall(void)
+{
+	struct task_struct *task = bpf_get_current_task_btf();
+	if (!bpf_core_field_exists(task->thread_info.status))
+		return false;
+	return task->thread_info.status & TS_COMPAT;
 }
 
 #endif

@@ -49,6 +49,7 @@ enum {
 
 struct thread_info {
 	unsigned int cpu;
+	__u32 status; /* x86: TS_COMPAT while a 32-bit system call runs */
 } __attribute__((preserve_access_index));
 
 /* `cpu` is in thread_info on some configurations, in task_struct on others:

@@ -498,6 +498,7 @@ fn help(metric: &str, divisor: f64) -> String {
         crate::samplers::registry()
             .iter()
             .flat_map(|s| (s.metrics)())
+            .chain(crate::agent::collector::AGENT_METRICS)
             .map(|m| (m.name, m.description))
             .collect()
     });

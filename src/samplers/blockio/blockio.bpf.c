@@ -96,6 +96,11 @@ int BPF_PROG(block_rq_complete, struct request *rq, int error, unsigned int nr_b
 		bpf_map_delete_elem(&issued, &key);
 	if (op >= OPS)
 		return 0;
+	/* A read or write with no data is the empty request an fsync's cache
+	 * flush rides on (REQ_PREFLUSH): the block layer completes it without
+	 * issuing it, and the flush itself is counted as op flush. */
+	if (nr_bytes == 0 && op <= 1)
+		return 0;
 
 	u32 base = device_slot(rq) * BLOCKIO_HISTOGRAMS;
 	histogram_record(&device_histograms, base + SIZE + op, nr_bytes);

@@ -54,6 +54,9 @@ int BPF_PROG(syscall_enter, struct pt_regs *regs, long id)
 	u32 class = 0;
 	if (id >= 0 && id < MAX_SYSCALL_NR)
 		class = syscall_class[id] & (CLASSES - 1);
+	/* a 32-bit compat call's number means another call: class other */
+	if (class && compat_syscall())
+		class = 0;
 
 	struct syscall_bank *bank = bank_of_this_cpu(&counts);
 	if (!bank)

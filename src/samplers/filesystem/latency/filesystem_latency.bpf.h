@@ -10,7 +10,8 @@
  * The system call path times read/pread64/readv/preadv/preadv2 (op read),
  * the same for write, open/openat/openat2/creat (open) and fsync/fdatasync
  * (fsync) on regular files and directories, from sys_enter to sys_exit.
- * Other system calls are turned away by one table lookup. The file system
+ * Other system calls are turned away by one table lookup, and so are 32-bit
+ * compat calls (their numbers are not these). The file system
  * type is the file's: file->f_inode->i_sb->s_type, given a slot on first
  * use (NAMED_SLOTS, no hash map). Calls that fail are not counted. */
 #ifndef FILESYSTEM_LATENCY_BPF_H
@@ -92,11 +93,16 @@ static __always_inline void fs_record(struct file *file, u32 op, u64 start, bool
 	histogram_record(&fs_latency, index, bpf_ktime_get_ns() - start);
 }
 
+/* The op of native system call `id` (0: none); 32-bit compat calls, whose
+ * numbers mean other calls, are none. */
 static __always_inline u32 fs_op_of(long id)
 {
 	if (id < 0 || id >= FS_MAX_SYSCALL_NR)
 		return 0;
-	return fs_syscall_op[id];
+	u32 op = fs_syscall_op[id];
+	if (op && compat_syscall())
+		return 0;
+	return op;
 }
 
 /* At sys_enter of call `id`: for a file system op, the start time and fd. */
