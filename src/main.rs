@@ -25,7 +25,7 @@ enum Command {
     },
     /// Record the agent's snapshots to a Parquet file
     Record(rezolus::recorder::RecordArgs),
-    /// Parquet files: recover a capture from its journal
+    /// Parquet recordings: summarise, query, recover a capture from its journal
     #[command(subcommand)]
     Parquet(ParquetCommand),
     /// Keep the last minutes of snapshots on disk; SIGHUP writes them to Parquet
@@ -52,6 +52,13 @@ enum ParquetCommand {
         #[arg(long)]
         force: bool,
     },
+    /// What a recording holds: rows, time span, interval, gaps, and each metric with its type, unit and series
+    Summary {
+        /// The recording, e.g. rezolus.parquet
+        file: PathBuf,
+    },
+    /// One metric over time as a table: counter values or per-second rates, gauge values, histogram percentiles per interval
+    Query(rezolus::recording::query::QueryArgs),
 }
 
 /// Blocks SIGINT, SIGTERM and SIGHUP before `main` runs at all (from the
@@ -84,6 +91,12 @@ fn main() -> ExitCode {
             })),
             _,
         ) => rezolus::recorder::recover(&journal, output.as_deref(), force),
+        (Some(Command::Parquet(ParquetCommand::Summary { file })), _) => {
+            rezolus::recording::query::summary(&file).map(|text| print!("{text}"))
+        }
+        (Some(Command::Parquet(ParquetCommand::Query(args))), _) => {
+            rezolus::recording::query::query(&args).map(|text| print!("{text}"))
+        }
         (None, None) => {
             use clap::CommandFactory;
             let _ = Cli::command().print_help();

@@ -1,0 +1,369 @@
+//! `rezolus parquet summary` and `rezolus parquet query`: on a file in the
+//! documented Rezolus layout built here with known values, on a real
+//! capture (checked against pyarrow's reading), and on bad input.
+
+mod common;
+
+use std::path::Path;
+use std::process::Command;
+use std::sync::Arc;
+
+use arrow_array::builder::{ListBuilder, UInt64Builder};
+use arrow_array::{ArrayRef, RecordBatch, UInt64Array};
+use arrow_schema::{DataType, Field, Schema};
+use common::{Agent, BIN};
+
+fn rezolus(args: &[&str]) -> (bool, String, String) {
+    let out = Command::new(BIN).args(args).output().unwrap();
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+fn field(name: &str, data_type: DataType, meta: &[(&str, &str)]) -> Field {
+    Field::new(name, data_type, true).with_metadata(
+        meta.iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect(),
+    )
+}
+
+/// Writes `columns` (with `timestamp` first) as a Parquet file.
+fn write(path: &Path, fields: Vec<Field>, columns: Vec<ArrayRef>) {
+    let schema = Arc::new(Schema::new(fields));
+    let batch = RecordBatch::try_new(schema.clone(), columns).unwrap();
+    let mut writer =
+        parquet::arrow::ArrowWriter::try_new(std::fs::File::create(path).unwrap(), schema, None)
+            .unwrap();
+    writer.write(&batch).unwrap();
+    writer.close().unwrap();
+}
+
+const SECOND: u64 = 1_000_000_000;
+const T0: u64 = 1_700_000_000 * SECOND;
+
+/// Cumulative buckets holding `observations` (value, count), in the
+/// histogram crate's own layout (grouping power 3, max value power 64).
+fn buckets(observations: &[(u64, u64)]) -> Vec<u64> {
+    let mut h = histogram::Histogram::new(3, 64).unwrap();
+    for (value, count) in observations {
+        h.add(*value, *count).unwrap();
+    }
+    h.as_slice().to_vec()
+}
+
+/// The upper edge of the histogram crate's bucket holding `value`.
+fn edge(value: u64) -> u64 {
+    let mut h = histogram::Histogram::new(3, 64).unwrap();
+    h.increment(value).unwrap();
+    h.iter().find(|b| b.count() > 0).unwrap().end()
+}
+
+/// A recording laid out as stock Rezolus writes them: a counter with a
+/// label and a histogram column, four rows a second apart (the third with
+/// the counter absent).
+fn stock_file(path: &Path) {
+    let timestamps = UInt64Array::from(vec![T0, T0 + SECOND, T0 + 2 * SECOND, T0 + 4 * SECOND]);
+    let counter = UInt64Array::from(vec![Some(100), Some(150), None, Some(450)]);
+    let rows = [
+        buckets(&[]),
+        buckets(&[(5, 99), (1000, 1)]),
+        buckets(&[(5, 99), (1000, 1), (100, 10)]),
+        buckets(&[(5, 99), (1000, 1), (100, 10), (70_000, 4)]),
+    ];
+    let mut list = ListBuilder::new(UInt64Builder::new());
+    for row in &rows {
+        list.values().append_slice(row);
+        list.append(true);
+    }
+    let h_type = DataType::List(Arc::new(Field::new_list_field(DataType::UInt64, true)));
+    write(
+        path,
+        vec![
+            Field::new("timestamp", DataType::UInt64, false),
+            field(
+                "requests/GET",
+                DataType::UInt64,
+                &[
+                    ("metric", "requests"),
+                    ("metric_type", "counter"),
+                    ("unit", "requests"),
+                    ("method", "GET"),
+                ],
+            ),
+            field(
+                "latency:buckets",
+                h_type,
+                &[
+                    ("metric", "latency"),
+                    ("metric_type", "histogram"),
+                    ("unit", "nanoseconds"),
+                    ("grouping_power", "3"),
+                    ("max_value_power", "64"),
+                ],
+            ),
+        ],
+        vec![
+            Arc::new(timestamps),
+            Arc::new(counter),
+            Arc::new(list.finish()),
+        ],
+    );
+}
+
+/// Rates and interval percentiles equal the values worked out here from
+/// the rows written; an absent value leaves its rate and the next empty.
+#[test]
+fn rates_and_percentiles_of_a_stock_layout_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("stock.parquet");
+    stock_file(&path);
+    let file = path.to_str().unwrap();
+
+    let (ok, out, err) = rezolus(&[
+        "parquet",
+        "query",
+        file,
+        "requests",
+        "--label",
+        "method=GET",
+        "--rate",
+    ]);
+    assert!(ok, "{err}");
+    let lines: Vec<&str> = out.lines().collect();
+    assert_eq!(lines[0], "timestamp,\"requests{method=\"\"GET\"\"}:rate\"");
+    let rates: Vec<&str> = lines[1..]
+        .iter()
+        .map(|l| l.split(',').nth(1).unwrap())
+        .collect();
+    // 150 - 100 over 1 s; row 3 absent; row 4 follows an absent row
+    assert_eq!(rates, ["", "50.000", "", ""]);
+
+    let (ok, out, err) = rezolus(&[
+        "parquet",
+        "query",
+        file,
+        "latency",
+        "--percentiles",
+        "50,99,100",
+        "--format",
+        "json",
+    ]);
+    assert!(ok, "{err}");
+    let json: serde_json::Value = serde_json::from_str(&out).unwrap();
+    let column = |name: &str| -> Vec<Option<u64>> {
+        json["columns"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|c| c["name"] == name)
+            .unwrap_or_else(|| panic!("no column {name} in {out}"))["values"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|v| v.as_f64().map(|f| f as u64))
+            .collect()
+    };
+    // interval 1: 99 × 5 and 1 × 1000; interval 2: 10 × 100; interval 3: 4 × 70000
+    assert_eq!(
+        column("latency:p50"),
+        [None, Some(edge(5)), Some(edge(100)), Some(edge(70_000))]
+    );
+    assert_eq!(
+        column("latency:p99"),
+        [None, Some(edge(5)), Some(edge(100)), Some(edge(70_000))]
+    );
+    assert_eq!(
+        column("latency:p100"),
+        [None, Some(edge(1000)), Some(edge(100)), Some(edge(70_000))]
+    );
+    assert_eq!(json["timestamps"][1], "2023-11-14T22:13:21.000Z");
+
+    let (ok, out, err) = rezolus(&["parquet", "summary", file]);
+    assert!(ok, "{err}");
+    for line in [
+        "rows: 4",
+        "span: 4s",
+        "interval (median): 1s",
+        "metrics: 2 (2 series)",
+        "latency,histogram,nanoseconds,1",
+        "requests,counter,requests,1",
+    ] {
+        assert!(
+            out.lines().any(|l| l == line),
+            "no line {line:?} in:\n{out}"
+        );
+    }
+}
+
+/// On a real capture of the agent, the summary's rows and metrics and a
+/// counter's rates agree with what pyarrow reads from the same file.
+#[test]
+fn a_real_capture_agrees_with_pyarrow() {
+    let agent = Agent::start("", "[defaults]\nenabled = false\n[samplers.cpu_usage]\nenabled = true\n[samplers.syscall]\nenabled = true\n");
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("capture.parquet");
+    let url = format!("http://{}", agent.addr);
+    let (ok, _, err) = rezolus(&[
+        "record",
+        "--interval",
+        "100ms",
+        "--duration",
+        "1s",
+        &url,
+        path.to_str().unwrap(),
+    ]);
+    assert!(ok, "{err}");
+    let file = common::parquet::read_parquet(&path);
+    let columns = file["columns"].as_object().unwrap();
+    let metrics: std::collections::BTreeSet<&str> = columns
+        .values()
+        .filter_map(|c| c["metadata"]["metric"].as_str())
+        .collect();
+    let series = columns
+        .values()
+        .filter(|c| c["metadata"]["metric"].is_string())
+        .count();
+
+    let (ok, out, err) = rezolus(&["parquet", "summary", path.to_str().unwrap()]);
+    assert!(ok, "{err}");
+    assert!(out.contains(&format!("rows: {}\n", file["rows"])), "{out}");
+    assert!(
+        out.contains(&format!("metrics: {} ({series} series)\n", metrics.len())),
+        "{out}"
+    );
+
+    // the total syscall counter: its column is the one without labels
+    let (name, column) = columns
+        .iter()
+        .find(|(_, c)| {
+            c["metadata"]["metric"] == "syscall"
+                && c["metadata"]
+                    .as_object()
+                    .unwrap()
+                    .keys()
+                    .all(|k| ["metric", "metric_type", "unit"].contains(&k.as_str()))
+        })
+        .expect("a syscall total column");
+    let values: Vec<Option<u64>> = column["values"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v.as_u64())
+        .collect();
+    let stamps: Vec<u64> = columns["timestamp"]["values"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v.as_u64().unwrap())
+        .collect();
+    let (ok, out, err) = rezolus(&[
+        "parquet",
+        "query",
+        path.to_str().unwrap(),
+        "syscall",
+        "--rate",
+        "--format",
+        "json",
+    ]);
+    assert!(ok, "{err}");
+    let json: serde_json::Value = serde_json::from_str(&out).unwrap();
+    let served = json["columns"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["name"] == "syscall:rate")
+        .unwrap_or_else(|| panic!("no syscall:rate column for {name}"))["values"]
+        .clone();
+    for i in 1..values.len() {
+        let expected = match (values[i - 1], values[i]) {
+            (Some(a), Some(b)) if b >= a => {
+                Some((b - a) as f64 * 1e9 / (stamps[i] - stamps[i - 1]) as f64)
+            }
+            _ => None,
+        };
+        let got = served[i].as_f64();
+        match (expected, got) {
+            (Some(e), Some(g)) => {
+                assert!((e - g).abs() <= 0.001 + e * 1e-9, "row {i}: {g} for {e}")
+            }
+            (None, None) => {}
+            other => panic!("row {i}: {other:?}"),
+        }
+    }
+}
+
+/// Missing files, files that are not Parquet or not recordings, unknown
+/// metrics and bad arguments: a clear message naming the problem, and a
+/// non-zero exit.
+#[test]
+fn bad_input_is_a_clear_error() {
+    let dir = tempfile::tempdir().unwrap();
+    let stock = dir.path().join("stock.parquet");
+    stock_file(&stock);
+    let stock = stock.to_str().unwrap();
+    let text = dir.path().join("notes.txt");
+    std::fs::write(&text, "not parquet").unwrap();
+    let plain = dir.path().join("plain.parquet");
+    write(
+        &plain,
+        vec![
+            Field::new("timestamp", DataType::UInt64, false),
+            Field::new("x", DataType::UInt64, true),
+        ],
+        vec![
+            Arc::new(UInt64Array::from(vec![1u64])),
+            Arc::new(UInt64Array::from(vec![2u64])),
+        ],
+    );
+    let missing = dir.path().join("missing.parquet");
+    let cases: Vec<(Vec<&str>, &str)> = vec![
+        (
+            vec!["parquet", "summary", missing.to_str().unwrap()],
+            "No such file",
+        ),
+        (
+            vec!["parquet", "summary", text.to_str().unwrap()],
+            "is not a Parquet file",
+        ),
+        (
+            vec!["parquet", "summary", plain.to_str().unwrap()],
+            "is not a Rezolus recording",
+        ),
+        (
+            vec!["parquet", "query", stock, "nosuch"],
+            "holds no metric nosuch",
+        ),
+        (
+            vec![
+                "parquet",
+                "query",
+                stock,
+                "requests",
+                "--label",
+                "method=PUT",
+            ],
+            "has the labels method=PUT",
+        ),
+        (
+            vec!["parquet", "query", stock, "requests", "--label", "method"],
+            "is not KEY=VALUE",
+        ),
+        (
+            vec!["parquet", "query", stock, "latency", "--percentiles", "101"],
+            "101 is not between 0 and 100",
+        ),
+        (
+            vec!["parquet", "query", stock, "latency", "--format", "xml"],
+            "xml",
+        ),
+    ];
+    for (args, expected) in cases {
+        let (ok, out, err) = rezolus(&args);
+        assert!(!ok, "{args:?} succeeded: {out}");
+        assert!(out.is_empty(), "{args:?} printed {out}");
+        assert!(err.contains(expected), "{args:?}: {err}");
+    }
+}
