@@ -4,7 +4,7 @@
 use std::fmt::Write as _;
 use std::path::Path;
 
-use super::reader::{interval_percentiles, rates, Recording, Values};
+use super::reader::{rates, IntervalPercentiles, Recording, Values};
 
 /// Output formats of `parquet query`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -20,15 +20,16 @@ pub struct QueryArgs {
     pub file: std::path::PathBuf,
     /// The metric, e.g. cpu_usage or syscall_latency
     pub metric: String,
-    /// Only series with this label value (repeatable), e.g. --label op=read
+    /// Only series with this label value, e.g. --label op=read; repeated, a series must have all of them
     #[arg(long = "label", value_name = "KEY=VALUE", value_parser = parse_label)]
     pub labels: Vec<(String, String)>,
-    /// Histograms: the percentiles of each interval, 0 to 100
+    /// Histograms: the percentiles of each interval, 0 to 100 (ignored for counters and gauges)
     #[arg(long, value_delimiter = ',', default_value = "50,90,99,99.9,100")]
     pub percentiles: Vec<f64>,
-    /// Counters: per-second rates between rows instead of raw values
+    /// Counters: per-second rates between rows instead of raw values (ignored for gauges and histograms)
     #[arg(long)]
     pub rate: bool,
+    /// csv: a header of series names, a row per sample; json: {"timestamps": [...], "columns": [{"name", "values"}]}
     #[arg(long, value_enum, default_value = "csv")]
     pub format: Format,
 }
@@ -47,20 +48,26 @@ fn parse_label(text: &str) -> Result<(String, String), String> {
 /// type, unit and number of series.
 pub fn summary(path: &Path) -> anyhow::Result<String> {
     let recording = Recording::open(path)?;
-    let (timestamps, _) = recording.read(&[])?;
+    let timestamps = recording.timestamps()?;
     let mut out = String::new();
     writeln!(out, "file: {}", path.display())?;
     writeln!(out, "rows: {}", timestamps.len())?;
     if let (Some(first), Some(last)) = (timestamps.first(), timestamps.last()) {
+        let (min, max) = (
+            timestamps.iter().min().unwrap_or(first),
+            timestamps.iter().max().unwrap_or(last),
+        );
         writeln!(out, "first: {}", rfc3339(*first))?;
         writeln!(out, "last: {}", rfc3339(*last))?;
         writeln!(
             out,
             "span: {}",
-            humantime::format_duration(std::time::Duration::from_millis(
-                (last - first) / 1_000_000
-            ))
+            humantime::format_duration(std::time::Duration::from_millis((max - min) / 1_000_000))
         )?;
+        let back = timestamps.windows(2).filter(|w| w[1] < w[0]).count();
+        if back > 0 {
+            writeln!(out, "timestamps going back: {back}")?;
+        }
         let mut steps: Vec<u64> = timestamps
             .windows(2)
             .map(|w| w[1].saturating_sub(w[0]))
@@ -86,28 +93,58 @@ pub fn summary(path: &Path) -> anyhow::Result<String> {
         .and_then(|g| g.as_array().map(Vec::len))
         .unwrap_or(0);
     writeln!(out, "gaps: {gaps}")?;
-    let mut metrics: std::collections::BTreeMap<&str, (&'static str, String, usize)> =
+    // by metric, type and unit: a series that changed type mid-capture
+    // (its `#2` column) shows as a line of its own
+    let mut metrics: std::collections::BTreeMap<(&str, &'static str, &str), usize> =
         Default::default();
     for s in &recording.series {
-        let entry = metrics.entry(&s.metric).or_insert((
-            s.kind.name(),
-            s.unit.clone().unwrap_or_default(),
-            0,
-        ));
-        entry.2 += 1;
+        let unit = s.unit.as_deref().unwrap_or("");
+        *metrics.entry((&s.metric, s.kind.name(), unit)).or_default() += 1;
     }
+    let names: std::collections::BTreeSet<&str> = metrics.keys().map(|k| k.0).collect();
     writeln!(
         out,
         "metrics: {} ({} series)",
-        metrics.len(),
+        names.len(),
         recording.series.len()
     )?;
     writeln!(out, "metric,type,unit,series")?;
-    for (metric, (kind, unit, n)) in metrics {
-        writeln!(out, "{metric},{kind},{unit},{n}")?;
+    for ((metric, kind, unit), n) in metrics {
+        writeln!(out, "{},{kind},{},{n}", csv_field(metric), csv_field(unit))?;
     }
     Ok(out)
 }
+
+/// A value in a query's table.
+#[derive(Debug, Clone, Copy)]
+enum Cell {
+    U(u64),
+    I(i64),
+    F(f64),
+}
+
+impl Cell {
+    fn text(&self) -> String {
+        match self {
+            Cell::U(v) => v.to_string(),
+            Cell::I(v) => v.to_string(),
+            Cell::F(v) => format!("{v:.3}"),
+        }
+    }
+
+    fn json(&self) -> serde_json::Value {
+        match self {
+            Cell::U(v) => (*v).into(),
+            Cell::I(v) => (*v).into(),
+            Cell::F(v) => serde_json::Number::from_f64((v * 1000.0).round() / 1000.0)
+                .map_or(serde_json::Value::Null, serde_json::Value::Number),
+        }
+    }
+}
+
+/// Rows read per batch: a batch of a histogram column holds this many rows
+/// of buckets (496 u64 each at grouping power 3).
+const BATCH_ROWS: usize = 256;
 
 /// `parquet query`: one row per recording row, one column per matching
 /// series (per percentile for histograms).
@@ -150,36 +187,88 @@ pub fn query(args: &QueryArgs) -> anyhow::Result<String> {
             )
         });
     }
-    let (timestamps, values) = recording.read(&wanted)?;
-    // columns: (header, values per row)
-    let mut columns: Vec<(String, Vec<Option<String>>)> = Vec::new();
-    for (&s, values) in wanted.iter().zip(values) {
+    let mut percentiles = args.percentiles.clone();
+    percentiles.dedup_by(|a, b| a == b);
+    let timestamps = recording.timestamps()?;
+    // columns: (header, a value per row), read one series at a time
+    let mut columns: Vec<(String, Vec<Option<Cell>>)> = Vec::new();
+    for &s in &wanted {
         let series = &recording.series[s];
-        let name = series_name(&series.metric, &series.labels);
-        match values {
-            Values::Counter(v) if args.rate => columns.push((
+        // the column name is the series name, unique in the file (`#2` for
+        // a series that changed description mid-capture)
+        let mut name = series
+            .column
+            .strip_suffix(":buckets")
+            .unwrap_or(&series.column)
+            .to_string();
+        // two columns of one name (not written by us): tell them apart
+        if wanted
+            .iter()
+            .filter(|&&o| recording.series[o].column == series.column)
+            .count()
+            > 1
+        {
+            name = format!("{name}@{}", series.index);
+        }
+        let mut counter = Vec::new();
+        let mut cells: Vec<Vec<Option<Cell>>> = Vec::new();
+        let mut interval = IntervalPercentiles::new(series.kind, &percentiles);
+        let mut stamps = Vec::new();
+        recording.stream(s, BATCH_ROWS, |ts, values| {
+            stamps.extend_from_slice(ts);
+            match values {
+                Values::Counter(v) => counter.extend(v),
+                Values::Gauge(v) => cells.push(v.into_iter().map(|v| v.map(Cell::I)).collect()),
+                Values::Histogram(v) => {
+                    if let Some(interval) = interval.as_mut() {
+                        for row in v {
+                            cells.push(match interval.next(row) {
+                                Some(p) => p.into_iter().map(|v| Some(Cell::U(v))).collect(),
+                                None => vec![None; percentiles.len()],
+                            });
+                        }
+                    }
+                }
+            }
+        })?;
+        anyhow::ensure!(
+            stamps.len() == timestamps.len(),
+            "{name}: read {} rows, the file has {}",
+            stamps.len(),
+            timestamps.len()
+        );
+        match series.kind {
+            super::reader::Kind::Counter if args.rate => columns.push((
                 format!("{name}:rate"),
-                rates(&timestamps, &v)
+                rates(&stamps, &counter)
                     .into_iter()
-                    .map(|r| r.map(|r| format!("{r:.3}")))
+                    .map(|r| r.map(Cell::F))
                     .collect(),
             )),
-            Values::Counter(v) => columns.push((
-                name,
-                v.into_iter().map(|v| v.map(|v| v.to_string())).collect(),
-            )),
-            Values::Gauge(v) => columns.push((
-                name,
-                v.into_iter().map(|v| v.map(|v| v.to_string())).collect(),
-            )),
-            Values::Histogram(v) => {
-                let per_row = interval_percentiles(series.kind, &v, &args.percentiles);
-                for (i, p) in args.percentiles.iter().enumerate() {
+            super::reader::Kind::Counter => {
+                columns.push((name, counter.into_iter().map(|v| v.map(Cell::U)).collect()))
+            }
+            super::reader::Kind::Gauge => {
+                columns.push((name, cells.into_iter().flatten().collect()))
+            }
+            super::reader::Kind::Histogram { .. } => {
+                let Some(interval) = interval else {
+                    anyhow::bail!(
+                        "{name}: its grouping_power and max_value_power define no histogram layout"
+                    );
+                };
+                if interval.misfits > 0 {
+                    eprintln!(
+                        "warning: {name}: {} rows hold a number of buckets its grouping_power and max_value_power do not define; the intervals next to them are left empty",
+                        interval.misfits
+                    );
+                }
+                for (i, p) in percentiles.iter().enumerate() {
                     columns.push((
                         format!("{name}:p{p}"),
-                        per_row
+                        cells
                             .iter()
-                            .map(|row| row.as_ref().map(|r| r[i].to_string()))
+                            .map(|row| row.get(i).copied().flatten())
                             .collect(),
                     ));
                 }
@@ -198,7 +287,7 @@ pub fn query(args: &QueryArgs) -> anyhow::Result<String> {
                     .chain(
                         columns
                             .iter()
-                            .map(|(_, v)| v[row].clone().unwrap_or_default()),
+                            .map(|(_, v)| v[row].map(|c| c.text()).unwrap_or_default()),
                     )
                     .collect();
                 writeln!(out, "{}", fields.join(","))?;
@@ -206,13 +295,7 @@ pub fn query(args: &QueryArgs) -> anyhow::Result<String> {
         }
         Format::Json => {
             // columnar: {"timestamps": [...], "columns": [{"name", "values"}]}
-            let number = |text: &Option<String>| match text {
-                Some(text) => text
-                    .parse::<f64>()
-                    .map(serde_json::Value::from)
-                    .unwrap_or_else(|_| text.clone().into()),
-                None => serde_json::Value::Null,
-            };
+            let number = |cell: &Option<Cell>| cell.map_or(serde_json::Value::Null, |c| c.json());
             let json = serde_json::json!({
                 "timestamps": timestamps.iter().map(|t| rfc3339(*t)).collect::<Vec<_>>(),
                 "columns": columns
@@ -227,15 +310,6 @@ pub fn query(args: &QueryArgs) -> anyhow::Result<String> {
         }
     }
     Ok(out)
-}
-
-/// `metric{k="v",...}`, labels in key order.
-fn series_name(metric: &str, labels: &std::collections::BTreeMap<String, String>) -> String {
-    if labels.is_empty() {
-        return metric.to_string();
-    }
-    let inner: Vec<String> = labels.iter().map(|(k, v)| format!("{k}=\"{v}\"")).collect();
-    format!("{metric}{{{}}}", inner.join(","))
 }
 
 fn csv_field(text: &str) -> String {

@@ -1,7 +1,8 @@
 //! Reading Rezolus recordings (ours, hindsight dumps, and stock Rezolus
 //! Parquet files, which share the layout described in [`super::parquet`]):
 //! which series a file holds, and their values over time, one column at a
-//! time so that a long recording is never loaded whole.
+//! time and a batch of rows at a time, so that a long recording is never
+//! loaded whole.
 //!
 //! Series are found from each column's metadata: `metric`, `metric_type`
 //! (`counter`, `gauge`, `histogram`), `unit`, for histograms
@@ -12,9 +13,9 @@ use std::fs::File;
 use std::path::{Path, PathBuf};
 
 use arrow_array::cast::AsArray;
-use arrow_array::types::{Int64Type, UInt64Type};
-use arrow_array::Array;
-use arrow_schema::{DataType, SchemaRef};
+use arrow_array::types::{Int32Type, Int64Type, UInt32Type, UInt64Type};
+use arrow_array::{Array, ArrayRef};
+use arrow_schema::DataType;
 use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
 use parquet::arrow::ProjectionMask;
 
@@ -90,7 +91,6 @@ pub enum Values {
 /// demand.
 pub struct Recording {
     path: PathBuf,
-    schema: SchemaRef,
     timestamp: usize,
     pub series: Vec<Series>,
     /// The file's key-value metadata (`source`, `sampling_interval_ms`,
@@ -126,7 +126,7 @@ impl Recording {
             .ok_or_else(|| not_recording("it has no `timestamp` column"))?;
         if !matches!(
             schema.field(timestamp).data_type(),
-            DataType::UInt64 | DataType::Int64
+            DataType::UInt64 | DataType::Int64 | DataType::UInt32 | DataType::Int32
         ) {
             return Err(not_recording("its `timestamp` column is not an integer"));
         }
@@ -143,7 +143,6 @@ impl Recording {
         }
         Ok(Self {
             path: path.to_path_buf(),
-            schema,
             timestamp,
             series,
             metadata,
@@ -151,64 +150,106 @@ impl Recording {
         })
     }
 
-    /// The timestamps (nanoseconds since the epoch) and the values of the
-    /// given series (indices into [`Recording::series`]), reading only those
-    /// columns.
-    pub fn read(&self, wanted: &[usize]) -> Result<(Vec<u64>, Vec<Values>), ReadError> {
+    /// Reads series `s` (an index into [`Recording::series`]) in batches
+    /// of at most `batch_rows` rows, reading only its column and the
+    /// timestamps, and hands each batch to `f`: the timestamps (nanoseconds
+    /// since the epoch) and the values. Rows whose timestamp is null are
+    /// left out. Memory is bounded by one batch, however long the file.
+    pub fn stream(
+        &self,
+        s: usize,
+        batch_rows: usize,
+        mut f: impl FnMut(&[u64], Values),
+    ) -> Result<(), ReadError> {
+        let failed = |message: String| ReadError::Read {
+            path: self.path.clone(),
+            message,
+        };
+        let series = &self.series[s];
+        let builder = builder(&self.path)?;
+        let mask = ProjectionMask::roots(builder.parquet_schema(), [self.timestamp, series.index]);
+        let reader = builder
+            .with_projection(mask)
+            .with_batch_size(batch_rows.max(1))
+            .build()
+            .map_err(|e| failed(e.to_string()))?;
+        // projected columns come in the file's order
+        let (ts_at, values_at) = match self.timestamp < series.index {
+            true => (0, 1),
+            false => (1, 0),
+        };
+        for batch in reader {
+            let batch = batch.map_err(|e| failed(e.to_string()))?;
+            let (timestamps, keep) = timestamps(batch.column(ts_at).as_ref())
+                .ok_or_else(|| failed("the timestamp column is not an integer".into()))?;
+            let mut values = match series.kind {
+                Kind::Counter => Values::Counter(Vec::new()),
+                Kind::Gauge => Values::Gauge(Vec::new()),
+                Kind::Histogram { .. } => Values::Histogram(Vec::new()),
+            };
+            append(batch.column(values_at).as_ref(), &keep, &mut values)
+                .map_err(|m| failed(format!("{}: {m}", series.column)))?;
+            f(&timestamps, values);
+        }
+        Ok(())
+    }
+
+    /// Every timestamp in the file (rows with a null timestamp left out).
+    pub fn timestamps(&self) -> Result<Vec<u64>, ReadError> {
         let failed = |message: String| ReadError::Read {
             path: self.path.clone(),
             message,
         };
         let builder = builder(&self.path)?;
-        let mut roots = vec![self.timestamp];
-        roots.extend(wanted.iter().map(|&s| self.series[s].index));
-        let mask = ProjectionMask::roots(builder.parquet_schema(), roots.iter().copied());
+        let mask = ProjectionMask::roots(builder.parquet_schema(), [self.timestamp]);
         let reader = builder
             .with_projection(mask)
             .build()
             .map_err(|e| failed(e.to_string()))?;
-        let mut timestamps = Vec::with_capacity(self.rows as usize);
-        let mut values: Vec<Values> = wanted
-            .iter()
-            .map(|&s| match self.series[s].kind {
-                Kind::Counter => Values::Counter(Vec::new()),
-                Kind::Gauge => Values::Gauge(Vec::new()),
-                Kind::Histogram { .. } => Values::Histogram(Vec::new()),
-            })
-            .collect();
+        let mut all = Vec::with_capacity(self.rows as usize);
         for batch in reader {
             let batch = batch.map_err(|e| failed(e.to_string()))?;
-            // projected columns keep the file's order
-            let position = |schema_index: usize| {
-                let name = self.schema.field(schema_index).name();
-                batch.schema().index_of(name).ok()
-            };
-            let ts =
-                batch.column(position(self.timestamp).ok_or_else(|| {
-                    failed("the timestamp column vanished from a row group".into())
-                })?);
-            match ts.data_type() {
-                DataType::UInt64 => {
-                    let a = ts.as_primitive::<UInt64Type>();
-                    timestamps.extend((0..a.len()).map(|i| a.value(i)));
-                }
-                _ => {
-                    let a = ts.as_primitive::<Int64Type>();
-                    timestamps.extend((0..a.len()).map(|i| a.value(i).max(0) as u64));
-                }
-            }
-            for (&s, out) in wanted.iter().zip(values.iter_mut()) {
-                let column = position(self.series[s].index)
-                    .map(|i| batch.column(i))
-                    .ok_or_else(|| {
-                        failed(format!("column {} is missing", self.series[s].column))
-                    })?;
-                append(column, out)
-                    .map_err(|m| failed(format!("{}: {m}", self.series[s].column)))?;
-            }
+            let (timestamps, _) = timestamps(batch.column(0).as_ref())
+                .ok_or_else(|| failed("the timestamp column is not an integer".into()))?;
+            all.extend(timestamps);
         }
-        Ok((timestamps, values))
+        Ok(all)
     }
+}
+
+/// The non-null timestamps of a batch (negative ones as 0), and which rows
+/// they are.
+fn timestamps(column: &dyn Array) -> Option<(Vec<u64>, Vec<bool>)> {
+    let keep: Vec<bool> = (0..column.len()).map(|i| column.is_valid(i)).collect();
+    let values: Vec<u64> = match column.data_type() {
+        DataType::UInt64 => column.as_primitive::<UInt64Type>().values().to_vec(),
+        DataType::Int64 => column
+            .as_primitive::<Int64Type>()
+            .values()
+            .iter()
+            .map(|v| (*v).max(0) as u64)
+            .collect(),
+        DataType::UInt32 => column
+            .as_primitive::<UInt32Type>()
+            .values()
+            .iter()
+            .map(|v| u64::from(*v))
+            .collect(),
+        DataType::Int32 => column
+            .as_primitive::<Int32Type>()
+            .values()
+            .iter()
+            .map(|v| (*v).max(0) as u64)
+            .collect(),
+        _ => return None,
+    };
+    let kept = values
+        .into_iter()
+        .zip(&keep)
+        .filter(|(_, k)| **k)
+        .map(|(v, _)| v)
+        .collect();
+    Some((kept, keep))
 }
 
 fn builder(path: &Path) -> Result<ParquetRecordBatchReaderBuilder<File>, ReadError> {
@@ -254,45 +295,68 @@ fn series_of(index: usize, field: &arrow_schema::Field) -> Option<Series> {
     })
 }
 
-fn append(column: &dyn Array, out: &mut Values) -> Result<(), String> {
+/// Appends the values of the rows in `keep` (a null is `None`). Values a
+/// type cannot hold (a negative counter, a gauge above i64::MAX) are `None`.
+fn append(column: &dyn Array, keep: &[bool], out: &mut Values) -> Result<(), String> {
+    let rows = (0..column.len()).filter(|i| keep[*i]);
     let valid = |i: usize| column.is_valid(i);
     match out {
         Values::Counter(v) => match column.data_type() {
             DataType::UInt64 => {
                 let a = column.as_primitive::<UInt64Type>();
-                v.extend((0..a.len()).map(|i| valid(i).then(|| a.value(i))));
+                v.extend(rows.map(|i| valid(i).then(|| a.value(i))));
             }
             DataType::Int64 => {
                 let a = column.as_primitive::<Int64Type>();
-                v.extend((0..a.len()).map(|i| valid(i).then(|| a.value(i).max(0) as u64)));
+                v.extend(rows.map(|i| valid(i).then(|| u64::try_from(a.value(i)).ok()).flatten()));
             }
             other => return Err(format!("a counter stored as {other}")),
         },
         Values::Gauge(v) => match column.data_type() {
             DataType::Int64 => {
                 let a = column.as_primitive::<Int64Type>();
-                v.extend((0..a.len()).map(|i| valid(i).then(|| a.value(i))));
+                v.extend(rows.map(|i| valid(i).then(|| a.value(i))));
             }
             DataType::UInt64 => {
                 let a = column.as_primitive::<UInt64Type>();
-                v.extend((0..a.len()).map(|i| valid(i).then(|| a.value(i) as i64)));
+                v.extend(rows.map(|i| valid(i).then(|| i64::try_from(a.value(i)).ok()).flatten()));
             }
             other => return Err(format!("a gauge stored as {other}")),
         },
         Values::Histogram(v) => {
-            let list = column
-                .as_list_opt::<i32>()
-                .ok_or_else(|| format!("a histogram stored as {}", column.data_type()))?;
-            for i in 0..list.len() {
+            let row_values = |i: usize| -> Option<ArrayRef> {
+                if let Some(list) = column.as_list_opt::<i32>() {
+                    Some(list.value(i))
+                } else {
+                    column.as_list_opt::<i64>().map(|list| list.value(i))
+                }
+            };
+            if column.as_list_opt::<i32>().is_none() && column.as_list_opt::<i64>().is_none() {
+                return Err(format!("a histogram stored as {}", column.data_type()));
+            }
+            for i in rows {
                 if !valid(i) {
                     v.push(None);
                     continue;
                 }
-                let row = list.value(i);
+                let Some(row) = row_values(i) else {
+                    v.push(None);
+                    continue;
+                };
                 let buckets = row
                     .as_primitive_opt::<UInt64Type>()
                     .ok_or_else(|| format!("histogram buckets stored as {}", row.data_type()))?;
-                v.push(Some((0..buckets.len()).map(|b| buckets.value(b)).collect()));
+                v.push(Some(
+                    (0..buckets.len())
+                        .map(|b| {
+                            if buckets.is_valid(b) {
+                                buckets.value(b)
+                            } else {
+                                0
+                            }
+                        })
+                        .collect(),
+                ));
             }
         }
     }
@@ -315,47 +379,77 @@ pub fn rates(timestamps: &[u64], values: &[Option<u64>]) -> Vec<Option<f64>> {
     out
 }
 
-/// Percentiles (0..=100) of each interval between consecutive rows: the
-/// upper edge of the bucket holding each, from the difference of the two
-/// rows' bucket counts. `None` at the first row, where either row is
-/// absent, where the layout changed or a count went back, and where the
-/// interval holds no observation.
-pub fn interval_percentiles(
-    kind: Kind,
-    values: &[Option<Vec<u64>>],
-    percentiles: &[f64],
-) -> Vec<Option<Vec<u64>>> {
-    let Kind::Histogram {
-        grouping_power,
-        max_value_power,
-    } = kind
-    else {
-        return vec![None; values.len()];
-    };
-    let quantiles: Vec<f64> = percentiles.iter().map(|p| p / 100.0).collect();
-    let mut out = vec![None; values.len()];
-    for i in 1..values.len() {
-        let (Some(a), Some(b)) = (&values[i - 1], &values[i]) else {
-            continue;
-        };
-        if a.len() != b.len() {
-            continue;
-        }
-        let delta: Option<Vec<u64>> = a.iter().zip(b).map(|(a, b)| b.checked_sub(*a)).collect();
-        let Some(delta) = delta else { continue };
-        if delta.iter().all(|c| *c == 0) {
-            continue;
-        }
-        let Ok(h) = histogram::Histogram::from_buckets(grouping_power, max_value_power, delta)
+/// Percentiles (0..=100) of each interval between consecutive rows of a
+/// histogram, row by row: [`IntervalPercentiles::next`] is given each row in
+/// turn and keeps only the one before.
+pub struct IntervalPercentiles {
+    grouping_power: u8,
+    max_value_power: u8,
+    /// Buckets a row must have for this layout.
+    buckets: usize,
+    quantiles: Vec<f64>,
+    previous: Option<Vec<u64>>,
+    /// Rows whose bucket count did not fit the layout.
+    pub misfits: u64,
+}
+
+impl IntervalPercentiles {
+    /// For a histogram series (`None` for other kinds, or a layout the
+    /// `histogram` crate does not define).
+    pub fn new(kind: Kind, percentiles: &[f64]) -> Option<Self> {
+        let Kind::Histogram {
+            grouping_power,
+            max_value_power,
+        } = kind
         else {
-            continue;
+            return None;
         };
-        let mut buckets = vec![None; quantiles.len()];
-        if h.quantile_buckets_into(&quantiles, &mut buckets).is_ok() {
-            out[i] = buckets.into_iter().map(|b| b.map(|b| b.end())).collect();
-        }
+        let buckets = histogram::Histogram::new(grouping_power, max_value_power)
+            .ok()?
+            .as_slice()
+            .len();
+        Some(Self {
+            grouping_power,
+            max_value_power,
+            buckets,
+            quantiles: percentiles.iter().map(|p| p / 100.0).collect(),
+            previous: None,
+            misfits: 0,
+        })
     }
-    out
+
+    /// The percentiles of the interval ending at this row: the upper edge
+    /// of the bucket holding each, from the difference of this row's and the
+    /// last row's bucket counts. `None` at the first row, where either row
+    /// is absent or does not fit the layout, where a count went back, and
+    /// where the interval holds no observation.
+    pub fn next(&mut self, row: Option<Vec<u64>>) -> Option<Vec<u64>> {
+        let row = match row {
+            Some(r) if r.len() == self.buckets => Some(r),
+            Some(_) => {
+                self.misfits += 1;
+                None
+            }
+            None => None,
+        };
+        let previous = std::mem::replace(&mut self.previous, row);
+        let (a, b) = (previous?, self.previous.as_ref()?);
+        let delta: Vec<u64> = a
+            .iter()
+            .zip(b)
+            .map(|(a, b)| b.checked_sub(*a))
+            .collect::<Option<_>>()?;
+        if delta.iter().all(|c| *c == 0) {
+            return None;
+        }
+        let h =
+            histogram::Histogram::from_buckets(self.grouping_power, self.max_value_power, delta)
+                .ok()?;
+        let mut buckets = vec![None; self.quantiles.len()];
+        h.quantile_buckets_into(&self.quantiles, &mut buckets)
+            .ok()?;
+        buckets.into_iter().map(|b| b.map(|b| b.end())).collect()
+    }
 }
 
 #[cfg(test)]
@@ -391,11 +485,13 @@ mod tests {
         second[10] = 1; // 1 observation of 10 (values below 16 have a bucket each)
         let mut third = second.clone();
         third[10] += 5;
-        let values = [Some(empty.clone()), Some(second), Some(third), None];
-        let p = interval_percentiles(kind, &values, &[50.0, 99.0, 100.0]);
-        assert_eq!(p[0], None);
-        assert_eq!(p[1], Some(vec![3, 3, 10]));
-        assert_eq!(p[2], Some(vec![10, 10, 10]));
-        assert_eq!(p[3], None);
+        let mut p = IntervalPercentiles::new(kind, &[50.0, 99.0, 100.0]).unwrap();
+        assert_eq!(p.next(Some(empty.clone())), None);
+        assert_eq!(p.next(Some(second)), Some(vec![3, 3, 10]));
+        assert_eq!(p.next(Some(third.clone())), Some(vec![10, 10, 10]));
+        assert_eq!(p.next(None), None);
+        assert_eq!(p.next(Some(third)), None, "no row before it");
+        assert_eq!(p.next(Some(vec![0; 10])), None);
+        assert_eq!(p.misfits, 1);
     }
 }
