@@ -447,3 +447,133 @@ fn odd_but_valid_files_read_exactly() {
     // 100 -> 300 over 1 s; then the clock went back: no rate
     assert_eq!(rates, ["", "200.000", ""]);
 }
+
+/// The DuckDB and polars examples in docs/RECORDING.md (kept in
+/// docs/examples, and quoted whole in the doc) run on a real capture and
+/// agree with `rezolus parquet query`: CPU busy % from the counters' rates,
+/// and the p99 of system call latency per interval, exactly.
+#[test]
+fn the_documented_duckdb_and_polars_examples_agree_with_query() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let doc = std::fs::read_to_string(root.join("docs/RECORDING.md")).unwrap();
+    let agent = Agent::start(
+        "",
+        "[defaults]\nenabled = false\n[samplers.cpu_usage]\nenabled = true\n[samplers.syscall]\nenabled = true\n",
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("capture.parquet");
+    let file = path.to_str().unwrap();
+    let url = format!("http://{}", agent.addr);
+    let (ok, _, err) = rezolus(&[
+        "record",
+        "--interval",
+        "100ms",
+        "--duration",
+        "1500ms",
+        &url,
+        file,
+    ]);
+    assert!(ok, "{err}");
+
+    let run = |script: &str| -> Vec<(u64, f64)> {
+        let source = std::fs::read_to_string(root.join("docs/examples").join(script)).unwrap();
+        assert!(
+            doc.contains(&source),
+            "docs/RECORDING.md does not quote {script} whole"
+        );
+        let out = Command::new(common::parquet::python())
+            .arg(root.join("docs/examples").join(script))
+            .arg(file)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{script}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8(out.stdout)
+            .unwrap()
+            .lines()
+            .map(|l| {
+                let (t, v) = l.split_once(',').unwrap();
+                (t.parse().unwrap(), v.parse().unwrap())
+            })
+            .collect()
+    };
+    let query = |args: &[&str]| -> serde_json::Value {
+        let mut all = vec!["parquet", "query", file];
+        all.extend_from_slice(args);
+        all.extend_from_slice(&["--format", "json"]);
+        let (ok, out, err) = rezolus(&all);
+        assert!(ok, "{err}");
+        serde_json::from_str(&out).unwrap()
+    };
+    let column = |json: &serde_json::Value, name: &str| -> Vec<Option<f64>> {
+        json["columns"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|c| c["name"] == name)
+            .unwrap_or_else(|| panic!("no column {name}"))["values"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|v| v.as_f64())
+            .collect()
+    };
+
+    // busy % from the rates `query` gives for the all-CPU state counters
+    let rates = query(&["cpu_usage", "--rate"]);
+    let rate = |state: &str| column(&rates, &format!("cpu_usage{{state=\"{state}\"}}:rate"));
+    let busy: Vec<Vec<Option<f64>>> = ["user", "nice", "system", "irq", "softirq", "steal"]
+        .iter()
+        .map(|s| rate(s))
+        .collect();
+    let idle = [rate("idle"), rate("iowait")];
+    let expected: Vec<Option<f64>> = (0..busy[0].len())
+        .map(|row| {
+            let b: Option<f64> = busy.iter().map(|c| c[row]).sum();
+            let i: Option<f64> = idle.iter().map(|c| c[row]).sum();
+            match (b, i) {
+                (Some(b), Some(i)) if b + i > 0.0 => Some(100.0 * b / (b + i)),
+                _ => None,
+            }
+        })
+        .collect();
+    let timestamps: Vec<u64> = common::parquet::read_parquet(&path)["columns"]["timestamp"]
+        ["values"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v.as_u64().unwrap())
+        .collect();
+    for script in ["cpu_busy_duckdb.py", "cpu_busy_polars.py"] {
+        let got = run(script);
+        let want: Vec<(u64, f64)> = timestamps
+            .iter()
+            .zip(&expected)
+            .filter_map(|(t, e)| Some((*t, (*e)?)))
+            .collect();
+        assert_eq!(got.len(), want.len(), "{script}: {got:?} vs {want:?}");
+        assert!(!got.is_empty(), "{script} printed nothing");
+        for ((t, g), (tw, w)) in got.iter().zip(&want) {
+            assert_eq!(t, tw, "{script}");
+            // rates are rounded to 0.001 per second in `query`'s output
+            assert!((g - w).abs() < 0.01, "{script} at {t}: {g} vs {w}");
+        }
+    }
+
+    let p99 = column(
+        &query(&["syscall_latency", "--percentiles", "99"]),
+        "syscall_latency:p99",
+    );
+    let want: Vec<(u64, f64)> = timestamps
+        .iter()
+        .zip(&p99)
+        .filter_map(|(t, p)| Some((*t, (*p)?)))
+        .collect();
+    assert!(!want.is_empty());
+    for script in ["p99_duckdb.py", "p99_polars.py"] {
+        assert_eq!(run(script), want, "{script}");
+    }
+}
