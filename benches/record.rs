@@ -11,6 +11,11 @@
 //!    100) for RECORD_SECONDS (default 20): the recorder's RSS and CPU while
 //!    capturing, and its Parquet size per hour extrapolated from the capture
 //!    (footer included, so an upper bound for short captures).
+//!    For the hour at 1 s, also what reading it back costs: `rezolus parquet
+//!    summary`, then `rezolus parquet query` for each overview series (CPU
+//!    usage, run-queue latency, syscall rate and latency, block IO, network,
+//!    memory), each a process of its own: CPU time summed, peak RSS the
+//!    largest.
 //! 3. Hindsight with a 900-snapshot ring (the default 15 min at 1 s, filled
 //!    here at 10 ms): its RSS and CPU per snapshot while sampling, and the
 //!    time and peak RSS of a SIGHUP dump of the full ring.
@@ -68,10 +73,62 @@ fn main() {
             elapsed.as_secs_f64(),
             peak_kb as f64 / 1024.0
         );
+        if interval == Duration::from_secs(1) {
+            read_back(&output);
+        }
         let _ = std::fs::remove_file(&output);
     }
     live_capture(dir.path());
     hindsight(dir.path());
+}
+
+/// The overview's questions to an hour-long recording, each through the
+/// real binary: summed CPU time and the largest peak RSS.
+fn read_back(file: &Path) {
+    let queries: [&[&str]; 8] = [
+        &["summary"],
+        &["query", "cpu_usage", "--rate"],
+        &["query", "scheduler_runqueue_latency"],
+        &["query", "syscall", "--rate"],
+        &["query", "syscall_latency"],
+        &["query", "blockio_bytes", "--rate"],
+        &["query", "network_bytes", "--rate"],
+        &["query", "memory_available"],
+    ];
+    let (mut cpu, mut peak) = (Duration::ZERO, 0);
+    for args in queries {
+        let mut command = Command::new(BIN);
+        command.arg("parquet").arg(args[0]).arg(file).args(&args[1..]);
+        let (used, peak_kb) = run_cpu(&mut command);
+        cpu += used;
+        peak = peak.max(peak_kb);
+    }
+    println!(
+        "  reading it back (summary + 7 overview queries, all their series): CPU {:.2} s in all, peak RSS {:.1} MB",
+        cpu.as_secs_f64(),
+        peak as f64 / 1024.0
+    );
+}
+
+/// Runs `command` to completion: its CPU time (user + system) and peak RSS
+/// (KiB).
+#[allow(clippy::zombie_processes)] // reaped by wait4, which also gives its rusage
+fn run_cpu(command: &mut Command) -> (Duration, i64) {
+    let child = command
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("spawn");
+    let mut status = 0;
+    // SAFETY: rusage is plain data filled in by wait4.
+    let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
+    let pid = unsafe { libc::wait4(child.id() as i32, &mut status, 0, &mut usage) };
+    assert!(
+        pid > 0 && libc::WIFEXITED(status) && libc::WEXITSTATUS(status) == 0,
+        "command failed"
+    );
+    let time = |t: libc::timeval| Duration::new(t.tv_sec as u64, t.tv_usec as u32 * 1000);
+    (time(usage.ru_utime) + time(usage.ru_stime), usage.ru_maxrss)
 }
 
 /// Runs `command` to completion: its wall time and peak RSS (KiB).
