@@ -319,10 +319,21 @@ fn hindsight(dir: &Path) {
     let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64;
     let dump = Instant::now();
     unsafe { libc::kill(pid as i32, libc::SIGHUP) };
-    while !output.exists() {
+    // each dump goes to a new file named after `output` and the time:
+    // hindsight-<UTC time>.parquet, there once it is complete
+    let dumped = || {
+        std::fs::read_dir(dir).ok()?.flatten().map(|e| e.path()).find(|p| {
+            let name = p.file_name().and_then(|n| n.to_str()).unwrap_or("");
+            name.starts_with("hindsight-") && name.ends_with(".parquet")
+        })
+    };
+    let output = loop {
+        if let Some(path) = dumped() {
+            break path;
+        }
         assert!(dump.elapsed() < Duration::from_secs(120), "no dump");
         std::thread::sleep(Duration::from_millis(10));
-    }
+    };
     let dump_time = dump.elapsed();
     let (_, hwm, _) = usage(pid);
     unsafe { libc::kill(pid as i32, libc::SIGTERM) };
