@@ -98,7 +98,11 @@ fn read_back(file: &Path) {
     let (mut cpu, mut peak) = (Duration::ZERO, 0);
     for args in queries {
         let mut command = Command::new(BIN);
-        command.arg("parquet").arg(args[0]).arg(file).args(&args[1..]);
+        command
+            .arg("parquet")
+            .arg(args[0])
+            .arg(file)
+            .args(&args[1..]);
         let (used, peak_kb) = run_cpu(&mut command);
         cpu += used;
         peak = peak.max(peak_kb);
@@ -322,10 +326,14 @@ fn hindsight(dir: &Path) {
     // each dump goes to a new file named after `output` and the time:
     // hindsight-<UTC time>.parquet, there once it is complete
     let dumped = || {
-        std::fs::read_dir(dir).ok()?.flatten().map(|e| e.path()).find(|p| {
-            let name = p.file_name().and_then(|n| n.to_str()).unwrap_or("");
-            name.starts_with("hindsight-") && name.ends_with(".parquet")
-        })
+        std::fs::read_dir(dir)
+            .ok()?
+            .flatten()
+            .map(|e| e.path())
+            .find(|p| {
+                let name = p.file_name().and_then(|n| n.to_str()).unwrap_or("");
+                name.starts_with("hindsight-") && name.ends_with(".parquet")
+            })
     };
     let output = loop {
         if let Some(path) = dumped() {

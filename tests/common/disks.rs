@@ -43,10 +43,25 @@ impl LoopDevice {
 }
 
 impl Drop for LoopDevice {
+    /// Detaches the device, then removes it: a detached loop device stays
+    /// in /sys/block and /proc/diskstats, and tests make dozens.
     fn drop(&mut self) {
         let _ = std::process::Command::new("losetup")
             .args(["-d", &self.path])
             .status();
+        const LOOP_CTL_REMOVE: libc::c_ulong = 0x4C81;
+        let Some(number) = self
+            .name()
+            .strip_prefix("loop")
+            .and_then(|n| n.parse::<libc::c_int>().ok())
+        else {
+            return;
+        };
+        if let Ok(control) = std::fs::File::open("/dev/loop-control") {
+            use std::os::fd::AsRawFd;
+            // SAFETY: an ioctl on an open fd with an integer argument
+            unsafe { libc::ioctl(control.as_raw_fd(), LOOP_CTL_REMOVE, number) };
+        }
     }
 }
 
