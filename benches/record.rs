@@ -135,6 +135,17 @@ fn run_cpu(command: &mut Command) -> (Duration, i64) {
     (time(usage.ru_utime) + time(usage.ru_stime), usage.ru_maxrss)
 }
 
+/// A child process killed and reaped on drop, so that a failed assertion
+/// leaves no agent or hindsight running (and polling) after the bench.
+struct Reaped(std::process::Child);
+
+impl Drop for Reaped {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
 /// Runs `command` to completion: its wall time and peak RSS (KiB).
 #[allow(clippy::zombie_processes)] // reaped by wait4, which also gives its rusage
 fn run_measured(command: &mut Command) -> (Duration, i64) {
@@ -286,12 +297,14 @@ fn hindsight(dir: &Path) {
         format!("[general]\nlisten = \"127.0.0.1:{port}\"\n[log]\nlevel = \"warn\"\n"),
     )
     .unwrap();
-    let mut agent = Command::new(BIN)
-        .arg(&agent_config)
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .spawn()
-        .unwrap();
+    let agent = Reaped(
+        Command::new(BIN)
+            .arg(&agent_config)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
     let url = format!("http://127.0.0.1:{port}/metrics/binary");
     let deadline = Instant::now() + Duration::from_secs(30);
     while ureq::get(&url).call().is_err() {
@@ -305,14 +318,16 @@ fn hindsight(dir: &Path) {
         format!("[general]\ninterval = \"10ms\"\nduration = \"9s\"\nsource = \"127.0.0.1:{port}\"\noutput = \"{}\"\n[log]\nlevel = \"warn\"\n", output.display()),
     )
     .unwrap();
-    let mut hs = Command::new(BIN)
-        .arg("hindsight")
-        .arg(&config)
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let pid = hs.id();
+    let hs = Reaped(
+        Command::new(BIN)
+            .arg("hindsight")
+            .arg(&config)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+    let pid = hs.0.id();
     // fill the ring, then measure a stretch of steady sampling
     std::thread::sleep(Duration::from_secs(10));
     let (_, _, ticks0) = usage(pid);
@@ -345,9 +360,10 @@ fn hindsight(dir: &Path) {
     let dump_time = dump.elapsed();
     let (_, hwm, _) = usage(pid);
     unsafe { libc::kill(pid as i32, libc::SIGTERM) };
-    let _ = hs.wait();
-    let _ = agent.kill();
-    let _ = agent.wait();
+    let mut hs = hs;
+    let _ = hs.0.wait(); // a clean exit, before the guard's kill
+    drop(hs);
+    drop(agent);
     let ring = std::fs::metadata(dir.join("hindsight.parquet.ring"))
         .map(|m| m.len())
         .unwrap_or(0);
