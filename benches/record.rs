@@ -58,7 +58,7 @@ fn main() {
         let journal_bytes = writer.bytes();
         drop(writer);
         let output = journal.with_extension("");
-        let (elapsed, peak_kb) = run_measured(
+        let conversion = run_measured(
             Command::new(BIN)
                 .args(["parquet", "recover"])
                 .arg(&journal)
@@ -70,8 +70,8 @@ fn main() {
             "  journal {:.1} MB/hour, Parquet {:.1} MB/hour; conversion {:.1} s, peak RSS {:.1} MB",
             mb(journal_bytes),
             mb(parquet_bytes),
-            elapsed.as_secs_f64(),
-            peak_kb as f64 / 1024.0
+            conversion.wall.as_secs_f64(),
+            conversion.peak_kb as f64 / 1024.0
         );
         if interval == Duration::from_secs(1) {
             read_back(&output);
@@ -103,36 +103,15 @@ fn read_back(file: &Path) {
             .arg(args[0])
             .arg(file)
             .args(&args[1..]);
-        let (used, peak_kb) = run_cpu(&mut command);
-        cpu += used;
-        peak = peak.max(peak_kb);
+        let cost = run_measured(&mut command);
+        cpu += cost.cpu;
+        peak = peak.max(cost.peak_kb);
     }
     println!(
         "  reading it back (summary + 7 overview queries, all their series): CPU {:.2} s in all, peak RSS {:.1} MB",
         cpu.as_secs_f64(),
         peak as f64 / 1024.0
     );
-}
-
-/// Runs `command` to completion: its CPU time (user + system) and peak RSS
-/// (KiB).
-#[allow(clippy::zombie_processes)] // reaped by wait4, which also gives its rusage
-fn run_cpu(command: &mut Command) -> (Duration, i64) {
-    let child = command
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("spawn");
-    let mut status = 0;
-    // SAFETY: rusage is plain data filled in by wait4.
-    let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
-    let pid = unsafe { libc::wait4(child.id() as i32, &mut status, 0, &mut usage) };
-    assert!(
-        pid > 0 && libc::WIFEXITED(status) && libc::WEXITSTATUS(status) == 0,
-        "command failed"
-    );
-    let time = |t: libc::timeval| Duration::new(t.tv_sec as u64, t.tv_usec as u32 * 1000);
-    (time(usage.ru_utime) + time(usage.ru_stime), usage.ru_maxrss)
 }
 
 /// A child process killed and reaped on drop, so that a failed assertion
@@ -146,9 +125,18 @@ impl Drop for Reaped {
     }
 }
 
-/// Runs `command` to completion: its wall time and peak RSS (KiB).
+/// What running a command to completion cost it.
+struct Cost {
+    wall: Duration,
+    /// User plus system time.
+    cpu: Duration,
+    /// Peak RSS in KiB.
+    peak_kb: i64,
+}
+
+/// Runs `command` to completion and measures it (rusage from wait4).
 #[allow(clippy::zombie_processes)] // reaped by wait4, which also gives its rusage
-fn run_measured(command: &mut Command) -> (Duration, i64) {
+fn run_measured(command: &mut Command) -> Cost {
     let start = Instant::now();
     let child = command
         .stdout(Stdio::null())
@@ -163,7 +151,12 @@ fn run_measured(command: &mut Command) -> (Duration, i64) {
         pid > 0 && libc::WIFEXITED(status) && libc::WEXITSTATUS(status) == 0,
         "command failed"
     );
-    (start.elapsed(), usage.ru_maxrss)
+    let time = |t: libc::timeval| Duration::new(t.tv_sec as u64, t.tv_usec as u32 * 1000);
+    Cost {
+        wall: start.elapsed(),
+        cpu: time(usage.ru_utime) + time(usage.ru_stime),
+        peak_kb: usage.ru_maxrss,
+    }
 }
 
 fn live_capture(dir: &Path) {

@@ -41,6 +41,29 @@ fn write(path: &Path, fields: Vec<Field>, columns: Vec<ArrayRef>) {
     writer.close().unwrap();
 }
 
+/// Fails unless `out` has each of `lines` as a whole line.
+fn assert_lines(out: &str, lines: &[&str]) {
+    for line in lines {
+        assert!(
+            out.lines().any(|l| l == *line),
+            "no line {line:?} in:\n{out}"
+        );
+    }
+}
+
+/// The values of column `name` in `parquet query --format json` output.
+fn json_column(json: &serde_json::Value, name: &str) -> Vec<serde_json::Value> {
+    json["columns"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["name"] == name)
+        .unwrap_or_else(|| panic!("no column {name} in {json}"))["values"]
+        .as_array()
+        .unwrap()
+        .clone()
+}
+
 const SECOND: u64 = 1_000_000_000;
 const T0: u64 = 1_700_000_000 * SECOND;
 
@@ -154,16 +177,9 @@ fn rates_and_percentiles_of_a_stock_layout_file() {
     assert!(ok, "{err}");
     let json: serde_json::Value = serde_json::from_str(&out).unwrap();
     let column = |name: &str| -> Vec<Option<u64>> {
-        json["columns"]
-            .as_array()
-            .unwrap()
+        json_column(&json, name)
             .iter()
-            .find(|c| c["name"] == name)
-            .unwrap_or_else(|| panic!("no column {name} in {out}"))["values"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .map(|v| v.as_f64().map(|f| f as u64))
+            .map(|v| v.as_u64())
             .collect()
     };
     // interval 1: 99 × 5 and 1 × 1000; interval 2: 10 × 100; interval 3: 4 × 70000
@@ -183,19 +199,17 @@ fn rates_and_percentiles_of_a_stock_layout_file() {
 
     let (ok, out, err) = rezolus(&["parquet", "summary", file]);
     assert!(ok, "{err}");
-    for line in [
-        "rows: 4",
-        "span: 4s",
-        "interval (median): 1s",
-        "metrics: 2 (2 series)",
-        "latency,histogram,nanoseconds,1",
-        "requests,counter,requests,1",
-    ] {
-        assert!(
-            out.lines().any(|l| l == line),
-            "no line {line:?} in:\n{out}"
-        );
-    }
+    assert_lines(
+        &out,
+        &[
+            "rows: 4",
+            "span: 4s",
+            "interval (median): 1s",
+            "metrics: 2 (2 series)",
+            "latency,histogram,nanoseconds,1",
+            "requests,counter,requests,1",
+        ],
+    );
 }
 
 /// On a real capture of the agent, the summary's rows and metrics and a
@@ -236,7 +250,7 @@ fn a_real_capture_agrees_with_pyarrow() {
     );
 
     // the total syscall counter: its column is the one without labels
-    let (name, column) = columns
+    let (_, column) = columns
         .iter()
         .find(|(_, c)| {
             c["metadata"]["metric"] == "syscall"
@@ -270,13 +284,7 @@ fn a_real_capture_agrees_with_pyarrow() {
     ]);
     assert!(ok, "{err}");
     let json: serde_json::Value = serde_json::from_str(&out).unwrap();
-    let served = json["columns"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|c| c["name"] == "syscall:rate")
-        .unwrap_or_else(|| panic!("no syscall:rate column for {name}"))["values"]
-        .clone();
+    let served = json_column(&json, "syscall:rate");
     for i in 1..values.len() {
         let expected = match (values[i - 1], values[i]) {
             (Some(a), Some(b)) if b >= a => {
@@ -412,17 +420,15 @@ fn odd_but_valid_files_read_exactly() {
 
     let (ok, out, err) = rezolus(&["parquet", "summary", file]);
     assert!(ok, "{err}");
-    for line in [
-        "rows: 3",
-        "span: 3s",
-        "timestamps going back: 1",
-        "c,counter,x,2",
-    ] {
-        assert!(
-            out.lines().any(|l| l == line),
-            "no line {line:?} in:\n{out}"
-        );
-    }
+    assert_lines(
+        &out,
+        &[
+            "rows: 3",
+            "span: 3s",
+            "timestamps going back: 1",
+            "c,counter,x,2",
+        ],
+    );
 
     let (ok, out, err) = rezolus(&["parquet", "query", file, "c", "--format", "json"]);
     assert!(ok, "{err}");
@@ -509,17 +515,7 @@ fn the_documented_duckdb_and_polars_examples_agree_with_query() {
         serde_json::from_str(&out).unwrap()
     };
     let column = |json: &serde_json::Value, name: &str| -> Vec<Option<f64>> {
-        json["columns"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .find(|c| c["name"] == name)
-            .unwrap_or_else(|| panic!("no column {name}"))["values"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .map(|v| v.as_f64())
-            .collect()
+        json_column(json, name).iter().map(|v| v.as_f64()).collect()
     };
 
     // busy % from the rates `query` gives for the all-CPU state counters

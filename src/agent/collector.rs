@@ -102,10 +102,7 @@ impl Collector {
                 };
                 // the programs this sampler's start left open are its own
                 let programs = fds_before.filter(|_| sampler.is_some()).map(|before| {
-                    let fds = bpf::program_fds()
-                        .into_iter()
-                        .filter(|fd| !before.contains(fd))
-                        .collect();
+                    let fds = bpf::program_fds_since(&before);
                     (fds, Series::new(&BPF_MISSED, &[("sampler", spec.name)]))
                 });
                 let status = Status {
@@ -128,11 +125,7 @@ impl Collector {
                 let before = slot.programs.as_ref().map(|_| bpf::program_fds());
                 let started = catch_unwind(AssertUnwindSafe(|| sampler.all_started()));
                 if let (Some(before), Some((fds, _))) = (before, slot.programs.as_mut()) {
-                    fds.extend(
-                        bpf::program_fds()
-                            .into_iter()
-                            .filter(|fd| !before.contains(fd)),
-                    );
+                    fds.extend(bpf::program_fds_since(&before));
                 }
                 if let (state, reason, None) = outcome(started) {
                     slot.sampler = None;

@@ -295,6 +295,15 @@ pub fn program_fds() -> Vec<std::os::fd::RawFd> {
     fds
 }
 
+/// The BPF program fds open now that were not in `before` (a sorted
+/// [`program_fds`] list): the programs loaded since.
+pub fn program_fds_since(before: &[std::os::fd::RawFd]) -> Vec<std::os::fd::RawFd> {
+    program_fds()
+        .into_iter()
+        .filter(|fd| before.binary_search(fd).is_err())
+        .collect()
+}
+
 /// How many times the kernel skipped program `fd` because a program was
 /// already running on that CPU (a tracepoint hit while the program ran,
 /// e.g. from an interrupt): the `recursion_misses` of `bpf_prog_info`
