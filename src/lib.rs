@@ -21,3 +21,4 @@ pub mod signals;
 pub mod snapshot;
 pub mod source;
 pub mod ticker;
+pub mod view;

@@ -33,6 +33,8 @@ enum Command {
         /// Hindsight config file, e.g. config/hindsight.toml
         config: PathBuf,
     },
+    /// Charts of a recording, of two side by side, or of a live agent, in a browser (or a self-contained HTML report)
+    View(rezolus::view::ViewArgs),
     /// Serve the agent's metrics to Prometheus (GET /metrics)
     Exporter {
         /// Exporter config file, e.g. config/exporter.toml
@@ -83,6 +85,7 @@ fn main() -> ExitCode {
         (Some(Command::Exporter { config }), _) => rezolus::exporter::run(&config),
         (Some(Command::Record(args)), _) => rezolus::recorder::record(args),
         (Some(Command::Hindsight { config }), _) => rezolus::hindsight::run(&config),
+        (Some(Command::View(args)), _) => rezolus::view::run(args),
         (
             Some(Command::Parquet(ParquetCommand::Recover {
                 journal,

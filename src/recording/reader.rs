@@ -161,35 +161,59 @@ impl Recording {
         batch_rows: usize,
         mut f: impl FnMut(&[u64], Values),
     ) -> Result<(), ReadError> {
+        self.stream_many(&[s], batch_rows, |ts, mut values| {
+            if let Some(v) = values.pop() {
+                f(ts, v)
+            }
+        })
+    }
+
+    /// [`Recording::stream`] for several series at once, in one pass over
+    /// the file: `f` gets the batch's timestamps and one [`Values`] per
+    /// entry of `wanted` (indices into [`Recording::series`]), in that
+    /// order. Only these columns and the timestamps are decoded.
+    pub fn stream_many(
+        &self,
+        wanted: &[usize],
+        batch_rows: usize,
+        mut f: impl FnMut(&[u64], Vec<Values>),
+    ) -> Result<(), ReadError> {
         let failed = |message: String| ReadError::Read {
             path: self.path.clone(),
             message,
         };
-        let series = &self.series[s];
         let builder = builder(&self.path)?;
-        let mask = ProjectionMask::roots(builder.parquet_schema(), [self.timestamp, series.index]);
+        let mut roots: Vec<usize> = wanted.iter().map(|s| self.series[*s].index).collect();
+        roots.push(self.timestamp);
+        roots.sort_unstable();
+        roots.dedup();
+        // projected columns come in the file's order
+        let at = |column: usize| roots.binary_search(&column).unwrap_or(0);
+        let ts_at = at(self.timestamp);
+        let values_at: Vec<usize> = wanted.iter().map(|s| at(self.series[*s].index)).collect();
+        let mask = ProjectionMask::roots(builder.parquet_schema(), roots.iter().copied());
         let reader = builder
             .with_projection(mask)
             .with_batch_size(batch_rows.max(1))
             .build()
             .map_err(|e| failed(e.to_string()))?;
-        // projected columns come in the file's order
-        let (ts_at, values_at) = match self.timestamp < series.index {
-            true => (0, 1),
-            false => (1, 0),
-        };
         for batch in reader {
             let batch = batch.map_err(|e| failed(e.to_string()))?;
             let (timestamps, keep) = timestamps(batch.column(ts_at).as_ref())
                 .ok_or_else(|| failed("the timestamp column is not an integer".into()))?;
-            let mut values = match series.kind {
-                Kind::Counter => Values::Counter(Vec::new()),
-                Kind::Gauge => Values::Gauge(Vec::new()),
-                Kind::Histogram { .. } => Values::Histogram(Vec::new()),
-            };
-            append(batch.column(values_at).as_ref(), &keep, &mut values)
-                .map_err(|m| failed(format!("{}: {m}", series.column)))?;
-            f(&timestamps, values);
+            let mut all = Vec::with_capacity(wanted.len());
+            for (s, column) in wanted.iter().zip(&values_at) {
+                let series = &self.series[*s];
+                let mut values = match series.kind {
+                    Kind::Counter => Values::Counter(Vec::new()),
+                    Kind::Gauge => Values::Gauge(Vec::new()),
+                    Kind::Histogram { .. } => Values::Histogram(Vec::new()),
+                };
+                append(batch.column(*column).as_ref(), &keep, &mut values)
+                    .map_err(|m| failed(format!("{}: {m}", series.column)))?;
+                all.push(values);
+            }
+            f(&timestamps, all);
         }
         Ok(())
     }
@@ -346,6 +370,10 @@ fn append(column: &dyn Array, keep: &[bool], out: &mut Values) -> Result<(), Str
                 let buckets = row
                     .as_primitive_opt::<UInt64Type>()
                     .ok_or_else(|| format!("histogram buckets stored as {}", row.data_type()))?;
+                if buckets.null_count() == 0 {
+                    v.push(Some(buckets.values().to_vec()));
+                    continue;
+                }
                 v.push(Some(
                     (0..buckets.len())
                         .map(|b| {

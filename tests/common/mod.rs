@@ -2,6 +2,7 @@
 //! its snapshots.
 #![allow(dead_code)]
 
+pub mod browser;
 pub mod cgroups;
 pub mod disks;
 pub mod fake;

@@ -1,0 +1,383 @@
+// rezolus view: draws the dashboard served by `rezolus view` (or inlined in
+// a report) with uPlot. No build step, no network beyond this server.
+"use strict";
+
+(function () {
+  const report = window.REZOLUS_REPORT;
+  const status = {
+    ready: false,
+    section: null,
+    charts: [],
+    errors: [],
+  };
+  window.rezolusStatus = status;
+  window.addEventListener("error", (e) => status.errors.push(String(e.message)));
+
+  const $ = (id) => document.getElementById(id);
+  let dashboard = null;
+  let plots = [];
+  let zoom = null; // {min, max} of x while zoomed
+  let syncing = false;
+  let timer = null;
+  let generation = 0;
+
+  // ---- units -----------------------------------------------------------
+
+  function sig(v) {
+    const a = Math.abs(v);
+    if (a === 0) return "0";
+    if (a >= 100) return v.toFixed(0);
+    if (a >= 10) return v.toFixed(1);
+    if (a >= 1) return v.toFixed(2);
+    return v.toPrecision(3);
+  }
+
+  function scaled(v, steps, base) {
+    let i = 0;
+    while (Math.abs(v) >= base && i < steps.length - 1) {
+      v /= base;
+      i++;
+    }
+    return sig(v) + " " + steps[i];
+  }
+
+  function time(ns) {
+    const a = Math.abs(ns);
+    if (a < 1e3) return sig(ns) + " ns";
+    if (a < 1e6) return sig(ns / 1e3) + " us";
+    if (a < 1e9) return sig(ns / 1e6) + " ms";
+    return sig(ns / 1e9) + " s";
+  }
+
+  // a value with its unit made human: ns -> us/ms/s, bytes -> KiB/MiB
+  function format(v, unit) {
+    if (v == null || !isFinite(v)) return "-";
+    const rate = unit.endsWith("/s");
+    const base = rate ? unit.slice(0, -2) : unit;
+    const per = rate ? "/s" : "";
+    switch (base) {
+      case "nanoseconds":
+        return time(v) + per;
+      case "bytes":
+        return scaled(v, ["B", "KiB", "MiB", "GiB", "TiB", "PiB"], 1024) + per;
+      case "percent":
+        return sig(v) + " %";
+      default: {
+        const s = scaled(v, ["", "k", "M", "G", "T", "P"], 1000).trim();
+        return base ? s + " " + base + per : s + per;
+      }
+    }
+  }
+
+  // the same, shorter, for an axis: the unit's name goes in the title
+  function axisFormat(v, unit) {
+    const base = unit.endsWith("/s") ? unit.slice(0, -2) : unit;
+    if (["nanoseconds", "bytes", "percent"].includes(base)) return format(v, unit);
+    return scaled(v, ["", "k", "M", "G", "T", "P"], 1000).trim();
+  }
+
+  function unitTitle(unit) {
+    const base = unit.endsWith("/s") ? unit.slice(0, -2) : unit;
+    if (["nanoseconds", "bytes", "percent"].includes(base) || !unit) return "";
+    return " (" + unit + ")";
+  }
+
+  function clock(seconds) {
+    const s = Math.round(seconds);
+    const h = Math.floor(s / 3600);
+    const m = Math.floor((s % 3600) / 60);
+    const pad = (n) => String(n).padStart(2, "0");
+    return "+" + (h ? h + ":" + pad(m) : m) + ":" + pad(s % 60);
+  }
+
+  // ---- data ------------------------------------------------------------
+
+  async function getJSON(url) {
+    const r = await fetch(url);
+    if (!r.ok) throw new Error(url + ": " + r.status + " " + (await r.text()));
+    return r.json();
+  }
+
+  async function loadDashboard() {
+    if (report) return report.dashboard;
+    return getJSON("api/dashboard");
+  }
+
+  async function loadSection(id) {
+    if (report) return report.sections[id];
+    return getJSON("api/section/" + encodeURIComponent(id));
+  }
+
+  // ---- charts ----------------------------------------------------------
+
+  const COLORS = ["#1f77b4", "#d62728", "#2ca02c", "#ff7f0e", "#9467bd",
+    "#8c564b", "#e377c2", "#17becf", "#7f7f7f", "#bcbd22"];
+  const PERCENTILE_COLORS = ["#2ca02c", "#1f77b4", "#ff7f0e", "#d62728", "#7f7f7f"];
+
+  function xValues(t, source) {
+    if (dashboard.mode !== "compare") return t;
+    const start = dashboard.sources[source].start || 0;
+    return t.map((v) => v - start);
+  }
+
+  function syncHooks() {
+    return {
+      setScale: [
+        (u, key) => {
+          if (key !== "x" || syncing) return;
+          syncing = true;
+          const { min, max } = u.scales.x;
+          for (const p of plots) if (p !== u) p.setScale("x", { min, max });
+          syncing = false;
+        },
+      ],
+      setSelect: [
+        (u) => {
+          if (u.select.width > 0) {
+            zoom = {
+              min: u.posToVal(u.select.left, "x"),
+              max: u.posToVal(u.select.left + u.select.width, "x"),
+            };
+          }
+        },
+      ],
+    };
+  }
+
+  function baseOptions(info, width) {
+    const relative = dashboard.mode === "compare";
+    return {
+      width: width,
+      height: 220,
+      cursor: {
+        sync: { key: "rezolus", setSeries: false },
+        drag: { x: true, y: false },
+      },
+      scales: { x: { time: !relative } },
+      axes: [
+        relative
+          ? { values: (u, splits) => splits.map(clock) }
+          : {},
+        {
+          size: 80,
+          values: (u, splits) => splits.map((v) => axisFormat(v, info.unit)),
+        },
+      ],
+      hooks: syncHooks(),
+    };
+  }
+
+  function linesPlot(el, info, t, data, width) {
+    const series = data.series || [];
+    const colors = info.style === "percentiles" ? PERCENTILE_COLORS : COLORS;
+    const opts = baseOptions(info, width);
+    opts.series = [{ label: "time" }].concat(
+      series.map((s, i) => ({
+        label: s.name,
+        stroke: colors[i % colors.length],
+        width: 1.5,
+        spanGaps: false,
+        value: (u, v) => format(v, info.unit),
+      }))
+    );
+    const values = [t].concat(series.map((s) => s.values));
+    const points = series.reduce((n, s) => n + s.values.filter((v) => v != null).length, 0);
+    return { plot: new uPlot(opts, values, el), points };
+  }
+
+  function heatmapPlot(el, info, t, data, width) {
+    const rows = data.rows || [];
+    const low = data.low || 0;
+    const height = rows.reduce((n, c) => Math.max(n, c.length), 0);
+    // row r (absolute) holds [2^(r-1), 2^r); row 0 holds zeros, drawn at [0.5, 1)
+    const lower = (r) => (r === 0 ? 0.5 : Math.pow(2, r - 1));
+    const upper = (r) => Math.pow(2, r);
+    let max = 0;
+    let points = 0;
+    for (const c of rows) for (const v of c) if (v > 0) { max = Math.max(max, v); points++; }
+    const caption = document.createElement("div");
+    caption.className = "caption";
+    const opts = baseOptions(info, width);
+    opts.scales.y = {
+      distr: 3,
+      log: 2,
+      range: () => [lower(low), upper(low + Math.max(height, 1) - 1)],
+    };
+    opts.series = [{ label: "time" }, { label: "observations/s", show: true, stroke: "transparent" }];
+    opts.legend = { show: false };
+    opts.hooks.draw = [
+      (u) => {
+        const ctx = u.ctx;
+        ctx.save();
+        ctx.beginPath();
+        ctx.rect(u.bbox.left, u.bbox.top, u.bbox.width, u.bbox.height);
+        ctx.clip();
+        const scale = Math.log1p(max || 1);
+        for (let i = 0; i < rows.length; i++) {
+          const x1 = u.valToPos(t[i], "x", true);
+          const prev = i > 0 ? t[i - 1] : t[i] - (t.length > 1 ? t[1] - t[0] : 1);
+          const x0 = u.valToPos(prev, "x", true);
+          const column = rows[i];
+          for (let r = 0; r < column.length; r++) {
+            const v = column[r];
+            if (!(v > 0)) continue;
+            const y0 = u.valToPos(upper(low + r), "y", true);
+            const y1 = u.valToPos(lower(low + r), "y", true);
+            const a = 0.15 + 0.85 * (Math.log1p(v) / scale);
+            ctx.fillStyle = "rgba(214, 39, 40, " + a.toFixed(3) + ")";
+            ctx.fillRect(x0, y0, Math.max(x1 - x0, 1), Math.max(y1 - y0, 1));
+          }
+        }
+        ctx.restore();
+      },
+    ];
+    opts.hooks.setCursor = [
+      (u) => {
+        const i = u.cursor.idx;
+        if (i == null || u.cursor.top == null || u.cursor.top < 0) {
+          caption.textContent = "";
+          return;
+        }
+        const y = u.posToVal(u.cursor.top, "y");
+        const r = y < 1 ? 0 : Math.floor(Math.log2(y)) + 1;
+        const v = (rows[i] || [])[r - low] || 0;
+        const range = r === 0 ? "0" : format(lower(r), info.unit) + " to " + format(upper(r), info.unit);
+        caption.textContent = new Date(t[i] * 1000).toISOString() + "  " + range + ": " +
+          sig(v) + " observations/s";
+      },
+    ];
+    const plot = new uPlot(opts, [t, t.map(() => null)], el);
+    el.appendChild(caption);
+    return { plot, points };
+  }
+
+  function draw(info, data, source, el, width) {
+    const chart = data && data.charts ? data.charts[info.id] : null;
+    const t = data ? xValues(data.t || [], source) : [];
+    if (!chart) {
+      el.appendChild(document.createTextNode("not in this recording"));
+      return null;
+    }
+    const made = info.style === "heatmap"
+      ? heatmapPlot(el, info, t, chart, width)
+      : linesPlot(el, info, t, chart, width);
+    if (made.points === 0) {
+      const note = document.createElement("div");
+      note.className = "empty";
+      note.textContent = "no data in this time range";
+      el.appendChild(note);
+    }
+    status.charts.push({ id: info.id, source, points: made.points });
+    return made.plot;
+  }
+
+  async function show(id) {
+    const mine = ++generation;
+    const section = dashboard.sections.find((s) => s.id === id) || dashboard.sections[0];
+    status.ready = false;
+    status.section = section.id;
+    for (const b of document.querySelectorAll("nav button")) {
+      b.classList.toggle("active", b.dataset.id === section.id);
+    }
+    $("status").textContent = "Loading…";
+    let data;
+    try {
+      data = await loadSection(section.id);
+    } catch (e) {
+      $("status").textContent = "Error: " + e.message;
+      console.error(e);
+      return;
+    }
+    if (mine !== generation) return;
+    render(section, data);
+    $("status").textContent = "";
+    status.ready = true;
+  }
+
+  function render(section, data) {
+    for (const p of plots) p.destroy();
+    plots = [];
+    status.charts = [];
+    const main = $("charts");
+    main.textContent = "";
+    const sources = dashboard.mode === "compare" ? [0, 1] : [0];
+    const columns = dashboard.mode === "compare" ? 2 : 1;
+    // single: two cards a row on a wide screen; compare: A and B in a row
+    const perRow = columns === 2 || main.clientWidth < 1200 ? 1 : 2;
+    main.classList.toggle("grid", perRow === 2);
+    const width = Math.max(
+      320,
+      Math.floor((main.clientWidth - 48) / (columns * perRow)) - 40
+    );
+    for (const info of section.charts) {
+      const card = document.createElement("section");
+      card.className = "card";
+      const h = document.createElement("h2");
+      h.textContent = info.title + unitTitle(info.unit);
+      card.appendChild(h);
+      const row = document.createElement("div");
+      row.className = "row";
+      for (const s of sources) {
+        const cell = document.createElement("div");
+        cell.className = "cell";
+        if (columns === 2) {
+          const label = document.createElement("div");
+          label.className = "source";
+          label.textContent = (s === 0 ? "A: " : "B: ") + dashboard.sources[s].name;
+          cell.appendChild(label);
+        }
+        const plot = draw(info, data.sources[s], s, cell, width);
+        if (plot) {
+          plot.over.addEventListener("dblclick", () => { zoom = null; });
+          plots.push(plot);
+        }
+        row.appendChild(cell);
+      }
+      card.appendChild(row);
+      main.appendChild(card);
+    }
+    if (zoom) for (const p of plots) p.setScale("x", zoom);
+  }
+
+  async function refresh() {
+    const id = status.section;
+    if (!id) return;
+    try {
+      const data = await loadSection(id);
+      if (status.section === id) {
+        render(dashboard.sections.find((s) => s.id === id), data);
+        $("status").textContent = "live";
+      }
+    } catch (e) {
+      $("status").textContent = "Error: " + e.message;
+    }
+  }
+
+  async function start() {
+    try {
+      dashboard = await loadDashboard();
+    } catch (e) {
+      $("status").textContent = "Error: " + e.message;
+      console.error(e);
+      return;
+    }
+    $("title").textContent = dashboard.title + (report ? " (report)" : "");
+    const nav = $("sections");
+    for (const s of dashboard.sections) {
+      const b = document.createElement("button");
+      b.textContent = s.title;
+      b.dataset.id = s.id;
+      b.addEventListener("click", () => {
+        location.hash = s.id;
+      });
+      nav.appendChild(b);
+    }
+    window.addEventListener("hashchange", () => show(location.hash.slice(1)));
+    await show(location.hash.slice(1));
+    if (dashboard.mode === "live" && !report) {
+      timer = setInterval(refresh, Math.max(dashboard.interval_ms || 1000, 250));
+    }
+  }
+
+  start();
+})();

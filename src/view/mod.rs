@@ -1,0 +1,464 @@
+//! `rezolus view`: charts of a recording, of two recordings side by side,
+//! or of a live agent, served to a browser from this process; or written
+//! once to a self-contained HTML report.
+//!
+//! The page is one HTML document with everything inlined: the charting
+//! library (uPlot, vendored in `assets/`, MIT licence), our script and
+//! styles. It loads the dashboard's layout from `GET /api/dashboard` and
+//! each section's data from `GET /api/section/{id}`; a report carries the
+//! same JSON inlined instead. Endpoints:
+//!
+//! * `GET /` the page;
+//! * `GET /api/dashboard`: `{mode, title, interval_ms, sources: [{name,
+//!   start, end}], sections: [{id, title, charts: [{id, title, style,
+//!   unit}]}]}` (times in seconds since the epoch);
+//! * `GET /api/section/{id}?from=S&to=S&points=N`: `{sources: [{t, step,
+//!   charts: {chart id: {series: [{name, values}]} | {low, rows}}}]}`, one
+//!   entry per source, `t` each point's time in seconds since the epoch,
+//!   `from`/`to` (seconds since the epoch) bounding it, `points` (default
+//!   4000) the most points per chart.
+
+pub mod dashboard;
+pub mod source;
+
+use std::collections::{BTreeMap, HashMap};
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use anyhow::{bail, Context};
+use axum::extract::{Path as UrlPath, Query, State};
+use axum::http::{header, StatusCode};
+use axum::response::{Html, IntoResponse, Response};
+use axum::routing::get;
+use axum::Router;
+use serde::{Deserialize, Serialize};
+use tracing::{info, warn};
+
+use dashboard::{Section, SectionData, SectionInfo};
+use source::{lock, FileSource, LiveStore, Source};
+
+/// Points per chart unless asked otherwise: an hour at 1 s is shown whole.
+pub const DEFAULT_POINTS: usize = 4000;
+/// The most points a request may ask for.
+const MAX_POINTS: usize = 100_000;
+/// Section results kept for files (which do not change).
+const CACHE_ENTRIES: usize = 64;
+
+const UPLOT_JS: &str = include_str!("assets/uPlot.iife.min.js");
+const UPLOT_CSS: &str = include_str!("assets/uPlot.min.css");
+const APP_JS: &str = include_str!("assets/app.js");
+const APP_CSS: &str = include_str!("assets/app.css");
+
+/// `rezolus view` arguments.
+#[derive(Debug, Clone, clap::Args)]
+pub struct ViewArgs {
+    /// A recording (Parquet from `rezolus record`, hindsight or stock Rezolus), or a live agent (http://host:port)
+    pub source: String,
+    /// A second recording, shown side by side with the first (A/B), both aligned from their starts
+    pub compare: Option<PathBuf>,
+    /// Address to serve the dashboard on (loopback by default)
+    #[arg(long, default_value = "127.0.0.1:8080")]
+    pub listen: SocketAddr,
+    /// Live agent: how often to read it
+    #[arg(long, default_value = "1s", value_parser = humantime::parse_duration)]
+    pub interval: Duration,
+    /// Live agent: how much history to keep and show
+    #[arg(long, default_value = "15m", value_parser = humantime::parse_duration)]
+    pub window: Duration,
+    /// Write the dashboard to this self-contained HTML file (no server, no network needed to open it) and exit
+    #[arg(long, value_name = "FILE")]
+    pub report: Option<PathBuf>,
+    /// The most points per chart; longer recordings merge consecutive intervals
+    #[arg(long, default_value_t = DEFAULT_POINTS)]
+    pub points: usize,
+}
+
+#[derive(Debug, Clone, Copy, Serialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum Mode {
+    File,
+    Compare,
+    Live,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct SourceInfo {
+    pub name: String,
+    pub start: Option<f64>,
+    pub end: Option<f64>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct DashboardInfo {
+    pub mode: Mode,
+    pub title: String,
+    /// Live: how often the page should ask for new data (ms).
+    pub interval_ms: Option<u64>,
+    pub sources: Vec<SourceInfo>,
+    pub sections: Vec<SectionInfo>,
+}
+
+/// What a section's request answers: one entry per source.
+#[derive(Debug, Clone, Serialize)]
+pub struct SectionReply {
+    pub sources: Vec<SectionData>,
+}
+
+/// The viewer's state: sources and, per source, its planned sections.
+pub struct Viewer {
+    mode: Mode,
+    interval: Duration,
+    sources: Vec<Source>,
+    /// Planned from a file's series once; for a live agent, again when its
+    /// series change.
+    plans: Mutex<Vec<(usize, Arc<Vec<Section>>)>>,
+    cache: Mutex<HashMap<(String, u64, u64, usize), Arc<String>>>,
+}
+
+impl Viewer {
+    pub fn new(mode: Mode, interval: Duration, sources: Vec<Source>) -> Self {
+        let plans = sources
+            .iter()
+            .map(|_| (usize::MAX, Arc::default()))
+            .collect();
+        Self {
+            mode,
+            interval,
+            sources,
+            plans: Mutex::new(plans),
+            cache: Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// The planned sections of source `i`, re-planned if its series changed.
+    fn plan(&self, i: usize) -> Arc<Vec<Section>> {
+        let series = self.sources[i].series();
+        let mut plans = lock(&self.plans);
+        if plans[i].0 != series.len() {
+            plans[i] = (series.len(), Arc::new(dashboard::plan(&series)));
+        }
+        Arc::clone(&plans[i].1)
+    }
+
+    pub fn dashboard(&self) -> DashboardInfo {
+        let mut sections: Vec<SectionInfo> = Vec::new();
+        for i in 0..self.sources.len() {
+            for section in self.plan(i).iter() {
+                let info = section.info();
+                match sections.iter_mut().find(|s| s.id == info.id) {
+                    None => sections.push(info),
+                    Some(known) => {
+                        for chart in info.charts {
+                            if !known.charts.iter().any(|c| c.id == chart.id) {
+                                known.charts.push(chart);
+                            }
+                        }
+                    }
+                }
+            }
+        }
+        let sources: Vec<SourceInfo> = self
+            .sources
+            .iter()
+            .map(|s| {
+                let span = s.span();
+                SourceInfo {
+                    name: s.name(),
+                    start: span.map(|(a, _)| a as f64 / 1e9),
+                    end: span.map(|(_, b)| b as f64 / 1e9),
+                }
+            })
+            .collect();
+        let title = match self.mode {
+            Mode::Compare => format!("{} vs {}", sources[0].name, sources[1].name),
+            _ => sources[0].name.clone(),
+        };
+        DashboardInfo {
+            mode: self.mode,
+            title,
+            interval_ms: (self.mode == Mode::Live).then(|| self.interval.as_millis() as u64),
+            sources,
+            sections,
+        }
+    }
+
+    /// Section `id` of every source (a source without it gets no charts).
+    pub fn section(
+        &self,
+        id: &str,
+        from: u64,
+        to: u64,
+        points: usize,
+    ) -> anyhow::Result<Option<Arc<String>>> {
+        let key = (id.to_string(), from, to, points);
+        let cacheable = self.mode != Mode::Live;
+        if cacheable {
+            if let Some(hit) = lock(&self.cache).get(&key) {
+                return Ok(Some(Arc::clone(hit)));
+            }
+        }
+        let mut found = false;
+        let mut sources = Vec::new();
+        for (i, source) in self.sources.iter().enumerate() {
+            let plan = self.plan(i);
+            let data = match plan.iter().find(|s| s.id == id) {
+                Some(section) => {
+                    found = true;
+                    dashboard::compute(source, section, from, to, points)?
+                }
+                None => SectionData {
+                    t: Vec::new(),
+                    step: 1,
+                    charts: BTreeMap::new(),
+                },
+            };
+            sources.push(data);
+        }
+        if !found {
+            return Ok(None);
+        }
+        let json = Arc::new(serde_json::to_string(&SectionReply { sources })?);
+        if cacheable {
+            let mut cache = lock(&self.cache);
+            if cache.len() >= CACHE_ENTRIES {
+                cache.clear();
+            }
+            cache.insert(key, Arc::clone(&json));
+        }
+        Ok(Some(json))
+    }
+}
+
+/// The page: everything inlined; `data` (a report's) as a JSON object
+/// `{dashboard, sections: {id: reply}}`.
+pub fn page(data: Option<&str>) -> String {
+    // inside <script>, `</script` must not appear: JSON escapes `<`
+    let data = data
+        .map(|d| d.replace('<', "\\u003c"))
+        .unwrap_or_else(|| "null".into());
+    let js = |s: &str| s.replace("</script", "<\\/script");
+    format!(
+        "<!doctype html>\n<html lang=\"en\">\n<head>\n<meta charset=\"utf-8\">\n\
+         <meta name=\"viewport\" content=\"width=device-width, initial-scale=1\">\n\
+         <title>rezolus view</title>\n<link rel=\"icon\" href=\"data:,\">\n<style>\n{UPLOT_CSS}\n{APP_CSS}\n</style>\n</head>\n<body>\n\
+         <header><h1>rezolus view</h1><span id=\"title\"></span><span id=\"status\">Loading…</span></header>\n\
+         <nav id=\"sections\"></nav>\n<main id=\"charts\"></main>\n\
+         <script>\n{}\n</script>\n<script>window.REZOLUS_REPORT = {data};</script>\n\
+         <script>\n{}\n</script>\n</body>\n</html>\n",
+        js(UPLOT_JS),
+        js(APP_JS)
+    )
+}
+
+type Shared = Arc<Viewer>;
+
+pub fn router(viewer: Shared) -> Router {
+    Router::new()
+        .route("/", get(index))
+        .route("/api/dashboard", get(api_dashboard))
+        .route("/api/section/{id}", get(api_section))
+        .with_state(viewer)
+}
+
+async fn index() -> Html<String> {
+    Html(page(None))
+}
+
+async fn api_dashboard(State(viewer): State<Shared>) -> Response {
+    let info = tokio::task::spawn_blocking(move || viewer.dashboard()).await;
+    match info {
+        Ok(info) => axum::Json(info).into_response(),
+        Err(e) => (StatusCode::INTERNAL_SERVER_ERROR, e.to_string()).into_response(),
+    }
+}
+
+#[derive(Debug, Deserialize)]
+struct SectionQuery {
+    from: Option<f64>,
+    to: Option<f64>,
+    points: Option<usize>,
+}
+
+fn nanos(seconds: f64) -> u64 {
+    (seconds.max(0.0) * 1e9) as u64
+}
+
+async fn api_section(
+    State(viewer): State<Shared>,
+    UrlPath(id): UrlPath<String>,
+    query: Result<Query<SectionQuery>, axum::extract::rejection::QueryRejection>,
+) -> Response {
+    let Ok(Query(q)) = query else {
+        return (
+            StatusCode::BAD_REQUEST,
+            "from and to are seconds since the epoch, points a positive integer\n",
+        )
+            .into_response();
+    };
+    let points = q.points.unwrap_or(DEFAULT_POINTS).clamp(1, MAX_POINTS);
+    let (from, to) = (
+        q.from.map(nanos).unwrap_or(0),
+        q.to.map(nanos).unwrap_or(u64::MAX),
+    );
+    let answer =
+        tokio::task::spawn_blocking(move || viewer.section(&id, from, to, points).map(|r| (id, r)))
+            .await;
+    match answer {
+        Ok(Ok((_, Some(json)))) => (
+            [(header::CONTENT_TYPE, "application/json")],
+            json.as_str().to_string(),
+        )
+            .into_response(),
+        Ok(Ok((id, None))) => {
+            (StatusCode::NOT_FOUND, format!("no section {id:?}\n")).into_response()
+        }
+        Ok(Err(e)) => (StatusCode::INTERNAL_SERVER_ERROR, format!("{e:#}\n")).into_response(),
+        Err(e) => (StatusCode::INTERNAL_SERVER_ERROR, e.to_string()).into_response(),
+    }
+}
+
+fn is_agent(source: &str) -> bool {
+    source.starts_with("http://") || source.starts_with("https://")
+}
+
+/// Reads the agent every `interval` into `store` until stopped.
+fn live_loop(client: crate::client::Client, interval: Duration, store: Arc<Mutex<LiveStore>>) {
+    let mut poller = crate::ticker::Poller::new(client, interval);
+    let mut failing = crate::logging::Repeated::new();
+    while let Some(reading) = poller.next(&crate::signals::Signals) {
+        let time = crate::client::unix_nanos(reading.tick.grid);
+        let decoded = reading.fetched.map_err(|e| e.to_string()).and_then(|b| {
+            crate::snapshot::Received::from_msgpack(&b)
+                .map_err(|e| format!("not a Rezolus snapshot: {e}"))
+        });
+        match decoded {
+            Ok(snapshot) => lock(&store).add(time, &snapshot),
+            Err(e) => {
+                failing.warn("reading the agent", &e);
+                lock(&store).failing = Some(e);
+            }
+        }
+    }
+}
+
+/// Runs `rezolus view`.
+pub fn run(args: ViewArgs) -> anyhow::Result<()> {
+    crate::logging::init(tracing::Level::INFO);
+    crate::signals::on_hangup("ignored by rezolus view");
+    if args.points == 0 {
+        bail!("--points must be at least 1");
+    }
+    let (mode, sources, reader) = if is_agent(&args.source) {
+        if args.compare.is_some() {
+            bail!(
+                "comparing (A/B) needs two recordings; {} is a live agent",
+                args.source
+            );
+        }
+        if args.report.is_some() {
+            bail!("--report needs a recording; record the agent first (rezolus record ...)");
+        }
+        if args.interval.is_zero() || args.window < args.interval {
+            bail!("--interval must be above zero and --window at least one interval");
+        }
+        let url = crate::client::snapshot_url(&args.source)?;
+        let timeout = args
+            .interval
+            .clamp(Duration::from_millis(500), Duration::from_secs(5));
+        let client = crate::client::Client::new(url.clone(), timeout);
+        // the agent must answer now: nothing is served half-broken
+        let first = client
+            .fetch()
+            .with_context(|| format!("reading the agent at {url}"))?;
+        let store = Arc::new(Mutex::new(LiveStore::new(
+            url.clone(),
+            args.window.as_nanos() as u64,
+        )));
+        lock(&store).add(crate::client::unix_nanos(first.systemtime), &first);
+        let reader = {
+            let store = Arc::clone(&store);
+            std::thread::Builder::new()
+                .name("agent-reader".into())
+                .spawn(move || live_loop(client, args.interval, store))
+                .context("starting the agent reader")?
+        };
+        info!(
+            "reading {url} every {}, keeping {}",
+            humantime::format_duration(args.interval),
+            humantime::format_duration(args.window)
+        );
+        (Mode::Live, vec![Source::Live(store)], Some(reader))
+    } else {
+        let mut sources = vec![open_file(Path::new(&args.source))?];
+        if let Some(b) = &args.compare {
+            sources.push(open_file(b)?);
+        }
+        let mode = match sources.len() {
+            1 => Mode::File,
+            _ => Mode::Compare,
+        };
+        (mode, sources, None)
+    };
+    let viewer = Arc::new(Viewer::new(mode, args.interval, sources));
+
+    if let Some(report) = &args.report {
+        let html = report_html(&viewer, args.points)?;
+        std::fs::write(report, html)
+            .with_context(|| format!("writing the report to {}", report.display()))?;
+        println!("wrote {}", report.display());
+        return Ok(());
+    }
+
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("starting the async runtime")?;
+    let served = runtime.block_on(async {
+        let listener = tokio::net::TcpListener::bind(args.listen)
+            .await
+            .with_context(|| format!("listening on {} (--listen)", args.listen))?;
+        let address = listener.local_addr()?;
+        if !address.ip().is_loopback() {
+            warn!("serving on {address}, which other hosts can reach");
+        }
+        // the one line a user needs, on stdout (logs go to stderr)
+        println!("rezolus view: http://{address}/ (Ctrl-C to stop)");
+        use std::io::Write;
+        let _ = std::io::stdout().flush();
+        crate::http::serve(
+            listener,
+            router(Arc::clone(&viewer)),
+            crate::http::Limits::from_env(),
+            crate::signals::stop_requested(),
+        )
+        .await
+        .context("serving HTTP")
+    });
+    crate::signals::request_stop();
+    if let Some(reader) = reader {
+        let _ = reader.join();
+    }
+    served
+}
+
+fn open_file(path: &Path) -> anyhow::Result<Source> {
+    let source = Source::File(Arc::new(FileSource::open(path)?));
+    info!("{}: {} series", source.name(), source.series().len());
+    Ok(source)
+}
+
+/// The report: the page with the dashboard and every section's data
+/// inlined.
+pub fn report_html(viewer: &Viewer, points: usize) -> anyhow::Result<String> {
+    let dashboard = viewer.dashboard();
+    let mut sections = serde_json::Map::new();
+    for section in &dashboard.sections {
+        if let Some(json) = viewer.section(&section.id, 0, u64::MAX, points)? {
+            sections.insert(section.id.clone(), serde_json::from_str(&json)?);
+        }
+    }
+    let data = serde_json::json!({ "dashboard": dashboard, "sections": sections });
+    Ok(page(Some(&serde_json::to_string(&data)?)))
+}

@@ -1,0 +1,371 @@
+//! Where the viewer's numbers come from: a recording on disk, or a live
+//! agent read every interval into a bounded window. Both are seen the same
+//! way, as a sequence of *intervals* between consecutive samples, each with
+//! the change of every counter and histogram over it and every gauge's
+//! value at its end ([`Delta`]); the charts are computed from that.
+
+use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::path::Path;
+use std::sync::{Arc, Mutex};
+
+use crate::recording::reader::{Kind, ReadError, Recording, Values};
+use crate::snapshot::Received;
+
+/// Rows read from a file at a time.
+const BATCH_ROWS: usize = 1024;
+/// A live window holds at most this many series; later ones are left out
+/// (and counted).
+pub const MAX_LIVE_SERIES: usize = 20_000;
+
+/// One series: what it measures and how.
+#[derive(Debug, Clone, PartialEq)]
+pub struct SeriesMeta {
+    pub metric: String,
+    pub labels: BTreeMap<String, String>,
+    pub unit: Option<String>,
+    pub kind: Kind,
+}
+
+/// A series over one interval. `None` (in the slices handed out) where the
+/// series was absent at either end, or a counter or bucket went back.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Delta {
+    /// How much the counter grew.
+    Counter(u64),
+    /// The gauge's value at the interval's end.
+    Gauge(i64),
+    /// Non-zero bucket increments, `(bucket index, count)`, by index.
+    Histogram(Vec<(u32, u64)>),
+}
+
+/// The value a series had at a sample, kept to difference the next one.
+#[derive(Debug, Clone)]
+enum Last {
+    Counter(u64),
+    Gauge(i64),
+    Histogram(Vec<u64>),
+}
+
+fn delta(previous: Option<&Last>, now: Option<&Last>) -> Option<Delta> {
+    match (previous, now?) {
+        (_, Last::Gauge(v)) => Some(Delta::Gauge(*v)),
+        (Some(Last::Counter(a)), Last::Counter(b)) => b.checked_sub(*a).map(Delta::Counter),
+        (Some(Last::Histogram(a)), Last::Histogram(b)) if a.len() == b.len() => {
+            let mut out = Vec::new();
+            for (i, (a, b)) in a.iter().zip(b).enumerate() {
+                match b.checked_sub(*a)? {
+                    0 => {}
+                    d => out.push((i as u32, d)),
+                }
+            }
+            Some(Delta::Histogram(out))
+        }
+        _ => None,
+    }
+}
+
+/// A recording opened for viewing.
+pub struct FileSource {
+    pub name: String,
+    recording: Recording,
+    series: Vec<SeriesMeta>,
+    /// First and last timestamp (ns since the epoch).
+    span: Option<(u64, u64)>,
+    rows: usize,
+}
+
+impl FileSource {
+    pub fn open(path: &Path) -> Result<Self, ReadError> {
+        let recording = Recording::open(path)?;
+        let timestamps = recording.timestamps()?;
+        if timestamps.len() < 2 {
+            return Err(ReadError::NotRecording {
+                path: path.to_path_buf(),
+                why: format!(
+                    "it holds {} sample(s); at least two are needed to show a change",
+                    timestamps.len()
+                ),
+            });
+        }
+        let span = timestamps
+            .iter()
+            .min()
+            .zip(timestamps.iter().max())
+            .map(|(a, b)| (*a, *b));
+        let series = recording
+            .series
+            .iter()
+            .map(|s| SeriesMeta {
+                metric: s.metric.clone(),
+                labels: s.labels.clone(),
+                unit: s.unit.clone(),
+                kind: s.kind,
+            })
+            .collect();
+        Ok(Self {
+            name: path.display().to_string(),
+            rows: timestamps.len(),
+            recording,
+            series,
+            span,
+        })
+    }
+}
+
+/// The last `window` of a live agent's samples, as intervals.
+pub struct LiveStore {
+    pub url: String,
+    window: u64,
+    series: Vec<SeriesMeta>,
+    by_name: HashMap<(String, &'static str), usize>,
+    last: Vec<Option<Last>>,
+    last_time: Option<u64>,
+    rows: VecDeque<LiveRow>,
+    /// Series left out for being beyond [`MAX_LIVE_SERIES`].
+    pub dropped_series: u64,
+    /// The last error reading the agent, if the last read failed.
+    pub failing: Option<String>,
+}
+
+struct LiveRow {
+    end: u64,
+    dt: u64,
+    values: Vec<Option<Delta>>,
+}
+
+impl LiveStore {
+    /// `window`: how far back intervals are kept (ns).
+    pub fn new(url: String, window: u64) -> Self {
+        Self {
+            url,
+            window,
+            series: Vec::new(),
+            by_name: HashMap::new(),
+            last: Vec::new(),
+            last_time: None,
+            rows: VecDeque::new(),
+            dropped_series: 0,
+            failing: None,
+        }
+    }
+
+    fn slot(&mut self, name: &str, kind: Kind, meta: impl FnOnce() -> SeriesMeta) -> Option<usize> {
+        let key = (name.to_string(), kind.name());
+        if let Some(i) = self.by_name.get(&key) {
+            return Some(*i);
+        }
+        if self.series.len() >= MAX_LIVE_SERIES {
+            self.dropped_series += 1;
+            return None;
+        }
+        let i = self.series.len();
+        self.series.push(meta());
+        self.last.push(None);
+        self.by_name.insert(key, i);
+        Some(i)
+    }
+
+    /// Adds a snapshot taken at `time` (ns since the epoch): the interval
+    /// since the one before, and drops intervals older than the window.
+    pub fn add(&mut self, time: u64, snapshot: &Received) {
+        self.failing = None;
+        let mut now: Vec<Option<Last>> = vec![None; self.series.len()];
+        let mut put = |store: &mut Self, i: Option<usize>, v: Last| {
+            if let Some(i) = i {
+                if now.len() < store.series.len() {
+                    now.resize(store.series.len(), None);
+                }
+                now[i] = Some(v);
+            }
+        };
+        fn meta<V>(e: &crate::snapshot::ReceivedEntry<V>, kind: Kind) -> SeriesMeta {
+            SeriesMeta {
+                metric: e.metric().to_string(),
+                labels: e
+                    .labels()
+                    .filter(|(k, _)| *k != "metric_type")
+                    .map(|(k, v)| (k.to_string(), v.to_string()))
+                    .collect(),
+                unit: e.unit().map(str::to_string),
+                kind,
+            }
+        }
+        for e in &snapshot.counters {
+            let i = self.slot(&e.name, Kind::Counter, || meta(e, Kind::Counter));
+            put(self, i, Last::Counter(e.value));
+        }
+        for e in &snapshot.gauges {
+            let i = self.slot(&e.name, Kind::Gauge, || meta(e, Kind::Gauge));
+            put(self, i, Last::Gauge(e.value));
+        }
+        for e in &snapshot.histograms {
+            let config = e.value.config();
+            let kind = Kind::Histogram {
+                grouping_power: config.grouping_power(),
+                max_value_power: config.max_value_power(),
+            };
+            let i = self.slot(&e.name, kind, || meta(e, kind));
+            put(self, i, Last::Histogram(e.value.as_slice().to_vec()));
+        }
+        now.resize(self.series.len(), None);
+        self.last.resize(self.series.len(), None);
+        if let Some(before) = self.last_time.filter(|b| *b < time) {
+            let values = self
+                .last
+                .iter()
+                .zip(&now)
+                .map(|(a, b)| delta(a.as_ref(), b.as_ref()))
+                .collect();
+            self.rows.push_back(LiveRow {
+                end: time,
+                dt: time - before,
+                values,
+            });
+        }
+        self.last = now;
+        self.last_time = Some(time);
+        while let Some(first) = self.rows.front() {
+            if time.saturating_sub(first.end - first.dt) > self.window && self.rows.len() > 1 {
+                self.rows.pop_front();
+            } else {
+                break;
+            }
+        }
+    }
+}
+
+/// What the viewer reads.
+#[derive(Clone)]
+pub enum Source {
+    File(Arc<FileSource>),
+    Live(Arc<Mutex<LiveStore>>),
+}
+
+/// Called for each interval: its end (ns since the epoch), its length
+/// (ns), and the deltas of the series asked for, in the order asked.
+pub type Visit<'a> = dyn FnMut(u64, u64, &[Option<Delta>]) + 'a;
+
+impl Source {
+    pub fn name(&self) -> String {
+        match self {
+            Source::File(f) => f.name.clone(),
+            Source::Live(l) => lock(l).url.clone(),
+        }
+    }
+
+    pub fn series(&self) -> Vec<SeriesMeta> {
+        match self {
+            Source::File(f) => f.series.clone(),
+            Source::Live(l) => lock(l).series.clone(),
+        }
+    }
+
+    /// First and last sample time (ns since the epoch).
+    pub fn span(&self) -> Option<(u64, u64)> {
+        match self {
+            Source::File(f) => f.span,
+            Source::Live(l) => {
+                let l = lock(l);
+                Some((l.rows.front()?.end - l.rows.front()?.dt, l.rows.back()?.end))
+            }
+        }
+    }
+
+    /// How many intervals there are (roughly, for a file: from its rows).
+    pub fn intervals(&self) -> usize {
+        match self {
+            Source::File(f) => f.rows.saturating_sub(1),
+            Source::Live(l) => lock(l).rows.len(),
+        }
+    }
+
+    /// Visits every interval ending within `from..=to` (ns since the
+    /// epoch), in time order, with the deltas of the series `wanted`.
+    pub fn scan(
+        &self,
+        wanted: &[usize],
+        from: u64,
+        to: u64,
+        visit: &mut Visit<'_>,
+    ) -> Result<(), ReadError> {
+        match self {
+            Source::File(f) => {
+                let mut last: Vec<Option<Last>> = vec![None; wanted.len()];
+                let mut last_time: Option<u64> = None;
+                let mut deltas: Vec<Option<Delta>> = Vec::with_capacity(wanted.len());
+                let mut now: Vec<Option<Last>> = vec![None; wanted.len()];
+                f.recording
+                    .stream_many(wanted, BATCH_ROWS, |timestamps, columns| {
+                        for (row, t) in timestamps.iter().enumerate() {
+                            for (slot, column) in now.iter_mut().zip(&columns) {
+                                *slot = match column {
+                                    Values::Counter(v) => v[row].map(Last::Counter),
+                                    Values::Gauge(v) => v[row].map(Last::Gauge),
+                                    Values::Histogram(v) => v[row].clone().map(Last::Histogram),
+                                };
+                            }
+                            // an interval is two samples in time order; a
+                            // timestamp that goes back starts anew
+                            if let Some(before) = last_time.filter(|b| b < t) {
+                                if *t >= from && *t <= to {
+                                    deltas.clear();
+                                    deltas.extend(
+                                        last.iter()
+                                            .zip(&now)
+                                            .map(|(a, b)| delta(a.as_ref(), b.as_ref())),
+                                    );
+                                    visit(*t, t - before, &deltas);
+                                }
+                            }
+                            std::mem::swap(&mut last, &mut now);
+                            last_time = Some(*t);
+                        }
+                    })
+            }
+            Source::Live(l) => {
+                let l = lock(l);
+                let mut deltas: Vec<Option<Delta>> = Vec::with_capacity(wanted.len());
+                for row in l.rows.iter().filter(|r| r.end >= from && r.end <= to) {
+                    deltas.clear();
+                    deltas.extend(wanted.iter().map(|s| row.values.get(*s).cloned().flatten()));
+                    visit(row.end, row.dt, &deltas);
+                }
+                Ok(())
+            }
+        }
+    }
+}
+
+pub fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn deltas_are_absent_where_a_value_is_missing_or_goes_back() {
+        let c = |v| Some(Last::Counter(v));
+        assert_eq!(
+            delta(c(3).as_ref(), c(10).as_ref()),
+            Some(Delta::Counter(7))
+        );
+        assert_eq!(delta(c(10).as_ref(), c(3).as_ref()), None, "a restart");
+        assert_eq!(delta(None, c(3).as_ref()), None);
+        assert_eq!(delta(c(3).as_ref(), None), None);
+        let g = Some(Last::Gauge(-4));
+        assert_eq!(delta(None, g.as_ref()), Some(Delta::Gauge(-4)));
+        let h = |v: Vec<u64>| Some(Last::Histogram(v));
+        assert_eq!(
+            delta(h(vec![1, 0, 5]).as_ref(), h(vec![1, 2, 9]).as_ref()),
+            Some(Delta::Histogram(vec![(1, 2), (2, 4)]))
+        );
+        assert_eq!(
+            delta(h(vec![1, 3]).as_ref(), h(vec![1, 2]).as_ref()),
+            None,
+            "a bucket went back"
+        );
+        assert_eq!(delta(h(vec![1]).as_ref(), h(vec![1, 2]).as_ref()), None);
+    }
+}
