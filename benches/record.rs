@@ -16,7 +16,13 @@
 //!    usage, run-queue latency, syscall rate and latency, block IO, network,
 //!    memory), each a process of its own: CPU time summed, peak RSS the
 //!    largest.
-//! 3. Hindsight with a 900-snapshot ring (the default 15 min at 1 s, filled
+//!    And `rezolus view` on it: the server's CPU time and peak RSS from
+//!    its start (opening the file) until the overview's data has been
+//!    served, then for every other section too.
+//! 3. `rezolus view` on a day at 1 s (86 400 snapshots, built as in part
+//!    1; skipped when VIEW_DAY=0): the same figures, which show that a long
+//!    recording is read a batch of rows at a time, never whole.
+//! 4. Hindsight with a 900-snapshot ring (the default 15 min at 1 s, filled
 //!    here at 10 ms): its RSS and CPU per snapshot while sampling, and the
 //!    time and peak RSS of a SIGHUP dump of the full ring.
 
@@ -35,6 +41,21 @@ const BIN: &str = env!("CARGO_BIN_EXE_rezolus");
 fn main() {
     let dir = tempfile::tempdir().expect("temporary directory");
     let mut collector = Collector::from_config(&Config::default(), &SamplerContext::default());
+    // VIEW_FILES=DIR: only `rezolus view` on an hour and a day at 1 s,
+    // made in DIR if not there yet and kept (to compare changes)
+    if let Some(keep) = std::env::var_os("VIEW_FILES") {
+        let keep = std::path::PathBuf::from(keep);
+        std::fs::create_dir_all(&keep).unwrap();
+        for (name, rows) in [("hour", 3600), ("day", 86_400)] {
+            let path = keep.join(format!("{name}.parquet"));
+            if !path.exists() {
+                one_second_recording(&mut collector, rows, &path);
+            }
+            println!("{}:", path.display());
+            view_cost(&path);
+        }
+        return;
+    }
     for (label, interval) in [
         ("1 s", Duration::from_secs(1)),
         ("100 ms", Duration::from_millis(100)),
@@ -75,7 +96,14 @@ fn main() {
         );
         if interval == Duration::from_secs(1) {
             read_back(&output);
+            view_cost(&output);
         }
+        let _ = std::fs::remove_file(&output);
+    }
+    if std::env::var("VIEW_DAY").as_deref() != Ok("0") {
+        let output = dir.path().join("day.parquet");
+        one_second_recording(&mut collector, 86_400, &output);
+        view_cost(&output);
         let _ = std::fs::remove_file(&output);
     }
     live_capture(dir.path());
@@ -110,6 +138,94 @@ fn read_back(file: &Path) {
     println!(
         "  reading it back (summary + 7 overview queries, all their series): CPU {:.2} s in all, peak RSS {:.1} MB",
         cpu.as_secs_f64(),
+        peak as f64 / 1024.0
+    );
+}
+
+/// Writes `rows` in-process snapshots, 1 s apart, to the Parquet file
+/// `output` through a journal and `rezolus parquet recover`.
+fn one_second_recording(collector: &mut Collector, rows: u64, output: &Path) {
+    let journal = output.with_extension("parquet.journal");
+    let header = Header {
+        url: "in-process".into(),
+        sampling_interval_ms: 1000,
+        metadata: Default::default(),
+    };
+    let mut writer = Writer::create(File::create(&journal).unwrap(), &header).unwrap();
+    let t0 = SystemTime::now();
+    for i in 0..rows {
+        let mut snapshot = collector.collect();
+        snapshot.systemtime = t0 + Duration::from_secs(i);
+        writer.snapshot(&snapshot.to_msgpack().unwrap()).unwrap();
+    }
+    drop(writer);
+    run_measured(
+        Command::new(BIN)
+            .args(["parquet", "recover"])
+            .arg(&journal)
+            .arg(output),
+    );
+    let _ = std::fs::remove_file(&journal);
+    println!(
+        "{rows} snapshots 1 s apart, in process: Parquet {:.1} MB",
+        mb(std::fs::metadata(output).map(|m| m.len()).unwrap_or(0))
+    );
+}
+
+/// `rezolus view FILE`: CPU time and peak RSS of the server from its start
+/// until the overview's data is served (the dashboard's first view), then
+/// after every other section has been served once.
+fn view_cost(file: &Path) {
+    use std::io::{BufRead, BufReader};
+    let mut child = Reaped(
+        Command::new(BIN)
+            .arg("view")
+            .arg(file)
+            .args(["--listen", "127.0.0.1:0"])
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("spawn rezolus view"),
+    );
+    let pid = child.0.id();
+    let mut line = String::new();
+    BufReader::new(child.0.stdout.take().unwrap())
+        .read_line(&mut line)
+        .unwrap();
+    let url = line
+        .split_whitespace()
+        .find(|w| w.starts_with("http://"))
+        .unwrap_or_else(|| panic!("rezolus view printed no URL: {line:?}"))
+        .to_string();
+    let get = |path: &str| -> String {
+        ureq::get(&format!("{url}{path}"))
+            .call()
+            .unwrap_or_else(|e| panic!("GET {path}: {e}"))
+            .body_mut()
+            .with_config()
+            .limit(1 << 30)
+            .read_to_string()
+            .unwrap()
+    };
+    let dashboard: serde_json::Value = serde_json::from_str(&get("api/dashboard")).unwrap();
+    let overview = get("api/section/overview");
+    let tick = 1.0 / unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64;
+    let (_, peak, ticks) = usage(pid);
+    println!(
+        "  rezolus view: open + overview served: CPU {:.2} s, peak RSS {:.1} MB ({} KB of JSON)",
+        ticks as f64 * tick,
+        peak as f64 / 1024.0,
+        overview.len() / 1000
+    );
+    let sections = dashboard["sections"].as_array().unwrap();
+    for section in sections.iter().skip(1) {
+        get(&format!("api/section/{}", section["id"].as_str().unwrap()));
+    }
+    let (_, peak, ticks) = usage(pid);
+    println!(
+        "  rezolus view: then all {} sections: CPU {:.2} s in all, peak RSS {:.1} MB",
+        sections.len(),
+        ticks as f64 * tick,
         peak as f64 / 1024.0
     );
 }

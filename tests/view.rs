@@ -600,7 +600,94 @@ fn check_in_browser(url: &str, shot: &str) -> Value {
             chart["id"]
         );
     }
+    // dragging across the first chart zooms every chart to that range
+    let before: Vec<(f64, f64)> = ranges(&mut browser);
+    let over = browser.eval(
+        "(() => { const r = document.querySelector('.u-over').getBoundingClientRect(); \
+         return [r.left, r.top, r.width, r.height]; })()",
+    );
+    let r: Vec<f64> = over
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v.as_f64().unwrap())
+        .collect();
+    let (y, x0, x1) = (r[1] + r[3] / 2.0, r[0] + r[2] * 0.3, r[0] + r[2] * 0.7);
+    for (kind, x) in [
+        ("mousePressed", x0),
+        ("mouseMoved", (x0 + x1) / 2.0),
+        ("mouseMoved", x1),
+        ("mouseReleased", x1),
+    ] {
+        browser.call(
+            "Input.dispatchMouseEvent",
+            serde_json::json!({"type": kind, "x": x, "y": y, "button": "left", "buttons": 1, "clickCount": 1}),
+        );
+    }
+    let after = ranges(&mut browser);
+    assert!(
+        after.iter().all(|r| *r == after[0]),
+        "charts zoomed apart: {after:?}"
+    );
+    let (full, zoomed) = (before[0].1 - before[0].0, after[0].1 - after[0].0);
+    assert!(
+        zoomed < full * 0.6 && zoomed > full * 0.2,
+        "a drag over 40% of the chart zoomed {full} to {zoomed}"
+    );
+
+    // every section draws without an error, and histograms' heatmaps show
+    let ids =
+        browser.eval("Array.from(document.querySelectorAll('nav button')).map(b => b.dataset.id)");
+    let mut heat = 0;
+    for id in ids.as_array().unwrap() {
+        let id = id.as_str().unwrap();
+        browser.eval(&format!("location.hash = '{id}'"));
+        browser.wait_for(
+            &format!("window.rezolusStatus.ready && window.rezolusStatus.section === '{id}'"),
+            Duration::from_secs(30),
+        );
+        let s: Value = serde_json::from_str(
+            browser
+                .eval("JSON.stringify(window.rezolusStatus)")
+                .as_str()
+                .unwrap(),
+        )
+        .unwrap();
+        assert!(
+            s["errors"].as_array().unwrap().is_empty(),
+            "section {id}: {s}"
+        );
+        assert!(
+            browser.errors.is_empty(),
+            "section {id}: {:?}",
+            browser.errors
+        );
+        assert!(
+            !s["charts"].as_array().unwrap().is_empty(),
+            "section {id} drew no chart"
+        );
+        heat += s["charts"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|c| {
+                c["id"].as_str().unwrap().ends_with(":heatmap") && c["points"].as_u64() > Some(0)
+            })
+            .count();
+    }
+    assert!(heat > 0, "no heatmap had data");
     status
+}
+
+/// Each chart's x range.
+fn ranges(browser: &mut Browser) -> Vec<(f64, f64)> {
+    browser
+        .eval("window.rezolusStatus.ranges()")
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| (r[0].as_f64().unwrap(), r[1].as_f64().unwrap()))
+        .collect()
 }
 
 /// The dashboard in a real browser, served and as a report opened from
@@ -638,6 +725,16 @@ fn dashboard_draws_every_overview_chart_in_a_browser() {
         .map(|c| c["id"].as_str().unwrap())
         .collect();
     assert_eq!(ids, expected);
+
+    drop(view);
+
+    // A/B: every chart twice, A beside B
+    let compare = View::start(&[path.to_str().unwrap(), path.to_str().unwrap()]);
+    let status = check_in_browser(&compare.url, "view-compare-overview.png");
+    let charts = status["charts"].as_array().unwrap();
+    assert_eq!(charts.len(), 2 * expected.len());
+    assert!(charts.iter().any(|c| c["source"] == 1));
+    drop(compare);
 
     let report = dir.path().join("report.html");
     let out = common::run(&[

@@ -16,7 +16,7 @@ use arrow_array::cast::AsArray;
 use arrow_array::types::{Int32Type, Int64Type, UInt32Type, UInt64Type};
 use arrow_array::{Array, ArrayRef};
 use arrow_schema::DataType;
-use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
+use parquet::arrow::arrow_reader::{ArrowReaderMetadata, ParquetRecordBatchReaderBuilder};
 use parquet::arrow::ProjectionMask;
 
 /// Column metadata keys that describe a series rather than label it.
@@ -91,6 +91,8 @@ pub enum Values {
 /// demand.
 pub struct Recording {
     path: PathBuf,
+    /// The footer, parsed once and shared by every read.
+    footer: ArrowReaderMetadata,
     timestamp: usize,
     pub series: Vec<Series>,
     /// The file's key-value metadata (`source`, `sampling_interval_ms`,
@@ -103,7 +105,12 @@ impl Recording {
     /// Opens `path` and reads its schema: a clear error if the file is
     /// missing, not Parquet, or not laid out as a Rezolus recording.
     pub fn open(path: &Path) -> Result<Self, ReadError> {
-        let builder = builder(path)?;
+        let builder = builder(path, None)?;
+        let footer = ArrowReaderMetadata::try_new(builder.metadata().clone(), Default::default())
+            .map_err(|e| ReadError::NotParquet {
+            path: path.to_path_buf(),
+            message: e.to_string(),
+        })?;
         let schema = builder.schema().clone();
         let file_metadata = builder.metadata().file_metadata();
         let rows = file_metadata.num_rows().max(0) as u64;
@@ -143,6 +150,7 @@ impl Recording {
         }
         Ok(Self {
             path: path.to_path_buf(),
+            footer,
             timestamp,
             series,
             metadata,
@@ -182,7 +190,7 @@ impl Recording {
             path: self.path.clone(),
             message,
         };
-        let builder = builder(&self.path)?;
+        let builder = builder(&self.path, Some(&self.footer))?;
         let mut roots: Vec<usize> = wanted.iter().map(|s| self.series[*s].index).collect();
         roots.push(self.timestamp);
         roots.sort_unstable();
@@ -224,7 +232,7 @@ impl Recording {
             path: self.path.clone(),
             message,
         };
-        let builder = builder(&self.path)?;
+        let builder = builder(&self.path, Some(&self.footer))?;
         let mask = ProjectionMask::roots(builder.parquet_schema(), [self.timestamp]);
         let reader = builder
             .with_projection(mask)
@@ -276,12 +284,23 @@ fn timestamps(column: &dyn Array) -> Option<(Vec<u64>, Vec<bool>)> {
     Some((kept, keep))
 }
 
-fn builder(path: &Path) -> Result<ParquetRecordBatchReaderBuilder<File>, ReadError> {
+/// A reader of `path`, with its footer parsed now or given.
+fn builder(
+    path: &Path,
+    footer: Option<&ArrowReaderMetadata>,
+) -> Result<ParquetRecordBatchReaderBuilder<File>, ReadError> {
     let file = File::open(path).map_err(|cause| ReadError::Open {
         path: path.to_path_buf(),
         cause,
     })?;
-    ParquetRecordBatchReaderBuilder::try_new(file).map_err(|e| ReadError::NotParquet {
+    let builder = match footer {
+        Some(footer) => Ok(ParquetRecordBatchReaderBuilder::new_with_metadata(
+            file,
+            footer.clone(),
+        )),
+        None => ParquetRecordBatchReaderBuilder::try_new(file),
+    };
+    builder.map_err(|e| ReadError::NotParquet {
         path: path.to_path_buf(),
         message: e.to_string(),
     })

@@ -107,8 +107,11 @@ impl Section {
     }
 }
 
-/// The areas, in order: section id, title, and whether a metric belongs.
-const AREAS: &[(&str, &str, fn(&str) -> bool)] = &[
+/// An area: section id, title, and whether a metric belongs to it.
+type Area = (&'static str, &'static str, fn(&str) -> bool);
+
+/// The areas, in order.
+const AREAS: &[Area] = &[
     ("cpu", "CPU", |m| m.starts_with("cpu_") && !is_perf(m)),
     ("scheduler", "Scheduler", |m| m.starts_with("scheduler_")),
     ("syscall", "System calls", |m| m.starts_with("syscall")),
@@ -996,4 +999,112 @@ fn top_lines(mut lines: Vec<NamedValues>) -> Vec<NamedValues> {
         values: other,
     });
     lines
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn series(metric: &str, kind: Kind, labels: &[(&str, &str)]) -> SeriesMeta {
+        SeriesMeta {
+            metric: metric.into(),
+            labels: labels
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
+            unit: Some("nanoseconds".into()),
+            kind,
+        }
+    }
+
+    fn line_terms(chart: &Chart) -> Vec<(String, Vec<usize>)> {
+        match &chart.plan {
+            Plan::Lines { lines, .. } => lines
+                .iter()
+                .map(|l| (l.name.clone(), l.terms.iter().map(|t| t.series).collect()))
+                .collect(),
+            other => panic!("not lines: {other:?}"),
+        }
+    }
+
+    fn chart<'a>(sections: &'a [Section], id: &str) -> &'a Chart {
+        sections
+            .iter()
+            .flat_map(|s| &s.charts)
+            .find(|c| c.info.id == id)
+            .unwrap_or_else(|| panic!("no chart {id}"))
+    }
+
+    /// Totals and per-CPU series of one metric: only the totals are used,
+    /// so nothing is counted twice; with per-CPU series only (stock
+    /// Rezolus), those are summed per state.
+    #[test]
+    fn breakdowns_never_count_a_series_twice() {
+        let ours = [
+            series("cpu_usage", Kind::Counter, &[("state", "user")]),
+            series("cpu_usage", Kind::Counter, &[("state", "idle")]),
+            series(
+                "cpu_usage",
+                Kind::Counter,
+                &[("state", "user"), ("id", "0")],
+            ),
+            series(
+                "cpu_usage",
+                Kind::Counter,
+                &[("state", "user"), ("id", "1")],
+            ),
+            series(
+                "cpu_usage",
+                Kind::Counter,
+                &[("state", "idle"), ("id", "0")],
+            ),
+            series(
+                "cpu_usage",
+                Kind::Counter,
+                &[("state", "idle"), ("id", "1")],
+            ),
+        ];
+        let sections = plan(&ours);
+        let cpu = chart(&sections, "overview:cpu");
+        // two CPUs: ns/s to percent of both
+        assert_eq!(cpu.info.unit, "percent");
+        assert_eq!(
+            line_terms(cpu),
+            [
+                // busy leaves idle out
+                ("busy".to_string(), vec![0]),
+                ("idle".to_string(), vec![1]),
+                ("user".to_string(), vec![0]),
+            ]
+        );
+        assert_eq!(line_terms(chart(&sections, "cpu_usage")).len(), 2);
+
+        let stock = &ours[2..];
+        let sections = plan(stock);
+        assert_eq!(
+            line_terms(chart(&sections, "overview:cpu")),
+            [
+                ("busy".to_string(), vec![0, 1]),
+                ("idle".to_string(), vec![2, 3]),
+                ("user".to_string(), vec![0, 1]),
+            ]
+        );
+    }
+
+    #[test]
+    fn lines_beyond_the_limit_are_summed_into_other() {
+        let lines: Vec<NamedValues> = (0..12)
+            .map(|i| NamedValues {
+                name: format!("l{i}"),
+                values: vec![Some(i as f64), None],
+            })
+            .collect();
+        let top = top_lines(lines);
+        assert_eq!(top.len(), MAX_LINES);
+        assert_eq!(top[0].name, "l11");
+        let other = top.last().unwrap();
+        assert_eq!(other.name, "other");
+        // l0..=l4 summed; a point absent everywhere stays absent
+        assert_eq!(other.values, [Some(10.0), None]);
+    }
 }

@@ -106,6 +106,9 @@ pub struct SectionReply {
     pub sources: Vec<SectionData>,
 }
 
+/// A section's answer is cached by section id, from, to (ns) and points.
+type CacheKey = (String, u64, u64, usize);
+
 /// The viewer's state: sources and, per source, its planned sections.
 pub struct Viewer {
     mode: Mode,
@@ -114,7 +117,7 @@ pub struct Viewer {
     /// Planned from a file's series once; for a live agent, again when its
     /// series change.
     plans: Mutex<Vec<(usize, Arc<Vec<Section>>)>>,
-    cache: Mutex<HashMap<(String, u64, u64, usize), Arc<String>>>,
+    cache: Mutex<HashMap<CacheKey, Arc<String>>>,
 }
 
 impl Viewer {
@@ -178,7 +181,7 @@ impl Viewer {
         DashboardInfo {
             mode: self.mode,
             title,
-            interval_ms: (self.mode == Mode::Live).then(|| self.interval.as_millis() as u64),
+            interval_ms: (self.mode == Mode::Live).then_some(self.interval.as_millis() as u64),
             sources,
             sections,
         }

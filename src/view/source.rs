@@ -11,8 +11,9 @@ use std::sync::{Arc, Mutex};
 use crate::recording::reader::{Kind, ReadError, Recording, Values};
 use crate::snapshot::Received;
 
-/// Rows read from a file at a time.
-const BATCH_ROWS: usize = 1024;
+/// Rows read from a file at a time: a histogram column holds 4 KiB a row
+/// while decoded, so this bounds the memory a scan takes.
+const BATCH_ROWS: usize = 128;
 /// A live window holds at most this many series; later ones are left out
 /// (and counted).
 pub const MAX_LIVE_SERIES: usize = 20_000;
@@ -295,13 +296,13 @@ impl Source {
                 let mut deltas: Vec<Option<Delta>> = Vec::with_capacity(wanted.len());
                 let mut now: Vec<Option<Last>> = vec![None; wanted.len()];
                 f.recording
-                    .stream_many(wanted, BATCH_ROWS, |timestamps, columns| {
+                    .stream_many(wanted, BATCH_ROWS, |timestamps, mut columns| {
                         for (row, t) in timestamps.iter().enumerate() {
-                            for (slot, column) in now.iter_mut().zip(&columns) {
+                            for (slot, column) in now.iter_mut().zip(&mut columns) {
                                 *slot = match column {
                                     Values::Counter(v) => v[row].map(Last::Counter),
                                     Values::Gauge(v) => v[row].map(Last::Gauge),
-                                    Values::Histogram(v) => v[row].clone().map(Last::Histogram),
+                                    Values::Histogram(v) => v[row].take().map(Last::Histogram),
                                 };
                             }
                             // an interval is two samples in time order; a

@@ -11,6 +11,8 @@
     errors: [],
   };
   window.rezolusStatus = status;
+  // for tests: each chart's x range, [min, max]
+  status.ranges = () => plots.map((p) => [p.scales.x.min, p.scales.x.max]);
   window.addEventListener("error", (e) => status.errors.push(String(e.message)));
 
   const $ = (id) => document.getElementById(id);
