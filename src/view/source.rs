@@ -128,10 +128,126 @@ pub struct LiveStore {
     pub failing: Option<String>,
 }
 
+/// One interval of a live agent, stored compactly: which series were
+/// present, and only the non-zero values (most counters do not move in a
+/// short interval).
 struct LiveRow {
     end: u64,
     dt: u64,
-    values: Vec<Option<Delta>>,
+    /// Bit `i`: series `i` has a value over this interval.
+    present: Vec<u64>,
+    /// Series (ascending) with a non-zero counter change or gauge value.
+    scalar_series: Vec<u32>,
+    /// Their values: a counter's change, or a gauge's value as its bits.
+    scalar_values: Vec<u64>,
+    /// Series (ascending) with observations, and where their bucket
+    /// increments start in `buckets`.
+    histograms: Vec<(u32, u32)>,
+    /// Per histogram: the number of non-zero buckets, then for each its
+    /// index less the previous one's and its increment, all as LEB128
+    /// varints (typically 3 bytes a bucket instead of 16).
+    buckets: Vec<u8>,
+}
+
+fn put_varint(out: &mut Vec<u8>, mut v: u64) {
+    while v >= 0x80 {
+        out.push((v as u8) | 0x80);
+        v >>= 7;
+    }
+    out.push(v as u8);
+}
+
+fn get_varint(bytes: &[u8], at: &mut usize) -> u64 {
+    let mut v = 0u64;
+    let mut shift = 0;
+    while let Some(b) = bytes.get(*at) {
+        *at += 1;
+        v |= u64::from(b & 0x7f) << shift.min(63);
+        if b & 0x80 == 0 {
+            break;
+        }
+        shift += 7;
+    }
+    v
+}
+
+impl LiveRow {
+    fn new(end: u64, dt: u64, values: Vec<Option<Delta>>) -> Self {
+        let mut row = Self {
+            end,
+            dt,
+            present: vec![0; values.len().div_ceil(64)],
+            scalar_series: Vec::new(),
+            scalar_values: Vec::new(),
+            histograms: Vec::new(),
+            buckets: Vec::new(),
+        };
+        for (i, v) in values.into_iter().enumerate() {
+            let Some(v) = v else { continue };
+            row.present[i / 64] |= 1 << (i % 64);
+            match v {
+                Delta::Counter(0) | Delta::Gauge(0) => {}
+                Delta::Counter(d) => {
+                    row.scalar_series.push(i as u32);
+                    row.scalar_values.push(d);
+                }
+                Delta::Gauge(g) => {
+                    row.scalar_series.push(i as u32);
+                    row.scalar_values.push(g as u64);
+                }
+                Delta::Histogram(h) if h.is_empty() => {}
+                Delta::Histogram(h) => {
+                    row.histograms.push((i as u32, row.buckets.len() as u32));
+                    put_varint(&mut row.buckets, h.len() as u64);
+                    let mut last = 0;
+                    for (b, count) in h {
+                        put_varint(&mut row.buckets, u64::from(b - last));
+                        put_varint(&mut row.buckets, count);
+                        last = b;
+                    }
+                }
+            }
+        }
+        row.buckets.shrink_to_fit();
+        row.scalar_series.shrink_to_fit();
+        row.scalar_values.shrink_to_fit();
+        row.histograms.shrink_to_fit();
+        row
+    }
+
+    /// Series `s` over this interval; `kind` is the series' kind.
+    fn get(&self, s: usize, kind: Kind) -> Option<Delta> {
+        let bit = self.present.get(s / 64)? & (1 << (s % 64));
+        if bit == 0 {
+            return None;
+        }
+        let scalar = || {
+            self.scalar_series
+                .binary_search(&(s as u32))
+                .map(|at| self.scalar_values[at])
+                .unwrap_or(0)
+        };
+        Some(match kind {
+            Kind::Counter => Delta::Counter(scalar()),
+            Kind::Gauge => Delta::Gauge(scalar() as i64),
+            Kind::Histogram { .. } => {
+                let mut out = Vec::new();
+                if let Ok(at) = self
+                    .histograms
+                    .binary_search_by_key(&(s as u32), |(i, _)| *i)
+                {
+                    let mut at = self.histograms[at].1 as usize;
+                    let n = get_varint(&self.buckets, &mut at);
+                    let mut b = 0u32;
+                    for _ in 0..n {
+                        b += get_varint(&self.buckets, &mut at) as u32;
+                        out.push((b, get_varint(&self.buckets, &mut at)));
+                    }
+                }
+                Delta::Histogram(out)
+            }
+        })
+    }
 }
 
 impl LiveStore {
@@ -217,11 +333,8 @@ impl LiveStore {
                 .zip(&now)
                 .map(|(a, b)| delta(a.as_ref(), b.as_ref()))
                 .collect();
-            self.rows.push_back(LiveRow {
-                end: time,
-                dt: time - before,
-                values,
-            });
+            self.rows
+                .push_back(LiveRow::new(time, time - before, values));
         }
         self.last = now;
         self.last_time = Some(time);
@@ -328,7 +441,7 @@ impl Source {
                 let mut deltas: Vec<Option<Delta>> = Vec::with_capacity(wanted.len());
                 for row in l.rows.iter().filter(|r| r.end >= from && r.end <= to) {
                     deltas.clear();
-                    deltas.extend(wanted.iter().map(|s| row.values.get(*s).cloned().flatten()));
+                    deltas.extend(wanted.iter().map(|s| row.get(*s, l.series[*s].kind)));
                     visit(row.end, row.dt, &deltas);
                 }
                 Ok(())
@@ -368,5 +481,104 @@ mod tests {
             "a bucket went back"
         );
         assert_eq!(delta(h(vec![1]).as_ref(), h(vec![1, 2]).as_ref()), None);
+    }
+
+    fn snapshot(counters: &[(&str, u64)], gauge: i64, observations: &[(u64, u64)]) -> Received {
+        let entry = |name: &str| BTreeMap::from([("metric".to_string(), name.to_string())]);
+        let mut h = histogram::Histogram::new(3, 64).unwrap();
+        for (v, n) in observations {
+            h.add(*v, *n).unwrap();
+        }
+        Received {
+            systemtime: std::time::UNIX_EPOCH,
+            duration: std::time::Duration::ZERO,
+            metadata: BTreeMap::new(),
+            counters: counters
+                .iter()
+                .map(|(name, value)| crate::snapshot::ReceivedEntry {
+                    name: name.to_string(),
+                    value: *value,
+                    metadata: entry(name),
+                })
+                .collect(),
+            gauges: vec![crate::snapshot::ReceivedEntry {
+                name: "g".into(),
+                value: gauge,
+                metadata: entry("g"),
+            }],
+            histograms: vec![crate::snapshot::ReceivedEntry {
+                name: "h".into(),
+                value: h,
+                metadata: entry("h"),
+            }],
+        }
+    }
+
+    /// A live window keeps only non-zero values, yet gives back zero
+    /// changes as zero and absent series as absent; it keeps only the
+    /// window's intervals.
+    #[test]
+    fn live_intervals_read_back_exactly_from_compact_rows() {
+        let second = 1_000_000_000;
+        let store = Arc::new(Mutex::new(LiveStore::new("test".into(), 10 * second)));
+        let add = |t: u64, snap: Received| lock(&store).add(t * second, &snap);
+        add(1, snapshot(&[("a", 10)], 5, &[(3, 1)]));
+        add(
+            2,
+            snapshot(
+                &[("a", 10), ("b", 7)],
+                0,
+                &[(3, 1), (100, 2), (1 << 40, 1 << 50)],
+            ),
+        );
+        add(
+            3,
+            snapshot(&[("a", 15)], -3, &[(3, 1), (100, 2), (1 << 40, 1 << 50)]),
+        );
+        let source = Source::Live(Arc::clone(&store));
+        let names: Vec<String> = source.series().iter().map(|s| s.metric.clone()).collect();
+        assert_eq!(names, ["a", "g", "h", "b"]);
+        let mut seen = Vec::new();
+        source
+            .scan(&[0, 1, 2, 3], 0, u64::MAX, &mut |end, dt, d| {
+                seen.push((end / second, dt / second, d.to_vec()))
+            })
+            .unwrap();
+        let bucket_of = |v: u64| {
+            let mut h = histogram::Histogram::new(3, 64).unwrap();
+            h.increment(v).unwrap();
+            h.as_slice().iter().position(|c| *c > 0).unwrap() as u32
+        };
+        assert_eq!(
+            seen,
+            [
+                (
+                    2,
+                    1,
+                    vec![
+                        Some(Delta::Counter(0)),
+                        Some(Delta::Gauge(0)),
+                        Some(Delta::Histogram(vec![
+                            (bucket_of(100), 2),
+                            (bucket_of(1 << 40), 1 << 50)
+                        ])),
+                        None,
+                    ]
+                ),
+                (
+                    3,
+                    1,
+                    vec![
+                        Some(Delta::Counter(5)),
+                        Some(Delta::Gauge(-3)),
+                        Some(Delta::Histogram(vec![])),
+                        None,
+                    ]
+                ),
+            ]
+        );
+        // 20 s later, only the last interval is within the 10 s window
+        add(23, snapshot(&[("a", 20)], 1, &[]));
+        assert_eq!(source.intervals(), 1);
     }
 }
