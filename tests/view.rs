@@ -754,3 +754,44 @@ fn dashboard_draws_every_overview_chart_in_a_browser() {
     );
     assert_eq!(status["charts"].as_array().unwrap().len(), expected.len());
 }
+
+/// A live agent in a real browser: the charts gain points as the agent is
+/// read, updated in place (the same canvas), with no JavaScript error.
+#[test]
+fn live_dashboard_updates_in_place_in_a_browser() {
+    let _serial = common::serial();
+    let agent = Agent::start(
+        "",
+        "[defaults]\nenabled = false\n[samplers.cpu_usage]\nenabled = true\n\
+         [samplers.syscall]\nenabled = true\n[samplers.scheduler_runqueue]\nenabled = true\n",
+    );
+    let url = format!("http://{}", agent.addr);
+    let view = View::start(&[&url, "--interval", "200ms"]);
+    let mut browser = Browser::start(1400, 1000);
+    browser.open(&view.url);
+    browser.wait_for(
+        "window.rezolusStatus !== undefined && window.rezolusStatus.ready",
+        Duration::from_secs(30),
+    );
+    let points = |browser: &mut Browser| -> u64 {
+        browser
+            .eval("window.rezolusStatus.charts.find(c => c.id === 'overview:syscall').points")
+            .as_u64()
+            .unwrap()
+    };
+    browser.eval("document.querySelector('.card canvas').dataset.mark = 'first'; true");
+    let before = points(&mut browser);
+    std::thread::sleep(Duration::from_millis(1500));
+    let after = points(&mut browser);
+    assert!(
+        after >= before + 4,
+        "the syscall chart went from {before} to {after} points in 1.5 s at 200 ms"
+    );
+    assert_eq!(
+        browser.eval("document.querySelector('.card canvas').dataset.mark"),
+        "first",
+        "the charts were drawn anew instead of updated"
+    );
+    assert!(browser.errors.is_empty(), "{:?}", browser.errors);
+    browser.screenshot(&artifact("view-live-overview.png"));
+}

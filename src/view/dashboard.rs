@@ -970,22 +970,19 @@ pub fn compute(
 
 /// At most [`MAX_LINES`] percentile lines (which do not add up): those
 /// with the highest peaks.
-fn highest_lines(mut lines: Vec<NamedValues>) -> Vec<NamedValues> {
+fn highest_lines(lines: Vec<NamedValues>) -> Vec<NamedValues> {
     let peak = |v: &NamedValues| v.values.iter().flatten().fold(f64::MIN, |a, b| a.max(*b));
-    lines.sort_by(|a, b| peak(b).total_cmp(&peak(a)));
-    lines.truncate(MAX_LINES);
-    lines
+    keep_largest(lines, MAX_LINES, peak).0
 }
 
 /// At most [`MAX_LINES`] lines: the largest by their sum, the rest summed
 /// into `other`.
-fn top_lines(mut lines: Vec<NamedValues>) -> Vec<NamedValues> {
+fn top_lines(lines: Vec<NamedValues>) -> Vec<NamedValues> {
     if lines.len() <= MAX_LINES {
         return lines;
     }
     let total = |v: &NamedValues| v.values.iter().flatten().map(|x| x.abs()).sum::<f64>();
-    lines.sort_by(|a, b| total(b).total_cmp(&total(a)));
-    let rest = lines.split_off(MAX_LINES - 1);
+    let (mut kept, rest) = keep_largest(lines, MAX_LINES - 1, total);
     let mut other = vec![None; rest.first().map_or(0, |r| r.values.len())];
     for line in rest {
         for (o, v) in other.iter_mut().zip(line.values) {
@@ -994,11 +991,34 @@ fn top_lines(mut lines: Vec<NamedValues>) -> Vec<NamedValues> {
             }
         }
     }
-    lines.push(NamedValues {
+    kept.push(NamedValues {
         name: "other".into(),
         values: other,
     });
-    lines
+    kept
+}
+
+/// The `n` lines largest by `size`, in their original order (so a chart's
+/// lines keep their order, and colours, as data arrives), and the rest.
+fn keep_largest(
+    lines: Vec<NamedValues>,
+    n: usize,
+    size: impl Fn(&NamedValues) -> f64,
+) -> (Vec<NamedValues>, Vec<NamedValues>) {
+    let mut order: Vec<usize> = (0..lines.len()).collect();
+    order.sort_by(|a, b| size(&lines[*b]).total_cmp(&size(&lines[*a])));
+    let mut keep = vec![false; lines.len()];
+    for i in order.into_iter().take(n) {
+        keep[i] = true;
+    }
+    let (mut kept, mut rest) = (Vec::new(), Vec::new());
+    for (line, k) in lines.into_iter().zip(keep) {
+        match k {
+            true => kept.push(line),
+            false => rest.push(line),
+        }
+    }
+    (kept, rest)
 }
 
 #[cfg(test)]
@@ -1101,7 +1121,9 @@ mod tests {
             .collect();
         let top = top_lines(lines);
         assert_eq!(top.len(), MAX_LINES);
-        assert_eq!(top[0].name, "l11");
+        // the largest, in their own order
+        let names: Vec<&str> = top.iter().map(|l| l.name.as_str()).collect();
+        assert_eq!(names, ["l5", "l6", "l7", "l8", "l9", "l10", "l11", "other"]);
         let other = top.last().unwrap();
         assert_eq!(other.name, "other");
         // l0..=l4 summed; a point absent everywhere stays absent

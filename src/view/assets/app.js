@@ -18,6 +18,7 @@
   const $ = (id) => document.getElementById(id);
   let dashboard = null;
   let plots = [];
+  let charts = []; // what draw() made, in page order
   let zoom = null; // {min, max} of x while zoomed
   let syncing = false;
   let timer = null;
@@ -169,8 +170,10 @@
     };
   }
 
+  // each chart: {plot, points, update(t, data) -> false if it must be rebuilt}
   function linesPlot(el, info, t, data, width) {
     const series = data.series || [];
+    const names = series.map((s) => s.name).join("\u0000");
     const colors = info.style === "percentiles" ? PERCENTILE_COLORS : COLORS;
     const opts = baseOptions(info, width);
     opts.series = [{ label: "time" }].concat(
@@ -182,33 +185,55 @@
         value: (u, v) => format(v, info.unit),
       }))
     );
-    const values = [t].concat(series.map((s) => s.values));
-    const points = series.reduce((n, s) => n + s.values.filter((v) => v != null).length, 0);
-    return { plot: new uPlot(opts, values, el), points };
+    const count = (series) =>
+      series.reduce((n, s) => n + s.values.filter((v) => v != null).length, 0);
+    const plot = new uPlot(opts, [t].concat(series.map((s) => s.values)), el);
+    const made = { plot, points: count(series) };
+    made.update = (t, data) => {
+      const series = data.series || [];
+      if (series.map((s) => s.name).join("\u0000") !== names) return false;
+      plot.setData([t].concat(series.map((s) => s.values)), zoom == null);
+      made.points = count(series);
+      return true;
+    };
+    return made;
   }
 
   function heatmapPlot(el, info, t, data, width) {
-    const rows = data.rows || [];
-    const low = data.low || 0;
-    const height = rows.reduce((n, c) => Math.max(n, c.length), 0);
     // row r (absolute) holds [2^(r-1), 2^r); row 0 holds zeros, drawn at [0.5, 1)
     const lower = (r) => (r === 0 ? 0.5 : Math.pow(2, r - 1));
     const upper = (r) => Math.pow(2, r);
-    let max = 0;
-    let points = 0;
-    for (const c of rows) for (const v of c) if (v > 0) { max = Math.max(max, v); points++; }
+    const state = {};
+    const load = (t, data) => {
+      state.t = t;
+      state.rows = data.rows || [];
+      state.low = data.low || 0;
+      state.height = state.rows.reduce((n, c) => Math.max(n, c.length), 0);
+      state.max = 0;
+      state.points = 0;
+      for (const c of state.rows) {
+        for (const v of c) {
+          if (v > 0) {
+            state.max = Math.max(state.max, v);
+            state.points++;
+          }
+        }
+      }
+    };
+    load(t, data);
     const caption = document.createElement("div");
     caption.className = "caption";
     const opts = baseOptions(info, width);
     opts.scales.y = {
       distr: 3,
       log: 2,
-      range: () => [lower(low), upper(low + Math.max(height, 1) - 1)],
+      range: () => [lower(state.low), upper(state.low + Math.max(state.height, 1) - 1)],
     };
     opts.series = [{ label: "time" }, { label: "observations/s", show: true, stroke: "transparent" }];
     opts.legend = { show: false };
     opts.hooks.draw = [
       (u) => {
+        const { t, rows, low, max } = state;
         const ctx = u.ctx;
         ctx.save();
         ctx.beginPath();
@@ -242,15 +267,22 @@
         }
         const y = u.posToVal(u.cursor.top, "y");
         const r = y < 1 ? 0 : Math.floor(Math.log2(y)) + 1;
-        const v = (rows[i] || [])[r - low] || 0;
+        const v = (state.rows[i] || [])[r - state.low] || 0;
         const range = r === 0 ? "0" : format(lower(r), info.unit) + " to " + format(upper(r), info.unit);
-        caption.textContent = new Date(t[i] * 1000).toISOString() + "  " + range + ": " +
+        caption.textContent = new Date(state.t[i] * 1000).toISOString() + "  " + range + ": " +
           sig(v) + " observations/s";
       },
     ];
     const plot = new uPlot(opts, [t, t.map(() => null)], el);
     el.appendChild(caption);
-    return { plot, points };
+    const made = { plot, points: state.points };
+    made.update = (t, data) => {
+      load(t, data);
+      plot.setData([t, t.map(() => null)], zoom == null);
+      made.points = state.points;
+      return true;
+    };
+    return made;
   }
 
   function draw(info, data, source, el, width) {
@@ -263,14 +295,22 @@
     const made = info.style === "heatmap"
       ? heatmapPlot(el, info, t, chart, width)
       : linesPlot(el, info, t, chart, width);
-    if (made.points === 0) {
-      const note = document.createElement("div");
-      note.className = "empty";
-      note.textContent = "no data in this time range";
-      el.appendChild(note);
-    }
-    status.charts.push({ id: info.id, source, points: made.points });
-    return made.plot;
+    const note = document.createElement("div");
+    note.className = "empty";
+    el.appendChild(note);
+    made.note = note;
+    made.id = info.id;
+    made.source = source;
+    noted(made);
+    return made;
+  }
+
+  function noted(made) {
+    made.note.textContent = made.points === 0 ? "no data in this time range" : "";
+  }
+
+  function publish() {
+    status.charts = charts.map((c) => ({ id: c.id, source: c.source, points: c.points }));
   }
 
   async function show(id) {
@@ -299,7 +339,7 @@
   function render(section, data) {
     for (const p of plots) p.destroy();
     plots = [];
-    status.charts = [];
+    charts = [];
     const main = $("charts");
     main.textContent = "";
     const sources = dashboard.mode === "compare" ? [0, 1] : [0];
@@ -328,10 +368,11 @@
           label.textContent = (s === 0 ? "A: " : "B: ") + dashboard.sources[s].name;
           cell.appendChild(label);
         }
-        const plot = draw(info, data.sources[s], s, cell, width);
-        if (plot) {
-          plot.over.addEventListener("dblclick", () => { zoom = null; });
-          plots.push(plot);
+        const made = draw(info, data.sources[s], s, cell, width);
+        if (made) {
+          made.plot.over.addEventListener("dblclick", () => { zoom = null; });
+          plots.push(made.plot);
+          charts.push(made);
         }
         row.appendChild(cell);
       }
@@ -339,6 +380,28 @@
       main.appendChild(card);
     }
     if (zoom) for (const p of plots) p.setScale("x", zoom);
+    publish();
+  }
+
+  // new data for the section shown: charts updated in place (keeping
+  // zoom and hover), or drawn anew if their series changed
+  function update(section, data) {
+    let same = charts.length > 0;
+    for (const c of charts) {
+      const d = data.sources[c.source];
+      const chart = d && d.charts ? d.charts[c.id] : null;
+      if (!chart || !c.update(xValues(d.t || [], c.source), chart)) {
+        same = false;
+        break;
+      }
+      noted(c);
+    }
+    if (!same) {
+      render(section, data);
+      return;
+    }
+    if (zoom) for (const p of plots) p.setScale("x", zoom);
+    publish();
   }
 
   async function refresh() {
@@ -346,8 +409,8 @@
     if (!id) return;
     try {
       const data = await loadSection(id);
-      if (status.section === id) {
-        render(dashboard.sections.find((s) => s.id === id), data);
+      if (status.section === id && status.ready) {
+        update(dashboard.sections.find((s) => s.id === id), data);
         $("status").textContent = "live";
       }
     } catch (e) {
