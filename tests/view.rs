@@ -779,7 +779,8 @@ fn live_dashboard_updates_in_place_in_a_browser() {
             .as_u64()
             .unwrap()
     };
-    browser.eval("document.querySelector('.card canvas').dataset.mark = 'first'; true");
+    let canvas = "document.querySelector('[data-chart=\"overview:syscall\"] canvas')";
+    browser.eval(&format!("{canvas}.dataset.mark = 'first'; true"));
     let before = points(&mut browser);
     std::thread::sleep(Duration::from_millis(1500));
     let after = points(&mut browser);
@@ -788,7 +789,7 @@ fn live_dashboard_updates_in_place_in_a_browser() {
         "the syscall chart went from {before} to {after} points in 1.5 s at 200 ms"
     );
     assert_eq!(
-        browser.eval("document.querySelector('.card canvas').dataset.mark"),
+        browser.eval(&format!("{canvas}.dataset.mark")),
         "first",
         "the charts were drawn anew instead of updated"
     );

@@ -301,6 +301,9 @@
     made.note = note;
     made.id = info.id;
     made.source = source;
+    made.info = info;
+    made.el = el;
+    made.width = width;
     noted(made);
     return made;
   }
@@ -368,7 +371,11 @@
           label.textContent = (s === 0 ? "A: " : "B: ") + dashboard.sources[s].name;
           cell.appendChild(label);
         }
-        const made = draw(info, data.sources[s], s, cell, width);
+        const inner = document.createElement("div");
+        inner.className = "chart";
+        inner.dataset.chart = info.id;
+        cell.appendChild(inner);
+        const made = draw(info, data.sources[s], s, inner, width);
         if (made) {
           made.plot.over.addEventListener("dblclick", () => { zoom = null; });
           plots.push(made.plot);
@@ -384,22 +391,37 @@
   }
 
   // new data for the section shown: charts updated in place (keeping
-  // zoom and hover), or drawn anew if their series changed
+  // zoom and hover); a chart whose lines changed is drawn anew in its place
   function update(section, data) {
-    let same = charts.length > 0;
-    for (const c of charts) {
-      const d = data.sources[c.source];
-      const chart = d && d.charts ? d.charts[c.id] : null;
-      if (!chart || !c.update(xValues(d.t || [], c.source), chart)) {
-        same = false;
-        break;
-      }
-      noted(c);
-    }
-    if (!same) {
+    const known = new Set(charts.map((c) => c.id + "/" + c.source));
+    const wanted = section.charts.length * data.sources.length;
+    if (charts.length === 0 || known.size !== charts.length || wanted < charts.length) {
       render(section, data);
       return;
     }
+    const missing = charts.some((c) => {
+      const d = data.sources[c.source];
+      return !(d && d.charts && d.charts[c.id]);
+    });
+    if (missing) {
+      render(section, data);
+      return;
+    }
+    charts = charts.map((c) => {
+      const d = data.sources[c.source];
+      const chart = d.charts[c.id];
+      if (c.update(xValues(d.t || [], c.source), chart)) {
+        noted(c);
+        return c;
+      }
+      const at = plots.indexOf(c.plot);
+      c.plot.destroy();
+      c.el.textContent = "";
+      const made = draw(c.info, d, c.source, c.el, c.width);
+      made.plot.over.addEventListener("dblclick", () => { zoom = null; });
+      plots[at] = made.plot;
+      return made;
+    });
     if (zoom) for (const p of plots) p.setScale("x", zoom);
     publish();
   }
