@@ -42,6 +42,9 @@ pub enum ReadError {
     NotRecording { path: PathBuf, why: String },
     #[error("reading {path}: {message}")]
     Read { path: PathBuf, message: String },
+    /// SIGINT or SIGTERM arrived while reading.
+    #[error("interrupted")]
+    Interrupted,
 }
 
 /// What a column holds.
@@ -173,18 +176,20 @@ impl Recording {
             if let Some(v) = values.pop() {
                 f(ts, v)
             }
+            true
         })
     }
 
     /// [`Recording::stream`] for several series at once, in one pass over
     /// the file: `f` gets the batch's timestamps and one [`Values`] per
     /// entry of `wanted` (indices into [`Recording::series`]), in that
-    /// order. Only these columns and the timestamps are decoded.
+    /// order. Only these columns and the timestamps are decoded. Reading
+    /// stops early when `f` returns false.
     pub fn stream_many(
         &self,
         wanted: &[usize],
         batch_rows: usize,
-        mut f: impl FnMut(&[u64], Vec<Values>),
+        mut f: impl FnMut(&[u64], Vec<Values>) -> bool,
     ) -> Result<(), ReadError> {
         let failed = |message: String| ReadError::Read {
             path: self.path.clone(),
@@ -221,7 +226,9 @@ impl Recording {
                     .map_err(|m| failed(format!("{}: {m}", series.column)))?;
                 all.push(values);
             }
-            f(&timestamps, all);
+            if !f(&timestamps, all) {
+                break;
+            }
         }
         Ok(())
     }

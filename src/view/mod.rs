@@ -408,8 +408,20 @@ pub fn run(args: ViewArgs) -> anyhow::Result<()> {
 
     if let Some(report) = &args.report {
         let html = report_html(&viewer, args.points)?;
-        std::fs::write(report, html)
-            .with_context(|| format!("writing the report to {}", report.display()))?;
+        // beside it first, then renamed: never a partial report
+        let name = report
+            .file_name()
+            .with_context(|| format!("--report {} is not a file name", report.display()))?;
+        let tmp = report.with_file_name(format!(
+            ".{}.tmp-{}",
+            name.to_string_lossy(),
+            std::process::id()
+        ));
+        let written = std::fs::write(&tmp, html).and_then(|()| std::fs::rename(&tmp, report));
+        if let Err(e) = written {
+            let _ = std::fs::remove_file(&tmp);
+            return Err(e).with_context(|| format!("writing the report to {}", report.display()));
+        }
         println!("wrote {}", report.display());
         return Ok(());
     }
@@ -456,12 +468,31 @@ fn open_file(path: &Path) -> anyhow::Result<Source> {
 /// inlined.
 pub fn report_html(viewer: &Viewer, points: usize) -> anyhow::Result<String> {
     let dashboard = viewer.dashboard();
-    let mut sections = serde_json::Map::new();
-    for section in &dashboard.sections {
-        if let Some(json) = viewer.section(&section.id, 0, u64::MAX, points)? {
-            sections.insert(section.id.clone(), serde_json::from_str(&json)?);
+    // {"dashboard": ..., "sections": {id: reply, ...}}, the replies pasted
+    // in as served rather than parsed again
+    let mut data = format!(
+        "{{\"dashboard\":{},\"sections\":{{",
+        serde_json::to_string(&dashboard)?
+    );
+    let n = dashboard.sections.len();
+    let mut first = true;
+    for (i, section) in dashboard.sections.iter().enumerate() {
+        if crate::signals::stopped() {
+            bail!("interrupted; no report written");
+        }
+        info!("report: {} ({}/{n})", section.title, i + 1);
+        let json = viewer
+            .section(&section.id, 0, u64::MAX, points)
+            .context("no report written")?;
+        if let Some(json) = json {
+            if !std::mem::take(&mut first) {
+                data.push(',');
+            }
+            data.push_str(&serde_json::to_string(&section.id)?);
+            data.push(':');
+            data.push_str(&json);
         }
     }
-    let data = serde_json::json!({ "dashboard": dashboard, "sections": sections });
-    Ok(page(Some(&serde_json::to_string(&data)?)))
+    data.push_str("}}");
+    Ok(page(Some(&data)))
 }

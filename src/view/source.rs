@@ -434,7 +434,13 @@ impl Source {
                             std::mem::swap(&mut last, &mut now);
                             last_time = Some(*t);
                         }
-                    })
+                        // SIGINT or SIGTERM: stop reading a long file
+                        !crate::signals::stopped()
+                    })?;
+                if crate::signals::stopped() {
+                    return Err(ReadError::Interrupted);
+                }
+                Ok(())
             }
             Source::Live(l) => {
                 let l = lock(l);
