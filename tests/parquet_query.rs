@@ -150,6 +150,34 @@ fn a_real_capture_agrees_with_pyarrow() {
         .filter(|c| c["metadata"]["metric"].is_string())
         .count();
 
+    // the file says where each bucket ends
+    let layouts: serde_json::Value =
+        serde_json::from_str(file["metadata"]["histogram_buckets"].as_str().unwrap()).unwrap();
+    let layout = layouts
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|l| l["grouping_power"] == 3 && l["max_value_power"] == 64)
+        .expect("the layout of the syscall sampler's histograms");
+    let bounds: Vec<u64> = layout["upper_bounds"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|b| b.as_u64().unwrap())
+        .collect();
+    assert_eq!(bounds.len(), 496);
+    for (i, bound) in bounds.iter().enumerate() {
+        // the bucket holding `bound` is `i`, and `bound + 1` is past it
+        assert_eq!(edge(*bound), *bound, "bucket {i}");
+        if *bound < u64::MAX {
+            assert!(edge(bound + 1) > *bound, "bucket {i}");
+        }
+    }
+    assert_eq!(
+        bounds[..17],
+        [0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15, 17]
+    );
+
     let (ok, out, err) = rezolus(&["parquet", "summary", path.to_str().unwrap()]);
     assert!(ok, "{err}");
     assert!(out.contains(&format!("rows: {}\n", file["rows"])), "{out}");

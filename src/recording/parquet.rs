@@ -16,8 +16,10 @@
 //! - file metadata: `source`, `version`, `sampling_interval_ms`, the
 //!   `--metadata` pairs, `gaps` (JSON) for stretches with no sample: the
 //!   agent unreachable, a journal record that could not be decoded, or a
-//!   torn end (each with its `error`), and `clock_steps` (JSON) when the
-//!   recorder's wall clock stepped during the capture.
+//!   torn end (each with its `error`), `clock_steps` (JSON) when the
+//!   recorder's wall clock stepped during the capture, and
+//!   `histogram_buckets` (JSON): each histogram layout's bucket upper
+//!   bounds (see [`bucket_bounds`]).
 //!
 //! Two passes over the journal: the first finds every column, the second
 //! writes row groups of bounded size, so memory does not grow with the
@@ -252,6 +254,36 @@ impl Columns {
     }
 }
 
+/// The `histogram_buckets` file metadata: for each histogram layout in
+/// the file, every bucket's inclusive upper bound, so that a reader needs
+/// no knowledge of the layout to turn a bucket index into a value:
+/// `[{"grouping_power": 3, "max_value_power": 64, "upper_bounds": [0, 1,
+/// ...]}]`. Stock Rezolus tools ignore metadata they do not know.
+fn bucket_bounds(columns: &Columns) -> Option<String> {
+    let layouts: std::collections::BTreeSet<(u8, u8)> = columns
+        .list
+        .iter()
+        .filter(|c| c.kind == Kind::Histogram)
+        .filter_map(|c| {
+            let power = |key: &str| c.metadata.get(key)?.parse::<u8>().ok();
+            Some((power("grouping_power")?, power("max_value_power")?))
+        })
+        .collect();
+    let described: Vec<serde_json::Value> = layouts
+        .into_iter()
+        .filter_map(|(g, m)| {
+            let h = histogram::Histogram::new(g, m).ok()?;
+            let bounds: Vec<u64> = h.into_iter().map(|b| b.end()).collect();
+            Some(serde_json::json!({
+                "grouping_power": g,
+                "max_value_power": m,
+                "upper_bounds": bounds,
+            }))
+        })
+        .collect();
+    (!described.is_empty()).then(|| serde_json::Value::Array(described).to_string())
+}
+
 fn decode(bytes: &[u8]) -> Option<Received> {
     Received::from_msgpack(bytes).ok()
 }
@@ -379,6 +411,9 @@ fn convert_in_groups(
             "clock_steps".into(),
             serde_json::to_string(&clock_steps).unwrap_or_default(),
         );
+    }
+    if let Some(buckets) = bucket_bounds(&columns) {
+        file_metadata.insert("histogram_buckets".into(), buckets);
     }
     let schema = Arc::new(columns.schema(file_metadata.clone()));
 
