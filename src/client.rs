@@ -4,6 +4,12 @@ use std::time::Duration;
 
 use crate::snapshot::Received;
 
+impl From<ureq::Error> for FetchError {
+    fn from(e: ureq::Error) -> Self {
+        Self::Request(e)
+    }
+}
+
 /// A source that is not an agent address.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("{0:?} is not an agent address; expected host:port or http://host:port (e.g. \"127.0.0.1:4241\")")]
@@ -13,8 +19,10 @@ pub struct BadSource(pub String);
 #[derive(Debug, thiserror::Error)]
 pub enum FetchError {
     /// No answer: refused, unreachable, timed out, or an HTTP error status.
+    /// (Not a `source`: the message already says it, and `{:#}` would
+    /// print it twice.)
     #[error("{0}")]
-    Request(#[from] ureq::Error),
+    Request(ureq::Error),
     /// An answer that is not a Rezolus snapshot.
     #[error("not a Rezolus snapshot: {0}")]
     NotASnapshot(#[from] rmp_serde::decode::Error),

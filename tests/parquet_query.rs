@@ -510,3 +510,47 @@ fn the_documented_duckdb_and_polars_examples_agree_with_query() {
         assert_eq!(run(script), want, "{script}");
     }
 }
+
+/// A reader that stops early (`| head`) ends the output quietly: no panic,
+/// success.
+#[test]
+fn a_closed_pipe_ends_the_output_quietly() {
+    use std::io::{BufRead, BufReader};
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("long.parquet");
+    // far more output than a pipe holds
+    let rows = 200_000u64;
+    write(
+        &path,
+        vec![
+            Field::new("timestamp", DataType::UInt64, false),
+            field(
+                "c",
+                DataType::UInt64,
+                &[("metric", "c"), ("metric_type", "counter"), ("unit", "x")],
+            ),
+        ],
+        vec![
+            Arc::new(UInt64Array::from_iter_values(
+                (0..rows).map(|i| T0 + i * SECOND),
+            )),
+            Arc::new(UInt64Array::from_iter_values((0..rows).map(|i| i * 7))),
+        ],
+    );
+    let mut child = Command::new(BIN)
+        .args(["parquet", "query", path.to_str().unwrap(), "c", "--rate"])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut first = String::new();
+    BufReader::new(child.stdout.take().unwrap())
+        .read_line(&mut first)
+        .unwrap();
+    assert_eq!(first, "timestamp,c:rate\n");
+    // stdout is closed here
+    let out = child.wait_with_output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!stderr.contains("panicked"), "{stderr}");
+    assert!(out.status.success(), "{:?}: {stderr}", out.status);
+}

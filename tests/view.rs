@@ -51,12 +51,21 @@ impl View {
     }
 
     fn get(&self, path: &str) -> (u16, String) {
+        self.get_as(path, None)
+    }
+
+    /// GET with this `Host` header (default: the URL's).
+    fn get_as(&self, path: &str, host: Option<&str>) -> (u16, String) {
         let url = format!("{}{}", self.url, path.trim_start_matches('/'));
         let agent: ureq::Agent = ureq::Agent::config_builder()
             .http_status_as_error(false)
             .build()
             .into();
-        let mut response = agent.get(&url).call().unwrap();
+        let mut request = agent.get(&url);
+        if let Some(host) = host {
+            request = request.header("Host", host);
+        }
+        let mut response = request.call().unwrap();
         let status = response.status().as_u16();
         (status, response.body_mut().read_to_string().unwrap())
     }
@@ -179,6 +188,16 @@ fn api_gives_rates_and_percentiles_of_a_stock_layout_file() {
     // unknown section, bad query: an HTTP error, not a half answer
     assert_eq!(view.get("/api/section/nosuch").0, 404);
     assert_eq!(view.get("/api/section/other?from=yesterday").0, 400);
+    assert_eq!(view.get("/api/section/other?points=0").0, 400);
+    assert_eq!(view.get("/api/section/other?points=1000000").0, 400);
+    // merged points: 3 intervals in 2 points
+    let merged = view.json("/api/section/other?points=2");
+    assert_eq!(merged["sources"][0]["step"], 2);
+    assert_eq!(merged["sources"][0]["t"].as_array().unwrap().len(), 2);
+    // a web page reaching the server under another name (DNS rebinding)
+    // is refused; the address itself and localhost are fine
+    assert_eq!(view.get_as("/api/dashboard", Some("evil.example")).0, 403);
+    assert_eq!(view.get_as("/api/dashboard", Some("localhost:8080")).0, 200);
 }
 
 /// Records the agent for `duration` while `work` runs.
@@ -416,8 +435,9 @@ fn live_agent_is_read_every_interval_into_a_bounded_window() {
         "",
         "[defaults]\nenabled = false\n[samplers.syscall]\nenabled = true\n",
     );
-    let url = format!("http://{}", agent.addr);
-    let view = View::start(&[&url, "--interval", "100ms", "--window", "1s"]);
+    // host:port, without http://
+    let address = agent.addr.to_string();
+    let view = View::start(&[&address, "--interval", "100ms", "--window", "1s"]);
     let dashboard = view.json("/api/dashboard");
     assert_eq!(dashboard["mode"], "live");
     assert_eq!(dashboard["interval_ms"], 100);
@@ -445,6 +465,16 @@ fn live_agent_is_read_every_interval_into_a_bounded_window() {
     assert!(
         mean >= ours * 0.9,
         "{mean:.0} syscalls/s served while this test alone made {ours:.0}/s"
+    );
+    assert!(data.get("error").is_none(), "{}", data["error"]);
+    // the agent goes away: the answers say so
+    drop(agent);
+    std::thread::sleep(Duration::from_millis(600));
+    let data = view.json("/api/section/overview");
+    assert!(
+        data["error"].as_str().is_some_and(|e| !e.is_empty()),
+        "no error once the agent is gone: {}",
+        data.get("error").unwrap_or(&Value::Null)
     );
 }
 
@@ -515,6 +545,25 @@ fn bad_input_is_a_clear_error_and_nothing_is_served() {
         (vec![stock, text.to_str().unwrap()], "is not a Parquet file"),
         (vec![&dead_url, stock], "needs two recordings"),
         (vec![stock, "--points", "0"], "--points"),
+        (vec![stock, "--interval", "5s"], "apply to a live agent"),
+        (vec![stock, &dead_url], "needs two recordings"),
+        (vec![&dead_url, "--interval", "1ms"], "at least 10ms"),
+        (
+            vec![stock, "--report", stock],
+            "is the recording being read",
+        ),
+        (
+            vec![stock, "--report", "/nonexistent-dir/r.html"],
+            "does not exist",
+        ),
+        (
+            vec![stock, "--report", dir.path().to_str().unwrap()],
+            "is a directory",
+        ),
+        (
+            vec![stock, "--report", "r.html", "--listen", "127.0.0.1:0"],
+            "--listen does not apply",
+        ),
     ];
     for (args, expected) in cases {
         let mut all = vec!["view"];
@@ -551,6 +600,36 @@ fn bad_input_is_a_clear_error_and_nothing_is_served() {
     let out = common::run(&["view", plain.to_str().unwrap()]);
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("is not a Rezolus recording"));
+    // the recording asked to be overwritten by its report is untouched
+    assert!(common::run(&["parquet", "summary", stock]).status.success());
+    // timestamps that never go forward: no interval to show
+    let backwards = dir.path().join("backwards.parquet");
+    common::parquet::write(
+        &backwards,
+        vec![
+            arrow_schema::Field::new("timestamp", arrow_schema::DataType::UInt64, false),
+            common::parquet::field(
+                "c",
+                arrow_schema::DataType::UInt64,
+                &[("metric", "c"), ("metric_type", "counter")],
+            ),
+        ],
+        vec![
+            std::sync::Arc::new(arrow_array::UInt64Array::from(vec![
+                3 * SECOND,
+                2 * SECOND,
+                SECOND,
+            ])),
+            std::sync::Arc::new(arrow_array::UInt64Array::from(vec![1u64, 2, 3])),
+        ],
+    );
+    let out = common::run(&["view", backwards.to_str().unwrap()]);
+    assert!(!out.status.success());
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("never increase"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
 }
 
 /// Opens the page in Chromium, waits for the overview's charts, and fails
@@ -602,28 +681,7 @@ fn check_in_browser(url: &str, shot: &str) -> Value {
     }
     // dragging across the first chart zooms every chart to that range
     let before: Vec<(f64, f64)> = ranges(&mut browser);
-    let over = browser.eval(
-        "(() => { const r = document.querySelector('.u-over').getBoundingClientRect(); \
-         return [r.left, r.top, r.width, r.height]; })()",
-    );
-    let r: Vec<f64> = over
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|v| v.as_f64().unwrap())
-        .collect();
-    let (y, x0, x1) = (r[1] + r[3] / 2.0, r[0] + r[2] * 0.3, r[0] + r[2] * 0.7);
-    for (kind, x) in [
-        ("mousePressed", x0),
-        ("mouseMoved", (x0 + x1) / 2.0),
-        ("mouseMoved", x1),
-        ("mouseReleased", x1),
-    ] {
-        browser.call(
-            "Input.dispatchMouseEvent",
-            serde_json::json!({"type": kind, "x": x, "y": y, "button": "left", "buttons": 1, "clickCount": 1}),
-        );
-    }
+    drag(&mut browser, 0.3, 0.7);
     let after = ranges(&mut browser);
     assert!(
         after.iter().all(|r| *r == after[0]),
@@ -679,6 +737,32 @@ fn check_in_browser(url: &str, shot: &str) -> Value {
     status
 }
 
+/// Drags across the first chart from `a` to `b` (shares of its width).
+fn drag(browser: &mut Browser, a: f64, b: f64) {
+    let over = browser.eval(
+        "(() => { const r = document.querySelector('.u-over').getBoundingClientRect(); \
+         return [r.left, r.top, r.width, r.height]; })()",
+    );
+    let r: Vec<f64> = over
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v.as_f64().unwrap())
+        .collect();
+    let (y, x0, x1) = (r[1] + r[3] / 2.0, r[0] + r[2] * a, r[0] + r[2] * b);
+    for (kind, x) in [
+        ("mousePressed", x0),
+        ("mouseMoved", (x0 + x1) / 2.0),
+        ("mouseMoved", x1),
+        ("mouseReleased", x1),
+    ] {
+        browser.call(
+            "Input.dispatchMouseEvent",
+            serde_json::json!({"type": kind, "x": x, "y": y, "button": "left", "buttons": 1, "clickCount": 1}),
+        );
+    }
+}
+
 /// Each chart's x range.
 fn ranges(browser: &mut Browser) -> Vec<(f64, f64)> {
     browser
@@ -727,6 +811,24 @@ fn dashboard_draws_every_overview_chart_in_a_browser() {
     assert_eq!(ids, expected);
 
     drop(view);
+
+    // merged points (4 a chart, for about 8 intervals): zooming into 30%
+    // of the time asks the server for that range at full resolution
+    let merged = View::start(&[path.to_str().unwrap(), "--points", "4"]);
+    let mut browser = Browser::start(1400, 1000);
+    browser.open(&merged.url);
+    browser.wait_for(
+        "window.rezolusStatus !== undefined && window.rezolusStatus.ready",
+        Duration::from_secs(30),
+    );
+    assert!(browser.eval("window.rezolusStatus.step").as_u64() > Some(1));
+    drag(&mut browser, 0.1, 0.4);
+    browser.wait_for("window.rezolusStatus.step === 1", Duration::from_secs(10));
+    let after = ranges(&mut browser);
+    assert!(after.iter().all(|r| *r == after[0]), "{after:?}");
+    assert!(browser.errors.is_empty(), "{:?}", browser.errors);
+    drop(browser);
+    drop(merged);
 
     // A/B: every chart twice, A beside B
     let compare = View::start(&[path.to_str().unwrap(), path.to_str().unwrap()]);

@@ -93,6 +93,13 @@ pub fn summary(path: &Path) -> anyhow::Result<String> {
         .and_then(|g| g.as_array().map(Vec::len))
         .unwrap_or(0);
     writeln!(out, "gaps: {gaps}")?;
+    if !recording.ignored.is_empty() {
+        writeln!(
+            out,
+            "unreadable columns (Rezolus metadata, but no known type or histogram layout): {}",
+            recording.ignored.join(", ")
+        )?;
+    }
     // by metric, type and unit: a series that changed type mid-capture
     // (its `#2` column) shows as a line of its own
     let mut metrics: std::collections::BTreeMap<(&str, &'static str, &str), usize> =

@@ -102,6 +102,10 @@ pub struct Recording {
     /// `gaps`, ...).
     pub metadata: BTreeMap<String, String>,
     pub rows: u64,
+    /// Columns with a `metric` key that cannot be read as a series (an
+    /// unknown `metric_type`, a type that does not match it, a histogram
+    /// layout the `histogram` crate does not define), by name.
+    pub ignored: Vec<String>,
 }
 
 impl Recording {
@@ -146,6 +150,15 @@ impl Recording {
             .enumerate()
             .filter_map(|(index, field)| series_of(index, field))
             .collect();
+        let ignored = schema
+            .fields()
+            .iter()
+            .enumerate()
+            .filter(|(i, f)| {
+                f.metadata().contains_key("metric") && !series.iter().any(|s| s.index == *i)
+            })
+            .map(|(_, f)| f.name().clone())
+            .collect();
         if series.is_empty() {
             return Err(not_recording(
                 "no column has Rezolus series metadata (`metric`, `metric_type`)",
@@ -158,6 +171,7 @@ impl Recording {
             series,
             metadata,
             rows,
+            ignored,
         })
     }
 
@@ -324,10 +338,15 @@ fn series_of(index: usize, field: &arrow_schema::Field) -> Option<Series> {
     ) {
         (Some("counter"), DataType::UInt64 | DataType::Int64) => Kind::Counter,
         (Some("gauge"), DataType::Int64 | DataType::UInt64) => Kind::Gauge,
-        (Some("histogram"), DataType::List(_) | DataType::LargeList(_)) => Kind::Histogram {
-            grouping_power: power("grouping_power")?,
-            max_value_power: power("max_value_power")?,
-        },
+        (Some("histogram"), DataType::List(_) | DataType::LargeList(_)) => {
+            let (grouping_power, max_value_power) =
+                (power("grouping_power")?, power("max_value_power")?);
+            histogram::Histogram::new(grouping_power, max_value_power).ok()?;
+            Kind::Histogram {
+                grouping_power,
+                max_value_power,
+            }
+        }
         _ => return None,
     };
     let labels = meta

@@ -23,7 +23,7 @@ use crate::recording::reader::{Kind, ReadError};
 /// The percentiles of a histogram's percentile chart.
 pub const PERCENTILES: [f64; 5] = [50.0, 90.0, 99.0, 99.9, 100.0];
 const PERCENTILE_NAMES: [&str; 5] = ["p50", "p90", "p99", "p99.9", "max"];
-/// Lines of a broken-down chart beyond this many are summed into `other`.
+/// Lines of a broken-down chart beyond this many are summed into `rest (N more)`.
 pub const MAX_LINES: usize = 8;
 
 /// How a chart is drawn.
@@ -288,18 +288,33 @@ impl<'a> Index<'a> {
                 )
                 .into_iter()
                 .collect(),
-            Kind::Gauge => vec![Chart {
-                info: ChartInfo {
-                    id: metric.to_string(),
-                    title,
-                    style: Style::Lines,
-                    unit,
-                },
-                plan: Plan::Lines {
-                    rate: false,
-                    lines: self.lines(metric, label, 1.0),
-                },
-            }],
+            Kind::Gauge => {
+                // a gauge per CPU (a frequency, say) is averaged over the
+                // CPUs, not summed
+                let per_cpu = self
+                    .set(metric, label)
+                    .is_some_and(|(keys, _)| keys.contains(&"id"));
+                let mut lines = self.lines(metric, label, 1.0);
+                if per_cpu {
+                    for line in &mut lines {
+                        let n = line.terms.len() as f64;
+                        line.terms.iter_mut().for_each(|t| t.scale = 1.0 / n);
+                    }
+                }
+                let title = match per_cpu {
+                    true => format!("{title} (mean over CPUs)"),
+                    false => title,
+                };
+                vec![Chart {
+                    info: ChartInfo {
+                        id: metric.to_string(),
+                        title,
+                        style: Style::Lines,
+                        unit,
+                    },
+                    plan: Plan::Lines { rate: false, lines },
+                }]
+            }
             Kind::Histogram {
                 grouping_power,
                 max_value_power,
@@ -455,11 +470,15 @@ impl<'a> Index<'a> {
 /// with any metric, then `other` for metrics of no known area.
 pub fn plan(series: &[SeriesMeta]) -> Vec<Section> {
     let index = Index::new(series);
-    let mut sections = vec![Section {
-        id: "overview".into(),
-        title: "Overview".into(),
-        charts: index.overview(),
-    }];
+    let mut sections = Vec::new();
+    let overview = index.overview();
+    if !overview.is_empty() {
+        sections.push(Section {
+            id: "overview".into(),
+            title: "Overview".into(),
+            charts: overview,
+        });
+    }
     let mut placed = BTreeSet::new();
     for (id, title, belongs) in AREAS {
         let charts: Vec<Chart> = index
@@ -715,7 +734,10 @@ pub fn compute(
         }
     }
 
-    let step = source.intervals().div_ceil(max_points.max(1)).max(1);
+    let step = source
+        .intervals_between(from, to)
+        .div_ceil(max_points.max(1))
+        .max(1);
     let mut t: Vec<f64> = Vec::new();
     let mut pending = 0usize;
     let mut last_end = 0u64;
@@ -976,13 +998,14 @@ fn highest_lines(lines: Vec<NamedValues>) -> Vec<NamedValues> {
 }
 
 /// At most [`MAX_LINES`] lines: the largest by their sum, the rest summed
-/// into `other`.
+/// into one named `rest (N more)` (not `other`, which can be a label value).
 fn top_lines(lines: Vec<NamedValues>) -> Vec<NamedValues> {
     if lines.len() <= MAX_LINES {
         return lines;
     }
     let total = |v: &NamedValues| v.values.iter().flatten().map(|x| x.abs()).sum::<f64>();
     let (mut kept, rest) = keep_largest(lines, MAX_LINES - 1, total);
+    let n_rest = rest.len();
     let mut other = vec![None; rest.first().map_or(0, |r| r.values.len())];
     for line in rest {
         for (o, v) in other.iter_mut().zip(line.values) {
@@ -992,7 +1015,7 @@ fn top_lines(lines: Vec<NamedValues>) -> Vec<NamedValues> {
         }
     }
     kept.push(NamedValues {
-        name: "other".into(),
+        name: format!("rest ({} more)", n_rest),
         values: other,
     });
     kept
@@ -1123,9 +1146,11 @@ mod tests {
         assert_eq!(top.len(), MAX_LINES);
         // the largest, in their own order
         let names: Vec<&str> = top.iter().map(|l| l.name.as_str()).collect();
-        assert_eq!(names, ["l5", "l6", "l7", "l8", "l9", "l10", "l11", "other"]);
+        assert_eq!(
+            names,
+            ["l5", "l6", "l7", "l8", "l9", "l10", "l11", "rest (5 more)"]
+        );
         let other = top.last().unwrap();
-        assert_eq!(other.name, "other");
         // l0..=l4 summed; a point absent everywhere stays absent
         assert_eq!(other.values, [Some(10.0), None]);
     }

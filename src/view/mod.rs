@@ -41,10 +41,13 @@ use source::{lock, FileSource, LiveStore, Source};
 
 /// Points per chart unless asked otherwise: an hour at 1 s is shown whole.
 pub const DEFAULT_POINTS: usize = 4000;
-/// The most points a request may ask for.
-const MAX_POINTS: usize = 100_000;
-/// Section results kept for files (which do not change).
+/// The most points a request (or `--points`) may ask for: a day at 1 s
+/// merges 5 intervals a point, and a section's answer stays a few MB.
+pub const MAX_POINTS: usize = 20_000;
+/// Section results kept for files (which do not change): at most this
+/// many, and this many bytes of JSON.
 const CACHE_ENTRIES: usize = 64;
+const CACHE_BYTES: usize = 64 << 20;
 
 const UPLOT_JS: &str = include_str!("assets/uPlot.iife.min.js");
 const UPLOT_CSS: &str = include_str!("assets/uPlot.min.css");
@@ -54,20 +57,20 @@ const APP_CSS: &str = include_str!("assets/app.css");
 /// `rezolus view` arguments.
 #[derive(Debug, Clone, clap::Args)]
 pub struct ViewArgs {
-    /// A recording (Parquet from `rezolus record`, hindsight or stock Rezolus), or a live agent (http://host:port)
+    /// A recording (Parquet from `rezolus record`, hindsight or stock Rezolus), or a live agent (http://host:port or host:port)
     pub source: String,
     /// A second recording, shown side by side with the first (A/B), both aligned from their starts
-    pub compare: Option<PathBuf>,
-    /// Address to serve the dashboard on (loopback by default)
-    #[arg(long, default_value = "127.0.0.1:8080")]
-    pub listen: SocketAddr,
-    /// Live agent: how often to read it
-    #[arg(long, default_value = "1s", value_parser = humantime::parse_duration)]
-    pub interval: Duration,
-    /// Live agent: how much history to keep and show
-    #[arg(long, default_value = "15m", value_parser = humantime::parse_duration)]
-    pub window: Duration,
-    /// Write the dashboard to this self-contained HTML file (no server, no network needed to open it) and exit
+    pub compare: Option<String>,
+    /// Address to serve the dashboard on (loopback by default) [default: 127.0.0.1:8080]
+    #[arg(long)]
+    pub listen: Option<SocketAddr>,
+    /// Live agent: how often to read it, at least 10ms [default: 1s]
+    #[arg(long, value_parser = humantime::parse_duration)]
+    pub interval: Option<Duration>,
+    /// Live agent: how much history to keep and show [default: 15m]
+    #[arg(long, value_parser = humantime::parse_duration)]
+    pub window: Option<Duration>,
+    /// Write the dashboard to this self-contained HTML file (no server, no network needed to open it; `-` for stdout) and exit
     #[arg(long, value_name = "FILE")]
     pub report: Option<PathBuf>,
     /// The most points per chart; longer recordings merge consecutive intervals
@@ -104,6 +107,9 @@ pub struct DashboardInfo {
 #[derive(Debug, Clone, Serialize)]
 pub struct SectionReply {
     pub sources: Vec<SectionData>,
+    /// Live: why the last read of the agent failed, while it fails.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
 }
 
 /// A section's answer is cached by section id, from, to (ns) and points.
@@ -112,6 +118,8 @@ type CacheKey = (String, u64, u64, usize);
 /// The viewer's state: sources and, per source, its planned sections.
 pub struct Viewer {
     mode: Mode,
+    /// Points per chart when a request does not say (`--points`).
+    pub points: usize,
     interval: Duration,
     sources: Vec<Source>,
     /// Planned from a file's series once; for a live agent, again when its
@@ -121,13 +129,14 @@ pub struct Viewer {
 }
 
 impl Viewer {
-    pub fn new(mode: Mode, interval: Duration, sources: Vec<Source>) -> Self {
+    pub fn new(mode: Mode, interval: Duration, sources: Vec<Source>, points: usize) -> Self {
         let plans = sources
             .iter()
             .map(|_| (usize::MAX, Arc::default()))
             .collect();
         Self {
             mode,
+            points,
             interval,
             sources,
             plans: Mutex::new(plans),
@@ -222,10 +231,15 @@ impl Viewer {
         if !found {
             return Ok(None);
         }
-        let json = Arc::new(serde_json::to_string(&SectionReply { sources })?);
+        let error = self.sources.iter().find_map(|s| match s {
+            Source::Live(l) => lock(l).failing.clone(),
+            Source::File(_) => None,
+        });
+        let json = Arc::new(serde_json::to_string(&SectionReply { sources, error })?);
         if cacheable {
             let mut cache = lock(&self.cache);
-            if cache.len() >= CACHE_ENTRIES {
+            let bytes: usize = cache.values().map(|j| j.len()).sum();
+            if cache.len() >= CACHE_ENTRIES || bytes + json.len() > CACHE_BYTES {
                 cache.clear();
             }
             cache.insert(key, Arc::clone(&json));
@@ -257,12 +271,55 @@ pub fn page(data: Option<&str>) -> String {
 
 type Shared = Arc<Viewer>;
 
-pub fn router(viewer: Shared) -> Router {
-    Router::new()
+/// The routes; `local_only`: refuse requests whose `Host` is a name other
+/// than `localhost` (an IP literal is fine), so that a web page cannot
+/// read the dashboard through a DNS name it points at 127.0.0.1 (DNS
+/// rebinding). Used when serving on a loopback address.
+pub fn router(viewer: Shared, local_only: bool) -> Router {
+    let router = Router::new()
         .route("/", get(index))
         .route("/api/dashboard", get(api_dashboard))
         .route("/api/section/{id}", get(api_section))
-        .with_state(viewer)
+        .with_state(viewer);
+    match local_only {
+        true => router.layer(axum::middleware::from_fn(local_host_only)),
+        false => router,
+    }
+}
+
+/// Whether a `Host` header names this machine by address or as localhost.
+fn local_host(host: &str) -> bool {
+    let name = match host.strip_prefix('[') {
+        // [v6]:port
+        Some(rest) => {
+            return rest
+                .split(']')
+                .next()
+                .is_some_and(|a| a.parse::<std::net::Ipv6Addr>().is_ok())
+        }
+        None => host.rsplit_once(':').map_or(host, |(name, _)| name),
+    };
+    let name = name.trim_end_matches('.').to_ascii_lowercase();
+    name.parse::<std::net::IpAddr>().is_ok() || name == "localhost" || name.ends_with(".localhost")
+}
+
+async fn local_host_only(
+    request: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> Response {
+    let host = request
+        .headers()
+        .get(header::HOST)
+        .and_then(|h| h.to_str().ok())
+        .unwrap_or("localhost");
+    if local_host(host) {
+        return next.run(request).await;
+    }
+    (
+        StatusCode::FORBIDDEN,
+        format!("Host {host:?} is not this machine's address or localhost\n"),
+    )
+        .into_response()
 }
 
 async fn index() -> Html<String> {
@@ -300,7 +357,14 @@ async fn api_section(
         )
             .into_response();
     };
-    let points = q.points.unwrap_or(DEFAULT_POINTS).clamp(1, MAX_POINTS);
+    let points = q.points.unwrap_or(viewer.points);
+    if !(1..=MAX_POINTS).contains(&points) {
+        return (
+            StatusCode::BAD_REQUEST,
+            format!("points must be between 1 and {MAX_POINTS}\n"),
+        )
+            .into_response();
+    }
     let (from, to) = (
         q.from.map(nanos).unwrap_or(0),
         q.to.map(nanos).unwrap_or(u64::MAX),
@@ -317,14 +381,28 @@ async fn api_section(
         Ok(Ok((id, None))) => {
             (StatusCode::NOT_FOUND, format!("no section {id:?}\n")).into_response()
         }
-        Ok(Err(e)) => (StatusCode::INTERNAL_SERVER_ERROR, format!("{e:#}\n")).into_response(),
+        Ok(Err(e)) => {
+            warn!("serving a section: {e:#}");
+            (StatusCode::INTERNAL_SERVER_ERROR, format!("{e:#}\n")).into_response()
+        }
         Err(e) => (StatusCode::INTERNAL_SERVER_ERROR, e.to_string()).into_response(),
     }
 }
 
+/// Whether `source` names an agent: `http://...`, or `host:port` that is
+/// not a file.
 fn is_agent(source: &str) -> bool {
-    source.starts_with("http://") || source.starts_with("https://")
+    if source.starts_with("http://") || source.starts_with("https://") {
+        return true;
+    }
+    let host_port = source.rsplit_once(':').is_some_and(|(host, port)| {
+        !host.is_empty() && !host.contains('/') && port.parse::<u16>().is_ok()
+    });
+    host_port && !Path::new(source).exists()
 }
+
+/// The shortest interval a live agent is read at (as `rezolus record`).
+const MIN_INTERVAL: Duration = Duration::from_millis(10);
 
 /// Reads the agent every `interval` into `store` until stopped.
 fn live_loop(client: crate::client::Client, interval: Duration, store: Arc<Mutex<LiveStore>>) {
@@ -350,53 +428,76 @@ fn live_loop(client: crate::client::Client, interval: Duration, store: Arc<Mutex
 pub fn run(args: ViewArgs) -> anyhow::Result<()> {
     crate::logging::init(tracing::Level::INFO);
     crate::signals::on_hangup("ignored by rezolus view");
-    if args.points == 0 {
-        bail!("--points must be at least 1");
+    if args.points == 0 || args.points > MAX_POINTS {
+        bail!("--points must be between 1 and {MAX_POINTS}");
     }
-    let (mode, sources, reader) = if is_agent(&args.source) {
-        if args.compare.is_some() {
-            bail!(
-                "comparing (A/B) needs two recordings; {} is a live agent",
-                args.source
-            );
+    let live = is_agent(&args.source);
+    if let Some(b) = args.compare.as_deref() {
+        if live || is_agent(b) {
+            bail!("comparing (A/B) needs two recordings; a live agent cannot be compared");
         }
-        if args.report.is_some() {
+    }
+    if !live && (args.interval.is_some() || args.window.is_some()) {
+        bail!("--interval and --window apply to a live agent, not to a recording");
+    }
+    if args.report.is_some() && args.listen.is_some() {
+        bail!("--report writes a file and serves nothing; --listen does not apply");
+    }
+    if let Some(report) = &args.report {
+        if live {
             bail!("--report needs a recording; record the agent first (rezolus record ...)");
         }
-        if args.interval.is_zero() || args.window < args.interval {
-            bail!("--interval must be above zero and --window at least one interval");
+        check_report_path(report, &args)?;
+    }
+    let (mode, sources, reader) = if live {
+        let interval = args.interval.unwrap_or(Duration::from_secs(1));
+        let window = args.window.unwrap_or(Duration::from_secs(15 * 60));
+        if interval < MIN_INTERVAL {
+            bail!("--interval must be at least 10ms");
         }
+        if window < interval {
+            bail!("--window must be at least one --interval");
+        }
+        let args = ViewArgs {
+            interval: Some(interval),
+            window: Some(window),
+            ..args.clone()
+        };
         let url = crate::client::snapshot_url(&args.source)?;
-        let timeout = args
-            .interval
-            .clamp(Duration::from_millis(500), Duration::from_secs(5));
+        let timeout = interval.clamp(Duration::from_millis(500), Duration::from_secs(5));
         let client = crate::client::Client::new(url.clone(), timeout);
         // the agent must answer now: nothing is served half-broken
-        let first = client
-            .fetch()
-            .with_context(|| format!("reading the agent at {url}"))?;
+        let first = client.fetch().map_err(|e| {
+            let hint = match &e {
+                crate::client::FetchError::Request(ureq::Error::StatusCode(_)) => {
+                    " (is it a Rezolus agent?)"
+                }
+                _ => "",
+            };
+            anyhow::anyhow!("reading the agent at {url}: {e}{hint}")
+        })?;
         let store = Arc::new(Mutex::new(LiveStore::new(
             url.clone(),
-            args.window.as_nanos() as u64,
+            window.as_nanos() as u64,
         )));
         lock(&store).add(crate::client::unix_nanos(first.systemtime), &first);
         let reader = {
             let store = Arc::clone(&store);
             std::thread::Builder::new()
                 .name("agent-reader".into())
-                .spawn(move || live_loop(client, args.interval, store))
+                .spawn(move || live_loop(client, interval, store))
                 .context("starting the agent reader")?
         };
         info!(
             "reading {url} every {}, keeping {}",
-            humantime::format_duration(args.interval),
-            humantime::format_duration(args.window)
+            humantime::format_duration(interval),
+            humantime::format_duration(window)
         );
         (Mode::Live, vec![Source::Live(store)], Some(reader))
     } else {
         let mut sources = vec![open_file(Path::new(&args.source))?];
         if let Some(b) = &args.compare {
-            sources.push(open_file(b)?);
+            sources.push(open_file(Path::new(b))?);
         }
         let mode = match sources.len() {
             1 => Mode::File,
@@ -404,10 +505,25 @@ pub fn run(args: ViewArgs) -> anyhow::Result<()> {
         };
         (mode, sources, None)
     };
-    let viewer = Arc::new(Viewer::new(mode, args.interval, sources));
+    let viewer = Arc::new(Viewer::new(
+        mode,
+        args.interval.unwrap_or(Duration::from_secs(1)),
+        sources,
+        args.points,
+    ));
 
     if let Some(report) = &args.report {
-        let html = report_html(&viewer, args.points)?;
+        let html = report_html(&viewer)?;
+        if report.as_os_str() == "-" {
+            use std::io::Write;
+            let mut out = std::io::stdout().lock();
+            return match out.write_all(html.as_bytes()).and_then(|()| out.flush()) {
+                Err(e) if e.kind() != std::io::ErrorKind::BrokenPipe => {
+                    Err(e).context("writing the report to stdout")
+                }
+                _ => Ok(()),
+            };
+        }
         // beside it first, then renamed: never a partial report
         let name = report
             .file_name()
@@ -431,9 +547,12 @@ pub fn run(args: ViewArgs) -> anyhow::Result<()> {
         .build()
         .context("starting the async runtime")?;
     let served = runtime.block_on(async {
-        let listener = tokio::net::TcpListener::bind(args.listen)
+        let listen = args
+            .listen
+            .unwrap_or(SocketAddr::from(([127, 0, 0, 1], 8080)));
+        let listener = tokio::net::TcpListener::bind(listen)
             .await
-            .with_context(|| format!("listening on {} (--listen)", args.listen))?;
+            .with_context(|| format!("listening on {listen} (--listen)"))?;
         let address = listener.local_addr()?;
         if !address.ip().is_loopback() {
             warn!("serving on {address}, which other hosts can reach");
@@ -444,7 +563,7 @@ pub fn run(args: ViewArgs) -> anyhow::Result<()> {
         let _ = std::io::stdout().flush();
         crate::http::serve(
             listener,
-            router(Arc::clone(&viewer)),
+            router(Arc::clone(&viewer), address.ip().is_loopback()),
             crate::http::Limits::from_env(),
             crate::signals::stop_requested(),
         )
@@ -458,6 +577,39 @@ pub fn run(args: ViewArgs) -> anyhow::Result<()> {
     served
 }
 
+/// Before any work: the report must go to a file that can be written,
+/// and never over a recording being read.
+fn check_report_path(report: &Path, args: &ViewArgs) -> anyhow::Result<()> {
+    if report.as_os_str() == "-" {
+        return Ok(());
+    }
+    if report.is_dir() {
+        bail!("--report {} is a directory; name a file", report.display());
+    }
+    let parent = match report.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
+        _ => PathBuf::from("."),
+    };
+    if !parent.is_dir() {
+        bail!(
+            "--report {}: the directory {} does not exist",
+            report.display(),
+            parent.display()
+        );
+    }
+    if let Ok(target) = std::fs::canonicalize(report) {
+        for source in std::iter::once(args.source.as_str()).chain(args.compare.as_deref()) {
+            if std::fs::canonicalize(source).is_ok_and(|s| s == target) {
+                bail!(
+                    "--report {} is the recording being read; name another file",
+                    report.display()
+                );
+            }
+        }
+    }
+    Ok(())
+}
+
 fn open_file(path: &Path) -> anyhow::Result<Source> {
     let source = Source::File(Arc::new(FileSource::open(path)?));
     info!("{}: {} series", source.name(), source.series().len());
@@ -466,7 +618,8 @@ fn open_file(path: &Path) -> anyhow::Result<Source> {
 
 /// The report: the page with the dashboard and every section's data
 /// inlined.
-pub fn report_html(viewer: &Viewer, points: usize) -> anyhow::Result<String> {
+pub fn report_html(viewer: &Viewer) -> anyhow::Result<String> {
+    let points = viewer.points;
     let dashboard = viewer.dashboard();
     // {"dashboard": ..., "sections": {id: reply, ...}}, the replies pasted
     // in as served rather than parsed again
@@ -495,4 +648,43 @@ pub fn report_html(viewer: &Viewer, points: usize) -> anyhow::Result<String> {
     }
     data.push_str("}}");
     Ok(page(Some(&data)))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_addresses_and_localhost_are_local_hosts() {
+        for host in [
+            "127.0.0.1:8080",
+            "127.0.0.1",
+            "localhost:8080",
+            "LOCALHOST",
+            "view.localhost:1",
+            "[::1]:8080",
+            "10.1.2.3:80",
+        ] {
+            assert!(local_host(host), "{host}");
+        }
+        for host in [
+            "evil.example:8080",
+            "evil.example",
+            "127.0.0.1.nip.io:80",
+            "[evil]:80",
+            "",
+        ] {
+            assert!(!local_host(host), "{host}");
+        }
+    }
+
+    #[test]
+    fn agents_are_urls_or_host_port_that_is_no_file() {
+        assert!(is_agent("http://localhost:4241"));
+        assert!(is_agent("127.0.0.1:4241"));
+        assert!(is_agent("localhost:4241"));
+        assert!(!is_agent("rezolus.parquet"));
+        assert!(!is_agent("dir/x:80"));
+        assert!(!is_agent(":80"));
+    }
 }

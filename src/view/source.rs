@@ -88,6 +88,20 @@ impl FileSource {
                 ),
             });
         }
+        if !timestamps.windows(2).any(|w| w[1] > w[0]) {
+            return Err(ReadError::NotRecording {
+                path: path.to_path_buf(),
+                why: "its timestamps never increase from one sample to the next, so no interval can be shown".into(),
+            });
+        }
+        if !recording.ignored.is_empty() {
+            tracing::warn!(
+                "{}: {} column(s) with Rezolus metadata that cannot be read are left out: {}",
+                path.display(),
+                recording.ignored.len(),
+                recording.ignored.join(", ")
+            );
+        }
         let span = timestamps
             .iter()
             .min()
@@ -391,6 +405,21 @@ impl Source {
             Source::File(f) => f.rows.saturating_sub(1),
             Source::Live(l) => lock(l).rows.len(),
         }
+    }
+
+    /// About how many intervals end within `from..=to` (ns since the
+    /// epoch): the share of the span they cover.
+    pub fn intervals_between(&self, from: u64, to: u64) -> usize {
+        let all = self.intervals();
+        let Some((start, end)) = self.span() else {
+            return all;
+        };
+        let (a, b) = (from.max(start), to.min(end));
+        if b <= a || end <= start {
+            return if b == a { 1.min(all) } else { 0 };
+        }
+        let share = (b - a) as f64 / (end - start) as f64;
+        ((all as f64 * share).ceil() as usize).min(all)
     }
 
     /// Visits every interval ending within `from..=to` (ns since the

@@ -106,10 +106,37 @@
     return getJSON("api/dashboard");
   }
 
-  async function loadSection(id) {
+  // range: {min, max} in seconds since the epoch, or none for everything
+  async function loadSection(id, range) {
     if (report) return report.sections[id];
-    return getJSON("api/section/" + encodeURIComponent(id));
+    let url = "api/section/" + encodeURIComponent(id);
+    if (range) url += "?from=" + range.min + "&to=" + range.max;
+    return getJSON(url);
   }
+
+  // a recording's section was served with merged points: once zoomed,
+  // ask for the zoomed range at full resolution (and for everything
+  // again once zoomed out)
+  let refined = false;
+  let refining = null;
+  function refine() {
+    if (report || dashboard.mode !== "file") return;
+    if (!refined && !(zoom && lastStep > 1)) return;
+    clearTimeout(refining);
+    refining = setTimeout(async () => {
+      const id = status.section;
+      const range = zoom ? { min: zoom.min, max: zoom.max } : null;
+      try {
+        const data = await loadSection(id, range);
+        if (status.section !== id) return;
+        refined = range != null;
+        update(dashboard.sections.find((s) => s.id === id), data);
+      } catch (e) {
+        $("status").textContent = "Error: " + e.message;
+      }
+    }, 150);
+  }
+  let lastStep = 1;
 
   // ---- charts ----------------------------------------------------------
 
@@ -141,6 +168,7 @@
               min: u.posToVal(u.select.left, "x"),
               max: u.posToVal(u.select.left + u.select.width, "x"),
             };
+            refine();
           }
         },
       ],
@@ -166,22 +194,51 @@
           values: (u, splits) => splits.map((v) => axisFormat(v, info.unit)),
         },
       ],
+      series: [
+        relative
+          ? { label: "time", value: (u, v) => (v == null ? "--" : clock(v)) }
+          : { label: "time" },
+      ],
       hooks: syncHooks(),
     };
   }
 
   // each chart: {plot, points, update(t, data) -> false if it must be rebuilt}
+  // a value with no neighbour on either side is drawn as a dot (a line
+  // needs two), so an isolated spike is not lost
+  function isolated(u, si, show) {
+    if (show) return null;
+    const v = u.data[si];
+    const out = [];
+    for (let i = 0; i < v.length; i++) {
+      if (v[i] != null && (i === 0 || v[i - 1] == null) && (i === v.length - 1 || v[i + 1] == null)) {
+        out.push(i);
+      }
+    }
+    return out;
+  }
+
+  // the same line name has the same colour in every chart of an id (A and B)
+  const palette = new Map();
+  function colour(info, name, i) {
+    if (info.style === "percentiles") return PERCENTILE_COLORS[i % PERCENTILE_COLORS.length];
+    let names = palette.get(info.id);
+    if (!names) palette.set(info.id, (names = new Map()));
+    if (!names.has(name)) names.set(name, COLORS[names.size % COLORS.length]);
+    return names.get(name);
+  }
+
   function linesPlot(el, info, t, data, width) {
     const series = data.series || [];
     const names = series.map((s) => s.name).join("\u0000");
-    const colors = info.style === "percentiles" ? PERCENTILE_COLORS : COLORS;
     const opts = baseOptions(info, width);
-    opts.series = [{ label: "time" }].concat(
+    opts.series = [opts.series[0]].concat(
       series.map((s, i) => ({
         label: s.name,
-        stroke: colors[i % colors.length],
+        stroke: colour(info, s.name, i),
         width: 1.5,
         spanGaps: false,
+        points: { filter: isolated },
         value: (u, v) => format(v, info.unit),
       }))
     );
@@ -229,7 +286,7 @@
       log: 2,
       range: () => [lower(state.low), upper(state.low + Math.max(state.height, 1) - 1)],
     };
-    opts.series = [{ label: "time" }, { label: "observations/s", show: true, stroke: "transparent" }];
+    opts.series = [opts.series[0], { label: "observations/s", show: true, stroke: "transparent" }];
     opts.legend = { show: false };
     opts.hooks.draw = [
       (u) => {
@@ -312,8 +369,12 @@
     made.note.textContent = made.points === 0 ? "no data in this time range" : "";
   }
 
-  function publish() {
+  function publish(data) {
     status.charts = charts.map((c) => ({ id: c.id, source: c.source, points: c.points }));
+    if (data) {
+      lastStep = Math.max(...data.sources.map((d) => d.step || 1));
+      status.step = lastStep;
+    }
   }
 
   async function show(id) {
@@ -377,7 +438,7 @@
         cell.appendChild(inner);
         const made = draw(info, data.sources[s], s, inner, width);
         if (made) {
-          made.plot.over.addEventListener("dblclick", () => { zoom = null; });
+          made.plot.over.addEventListener("dblclick", () => { zoom = null; refine(); });
           plots.push(made.plot);
           charts.push(made);
         }
@@ -387,7 +448,7 @@
       main.appendChild(card);
     }
     if (zoom) for (const p of plots) p.setScale("x", zoom);
-    publish();
+    publish(data);
   }
 
   // new data for the section shown: charts updated in place (keeping
@@ -418,12 +479,12 @@
       c.plot.destroy();
       c.el.textContent = "";
       const made = draw(c.info, d, c.source, c.el, c.width);
-      made.plot.over.addEventListener("dblclick", () => { zoom = null; });
+      made.plot.over.addEventListener("dblclick", () => { zoom = null; refine(); });
       plots[at] = made.plot;
       return made;
     });
     if (zoom) for (const p of plots) p.setScale("x", zoom);
-    publish();
+    publish(data);
   }
 
   async function refresh() {
@@ -433,7 +494,8 @@
       const data = await loadSection(id);
       if (status.section === id && status.ready) {
         update(dashboard.sections.find((s) => s.id === id), data);
-        $("status").textContent = "live";
+        $("status").textContent = data.error ? "agent not answering: " + data.error : "live";
+        status.agentError = data.error || null;
       }
     } catch (e) {
       $("status").textContent = "Error: " + e.message;
