@@ -42,21 +42,11 @@ use super::journal::{ClockStep, Gap, JournalError, Reader, Record};
 use crate::client::unix_nanos;
 use crate::snapshot::Received;
 
-/// Bytes of memory the writer may hold for the row group in progress
-/// (encoded pages, and values not yet encoded) before the group is
-/// written out. Rows are gathered in batches of a quarter of this (raw
-/// column data) before being encoded. Row groups are bounded by what
-/// they take encoded, not raw: raw histogram columns are mostly zeros, and
-/// bounding them raw made row groups of ~95 rows, and a day's footer of
-/// ~900 row groups × every column that every reader must parse.
+/// Raw bytes of column data held before a row group is written. (Row
+/// groups bounded by their encoded size instead, for fewer and larger
+/// groups, were tried: the Parquet writer then held far more memory than
+/// it reports, about the raw size of the group, so the bound stays raw.)
 const ROW_GROUP_BYTES: usize = 16 << 20;
-/// Values per data page at most, so a column's values are compressed into
-/// a page at least this often while its row group is in progress.
-const PAGE_ROWS: usize = 1024;
-/// Raw bytes per data page at most: a histogram column's page is
-/// compressed every 16 rows, so the row group in progress is held
-/// compressed, not as 4 KiB of mostly zeros a row.
-const PAGE_BYTES: usize = 64 << 10;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ConvertError {
@@ -432,8 +422,6 @@ fn convert_in_groups(
             .set_statistics_enabled(EnabledStatistics::Chunk)
             .set_dictionary_enabled(false)
             .set_offset_index_disabled(true)
-            .set_data_page_row_count_limit(PAGE_ROWS)
-            .set_data_page_size_limit(PAGE_BYTES)
             .set_compression(Compression::ZSTD(
                 ZstdLevel::try_new(3).map_err(|e| e.to_string())?,
             ))
@@ -446,7 +434,7 @@ fn convert_in_groups(
             .build();
         let mut writer = ArrowWriter::try_new(file, Arc::clone(&schema), Some(props))
             .map_err(|e| e.to_string())?;
-        let per_group = columns.rows_per_group(group_bytes / 4);
+        let per_group = columns.rows_per_group(group_bytes);
         let mut reader = Reader::open(journal).map_err(|e| e.to_string())?;
         let mut timestamps = UInt64Builder::new();
         let mut durations = UInt64Builder::new();
@@ -469,9 +457,7 @@ fn convert_in_groups(
                 RecordBatch::try_new(Arc::clone(&schema), arrays).map_err(|e| e.to_string())?;
             writer.write(&batch).map_err(|e| e.to_string())?;
             drop(batch);
-            if writer.memory_size() >= group_bytes {
-                writer.flush().map_err(|e| e.to_string())?;
-            }
+            writer.flush().map_err(|e| e.to_string())?;
             // sized again for the next group (finish leaves them empty)
             for (b, c) in builders.iter_mut().zip(&columns.list) {
                 *b = Builder::new(c.kind, per_group, columns.buckets);
