@@ -251,12 +251,7 @@ fn a_wall_clock_step_does_not_stall_the_recorder() {
     let file = read_parquet(&out);
     // rows carry the agent's time (its clock did not step): one every
     // 200 ms throughout, no stall while the recorder's clock was behind
-    let ts: Vec<u64> = file["columns"]["timestamp"]["values"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|v| v.as_u64().unwrap())
-        .collect();
+    let ts = common::parquet::timestamps(&file);
     assert!(
         (27..=32).contains(&ts.len()),
         "{} rows for 6 s at 200 ms",

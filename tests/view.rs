@@ -200,6 +200,21 @@ fn api_gives_rates_and_percentiles_of_a_stock_layout_file() {
     assert_eq!(view.get_as("/api/dashboard", Some("localhost:8080")).0, 200);
 }
 
+/// `rezolus view RECORDING --report REPORT`, which must succeed.
+fn write_report(recording: &Path, report: &Path) {
+    let out = common::run(&[
+        "view",
+        recording.to_str().unwrap(),
+        "--report",
+        report.to_str().unwrap(),
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
 /// Records the agent for `duration` while `work` runs.
 fn record(agent: &Agent, interval: &str, duration: &str, out: &Path, work: impl FnOnce()) {
     let url = format!("http://{}", agent.addr);
@@ -330,12 +345,7 @@ fn api_on_a_real_capture_agrees_with_pyarrow() {
         burst(Duration::from_millis(1000));
     });
     let file = read_parquet(&path);
-    let stamps: Vec<u64> = file["columns"]["timestamp"]["values"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|v| v.as_u64().unwrap())
-        .collect();
+    let stamps = common::parquet::timestamps(&file);
     let view = View::start(&[path.to_str().unwrap()]);
     let data = view.json("/api/section/overview");
     let source = &data["sources"][0];
@@ -486,17 +496,7 @@ fn report_is_one_self_contained_file() {
     let path = dir.path().join("stock.parquet");
     stock_file(&path);
     let report = dir.path().join("report.html");
-    let out = common::run(&[
-        "view",
-        path.to_str().unwrap(),
-        "--report",
-        report.to_str().unwrap(),
-    ]);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    write_report(&path, &report);
     let html = std::fs::read_to_string(&report).unwrap();
     for reference in [
         "src=\"http",
@@ -839,17 +839,7 @@ fn dashboard_draws_every_overview_chart_in_a_browser() {
     drop(compare);
 
     let report = dir.path().join("report.html");
-    let out = common::run(&[
-        "view",
-        path.to_str().unwrap(),
-        "--report",
-        report.to_str().unwrap(),
-    ]);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    write_report(&path, &report);
     let status = check_in_browser(
         &format!("file://{}", report.display()),
         "view-report-overview.png",

@@ -58,6 +58,16 @@ print(json.dumps({"rows": table.num_rows, "duckdb_rows": rows, "metadata": meta,
     serde_json::from_slice(&out.stdout).unwrap()
 }
 
+/// The `timestamp` column of a file as [`read_parquet`] gives it.
+pub fn timestamps(file: &Value) -> Vec<u64> {
+    file["columns"]["timestamp"]["values"]
+        .as_array()
+        .expect("a timestamp column")
+        .iter()
+        .map(|v| v.as_u64().expect("an integer timestamp"))
+        .collect()
+}
+
 pub fn field(name: &str, data_type: DataType, meta: &[(&str, &str)]) -> Field {
     Field::new(name, data_type, true).with_metadata(
         meta.iter()
