@@ -92,6 +92,16 @@ impl Drop for View {
     }
 }
 
+/// A source's point times (`t`), seconds since the epoch.
+fn times(source: &Value) -> Vec<f64> {
+    source["t"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v.as_f64().unwrap())
+        .collect()
+}
+
 /// The named line of a lines chart: its values (`None` for null).
 fn line(chart: &Value, name: &str) -> Vec<Option<f64>> {
     chart["series"]
@@ -144,12 +154,7 @@ fn api_gives_rates_and_percentiles_of_a_stock_layout_file() {
     let data = view.json("/api/section/other");
     let source = &data["sources"][0];
     // intervals end at rows 2, 3 and 4: T0+1s, T0+2s, T0+4s
-    let t: Vec<f64> = source["t"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|v| v.as_f64().unwrap())
-        .collect();
+    let t = times(source);
     let t0 = (T0 / SECOND) as f64;
     assert_eq!(t, [t0 + 1.0, t0 + 2.0, t0 + 4.0]);
     // 150 - 100 over 1 s; then the counter is absent, then follows an absence
@@ -349,12 +354,7 @@ fn api_on_a_real_capture_agrees_with_pyarrow() {
     let view = View::start(&[path.to_str().unwrap()]);
     let data = view.json("/api/section/overview");
     let source = &data["sources"][0];
-    let t: Vec<f64> = source["t"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|v| v.as_f64().unwrap())
-        .collect();
+    let t = times(source);
     assert_eq!(t.len(), stamps.len() - 1, "one point per interval");
     for (i, t) in t.iter().enumerate() {
         assert!(close(*t, stamps[i + 1] as f64 / 1e9));
