@@ -533,6 +533,10 @@ fn bad_input_is_a_clear_error_and_nothing_is_served() {
     let dead = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let dead_url = format!("http://{}", dead.local_addr().unwrap());
     drop(dead);
+    let link = dir.path().join("link.html");
+    std::os::unix::fs::symlink(&text, &link).unwrap();
+    let hard = dir.path().join("hard.parquet");
+    std::fs::hard_link(&stock, &hard).unwrap();
     let stock = stock.to_str().unwrap();
     let cases: Vec<(Vec<&str>, &str)> = vec![
         (vec![missing.to_str().unwrap()], "No such file"),
@@ -563,6 +567,16 @@ fn bad_input_is_a_clear_error_and_nothing_is_served() {
         (
             vec![stock, "--report", "r.html", "--listen", "127.0.0.1:0"],
             "--listen does not apply",
+        ),
+        // a link (or a device, a FIFO) would be replaced, not written to
+        (
+            vec![stock, "--report", link.to_str().unwrap()],
+            "not a regular file",
+        ),
+        // the recording under another name
+        (
+            vec![stock, "--report", hard.to_str().unwrap()],
+            "is the recording being read",
         ),
     ];
     for (args, expected) in cases {
@@ -826,6 +840,14 @@ fn dashboard_draws_every_overview_chart_in_a_browser() {
     browser.wait_for("window.rezolusStatus.step === 1", Duration::from_secs(10));
     let after = ranges(&mut browser);
     assert!(after.iter().all(|r| *r == after[0]), "{after:?}");
+    // another section, still zoomed: asked for that range too
+    browser.eval("location.hash = 'cpu'");
+    browser.wait_for(
+        "window.rezolusStatus.ready && window.rezolusStatus.section === 'cpu'",
+        Duration::from_secs(30),
+    );
+    assert_eq!(browser.eval("window.rezolusStatus.step"), 1);
+    assert_eq!(ranges(&mut browser)[0], after[0]);
     assert!(browser.errors.is_empty(), "{:?}", browser.errors);
     drop(browser);
     drop(merged);

@@ -392,9 +392,11 @@ async fn api_section(
 /// Whether `source` names an agent: `http://...`, or `host:port` that is
 /// not a file.
 fn is_agent(source: &str) -> bool {
-    if source.starts_with("http://") || source.starts_with("https://") {
+    let lower = source.to_ascii_lowercase();
+    if lower.starts_with("http://") || lower.starts_with("https://") {
         return true;
     }
+    let source = source.trim_end_matches('/');
     let host_port = source.rsplit_once(':').is_some_and(|(host, port)| {
         !host.is_empty() && !host.contains('/') && port.parse::<u16>().is_ok()
     });
@@ -410,16 +412,18 @@ fn live_loop(client: crate::client::Client, interval: Duration, store: Arc<Mutex
     let mut failing = crate::logging::Repeated::new();
     while let Some(reading) = poller.next(&crate::signals::Signals) {
         let time = crate::client::unix_nanos(reading.tick.grid);
+        // a failed read is logged by the poller; an answer that is not a
+        // snapshot, here
         let decoded = reading.fetched.map_err(|e| e.to_string()).and_then(|b| {
-            crate::snapshot::Received::from_msgpack(&b)
-                .map_err(|e| format!("not a Rezolus snapshot: {e}"))
+            crate::snapshot::Received::from_msgpack(&b).map_err(|e| {
+                let e = format!("not a Rezolus snapshot: {e}");
+                failing.warn("decoding the agent's answer", &e);
+                e
+            })
         });
         match decoded {
             Ok(snapshot) => lock(&store).add(time, &snapshot),
-            Err(e) => {
-                failing.warn("reading the agent", &e);
-                lock(&store).failing = Some(e);
-            }
+            Err(e) => lock(&store).failing = Some(e),
         }
     }
 }
@@ -463,7 +467,13 @@ pub fn run(args: ViewArgs) -> anyhow::Result<()> {
             window: Some(window),
             ..args.clone()
         };
-        let url = crate::client::snapshot_url(&args.source)?;
+        // the scheme in any case, and a trailing `/`
+        let source = args.source.trim_end_matches('/');
+        let source = match source.get(..7) {
+            Some(scheme) if scheme.eq_ignore_ascii_case("http://") => &source[7..],
+            _ => source,
+        };
+        let url = crate::client::snapshot_url(source)?;
         let timeout = interval.clamp(Duration::from_millis(500), Duration::from_secs(5));
         let client = crate::client::Client::new(url.clone(), timeout);
         // the agent must answer now: nothing is served half-broken
@@ -597,9 +607,22 @@ fn check_report_path(report: &Path, args: &ViewArgs) -> anyhow::Result<()> {
             parent.display()
         );
     }
-    if let Ok(target) = std::fs::canonicalize(report) {
+    // the report replaces its target (written beside, then renamed), so
+    // the target must be a plain file or absent: never a device, a FIFO
+    // or a symlink, which would be replaced rather than written to
+    if let Ok(meta) = std::fs::symlink_metadata(report) {
+        if !meta.is_file() {
+            bail!(
+                "--report {} exists and is not a regular file (a link, device or FIFO would be replaced, not written to); name a file, or `-` for stdout",
+                report.display()
+            );
+        }
+        use std::os::unix::fs::MetadataExt;
         for source in std::iter::once(args.source.as_str()).chain(args.compare.as_deref()) {
-            if std::fs::canonicalize(source).is_ok_and(|s| s == target) {
+            // the same file, by any name (symlink, hard link, ../)
+            if std::fs::metadata(source)
+                .is_ok_and(|s| s.dev() == meta.dev() && s.ino() == meta.ino())
+            {
                 bail!(
                     "--report {} is the recording being read; name another file",
                     report.display()

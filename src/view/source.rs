@@ -94,6 +94,17 @@ impl FileSource {
                 why: "its timestamps never increase from one sample to the next, so no interval can be shown".into(),
             });
         }
+        // nanoseconds since the epoch are above 1e17 since 1973
+        if timestamps
+            .iter()
+            .max()
+            .is_some_and(|t| *t < 100_000_000_000_000)
+        {
+            tracing::warn!(
+                "{}: its timestamps are small for nanoseconds since the epoch (the layout's unit); times and rates will be off if they are seconds or milliseconds",
+                path.display()
+            );
+        }
         if !recording.ignored.is_empty() {
             tracing::warn!(
                 "{}: {} column(s) with Rezolus metadata that cannot be read are left out: {}",
@@ -299,7 +310,9 @@ impl LiveStore {
     /// Adds a snapshot taken at `time` (ns since the epoch): the interval
     /// since the one before, and drops intervals older than the window.
     pub fn add(&mut self, time: u64, snapshot: &Received) {
-        self.failing = None;
+        // after reads that failed, the interval spans the outage: it is
+        // kept as a gap (every series absent), not averaged across it
+        let after_outage = self.failing.take().is_some();
         let mut now: Vec<Option<Last>> = vec![None; self.series.len()];
         let mut put = |store: &mut Self, i: Option<usize>, v: Last| {
             if let Some(i) = i {
@@ -345,7 +358,10 @@ impl LiveStore {
                 .last
                 .iter()
                 .zip(&now)
-                .map(|(a, b)| delta(a.as_ref(), b.as_ref()))
+                .map(|(a, b)| match after_outage {
+                    true => None,
+                    false => delta(a.as_ref(), b.as_ref()),
+                })
                 .collect();
             self.rows
                 .push_back(LiveRow::new(time, time - before, values));
@@ -612,8 +628,22 @@ mod tests {
                 ),
             ]
         );
+        // after failed reads, the interval across the outage is a gap
+        lock(&store).failing = Some("refused".into());
+        add(
+            4,
+            snapshot(&[("a", 16)], -3, &[(3, 1), (100, 2), (1 << 40, 1 << 50)]),
+        );
+        let mut last = Vec::new();
+        source
+            .scan(&[0, 1, 2], 4 * second, 4 * second, &mut |_, _, d| {
+                last = d.to_vec()
+            })
+            .unwrap();
+        assert_eq!(last, [None, None, None]);
+        assert_eq!(lock(&store).failing, None);
         // 20 s later, only the last interval is within the 10 s window
-        add(23, snapshot(&[("a", 20)], 1, &[]));
+        add(24, snapshot(&[("a", 20)], 1, &[]));
         assert_eq!(source.intervals(), 1);
     }
 }

@@ -388,7 +388,10 @@
     $("status").textContent = "Loading…";
     let data;
     try {
-      data = await loadSection(section.id);
+      // zoomed into a recording: the new section for that range
+      const range = zoom && dashboard.mode === "file" && !report ? zoom : null;
+      data = await loadSection(section.id, range);
+      refined = range != null;
     } catch (e) {
       $("status").textContent = "Error: " + e.message;
       console.error(e);
