@@ -175,6 +175,16 @@
     };
   }
 
+  // whether the cursor is beyond this chart's data (in A/B, past the end
+  // of the shorter recording), where the nearest point is not the value
+  function outside(u) {
+    const t = u.data[0];
+    if (u.cursor.left == null || u.cursor.left < 0 || t.length === 0) return false;
+    const x = u.posToVal(u.cursor.left, "x");
+    const step = t.length > 1 ? (t[t.length - 1] - t[0]) / (t.length - 1) : 0;
+    return x < t[0] - step || x > t[t.length - 1] + step;
+  }
+
   function baseOptions(info, width) {
     const relative = dashboard.mode === "compare";
     return {
@@ -196,7 +206,7 @@
       ],
       series: [
         relative
-          ? { label: "time", value: (u, v) => (v == null ? "--" : clock(v)) }
+          ? { label: "time", value: (u, v) => (v == null || outside(u) ? "--" : clock(v)) }
           : { label: "time" },
       ],
       hooks: syncHooks(),
@@ -239,7 +249,7 @@
         width: 1.5,
         spanGaps: false,
         points: { filter: isolated },
-        value: (u, v) => format(v, info.unit),
+        value: (u, v) => (outside(u) ? "--" : format(v, info.unit)),
       }))
     );
     const count = (series) =>
