@@ -170,10 +170,12 @@ fn sleeping_thread_lands_in_the_10ms_region_of_offcpu() {
     .unwrap();
     let after = agent.snapshot();
     let offcpu = |s: &Snap| s.histogram("scheduler_offcpu", &[]).clone();
-    let in_region = added_between(&offcpu(&before), &offcpu(&after), 10_000_000, 12_000_000);
+    // a sleep's wake-up can be a few ms late on a loaded 2-CPU VM (the
+    // other tests of this binary run alongside): 10 to 15 ms is the region
+    let in_region = added_between(&offcpu(&before), &offcpu(&after), 10_000_000, 15_000_000);
     assert!(
         in_region >= K,
-        "{in_region} off-CPU samples in 10-12 ms for {K} sleeps of 10 ms"
+        "{in_region} off-CPU samples in 10-15 ms for {K} sleeps of 10 ms"
     );
 }
 

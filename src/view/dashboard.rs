@@ -14,6 +14,7 @@
 //!   gauges averaged.
 
 use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
 
 use serde::Serialize;
 
@@ -62,19 +63,41 @@ struct Line {
 enum Plan {
     /// Counter rates (`rate`) or gauge values, each line a weighted sum.
     Lines { rate: bool, lines: Vec<Line> },
-    /// The sum of these histograms.
+    /// The sum of these histograms, in this layout.
     Histogram {
-        series: Vec<usize>,
+        series: Vec<Mapped>,
         grouping_power: u8,
         max_value_power: u8,
         heatmap: bool,
     },
-    /// p99 of each group's histograms.
+    /// p99 of each group's histograms, in this layout.
     GroupP99 {
-        groups: Vec<(String, Vec<usize>)>,
+        groups: Vec<(String, Vec<Mapped>)>,
         grouping_power: u8,
         max_value_power: u8,
     },
+}
+
+/// A histogram series, and how its bucket indices map into the chart's
+/// layout (`None`: it is the chart's layout). A series whose layout
+/// changed mid-capture (an agent upgrade: a `#2` column) is charted in the
+/// coarser of the two, so no interval is lost or mis-read.
+type Mapped = (usize, Option<Arc<Vec<u32>>>);
+
+/// Each bucket of layout (`from`, `max_value_power`) to the bucket of
+/// layout (`to`, `max_value_power`) holding its values; `to <= from`, so
+/// that the buckets nest.
+fn bucket_map(from: u8, to: u8, max_value_power: u8) -> Vec<u32> {
+    let bounds = |g: u8| -> Vec<(u64, u64)> {
+        histogram::Histogram::new(g, max_value_power)
+            .map(|h| h.into_iter().map(|b| (b.start(), b.end())).collect())
+            .unwrap_or_default()
+    };
+    let target = bounds(to);
+    bounds(from)
+        .into_iter()
+        .map(|(start, _)| target.partition_point(|(_, end)| *end < start) as u32)
+        .collect()
 }
 
 #[derive(Debug, Clone)]
@@ -221,20 +244,47 @@ impl<'a> Index<'a> {
         keys.iter().copied().find(|k| *k != "id")
     }
 
+    /// The layout histograms `set` are summed in: the coarsest grouping
+    /// power among those with the first's max value power (others are left
+    /// out), and each series with its bucket map.
+    fn common_layout(&self, set: &[usize]) -> Option<(u8, u8, Vec<Mapped>)> {
+        let layout = |s: usize| match self.series[s].kind {
+            Kind::Histogram {
+                grouping_power,
+                max_value_power,
+            } => Some((grouping_power, max_value_power)),
+            _ => None,
+        };
+        let m = layout(*set.first()?)?.1;
+        let g = set
+            .iter()
+            .filter_map(|s| layout(*s))
+            .filter(|l| l.1 == m)
+            .map(|l| l.0)
+            .min()?;
+        let mut maps: BTreeMap<u8, Arc<Vec<u32>>> = BTreeMap::new();
+        let series = set
+            .iter()
+            .filter_map(|s| {
+                let (sg, sm) = layout(*s)?;
+                if sm != m {
+                    return None;
+                }
+                let map = (sg != g).then(|| {
+                    Arc::clone(
+                        maps.entry(sg)
+                            .or_insert_with(|| Arc::new(bucket_map(sg, g, m))),
+                    )
+                });
+                Some((*s, map))
+            })
+            .collect();
+        Some((g, m, series))
+    }
+
     fn histogram(&self, metric: &str, id: &str, title: &str, heatmap: bool) -> Option<Chart> {
         let (_, set) = self.set(metric, None)?;
-        let Kind::Histogram {
-            grouping_power,
-            max_value_power,
-        } = self.kind(metric)?
-        else {
-            return None;
-        };
-        let series: Vec<usize> = set
-            .iter()
-            .copied()
-            .filter(|s| self.series[*s].kind == self.series[set[0]].kind)
-            .collect();
+        let (grouping_power, max_value_power, series) = self.common_layout(set)?;
         Some(Chart {
             info: ChartInfo {
                 id: id.to_string(),
@@ -315,10 +365,7 @@ impl<'a> Index<'a> {
                     plan: Plan::Lines { rate: false, lines },
                 }]
             }
-            Kind::Histogram {
-                grouping_power,
-                max_value_power,
-            } => {
+            Kind::Histogram { .. } => {
                 let mut charts: Vec<Chart> = [
                     self.histogram(metric, &format!("{metric}:percentiles"), metric, false),
                     self.histogram(
@@ -331,11 +378,24 @@ impl<'a> Index<'a> {
                 .into_iter()
                 .flatten()
                 .collect();
-                if let Some(l) = label {
-                    let groups: Vec<(String, Vec<usize>)> = self
+                let grouped = label.and_then(|l| {
+                    let (_, set) = self.set(metric, Some(l))?;
+                    Some((l, self.common_layout(set)?))
+                });
+                if let Some((l, (grouping_power, max_value_power, mapped))) = grouped {
+                    let groups: Vec<(String, Vec<Mapped>)> = self
                         .lines(metric, Some(l), 1.0)
                         .into_iter()
-                        .map(|line| (line.name, line.terms.iter().map(|t| t.series).collect()))
+                        .map(|line| {
+                            let series = line
+                                .terms
+                                .iter()
+                                .filter_map(|t| {
+                                    mapped.iter().find(|(s, _)| *s == t.series).cloned()
+                                })
+                                .collect();
+                            (line.name, series)
+                        })
                         .collect();
                     if (2..=64).contains(&groups.len()) {
                         charts.push(Chart {
@@ -655,7 +715,7 @@ pub fn compute(
                     max_value_power,
                     heatmap,
                 } => Plan::Histogram {
-                    series: series.iter().map(|s| at(*s)).collect(),
+                    series: series.iter().map(|(s, m)| (at(*s), m.clone())).collect(),
                     grouping_power: *grouping_power,
                     max_value_power: *max_value_power,
                     heatmap: *heatmap,
@@ -667,7 +727,10 @@ pub fn compute(
                 } => Plan::GroupP99 {
                     groups: groups
                         .iter()
-                        .map(|(n, s)| (n.clone(), s.iter().map(|s| at(*s)).collect()))
+                        .map(|(n, s)| {
+                            let s = s.iter().map(|(s, m)| (at(*s), m.clone())).collect();
+                            (n.clone(), s)
+                        })
                         .collect(),
                     grouping_power: *grouping_power,
                     max_value_power: *max_value_power,
@@ -824,18 +887,23 @@ pub fn compute(
             }
         }
     };
-    let add_histogram = |buckets: &mut [u64], delta: &Option<Delta>| -> bool {
-        if let Some(Delta::Histogram(d)) = delta {
-            for (i, c) in d {
-                if let Some(b) = buckets.get_mut(*i as usize) {
-                    *b += c;
+    let add_histogram =
+        |buckets: &mut [u64], (s, map): &Mapped, deltas: &[Option<Delta>]| -> bool {
+            if let Some(Delta::Histogram(d)) = &deltas[*s] {
+                for (i, c) in d {
+                    let i = match map {
+                        Some(map) => map.get(*i as usize).copied().unwrap_or(u32::MAX),
+                        None => *i,
+                    };
+                    if let Some(b) = buckets.get_mut(i as usize) {
+                        *b += c;
+                    }
                 }
+                true
+            } else {
+                false
             }
-            true
-        } else {
-            false
-        }
-    };
+        };
     source.scan(&wanted, from, to, &mut |end, dt, deltas| {
         for (acc, planned) in accs.iter_mut().zip(&planned) {
             match (acc, &planned.plan) {
@@ -888,7 +956,7 @@ pub fn compute(
                 ) => {
                     let mut present = false;
                     for s in series {
-                        present |= add_histogram(buckets, &deltas[*s]);
+                        present |= add_histogram(buckets, s, deltas);
                     }
                     if present {
                         *any = true;
@@ -898,7 +966,7 @@ pub fn compute(
                 (Acc::GroupP99 { groups, any, .. }, Plan::GroupP99 { groups: plan, .. }) => {
                     for ((buckets, any), (_, series)) in groups.iter_mut().zip(any).zip(plan) {
                         for s in series {
-                            *any |= add_histogram(buckets, &deltas[*s]);
+                            *any |= add_histogram(buckets, s, deltas);
                         }
                     }
                 }
@@ -1153,5 +1221,64 @@ mod tests {
         let other = top.last().unwrap();
         // l0..=l4 summed; a point absent everywhere stays absent
         assert_eq!(other.values, [Some(10.0), None]);
+    }
+
+    /// Case 08's class: a histogram whose layout changes mid-capture (two
+    /// series of one name) is charted in the coarser layout throughout, so
+    /// the intervals after the change are neither lost nor mis-read.
+    #[test]
+    fn a_histogram_layout_change_is_charted_in_the_coarser_layout() {
+        use crate::snapshot::{Received, ReceivedEntry};
+        use crate::view::source::{LiveStore, Source};
+        let snapshot = |grouping_power: u8, count: u64| {
+            let mut h = histogram::Histogram::new(grouping_power, 64).unwrap();
+            h.add(1000, count).unwrap();
+            Received {
+                systemtime: std::time::UNIX_EPOCH,
+                duration: std::time::Duration::ZERO,
+                metadata: BTreeMap::new(),
+                counters: vec![],
+                gauges: vec![],
+                histograms: vec![ReceivedEntry {
+                    name: "scheduler_runqueue_latency".into(),
+                    value: h,
+                    metadata: BTreeMap::from([(
+                        "metric".to_string(),
+                        "scheduler_runqueue_latency".to_string(),
+                    )]),
+                }],
+            }
+        };
+        let second = 1_000_000_000;
+        let store = std::sync::Arc::new(std::sync::Mutex::new(LiveStore::new(
+            "test".into(),
+            60 * second,
+        )));
+        for (t, g, n) in [(1, 3, 1), (2, 3, 2), (3, 2, 1), (4, 2, 3)] {
+            crate::view::source::lock(&store).add(t * second, &snapshot(g, n));
+        }
+        let source = Source::Live(store);
+        let sections = plan(&source.series());
+        let chart = sections
+            .iter()
+            .flat_map(|s| &s.charts)
+            .find(|c| c.info.id == "overview:runqueue")
+            .unwrap();
+        let section = Section {
+            id: "t".into(),
+            title: "t".into(),
+            charts: vec![chart.clone()],
+        };
+        let data = compute(&source, &section, 0, u64::MAX, 100).unwrap();
+        let ChartData::Lines { series } = &data.charts["overview:runqueue"] else {
+            panic!("not lines");
+        };
+        // the grouping power 2 bucket holding 1000
+        let mut h = histogram::Histogram::new(2, 64).unwrap();
+        h.increment(1000).unwrap();
+        let edge = h.iter().find(|b| b.count() > 0).unwrap().end() as f64;
+        // interval 2 crosses the change: no delta can be known there
+        assert_eq!(series[0].name, "p50");
+        assert_eq!(series[0].values, [Some(edge), None, Some(edge)]);
     }
 }

@@ -143,7 +143,10 @@ pub struct LiveStore {
     pub url: String,
     window: u64,
     series: Vec<SeriesMeta>,
-    by_name: HashMap<(String, &'static str), usize>,
+    /// Series by name and kind: a histogram whose layout changes (an agent
+    /// upgrade) becomes a series of its own, as in a recording's `#2`
+    /// column.
+    by_name: HashMap<(String, Kind), usize>,
     last: Vec<Option<Last>>,
     last_time: Option<u64>,
     rows: VecDeque<LiveRow>,
@@ -292,7 +295,7 @@ impl LiveStore {
     }
 
     fn slot(&mut self, name: &str, kind: Kind, meta: impl FnOnce() -> SeriesMeta) -> Option<usize> {
-        let key = (name.to_string(), kind.name());
+        let key = (name.to_string(), kind);
         if let Some(i) = self.by_name.get(&key) {
             return Some(*i);
         }
