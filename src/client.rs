@@ -29,12 +29,15 @@ pub enum FetchError {
 }
 
 /// The URL of an agent's binary snapshot, from `host:port`,
-/// `http://host:port` (a trailing `/` is fine) or the full
-/// `http://host:port/metrics/binary`.
+/// `http://host:port` (the scheme in any case; a trailing `/` is fine) or
+/// the full `http://host:port/metrics/binary`.
 pub fn snapshot_url(source: &str) -> Result<String, BadSource> {
     let trimmed = source.trim().trim_end_matches('/');
     let trimmed = trimmed.strip_suffix("/metrics/binary").unwrap_or(trimmed);
-    let rest = trimmed.strip_prefix("http://").unwrap_or(trimmed);
+    let rest = match trimmed.get(..7) {
+        Some(scheme) if scheme.eq_ignore_ascii_case("http://") => &trimmed[7..],
+        _ => trimmed,
+    };
     if rest.is_empty() || rest.contains('/') || rest.contains("://") {
         return Err(BadSource(source.to_string()));
     }
@@ -128,5 +131,6 @@ mod tests {
         for bad in ["", "https://x:1", "http://x:1/other", "ftp://x"] {
             assert!(snapshot_url(bad).is_err(), "{bad}");
         }
+        assert_eq!(snapshot_url("HTTP://127.0.0.1:4241/").unwrap(), url);
     }
 }

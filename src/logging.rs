@@ -156,6 +156,18 @@ pub fn human_bytes(n: u64) -> String {
     }
 }
 
+/// Writes `bytes` to stdout (a command's output, not a log line). A reader
+/// that went away (`| head`) ends the output quietly, not in a panic as
+/// `print!` would.
+pub fn print_all(bytes: &[u8]) -> std::io::Result<()> {
+    use std::io::Write;
+    let mut out = std::io::stdout().lock();
+    match out.write_all(bytes).and_then(|()| out.flush()) {
+        Err(e) if e.kind() != std::io::ErrorKind::BrokenPipe => Err(e),
+        _ => Ok(()),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

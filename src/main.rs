@@ -75,17 +75,6 @@ extern "C" fn block_signals_before_main() {
 #[link_section = ".init_array"]
 static BLOCK_SIGNALS: extern "C" fn() = block_signals_before_main;
 
-/// Prints `text` to stdout; a reader that went away (`| head`) ends the
-/// output quietly rather than in a panic.
-fn print_all(text: String) -> anyhow::Result<()> {
-    use std::io::Write;
-    let mut out = std::io::stdout().lock();
-    match out.write_all(text.as_bytes()).and_then(|()| out.flush()) {
-        Err(e) if e.kind() != std::io::ErrorKind::BrokenPipe => Err(e.into()),
-        _ => Ok(()),
-    }
-}
-
 fn main() -> ExitCode {
     // before anything else: no signal may take its default action (SIGHUP's
     // is to terminate) while a role is starting
@@ -106,10 +95,12 @@ fn main() -> ExitCode {
             _,
         ) => rezolus::recorder::recover(&journal, output.as_deref(), force),
         (Some(Command::Parquet(ParquetCommand::Summary { file })), _) => {
-            rezolus::recording::query::summary(&file).and_then(print_all)
+            rezolus::recording::query::summary(&file)
+                .and_then(|text| Ok(rezolus::logging::print_all(text.as_bytes())?))
         }
         (Some(Command::Parquet(ParquetCommand::Query(args))), _) => {
-            rezolus::recording::query::query(&args).and_then(print_all)
+            rezolus::recording::query::query(&args)
+                .and_then(|text| Ok(rezolus::logging::print_all(text.as_bytes())?))
         }
         (None, None) => {
             use clap::CommandFactory;

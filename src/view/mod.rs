@@ -146,9 +146,10 @@ impl Viewer {
 
     /// The planned sections of source `i`, re-planned if its series changed.
     fn plan(&self, i: usize) -> Arc<Vec<Section>> {
-        let series = self.sources[i].series();
+        let count = self.sources[i].series_count();
         let mut plans = lock(&self.plans);
-        if plans[i].0 != series.len() {
+        if plans[i].0 != count {
+            let series = self.sources[i].series();
             plans[i] = (series.len(), Arc::new(dashboard::plan(&series)));
         }
         Arc::clone(&plans[i].1)
@@ -467,13 +468,7 @@ pub fn run(args: ViewArgs) -> anyhow::Result<()> {
             window: Some(window),
             ..args.clone()
         };
-        // the scheme in any case, and a trailing `/`
-        let source = args.source.trim_end_matches('/');
-        let source = match source.get(..7) {
-            Some(scheme) if scheme.eq_ignore_ascii_case("http://") => &source[7..],
-            _ => source,
-        };
-        let url = crate::client::snapshot_url(source)?;
+        let url = crate::client::snapshot_url(&args.source)?;
         let timeout = interval.clamp(Duration::from_millis(500), Duration::from_secs(5));
         let client = crate::client::Client::new(url.clone(), timeout);
         // the agent must answer now: nothing is served half-broken
@@ -525,14 +520,8 @@ pub fn run(args: ViewArgs) -> anyhow::Result<()> {
     if let Some(report) = &args.report {
         let html = report_html(&viewer)?;
         if report.as_os_str() == "-" {
-            use std::io::Write;
-            let mut out = std::io::stdout().lock();
-            return match out.write_all(html.as_bytes()).and_then(|()| out.flush()) {
-                Err(e) if e.kind() != std::io::ErrorKind::BrokenPipe => {
-                    Err(e).context("writing the report to stdout")
-                }
-                _ => Ok(()),
-            };
+            return crate::logging::print_all(html.as_bytes())
+                .context("writing the report to stdout");
         }
         // beside it first, then renamed: never a partial report
         let name = report

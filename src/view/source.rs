@@ -407,6 +407,14 @@ impl Source {
         }
     }
 
+    /// How many series there are (a live agent's grow as they appear).
+    pub fn series_count(&self) -> usize {
+        match self {
+            Source::File(f) => f.series.len(),
+            Source::Live(l) => lock(l).series.len(),
+        }
+    }
+
     /// First and last sample time (ns since the epoch).
     pub fn span(&self) -> Option<(u64, u64)> {
         match self {
