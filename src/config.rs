@@ -127,6 +127,7 @@ impl Role {
             Role::Agent => &[
                 "general.listen",
                 "general.ttl",
+                "general.root",
                 "log",
                 "defaults",
                 "samplers",

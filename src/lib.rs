@@ -14,6 +14,7 @@ pub mod http;
 pub mod logging;
 pub mod metrics;
 pub mod perf;
+pub mod privilege;
 pub mod recorder;
 pub mod recording;
 pub mod samplers;

@@ -76,6 +76,11 @@ extern "C" fn block_signals_before_main() {
 static BLOCK_SIGNALS: extern "C" fn() = block_signals_before_main;
 
 fn main() -> ExitCode {
+    // nothing any role runs may gain privileges through execve; set before
+    // any thread starts, so that every thread has it
+    if let Err(e) = rezolus::privilege::set_no_new_privs() {
+        eprintln!("warning: cannot set no_new_privs: {e}");
+    }
     // before anything else: no signal may take its default action (SIGHUP's
     // is to terminate) while a role is starting
     rezolus::signals::block();

@@ -53,12 +53,47 @@ fn shared() -> &'static Shared {
     })
 }
 
+/// The signal that wakes the signal thread to run [`in_signal_thread`]'s
+/// jobs (the first real-time signal glibc leaves to programs). Sent from
+/// outside it only makes the thread look for jobs.
+fn job_signal() -> libc::c_int {
+    libc::SIGRTMIN()
+}
+
+type Job = Box<dyn FnOnce() + Send>;
+
+/// Jobs waiting for the signal thread, and the thread, once it runs.
+static JOBS: Mutex<Vec<Job>> = Mutex::new(Vec::new());
+static SIGNAL_THREAD: OnceLock<libc::pthread_t> = OnceLock::new();
+
+/// Runs `job` in the signal thread and waits (at most 5 s) for it to
+/// finish: for what must be done in every thread of the process, such as
+/// changing credentials, which Linux keeps per thread. Returns false when
+/// the job did not run (no signal thread, or it did not answer in time).
+pub fn in_signal_thread(job: impl FnOnce() + Send + 'static) -> bool {
+    let Some(&thread) = SIGNAL_THREAD.get() else {
+        return false;
+    };
+    let (done_tx, done_rx) = std::sync::mpsc::channel();
+    JOBS.lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .push(Box::new(move || {
+            job();
+            let _ = done_tx.send(());
+        }));
+    // SAFETY: `thread` is the signal thread, which never exits.
+    if unsafe { libc::pthread_kill(thread, job_signal()) } != 0 {
+        return false;
+    }
+    done_rx.recv_timeout(Duration::from_secs(5)).is_ok()
+}
+
 fn handled() -> libc::sigset_t {
     // SAFETY: sigemptyset/sigaddset initialise and fill the set we own.
     unsafe {
         let mut set: libc::sigset_t = std::mem::zeroed();
         libc::sigemptyset(&mut set);
-        for signal in [libc::SIGINT, libc::SIGTERM, libc::SIGHUP] {
+        for signal in [libc::SIGINT, libc::SIGTERM, libc::SIGHUP, job_signal()] {
             libc::sigaddset(&mut set, signal);
         }
         set
@@ -83,12 +118,20 @@ pub fn block() {
     let started = std::thread::Builder::new()
         .name("signals".into())
         .spawn(move || loop {
+            // SAFETY: pthread_self has no preconditions.
+            let _ = SIGNAL_THREAD.set(unsafe { libc::pthread_self() });
             let mut signal: libc::c_int = 0;
             // SAFETY: the set is valid and `signal` is ours to write.
             if unsafe { libc::sigwait(&set, &mut signal) } != 0 {
                 continue;
             }
             match signal {
+                s if s == job_signal() => {
+                    let jobs = std::mem::take(&mut *JOBS.lock().unwrap_or_else(|p| p.into_inner()));
+                    for job in jobs {
+                        job();
+                    }
+                }
                 libc::SIGHUP => {
                     let n = shared.hangups.fetch_add(1, Ordering::SeqCst) + 1;
                     let _ = shared.hup_tx.send_replace(n);

@@ -279,9 +279,25 @@ pub fn parse_cpu_list(text: &[u8], path: &Path) -> Result<Vec<u32>, ParseError> 
     Ok(out)
 }
 
-/// The CPUs online (empty if that can't be read), to leave possible but
-/// absent CPUs out of per-CPU series. Read at most once a second: several
-/// samplers ask during each snapshot, and CPU hotplug is rare.
+/// The root [`online_cpus`] reads `sys` under: `/` unless the agent's
+/// `[general] root` says otherwise.
+static ROOT: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
+
+/// Sets the root [`online_cpus`] reads under, once, before any sampler
+/// starts; later calls are ignored.
+pub fn set_root(root: &Path) {
+    let _ = ROOT.set(root.to_path_buf());
+}
+
+/// The root set by [`set_root`], `/` if none was.
+pub fn root() -> &'static Path {
+    ROOT.get().map_or(Path::new("/"), PathBuf::as_path)
+}
+
+/// The CPUs online, from `ROOT/sys/devices/system/cpu/online` (empty if
+/// that can't be read), to leave possible but absent CPUs out of per-CPU
+/// series. Read at most once a second: several samplers ask during each
+/// snapshot, and CPU hotplug is rare.
 pub fn online_cpus() -> Arc<Vec<usize>> {
     use std::sync::Mutex;
     use std::time::{Duration, Instant};
@@ -294,7 +310,8 @@ pub fn online_cpus() -> Arc<Vec<usize>> {
             return Arc::clone(cpus);
         }
     }
-    let path = Path::new("/sys/devices/system/cpu/online");
+    let path = root().join("sys/devices/system/cpu/online");
+    let path = path.as_path();
     let cpus: Arc<Vec<usize>> = Arc::new(
         std::fs::read(path)
             .ok()

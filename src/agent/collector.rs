@@ -47,6 +47,8 @@ pub struct Status {
 
 struct Slot {
     status: Status,
+    /// Where the sampler reads from.
+    source: Source,
     sampler: Option<Box<dyn Sampler>>,
     /// For a sampler that loaded BPF programs: their file descriptors, and
     /// the series of their summed recursion misses.
@@ -115,6 +117,7 @@ impl Collector {
                 };
                 Slot {
                     status,
+                    source: spec.source,
                     sampler,
                     programs,
                 }
@@ -148,6 +151,18 @@ impl Collector {
     }
 
     /// A collector over the given samplers, all active (for tests and benchmarks).
+    /// What the active samplers will still do after start, for
+    /// [`crate::privilege::drop_capabilities`].
+    pub fn needs(&self) -> crate::privilege::Needs {
+        let active = || self.slots.iter().filter(|s| s.sampler.is_some());
+        crate::privilege::Needs {
+            perf_events: active().any(|s| matches!(s.source, Source::Perf(_))),
+            bpf_program: active()
+                .filter_map(|s| s.programs.as_ref())
+                .find_map(|(fds, _)| fds.first().copied()),
+        }
+    }
+
     pub fn from_samplers(samplers: Vec<(&'static str, Box<dyn Sampler>)>) -> Self {
         let slots = samplers
             .into_iter()
@@ -160,6 +175,7 @@ impl Collector {
                     method: sampler.method(),
                     absent: sampler.absent(),
                 },
+                source: Source::Process("test"),
                 sampler: Some(sampler),
                 programs: None,
             })

@@ -2,7 +2,7 @@
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use serde::Deserialize;
@@ -33,6 +33,10 @@ pub struct General {
     /// How long a snapshot is reused before the samplers are read again.
     #[serde(deserialize_with = "duration")]
     pub ttl: Duration,
+    /// Where `proc` and `sys` are read from: `/` on a host, the mount point
+    /// of the host's `/proc` and `/sys` (e.g. `/host`) in a container. An
+    /// absolute path.
+    pub root: PathBuf,
 }
 
 #[derive(Debug, Clone, PartialEq, Deserialize)]
@@ -55,6 +59,7 @@ impl Default for General {
         Self {
             listen: SocketAddr::from(([127, 0, 0, 1], 4241)),
             ttl: Duration::from_millis(10),
+            root: PathBuf::from("/"),
         }
     }
 }
@@ -118,7 +123,40 @@ impl Config {
                 config.general.ttl
             )));
         }
+        if !config.general.root.is_absolute() {
+            return Err(ConfigProblem::key(
+                "general.root",
+                format!(
+                    "`general.root` must be an absolute path (where the host's proc and sys are mounted, e.g. \"/host\"), not {:?}",
+                    config.general.root
+                ),
+            ));
+        }
         Ok(config)
+    }
+
+    /// Checks what parsing cannot: that `general.root` is a directory
+    /// holding `proc` (the samplers read under it). The error names the key.
+    pub fn check_root(&self) -> Result<(), ConfigProblem> {
+        let root = &self.general.root;
+        let problem = |what: String| {
+            ConfigProblem::key(
+                "general.root",
+                format!("`general.root` is {:?}: {what}", root),
+            )
+        };
+        match std::fs::metadata(root) {
+            Ok(m) if m.is_dir() => {}
+            Ok(_) => return Err(problem("not a directory".into())),
+            Err(e) => return Err(problem(e.to_string())),
+        }
+        if !root.join("proc").is_dir() {
+            return Err(problem(format!(
+                "it holds no proc directory (mount the host's /proc at {})",
+                root.join("proc").display()
+            )));
+        }
+        Ok(())
     }
 
     /// The named sampler's options: configured values, defaults elsewhere.

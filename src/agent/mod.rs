@@ -17,7 +17,7 @@ use axum::http::{header, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::{Json, Router};
-use tracing::{error, info};
+use tracing::{error, info, warn};
 
 use crate::samplers::SamplerContext;
 use crate::snapshot::Snapshot;
@@ -158,7 +158,14 @@ async fn json(State(agent): State<Arc<Agent>>) -> Response {
 /// Runs the agent with the config at `path` until SIGINT or SIGTERM.
 pub fn run(path: &Path) -> anyhow::Result<()> {
     let config = Config::load(path)?;
+    config
+        .check_root()
+        .map_err(|problem| crate::config::ConfigError::Invalid {
+            path: path.display().to_string(),
+            problem,
+        })?;
     crate::logging::init(config.log.level.into());
+    crate::source::set_root(&config.general.root);
     crate::signals::on_hangup(
         "ignored: the agent has nothing to reload; restart it to apply a new config",
     );
@@ -172,7 +179,15 @@ pub fn run(path: &Path) -> anyhow::Result<()> {
     runtime.block_on(async {
         let listen = config.general.listen;
         let listener = crate::http::bind(listen, path).await?;
-        let collector = Collector::from_config(&config, &SamplerContext::default());
+        let ctx = SamplerContext {
+            root: config.general.root.clone(),
+            ..SamplerContext::default()
+        };
+        if ctx.root != Path::new("/") {
+            info!("reading proc and sys under {}", ctx.root.display());
+        }
+        let collector = Collector::from_config(&config, &ctx);
+        drop_privileges(&collector);
         let agent = Arc::new(Agent::new(collector, config.general.ttl));
         info!("listening on {}", listener.local_addr()?);
         crate::http::serve(
@@ -186,6 +201,31 @@ pub fn run(path: &Path) -> anyhow::Result<()> {
         info!("stopped");
         Ok(())
     })
+}
+
+/// Drops the capabilities the agent no longer needs now that its samplers
+/// are up (see [`crate::privilege`]), and logs what it kept and why.
+fn drop_privileges(collector: &Collector) {
+    use crate::privilege::{drop_capabilities, mask, threads_holding_more, Dropped};
+    match drop_capabilities(collector.needs()) {
+        Ok(Dropped::NothingHeld) => {}
+        Ok(Dropped::Kept(kept)) => {
+            if kept.is_empty() {
+                info!("samplers started: dropped every capability");
+            }
+            for k in &kept {
+                info!(
+                    "samplers started: dropped every capability but {} ({})",
+                    k.capability, k.why
+                );
+            }
+            let allowed = mask(kept.iter().map(|k| k.capability));
+            for (thread, effective) in threads_holding_more(allowed) {
+                warn!("thread {thread} still holds capabilities {effective:#x}");
+            }
+        }
+        Err(e) => warn!("could not drop capabilities, running with those it started with: {e}"),
+    }
 }
 
 /// Resolves on SIGINT or SIGTERM (see [`crate::signals`]).

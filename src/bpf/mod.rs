@@ -310,11 +310,24 @@ pub fn program_fds_since(before: &[std::os::fd::RawFd]) -> Vec<std::os::fd::RawF
 /// (Linux 5.12+). Each skip is an event the program did not see. One
 /// `bpf(BPF_OBJ_GET_INFO_BY_FD)` call; `None` if it fails.
 pub fn recursion_misses(fd: std::os::fd::RawFd) -> Option<u64> {
+    prog_info(fd).ok().map(|info| info.recursion_misses)
+}
+
+/// The kernel's `bpf_prog_info` of program `fd` (one
+/// `bpf(BPF_OBJ_GET_INFO_BY_FD)` call), or the call's errno.
+pub fn prog_info(
+    fd: std::os::fd::RawFd,
+) -> Result<libbpf_rs::libbpf_sys::bpf_prog_info, std::io::Error> {
     let mut info = libbpf_rs::libbpf_sys::bpf_prog_info::default();
     let mut len = std::mem::size_of_val(&info) as u32;
     // SAFETY: the kernel writes at most `len` bytes into `info`
     let rc = unsafe { libbpf_rs::libbpf_sys::bpf_prog_get_info_by_fd(fd, &mut info, &mut len) };
-    (rc == 0).then_some(info.recursion_misses)
+    if rc == 0 {
+        Ok(info)
+    } else {
+        // libbpf returns -errno
+        Err(std::io::Error::from_raw_os_error(-rc))
+    }
 }
 
 fn page_size() -> usize {

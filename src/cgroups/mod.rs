@@ -3,14 +3,20 @@
 
 pub mod slots;
 
-use std::os::unix::ffi::OsStrExt;
+use std::os::unix::ffi::{OsStrExt, OsStringExt};
 use std::os::unix::fs::{DirEntryExt, MetadataExt};
 use std::path::{Path, PathBuf};
 
 use crate::source::{fields, lines, Unsupported};
 
-/// The cgroup2 mount under `root` (`/` outside tests), from
+/// The cgroup2 mount under `root` (`/` on a host), from
 /// `ROOT/proc/self/mountinfo`; [`Unsupported`] when there is none.
+///
+/// With a `root` other than `/` (a container given the host's `/proc` and
+/// `/sys` under, say, `/host`), a cgroup2 mount that is itself under `root`
+/// (`/host/sys/fs/cgroup`, from a recursive bind of the host's `/sys`) is
+/// the host's hierarchy and is preferred; otherwise the first one listed is
+/// looked for under `root`.
 pub fn find_mount(root: &Path) -> Result<PathBuf, Unsupported> {
     let mountinfo_path = root.join("proc/self/mountinfo");
     let mountinfo = std::fs::read(&mountinfo_path).map_err(|e| {
@@ -20,13 +26,21 @@ pub fn find_mount(root: &Path) -> Result<PathBuf, Unsupported> {
             Unsupported(format!("reading {}: {e}", mountinfo_path.display()))
         }
     })?;
-    let mount = cgroup2_mount(&mountinfo).ok_or_else(|| {
+    let mounts: Vec<PathBuf> = cgroup2_mounts(&mountinfo)
+        .into_iter()
+        .map(|m| PathBuf::from(std::ffi::OsString::from_vec(m)))
+        .collect();
+    if root != Path::new("/") {
+        if let Some(under) = mounts.iter().find(|m| m.starts_with(root)) {
+            return Ok(under.clone());
+        }
+    }
+    let mount = mounts.first().ok_or_else(|| {
         Unsupported(format!(
             "no cgroup2 hierarchy is mounted ({} lists none): cgroup v1 alone is not supported",
             mountinfo_path.display()
         ))
     })?;
-    let mount = Path::new(std::ffi::OsStr::from_bytes(&mount));
     Ok(root.join(mount.strip_prefix("/").unwrap_or(mount)))
 }
 
@@ -155,13 +169,20 @@ pub fn open_file_budget() -> usize {
 /// text (the first `cgroup2` mount), with the kernel's octal escapes
 /// (`\040` for a space) undone.
 pub fn cgroup2_mount(mountinfo: &[u8]) -> Option<Vec<u8>> {
-    lines(mountinfo).find_map(|line| {
-        // "ID PARENT MAJ:MIN ROOT MOUNTPOINT OPTIONS [OPTIONAL...] - FSTYPE ..."
-        let f: Vec<&[u8]> = fields(line).collect();
-        let separator = f.iter().position(|&x| x == b"-")?;
-        (separator >= 6 && f.get(separator + 1) == Some(&&b"cgroup2"[..]))
-            .then(|| unescape_octal(f[4]))
-    })
+    cgroup2_mounts(mountinfo).into_iter().next()
+}
+
+/// Every cgroup2 mount point in a `mountinfo` file, in its order.
+pub fn cgroup2_mounts(mountinfo: &[u8]) -> Vec<Vec<u8>> {
+    lines(mountinfo)
+        .filter_map(|line| {
+            // "ID PARENT MAJ:MIN ROOT MOUNTPOINT OPTIONS [OPTIONAL...] - FSTYPE ..."
+            let f: Vec<&[u8]> = fields(line).collect();
+            let separator = f.iter().position(|&x| x == b"-")?;
+            (separator >= 6 && f.get(separator + 1) == Some(&&b"cgroup2"[..]))
+                .then(|| unescape_octal(f[4]))
+        })
+        .collect()
 }
 
 fn unescape_octal(field: &[u8]) -> Vec<u8> {
@@ -200,6 +221,31 @@ mod tests {
         assert_eq!(cgroup2_mount(unified).unwrap(), b"/sys/fs/cgroup");
         let escaped = b"30 23 0:26 / /mnt/my\\040cgroups rw - cgroup2 none rw\n";
         assert_eq!(cgroup2_mount(escaped).unwrap(), b"/mnt/my cgroups");
+        // in a container, the host's hierarchy mounted under the root wins
+        // over the container's own
+        let root = tempfile::tempdir().unwrap();
+        std::fs::create_dir_all(root.path().join("proc/self")).unwrap();
+        let under = root.path().join("sys/fs/cgroup");
+        std::fs::write(
+            root.path().join("proc/self/mountinfo"),
+            format!(
+                "30 23 0:26 / /sys/fs/cgroup rw - cgroup2 cgroup2 rw\n\
+                 31 23 0:26 / {} rw - cgroup2 cgroup2 rw\n",
+                under.display()
+            ),
+        )
+        .unwrap();
+        assert_eq!(find_mount(root.path()).unwrap(), under);
+        // with none under it, the first is looked for under the root
+        std::fs::write(
+            root.path().join("proc/self/mountinfo"),
+            "30 23 0:26 / /sys/fs/cgroup/unified rw - cgroup2 cgroup2 rw\n",
+        )
+        .unwrap();
+        assert_eq!(
+            find_mount(root.path()).unwrap(),
+            root.path().join("sys/fs/cgroup/unified")
+        );
         let v1_only = b"42 31 0:39 / /sys/fs/cgroup/cpu rw - cgroup cgroup rw,cpu\n";
         assert_eq!(cgroup2_mount(v1_only), None);
         // a mount point with a dash in it is not the separator

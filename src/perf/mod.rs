@@ -234,9 +234,11 @@ fn classify(err: io::Error) -> EventError {
     let name = errno_name(errno);
     match errno {
         libc::EACCES | libc::EPERM => {
-            let paranoid = std::fs::read_to_string("/proc/sys/kernel/perf_event_paranoid")
-                .map(|v| v.trim().to_string())
-                .unwrap_or_else(|_| "unknown".into());
+            let paranoid = std::fs::read_to_string(
+                crate::source::root().join("proc/sys/kernel/perf_event_paranoid"),
+            )
+            .map(|v| v.trim().to_string())
+            .unwrap_or_else(|_| "unknown".into());
             EventError::Privilege(format!(
                 "system-wide perf events need root or CAP_PERFMON \
                  (kernel.perf_event_paranoid is {paranoid}; perf_event_open: {name})"

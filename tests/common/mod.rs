@@ -100,6 +100,28 @@ impl Agent {
         )
     }
 
+    /// Starts `PREFIX... rezolus CONFIG` (the agent under a wrapper such as
+    /// `setpriv`) like [`Agent::start`], with `setup` run in the child
+    /// between fork and exec.
+    pub fn start_wrapped(
+        prefix: &[&str],
+        setup: impl FnMut() -> std::io::Result<()> + Send + Sync + 'static,
+        general_extra: &str,
+        extra: &str,
+    ) -> Self {
+        use std::os::unix::process::CommandExt;
+        let mut command = Command::new(prefix[0]);
+        command.args(&prefix[1..]).arg(BIN);
+        // SAFETY: the tests' setups only make async-signal-safe system calls
+        unsafe { command.pre_exec(setup) };
+        Self::spawn_command(
+            command,
+            &[],
+            &format!("ttl = \"0s\"\n{general_extra}"),
+            extra,
+        )
+    }
+
     fn spawn(uid: Option<u32>, role: &[&str], general_extra: &str, extra: &str) -> Self {
         Self::spawn_with(uid, role, general_extra, extra, &Launch::default())
     }
