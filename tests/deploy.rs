@@ -293,7 +293,8 @@ fn agent_in_a_container_reads_the_hosts_proc_and_sys_under_root() {
             "--",
         ],
         setup,
-        &format!("root = {:?}\n", host.display().to_string()),
+        &[],
+        &format!("ttl = \"0s\"\nroot = {:?}\n", host.display().to_string()),
         "",
     );
     // BPF, perf_events (software) and the procfs/sysfs samplers all run

@@ -100,12 +100,14 @@ impl Agent {
         )
     }
 
-    /// Starts `PREFIX... rezolus CONFIG` (the agent under a wrapper such as
-    /// `setpriv`) like [`Agent::start`], with `setup` run in the child
-    /// between fork and exec.
+    /// Starts `PREFIX... rezolus ROLE... CONFIG` (a role under a wrapper
+    /// such as `setpriv` or `strace`) with a config like
+    /// [`Agent::spawn_command`]'s, with `setup` run in the child between
+    /// fork and exec.
     pub fn start_wrapped(
         prefix: &[&str],
         setup: impl FnMut() -> std::io::Result<()> + Send + Sync + 'static,
+        role: &[&str],
         general_extra: &str,
         extra: &str,
     ) -> Self {
@@ -114,12 +116,7 @@ impl Agent {
         command.args(&prefix[1..]).arg(BIN);
         // SAFETY: the tests' setups only make async-signal-safe system calls
         unsafe { command.pre_exec(setup) };
-        Self::spawn_command(
-            command,
-            &[],
-            &format!("ttl = \"0s\"\n{general_extra}"),
-            extra,
-        )
+        Self::spawn_command(command, role, general_extra, extra)
     }
 
     fn spawn(uid: Option<u32>, role: &[&str], general_extra: &str, extra: &str) -> Self {
