@@ -41,7 +41,12 @@ pub fn snapshot_url(source: &str) -> Result<String, BadSource> {
     if rest.is_empty() || rest.contains('/') || rest.contains("://") {
         return Err(BadSource(source.to_string()));
     }
-    Ok(format!("http://{rest}/metrics/binary"))
+    let url = format!("http://{rest}/metrics/binary");
+    // a host:port a URL can carry (no spaces or other stray characters)
+    match url.parse::<ureq::http::Uri>() {
+        Ok(uri) if uri.host().is_some_and(|h| !h.is_empty()) => Ok(url),
+        _ => Err(BadSource(source.to_string())),
+    }
 }
 
 /// Nanoseconds since the Unix epoch (0 for a time before it).
@@ -128,7 +133,15 @@ mod tests {
             snapshot_url("http://localhost:4241").unwrap(),
             "http://localhost:4241/metrics/binary"
         );
-        for bad in ["", "https://x:1", "http://x:1/other", "ftp://x"] {
+        for bad in [
+            "",
+            "https://x:1",
+            "http://x:1/other",
+            "ftp://x",
+            "not a url",
+            "x y:1",
+            ":4241",
+        ] {
             assert!(snapshot_url(bad).is_err(), "{bad}");
         }
         assert_eq!(snapshot_url("HTTP://127.0.0.1:4241/").unwrap(), url);

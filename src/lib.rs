@@ -21,5 +21,6 @@ pub mod samplers;
 pub mod signals;
 pub mod snapshot;
 pub mod source;
+pub mod status;
 pub mod ticker;
 pub mod view;

@@ -35,6 +35,8 @@ enum Command {
     },
     /// Charts of a recording, of two side by side, or of a live agent, in a browser (or a self-contained HTML report)
     View(rezolus::view::ViewArgs),
+    /// Is the agent up: its version, uptime, samplers, snapshot cost and memory; --cost measures its BPF programs
+    Status(rezolus::status::StatusArgs),
     /// Serve the agent's metrics to Prometheus (GET /metrics)
     Exporter {
         /// Exporter config file, e.g. config/exporter.toml
@@ -91,6 +93,10 @@ fn main() -> ExitCode {
         (Some(Command::Record(args)), _) => rezolus::recorder::record(args),
         (Some(Command::Hindsight { config }), _) => rezolus::hindsight::run(&config),
         (Some(Command::View(args)), _) => rezolus::view::run(args),
+        (Some(Command::Status(args)), _) => match rezolus::status::run(&args) {
+            Ok(code) => return ExitCode::from(code),
+            Err(e) => Err(e),
+        },
         (
             Some(Command::Parquet(ParquetCommand::Recover {
                 journal,

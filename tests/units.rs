@@ -63,7 +63,10 @@ fn units_are_hardened_and_run_unprivileged() {
                     String::from_utf8_lossy(&out.stderr)
                 )
             });
-        assert!(exposure <= MAX_EXPOSURE, "{name}: exposure {exposure}\n{stdout}");
+        assert!(
+            exposure <= MAX_EXPOSURE,
+            "{name}: exposure {exposure}\n{stdout}"
+        );
     }
     // only the agent is granted capabilities, and only those it needs to start
     for (path, text) in units() {
@@ -133,8 +136,11 @@ fn traced(path: &Path) -> BTreeSet<String> {
         .filter_map(|l| {
             let call = l.split_whitespace().nth(1)?;
             let name = call.split('(').next()?;
-            (call.contains('(') && name.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_'))
-                .then(|| name.to_string())
+            (call.contains('(')
+                && name
+                    .chars()
+                    .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_'))
+            .then(|| name.to_string())
         })
         .collect()
 }
@@ -148,7 +154,10 @@ fn tracee(strace: u32) -> i32 {
         if let Some(pid) = children.split_whitespace().next() {
             return pid.parse().unwrap();
         }
-        assert!(std::time::Instant::now() < deadline, "strace started nothing");
+        assert!(
+            std::time::Instant::now() < deadline,
+            "strace started nothing"
+        );
         std::thread::sleep(Duration::from_millis(20));
     }
 }
@@ -158,7 +167,11 @@ fn tracee(strace: u32) -> i32 {
 /// (Under systemd a call outside the filter fails with EPERM.)
 #[test]
 fn every_system_call_a_role_makes_passes_its_units_filter() {
-    assert_eq!(unsafe { libc::geteuid() }, 0, "run as root (the agent loads BPF)");
+    assert_eq!(
+        unsafe { libc::geteuid() },
+        0,
+        "run as root (the agent loads BPF)"
+    );
     let groups = syscall_groups();
     let units: HashMap<String, String> = units()
         .into_iter()

@@ -30,7 +30,7 @@ pub enum State {
     Failed,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct Status {
     pub name: &'static str,
     pub source: String,
@@ -43,6 +43,11 @@ pub struct Status {
     /// For an active sampler, the metrics this machine can't provide.
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub absent: Vec<Absent>,
+    /// For an active BPF sampler while the kernel's BPF run-time statistics
+    /// are on (`rezolus status --cost`): what its programs cost since the
+    /// agent first saw them on.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub bpf_cost: Option<super::cost::Cost>,
 }
 
 struct Slot {
@@ -114,6 +119,7 @@ impl Collector {
                     reason,
                     method: None,
                     absent: Vec::new(),
+                    bpf_cost: None,
                 };
                 Slot {
                     status,
@@ -163,6 +169,16 @@ impl Collector {
         }
     }
 
+    /// Each active BPF sampler's programs: (sampler, program fd).
+    pub fn bpf_programs(&self) -> Vec<(&'static str, RawFd)> {
+        self.slots
+            .iter()
+            .filter(|s| s.sampler.is_some())
+            .filter_map(|s| Some((s.status.name, s.programs.as_ref()?)))
+            .flat_map(|(name, (fds, _))| fds.iter().map(move |&fd| (name, fd)))
+            .collect()
+    }
+
     pub fn from_samplers(samplers: Vec<(&'static str, Box<dyn Sampler>)>) -> Self {
         let slots = samplers
             .into_iter()
@@ -174,6 +190,7 @@ impl Collector {
                     reason: None,
                     method: sampler.method(),
                     absent: sampler.absent(),
+                    bpf_cost: None,
                 },
                 source: Source::Process("test"),
                 sampler: Some(sampler),

@@ -5,8 +5,11 @@
 
 pub mod collector;
 pub mod config;
+pub mod cost;
 
 use std::path::Path;
+
+use serde::Serialize;
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
@@ -63,14 +66,115 @@ pub struct Agent {
     collector: Mutex<Collector>,
     cache: tokio::sync::Mutex<Option<Arc<Cached>>>,
     ttl: Duration,
+    started: Instant,
+    /// Snapshots built, and the CPU time the agent spent building them
+    /// (the last one, and all of them), in nanoseconds.
+    built: Mutex<(u64, u64, u64)>,
+    /// The capabilities kept after start (see [`crate::privilege`]).
+    kept: Vec<String>,
+    meter: Mutex<cost::Meter>,
+}
+
+/// `GET /status`: the agent's own state, for `rezolus status`.
+#[derive(Debug, Serialize)]
+pub struct AgentStatus {
+    pub version: &'static str,
+    pub pid: u32,
+    pub uptime_seconds: f64,
+    /// Resident memory, from `/proc/self/statm`.
+    pub rss_bytes: Option<u64>,
+    /// Snapshots built since start (requests within the TTL share one).
+    pub snapshots: u64,
+    /// CPU time (this thread's) spent building the last snapshot and, on
+    /// average, each one; encoding and HTTP are not included.
+    pub snapshot_cpu_ns_last: Option<u64>,
+    pub snapshot_cpu_ns_mean: Option<u64>,
+    /// Capabilities the agent kept once its samplers were up.
+    pub capabilities_kept: Vec<String>,
+    /// While the kernel's BPF run-time statistics are on (see
+    /// [`cost`]): each program's cost since the agent saw them on.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub bpf_programs: Option<Vec<cost::ProgramCost>>,
+    pub samplers: Vec<collector::Status>,
+}
+
+/// This thread's CPU time, in nanoseconds.
+fn thread_cpu_ns() -> u64 {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: `ts` is ours to write.
+    unsafe { libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &mut ts) };
+    ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
+}
+
+/// Resident memory of this process, in bytes.
+fn rss_bytes() -> Option<u64> {
+    let statm = std::fs::read_to_string("/proc/self/statm").ok()?;
+    let pages: u64 = statm.split_whitespace().nth(1)?.parse().ok()?;
+    // SAFETY: sysconf has no memory-safety preconditions.
+    let page = unsafe { libc::sysconf(libc::_SC_PAGESIZE) };
+    Some(pages * u64::try_from(page).ok()?)
 }
 
 impl Agent {
     pub fn new(collector: Collector, ttl: Duration) -> Self {
+        Self::with_kept(collector, ttl, Vec::new())
+    }
+
+    /// An agent that kept `kept` capabilities once its samplers were up.
+    pub fn with_kept(collector: Collector, ttl: Duration, kept: Vec<String>) -> Self {
         Self {
             collector: Mutex::new(collector),
             cache: tokio::sync::Mutex::new(None),
             ttl,
+            started: Instant::now(),
+            built: Mutex::new((0, 0, 0)),
+            kept,
+            meter: Mutex::new(cost::Meter::default()),
+        }
+    }
+
+    /// The samplers' states, with each BPF sampler's cost while the
+    /// kernel's BPF statistics are on; and the programs' costs.
+    fn states(&self) -> (Vec<collector::Status>, Option<Vec<cost::ProgramCost>>) {
+        let collector = self
+            .collector
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        let mut states = collector.status();
+        let programs = self
+            .meter
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .read(&collector.bpf_programs());
+        if let Some(programs) = &programs {
+            let sums = cost::per_sampler(programs);
+            for state in &mut states {
+                state.bpf_cost = sums.get(state.name).copied();
+            }
+        }
+        (states, programs)
+    }
+
+    pub fn agent_status(&self) -> AgentStatus {
+        let (samplers, bpf_programs) = self.states();
+        let (snapshots, last, total) = *self
+            .built
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        AgentStatus {
+            version: env!("CARGO_PKG_VERSION"),
+            pid: std::process::id(),
+            uptime_seconds: self.started.elapsed().as_secs_f64(),
+            rss_bytes: rss_bytes(),
+            snapshots,
+            snapshot_cpu_ns_last: (snapshots > 0).then_some(last),
+            snapshot_cpu_ns_mean: total.checked_div(snapshots),
+            capabilities_kept: self.kept.clone(),
+            bpf_programs,
+            samplers,
         }
     }
 
@@ -86,11 +190,20 @@ impl Agent {
             }
         }
         let started = Instant::now();
+        let cpu = thread_cpu_ns();
         let snapshot = self
             .collector
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner())
             .collect();
+        let spent = thread_cpu_ns().saturating_sub(cpu);
+        {
+            let mut built = self
+                .built
+                .lock()
+                .unwrap_or_else(|poisoned| poisoned.into_inner());
+            *built = (built.0 + 1, spent, built.2 + spent);
+        }
         let fresh = Arc::new(Cached {
             started,
             snapshot,
@@ -102,10 +215,7 @@ impl Agent {
     }
 
     pub fn status(&self) -> Vec<collector::Status> {
-        self.collector
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner())
-            .status()
+        self.states().0
     }
 }
 
@@ -113,6 +223,7 @@ pub fn router(agent: Arc<Agent>) -> Router {
     Router::new()
         .route("/", get(root))
         .route("/samplers", get(samplers))
+        .route("/status", get(agent_status))
         .route("/metrics/binary", get(binary))
         .route("/metrics/json", get(json))
         .with_state(agent)
@@ -123,12 +234,16 @@ async fn root() -> &'static str {
         "rezolus ",
         env!("CARGO_PKG_VERSION"),
         " agent\n",
-        "endpoints: /metrics/binary (msgpack snapshot), /metrics/json, /samplers\n"
+        "endpoints: /metrics/binary (msgpack snapshot), /metrics/json, /samplers, /status\n"
     )
 }
 
 async fn samplers(State(agent): State<Arc<Agent>>) -> Json<Vec<collector::Status>> {
     Json(agent.status())
+}
+
+async fn agent_status(State(agent): State<Arc<Agent>>) -> Json<AgentStatus> {
+    Json(agent.agent_status())
 }
 
 fn encoded(result: Result<Bytes, String>, content_type: &'static str) -> Response {
@@ -187,8 +302,8 @@ pub fn run(path: &Path) -> anyhow::Result<()> {
             info!("reading proc and sys under {}", ctx.root.display());
         }
         let collector = Collector::from_config(&config, &ctx);
-        drop_privileges(&collector);
-        let agent = Arc::new(Agent::new(collector, config.general.ttl));
+        let kept = drop_privileges(&collector);
+        let agent = Arc::new(Agent::with_kept(collector, config.general.ttl, kept));
         info!("listening on {}", listener.local_addr()?);
         crate::http::serve(
             listener,
@@ -205,10 +320,10 @@ pub fn run(path: &Path) -> anyhow::Result<()> {
 
 /// Drops the capabilities the agent no longer needs now that its samplers
 /// are up (see [`crate::privilege`]), and logs what it kept and why.
-fn drop_privileges(collector: &Collector) {
+fn drop_privileges(collector: &Collector) -> Vec<String> {
     use crate::privilege::{drop_capabilities, mask, threads_holding_more, Dropped};
     match drop_capabilities(collector.needs()) {
-        Ok(Dropped::NothingHeld) => {}
+        Ok(Dropped::NothingHeld) => Vec::new(),
         Ok(Dropped::Kept(kept)) => {
             if kept.is_empty() {
                 info!("samplers started: dropped every capability");
@@ -223,8 +338,12 @@ fn drop_privileges(collector: &Collector) {
             for (thread, effective) in threads_holding_more(allowed) {
                 warn!("thread {thread} still holds capabilities {effective:#x}");
             }
+            kept.iter().map(|k| k.capability.to_string()).collect()
         }
-        Err(e) => warn!("could not drop capabilities, running with those it started with: {e}"),
+        Err(e) => {
+            warn!("could not drop capabilities, running with those it started with: {e}");
+            vec!["(all it started with: dropping failed)".into()]
+        }
     }
 }
 
