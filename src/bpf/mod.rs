@@ -427,3 +427,46 @@ mod tests {
         assert_eq!(checked, values.len());
     }
 }
+
+/// Every BPF program is also built for the other architecture we ship for
+/// (`build.rs`): each object opens, and holds the same programs and maps as
+/// the one built for this machine.
+#[cfg(test)]
+mod other_arch {
+    use std::collections::BTreeSet;
+
+    fn contents(path: &str) -> (BTreeSet<String>, BTreeSet<String>) {
+        let object = libbpf_rs::ObjectBuilder::default()
+            .open_file(path)
+            .unwrap_or_else(|e| panic!("opening {path}: {e}"));
+        let programs = object
+            .progs()
+            .map(|p| p.name().to_string_lossy().into_owned())
+            .collect();
+        let maps = object
+            .maps()
+            .map(|m| m.name().to_string_lossy().into_owned())
+            .collect();
+        (programs, maps)
+    }
+
+    #[test]
+    fn programs_build_for_the_other_architecture() {
+        let other = if cfg!(target_arch = "aarch64") {
+            "x86"
+        } else {
+            "arm64"
+        };
+        let out = env!("OUT_DIR");
+        let stems = include_str!(concat!(env!("OUT_DIR"), "/bpf_objects.txt"));
+        let mut checked = 0;
+        for stem in stems.lines() {
+            let native = contents(&format!("{out}/{stem}.bpf.o"));
+            let cross = contents(&format!("{out}/{stem}.{other}.bpf.o"));
+            assert!(!native.0.is_empty(), "{stem}: no programs");
+            assert_eq!(native, cross, "{stem}: {other} build differs");
+            checked += 1;
+        }
+        assert!(checked >= 10, "only {checked} objects");
+    }
+}
