@@ -235,8 +235,8 @@ fn table(s: &Value) -> String {
         );
         let _ = writeln!(
             out,
-            "{:<22} {:<16} {:>12} {:>10} {:>8}",
-            "SAMPLER", "PROGRAM", "EVENTS/S", "NS/EVENT", "% CPU"
+            "{:<22} {:<16} {:>7} {:>12} {:>10} {:>8}",
+            "SAMPLER", "PROGRAM", "ID", "EVENTS/S", "NS/EVENT", "% CPU"
         );
         let mut total = 0.0;
         for p in programs {
@@ -244,9 +244,10 @@ fn table(s: &Value) -> String {
             total += cpu;
             let _ = writeln!(
                 out,
-                "{:<22} {:<16} {:>12.0} {:>10} {:>8.3}",
+                "{:<22} {:<16} {:>7} {:>12.0} {:>10} {:>8.3}",
                 p["sampler"].as_str().unwrap_or("?"),
                 p["program"].as_str().unwrap_or("?"),
+                p["id"],
                 p["events_per_second"].as_f64().unwrap_or(0.0),
                 p["ns_per_event"]
                     .as_f64()

@@ -37,12 +37,23 @@ pub struct ProgramCost {
     pub sampler: &'static str,
     /// The program's name as the kernel knows it (at most 15 bytes).
     pub program: String,
+    /// The kernel's id of the program (`bpftool prog show id N`).
+    pub id: u32,
     #[serde(flatten)]
     pub cost: Cost,
 }
 
-/// One reading of every program: (run count, run time in ns, name) by fd.
-type Reading = (Instant, HashMap<RawFd, (u64, u64, String)>);
+/// What one program's `bpf_prog_info` says.
+#[derive(Clone)]
+struct Info {
+    runs: u64,
+    run_ns: u64,
+    name: String,
+    id: u32,
+}
+
+/// One reading of every program, by fd.
+type Reading = (Instant, HashMap<RawFd, Info>);
 
 /// The last reading, and the baseline while the statistics are on.
 #[derive(Default)]
@@ -62,8 +73,13 @@ fn read_programs(programs: &[(&'static str, RawFd)]) -> Reading {
                 .take_while(|&&c| c != 0)
                 .map(|&c| c as u8)
                 .collect();
-            let name = String::from_utf8_lossy(&name).into_owned();
-            Some((fd, (info.run_cnt, info.run_time_ns, name)))
+            let info = Info {
+                runs: info.run_cnt,
+                run_ns: info.run_time_ns,
+                name: String::from_utf8_lossy(&name).into_owned(),
+                id: info.id,
+            };
+            Some((fd, info))
         })
         .collect();
     (Instant::now(), readings)
@@ -77,7 +93,7 @@ impl Meter {
         let moved = self.last.as_ref().is_some_and(|(_, last)| {
             now.1
                 .iter()
-                .any(|(fd, &(_, ns, _))| last.get(fd).is_some_and(|&(_, ns0, _)| ns > ns0))
+                .any(|(fd, i)| last.get(fd).is_some_and(|l| i.run_ns > l.run_ns))
         });
         self.last = Some(now.clone());
         if !moved {
@@ -96,12 +112,19 @@ impl Meter {
             programs
                 .iter()
                 .filter_map(|&(sampler, fd)| {
-                    let (cnt, ns, name) = now.1.get(&fd)?;
-                    let (cnt0, ns0) = base.get(&fd).map_or((*cnt, *ns), |b| (b.0, b.1));
+                    let i = now.1.get(&fd)?;
+                    let (runs0, ns0) = base
+                        .get(&fd)
+                        .map_or((i.runs, i.run_ns), |b| (b.runs, b.run_ns));
                     Some(ProgramCost {
                         sampler,
-                        program: name.clone(),
-                        cost: cost(cnt.saturating_sub(cnt0), ns.saturating_sub(ns0), seconds),
+                        program: i.name.clone(),
+                        id: i.id,
+                        cost: cost(
+                            i.runs.saturating_sub(runs0),
+                            i.run_ns.saturating_sub(ns0),
+                            seconds,
+                        ),
                     })
                 })
                 .collect(),
@@ -155,6 +178,7 @@ mod tests {
         let p = |sampler, events, ns| ProgramCost {
             sampler,
             program: "p".into(),
+            id: 1,
             cost: cost(events, ns, 2.0),
         };
         let sums = per_sampler(&[p("a", 100, 1000), p("a", 300, 3000), p("b", 1, 1)]);
