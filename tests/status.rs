@@ -201,6 +201,8 @@ fn status_cost_measures_the_bpf_programs() {
             .iter()
             .any(|s| !s["bpf_cost"].is_null())
     });
+    // (the kernel's statistics are global: another process holding them on,
+    // e.g. a second `status --cost`, would keep the programs moving)
     assert!(off, "the statistics stayed on");
 }
 
