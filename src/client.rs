@@ -42,9 +42,17 @@ pub fn snapshot_url(source: &str) -> Result<String, BadSource> {
         return Err(BadSource(source.to_string()));
     }
     let url = format!("http://{rest}/metrics/binary");
-    // a host:port a URL can carry (no spaces or other stray characters)
+    // exactly a host and a port (1 to 65535): no spaces, query, user
     match url.parse::<ureq::http::Uri>() {
-        Ok(uri) if uri.host().is_some_and(|h| !h.is_empty()) => Ok(url),
+        Ok(uri)
+            if uri.host().is_some_and(|h| !h.is_empty())
+                && uri.port_u16().is_some_and(|p| p > 0)
+                && uri.path() == "/metrics/binary"
+                && uri.query().is_none()
+                && !rest.contains('@') =>
+        {
+            Ok(url)
+        }
         _ => Err(BadSource(source.to_string())),
     }
 }
@@ -132,6 +140,10 @@ mod tests {
         assert_eq!(
             snapshot_url("http://localhost:4241").unwrap(),
             "http://localhost:4241/metrics/binary"
+        );
+        assert_eq!(
+            snapshot_url("[::1]:4241").unwrap(),
+            "http://[::1]:4241/metrics/binary"
         );
         for bad in [
             "",

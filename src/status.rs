@@ -9,8 +9,11 @@ use std::time::Duration;
 use anyhow::Context;
 use serde_json::Value;
 
-/// Exit status when the agent does not answer.
+/// Exit status when no agent answers (nothing listens, a timeout, or what
+/// answers is not a Rezolus agent).
 pub const EXIT_DOWN: u8 = 1;
+/// Exit status when `--cost` could not measure (not root, interrupted).
+pub const EXIT_NO_MEASUREMENT: u8 = 4;
 /// Exit status for bad arguments (as clap's).
 pub const EXIT_USAGE: u8 = 2;
 /// Exit status when the agent answers but a sampler `failed`.
@@ -18,14 +21,17 @@ pub const EXIT_FAILED_SAMPLER: u8 = 3;
 
 #[derive(Debug, clap::Args)]
 #[command(after_help = "\
-Exit status: 0 when the agent answers and no sampler failed; 1 when the \
-agent does not answer; 3 when a sampler failed (unsupported and disabled \
-samplers are fine); 2 for bad arguments.
+Exit status: 0 when the agent answers and no sampler failed; 1 when no \
+Rezolus agent answers at URL; 2 for bad arguments; 3 when a sampler failed \
+(unsupported and disabled samplers are fine); 4 when --cost could not \
+measure (not root, or interrupted).
 
---cost turns on the kernel's BPF run-time statistics (kernel.bpf_stats_enabled) \
-for DURATION only, which needs root (CAP_SYS_ADMIN); they cost two clock reads \
-per program run, so they are off otherwise and off again when this command \
-ends, even if it is killed.")]
+--cost turns on the kernel's BPF run-time statistics (BPF_ENABLE_STATS; the \
+sysctl kernel.bpf_stats_enabled does not show it) for DURATION only, from 1s \
+to 1h, which needs root (CAP_SYS_ADMIN); they cost two clock reads per \
+program run, so they are off otherwise and off again when this command ends, \
+even if it is killed. Ctrl-C, SIGTERM or SIGHUP stop it early, without a \
+result.")]
 pub struct StatusArgs {
     /// The agent: host:port or http://host:port
     #[arg(default_value = "127.0.0.1:4241")]
@@ -33,8 +39,8 @@ pub struct StatusArgs {
     /// Print the agent's /status as JSON instead of a table
     #[arg(long)]
     pub json: bool,
-    /// Also measure the BPF programs for this long (e.g. 10s): events per
-    /// second, ns per event and share of one CPU for each
+    /// Also measure the BPF programs for this long (1s to 1h, e.g. 10s):
+    /// events per second, ns per event and share of one CPU for each
     #[arg(long, value_parser = parse_cost_duration, value_name = "DURATION")]
     pub cost: Option<Duration>,
 }
@@ -49,7 +55,8 @@ fn parse_cost_duration(text: &str) -> Result<Duration, String> {
 
 /// The agent's `/status` URL from an address as `record` takes it.
 fn status_url(source: &str) -> anyhow::Result<String> {
-    let snapshot = crate::client::snapshot_url(source)?;
+    let trimmed = source.trim().trim_end_matches('/');
+    let snapshot = crate::client::snapshot_url(trimmed.strip_suffix("/status").unwrap_or(trimmed))?;
     Ok(snapshot
         .strip_suffix("/metrics/binary")
         .unwrap_or(&snapshot)
@@ -75,7 +82,17 @@ fn fetch(url: &str) -> anyhow::Result<Value> {
         .limit(16 << 20)
         .read_to_vec()
         .with_context(|| format!("{url}: reading the answer"))?;
-    serde_json::from_slice(&body).with_context(|| format!("{url}: not a Rezolus agent's status"))
+    let status: Value = serde_json::from_slice(&body)
+        .with_context(|| format!("{url}: not a Rezolus agent's status"))?;
+    // an agent's status, not hindsight's (which has a /status too) or any JSON
+    let is_agent = status["version"].is_string()
+        && status["pid"].is_u64()
+        && status["samplers"].is_array()
+        && status["bpf_programs"].is_array();
+    if !is_agent {
+        anyhow::bail!("{url}: not a Rezolus agent's status (is it hindsight, or another server?)");
+    }
+    Ok(status)
 }
 
 /// Turns the kernel's BPF run-time statistics on until the returned
@@ -100,8 +117,8 @@ fn enable_bpf_stats() -> anyhow::Result<OwnedFd> {
     Ok(unsafe { OwnedFd::from_raw_fd(fd) })
 }
 
-/// Runs the command; the exit status is [`EXIT_DOWN`],
-/// [`EXIT_FAILED_SAMPLER`] or 0.
+/// Runs the command; the exit status is 0, [`EXIT_DOWN`], [`EXIT_USAGE`],
+/// [`EXIT_FAILED_SAMPLER`] or [`EXIT_NO_MEASUREMENT`].
 pub fn run(args: &StatusArgs) -> anyhow::Result<u8> {
     let url = match status_url(&args.url) {
         Ok(url) => url,
@@ -122,25 +139,17 @@ pub fn run(args: &StatusArgs) -> anyhow::Result<u8> {
         }
     };
     if let Some(duration) = args.cost {
-        let stats = enable_bpf_stats()?;
-        // the agent takes its baseline at the first reading that sees its
-        // programs' statistics move since the one before
-        fetch(&url)?;
-        std::thread::sleep(Duration::from_millis(200));
-        fetch(&url)?;
-        eprintln!(
-            "measuring the agent's BPF programs for {} ...",
-            humantime::format_duration(duration)
-        );
-        if crate::signals::wait_for_stop(duration) {
-            anyhow::bail!("interrupted: no measurement");
-        }
-        status = fetch(&url)?;
-        drop(stats);
-        if status["bpf_programs"].is_null() {
-            anyhow::bail!(
-                "the agent reported no BPF costs: it runs no BPF sampler, or none of its programs ran"
-            );
+        match measure(&url, duration) {
+            Ok((after, cost)) => {
+                status = after;
+                if let Value::Object(map) = &mut status {
+                    map.insert("cost".into(), cost);
+                }
+            }
+            Err(e) => {
+                eprintln!("error: {e:#}");
+                return Ok(EXIT_NO_MEASUREMENT);
+            }
         }
     }
     if let Value::Object(map) = &mut status {
@@ -167,9 +176,89 @@ pub fn run(args: &StatusArgs) -> anyhow::Result<u8> {
     Ok(0)
 }
 
+/// Turns the BPF statistics on, reads every program's counts at the start
+/// (starting the agent's own measurement, shown in `/samplers`) and after
+/// `duration`, and returns the last status and the costs over that window:
+/// `{"seconds": S, "programs": [{sampler, program, id, events_per_second,
+/// ns_per_event, cpu_percent}]}`.
+fn measure(url: &str, duration: Duration) -> anyhow::Result<(Value, Value)> {
+    let stats = enable_bpf_stats()?;
+    let hangups = crate::signals::hangups();
+    let first = *hangups.borrow();
+    let before = fetch(&format!("{url}?cost=start"))?;
+    let started = std::time::Instant::now();
+    eprintln!(
+        "measuring the agent's BPF programs for {} ...",
+        humantime::format_duration(duration)
+    );
+    // Ctrl-C, SIGTERM and SIGHUP (the terminal went away) stop it
+    let deadline = started + duration;
+    loop {
+        let left = deadline.saturating_duration_since(std::time::Instant::now());
+        if left.is_zero() {
+            break;
+        }
+        if crate::signals::wait_for_stop(left.min(Duration::from_millis(100)))
+            || *hangups.borrow() != first
+        {
+            anyhow::bail!("interrupted: no measurement");
+        }
+    }
+    let after = fetch(url)?;
+    let seconds = started.elapsed().as_secs_f64();
+    drop(stats);
+    let counts = |status: &Value| -> std::collections::HashMap<u64, (u64, u64)> {
+        status["bpf_programs"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(|p| {
+                Some((
+                    p["id"].as_u64()?,
+                    (p["run_count"].as_u64()?, p["run_time_ns"].as_u64()?),
+                ))
+            })
+            .collect()
+    };
+    let start = counts(&before);
+    let programs: Vec<Value> = after["bpf_programs"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|p| {
+            let id = p["id"].as_u64()?;
+            let (runs, ns) = (p["run_count"].as_u64()?, p["run_time_ns"].as_u64()?);
+            let (runs0, ns0) = start.get(&id).copied().unwrap_or((runs, ns));
+            let cost = crate::agent::cost::cost(
+                runs.saturating_sub(runs0),
+                ns.saturating_sub(ns0),
+                seconds,
+            );
+            let mut row = serde_json::to_value(cost).ok()?;
+            for key in ["sampler", "program", "id"] {
+                row[key] = p[key].clone();
+            }
+            Some(row)
+        })
+        .collect();
+    Ok((
+        after,
+        serde_json::json!({"seconds": seconds, "programs": programs}),
+    ))
+}
+
 fn ms(ns: &Value) -> String {
     ns.as_f64()
         .map_or("-".into(), |ns| format!("{:.2} ms", ns / 1e6))
+}
+
+/// Events per second: whole numbers, but a rare event still shows.
+fn rate(per_second: f64) -> String {
+    if per_second > 0.0 && per_second < 10.0 {
+        format!("{per_second:.2}")
+    } else {
+        format!("{per_second:.0}")
+    }
 }
 
 /// The human table.
@@ -223,11 +312,8 @@ fn table(s: &Value) -> String {
             sampler["state"].as_str().unwrap_or("?"),
         );
     }
-    if let Some(programs) = s["bpf_programs"].as_array() {
-        let seconds = programs
-            .first()
-            .and_then(|p| p["seconds"].as_f64())
-            .unwrap_or(0.0);
+    if let Some(programs) = s["cost"]["programs"].as_array() {
+        let seconds = s["cost"]["seconds"].as_f64().unwrap_or(0.0);
         let _ = writeln!(out);
         let _ = writeln!(
             out,
@@ -238,17 +324,20 @@ fn table(s: &Value) -> String {
             "{:<22} {:<16} {:>7} {:>12} {:>10} {:>8}",
             "SAMPLER", "PROGRAM", "ID", "EVENTS/S", "NS/EVENT", "% CPU"
         );
+        if programs.is_empty() {
+            let _ = writeln!(out, "(none: the agent runs no BPF sampler)");
+        }
         let mut total = 0.0;
         for p in programs {
             let cpu = p["cpu_percent"].as_f64().unwrap_or(0.0);
             total += cpu;
             let _ = writeln!(
                 out,
-                "{:<22} {:<16} {:>7} {:>12.0} {:>10} {:>8.3}",
+                "{:<22} {:<16} {:>7} {:>12} {:>10} {:>8.3}",
                 p["sampler"].as_str().unwrap_or("?"),
                 p["program"].as_str().unwrap_or("?"),
                 p["id"],
-                p["events_per_second"].as_f64().unwrap_or(0.0),
+                rate(p["events_per_second"].as_f64().unwrap_or(0.0)),
                 p["ns_per_event"]
                     .as_f64()
                     .map_or("-".into(), |ns| format!("{ns:.0}")),

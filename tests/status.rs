@@ -123,9 +123,37 @@ fn status_exits_1_when_the_agent_is_down_and_3_when_a_sampler_failed() {
     // bad arguments are usage errors
     let (code, _, stderr) = status(&["--cost", "1ms", &agent.addr.to_string()]);
     assert_eq!(code, 2, "{stderr}");
-    let (code, _, stderr) = status(&["not a url at all"]);
-    assert_eq!(code, 2, "{stderr}");
-    assert!(stderr.contains("not an agent address"), "{stderr}");
+    for bad in [
+        "not a url at all",
+        "127.0.0.1",
+        "127.0.0.1:99999",
+        "127.0.0.1:4241?x=1",
+    ] {
+        let (code, _, stderr) = status(&[bad]);
+        assert_eq!(code, 2, "{bad}: {stderr}");
+        assert!(stderr.contains("not an agent address"), "{bad}: {stderr}");
+    }
+
+    // a server that answers /status with JSON that is not an agent's
+    let server = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let other = server.local_addr().unwrap().to_string();
+    std::thread::spawn(move || {
+        for stream in server.incoming().take(2) {
+            use std::io::{Read, Write};
+            let mut stream = stream.unwrap();
+            let mut buf = [0u8; 4096];
+            let _ = stream.read(&mut buf);
+            let body = "{\"status\": \"ok\"}";
+            let _ = write!(
+                stream,
+                "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
+                body.len()
+            );
+        }
+    });
+    let (code, stdout, stderr) = status(&[&other]);
+    assert_eq!(code, 1, "{stdout}{stderr}");
+    assert!(stderr.contains("not a Rezolus agent's status"), "{stderr}");
 }
 
 /// `--cost` turns the kernel's BPF statistics on for its duration only, and
@@ -171,13 +199,15 @@ fn status_cost_measures_the_bpf_programs() {
     assert_eq!(code, 0, "{stderr}");
     assert!(seen_in_samplers, "no bpf_cost in /samplers while measuring");
     let s: Value = serde_json::from_str(&stdout).unwrap();
-    let programs = s["bpf_programs"].as_array().unwrap();
+    let programs = s["cost"]["programs"].as_array().unwrap();
     let enter = programs
         .iter()
         .find(|p| p["sampler"] == "syscall" && p["program"] == "syscall_enter")
         .unwrap_or_else(|| panic!("{programs:?}"));
-    let seconds = enter["seconds"].as_f64().unwrap();
-    assert!((1.9..3.0).contains(&seconds), "{enter}");
+    // the window asked for, measured by the command itself
+    let seconds = s["cost"]["seconds"].as_f64().unwrap();
+    assert!((2.0..2.5).contains(&seconds), "{seconds}");
+    assert_eq!(enter["seconds"], s["cost"]["seconds"]);
     let events = enter["events_per_second"].as_f64().unwrap() * seconds;
     // the test made `calls` calls over about 2.6 s, most within the window
     let in_window = calls as f64 * (seconds - 0.5).max(0.0) / 2.6;
@@ -191,6 +221,13 @@ fn status_cost_measures_the_bpf_programs() {
     assert!(programs
         .iter()
         .any(|p| p["sampler"] == "scheduler_runqueue" && p["program"] == "sched_switch"));
+    // a second measurement reports its own window, not one from the first
+    std::thread::sleep(Duration::from_millis(1500));
+    let (code, stdout, stderr) = status(&["--json", "--cost", "1s", &addr]);
+    assert_eq!(code, 0, "{stderr}");
+    let again: Value = serde_json::from_str(&stdout).unwrap();
+    let seconds = again["cost"]["seconds"].as_f64().unwrap();
+    assert!((1.0..1.5).contains(&seconds), "{seconds}");
     // and the statistics are off again: the figures leave /samplers
     let off = (0..20).any(|_| {
         std::thread::sleep(Duration::from_millis(100));
@@ -225,6 +262,6 @@ fn status_cost_needs_root() {
         .output()
         .unwrap();
     let stderr = String::from_utf8_lossy(&out.stderr);
-    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert_eq!(out.status.code(), Some(4), "{stderr}");
     assert!(stderr.contains("needs root"), "{stderr}");
 }

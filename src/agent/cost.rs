@@ -4,12 +4,17 @@
 //! The kernel counts them only while its BPF statistics are on, which adds
 //! two clock reads to every program run; so they are never on by default.
 //! `rezolus status --cost 10s` (as root) turns them on for that long with
-//! `BPF_ENABLE_STATS`, which the kernel undoes when that command exits, and
-//! which `kernel.bpf_stats_enabled` does not show. The agent needs no
+//! `BPF_ENABLE_STATS`, which the kernel undoes when that command exits (the
+//! sysctl `kernel.bpf_stats_enabled` does not show it). The agent needs no
 //! privilege for this: it reads its own programs' statistics through the
-//! descriptors it holds, and knows they are on when they move. The first
-//! reading that sees them move is the baseline; later readings report the
-//! figures since it, until a reading sees no movement (statistics off).
+//! descriptors it holds.
+//!
+//! `GET /status` always lists every program's cumulative counts
+//! ([`ProgramStats`]); `status --cost` takes the differences over its own
+//! window. It also starts a measurement in the agent (`GET
+//! /status?cost=start`), from which `/samplers` and `/status` show each
+//! sampler's cost ([`Cost`]) while the programs' counts keep moving; the
+//! first reading that sees them still ends it.
 
 use std::collections::HashMap;
 use std::os::fd::RawFd;
@@ -20,7 +25,7 @@ use serde::Serialize;
 /// The cost of some programs over a measurement.
 #[derive(Debug, Clone, Copy, PartialEq, Serialize)]
 pub struct Cost {
-    /// Seconds since the baseline.
+    /// Seconds measured.
     pub seconds: f64,
     /// Program runs per second (one run per kernel event).
     pub events_per_second: f64,
@@ -43,29 +48,36 @@ pub struct ProgramCost {
     pub cost: Cost,
 }
 
-/// What one program's `bpf_prog_info` says.
-#[derive(Clone)]
-struct Info {
-    runs: u64,
-    run_ns: u64,
-    name: String,
-    id: u32,
+/// One program's cumulative run-time statistics, as the kernel keeps them
+/// (both stay still while the statistics are off).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct ProgramStats {
+    pub sampler: &'static str,
+    /// The program's name as the kernel knows it (at most 15 bytes).
+    pub program: String,
+    /// The kernel's id of the program.
+    pub id: u32,
+    /// Runs counted while the statistics were on.
+    pub run_count: u64,
+    /// Their total run time, in nanoseconds.
+    pub run_time_ns: u64,
 }
 
-/// One reading of every program, by fd.
-type Reading = (Instant, HashMap<RawFd, Info>);
+/// One reading of every program.
+type Reading = (Instant, Vec<ProgramStats>);
 
-/// The last reading, and the baseline while the statistics are on.
+/// The measurement in progress (see the module's docs).
 #[derive(Default)]
 pub struct Meter {
+    start: Option<Reading>,
     last: Option<Reading>,
-    baseline: Option<Reading>,
 }
 
-fn read_programs(programs: &[(&'static str, RawFd)]) -> Reading {
-    let readings = programs
+/// Every program's statistics now (one `bpf(BPF_OBJ_GET_INFO_BY_FD)` each).
+pub fn read_programs(programs: &[(&'static str, RawFd)]) -> Vec<ProgramStats> {
+    programs
         .iter()
-        .filter_map(|&(_, fd)| {
+        .filter_map(|&(sampler, fd)| {
             let info = crate::bpf::prog_info(fd).ok()?;
             let name: Vec<u8> = info
                 .name
@@ -73,62 +85,65 @@ fn read_programs(programs: &[(&'static str, RawFd)]) -> Reading {
                 .take_while(|&&c| c != 0)
                 .map(|&c| c as u8)
                 .collect();
-            let info = Info {
-                runs: info.run_cnt,
-                run_ns: info.run_time_ns,
-                name: String::from_utf8_lossy(&name).into_owned(),
+            Some(ProgramStats {
+                sampler,
+                program: String::from_utf8_lossy(&name).into_owned(),
                 id: info.id,
-            };
-            Some((fd, info))
+                run_count: info.run_cnt,
+                run_time_ns: info.run_time_ns,
+            })
         })
-        .collect();
-    (Instant::now(), readings)
+        .collect()
+}
+
+/// Each program's cost between two readings, matched by id.
+pub fn between(before: &[ProgramStats], after: &[ProgramStats], seconds: f64) -> Vec<ProgramCost> {
+    let before: HashMap<u32, &ProgramStats> = before.iter().map(|p| (p.id, p)).collect();
+    after
+        .iter()
+        .map(|p| {
+            let (runs0, ns0) = before.get(&p.id).map_or((p.run_count, p.run_time_ns), |b| {
+                (b.run_count, b.run_time_ns)
+            });
+            ProgramCost {
+                sampler: p.sampler,
+                program: p.program.clone(),
+                id: p.id,
+                cost: cost(
+                    p.run_count.saturating_sub(runs0),
+                    p.run_time_ns.saturating_sub(ns0),
+                    seconds.max(f64::MIN_POSITIVE),
+                ),
+            }
+        })
+        .collect()
 }
 
 impl Meter {
-    /// The cost of each of `programs` (sampler, fd) since the baseline, or
-    /// `None` while the statistics are off or the baseline was just taken.
-    pub fn read(&mut self, programs: &[(&'static str, RawFd)]) -> Option<Vec<ProgramCost>> {
-        let now = read_programs(programs);
-        let moved = self.last.as_ref().is_some_and(|(_, last)| {
-            now.1
-                .iter()
-                .any(|(fd, i)| last.get(fd).is_some_and(|l| i.run_ns > l.run_ns))
+    /// Starts a measurement at `now`.
+    pub fn start(&mut self, now: &[ProgramStats]) {
+        let reading = (Instant::now(), now.to_vec());
+        self.start = Some(reading.clone());
+        self.last = Some(reading);
+    }
+
+    /// The cost since the measurement started, or `None` when there is
+    /// none or the programs' counts have not moved since the last reading
+    /// (the statistics are off: that ends the measurement).
+    pub fn read(&mut self, now: &[ProgramStats]) -> Option<Vec<ProgramCost>> {
+        let (_, last) = self.last.as_ref()?;
+        let moved = now.iter().any(|p| {
+            last.iter()
+                .any(|l| l.id == p.id && p.run_time_ns > l.run_time_ns)
         });
-        self.last = Some(now.clone());
         if !moved {
-            self.baseline = None;
+            self.start = None;
+            self.last = None;
             return None;
         }
-        let Some((since, base)) = &self.baseline else {
-            self.baseline = Some(now);
-            return None;
-        };
-        let seconds = now.0.duration_since(*since).as_secs_f64();
-        if seconds <= 0.0 {
-            return None;
-        }
-        Some(
-            programs
-                .iter()
-                .filter_map(|&(sampler, fd)| {
-                    let i = now.1.get(&fd)?;
-                    let (runs0, ns0) = base
-                        .get(&fd)
-                        .map_or((i.runs, i.run_ns), |b| (b.runs, b.run_ns));
-                    Some(ProgramCost {
-                        sampler,
-                        program: i.name.clone(),
-                        id: i.id,
-                        cost: cost(
-                            i.runs.saturating_sub(runs0),
-                            i.run_ns.saturating_sub(ns0),
-                            seconds,
-                        ),
-                    })
-                })
-                .collect(),
-        )
+        self.last = Some((Instant::now(), now.to_vec()));
+        let (since, start) = self.start.as_ref()?;
+        Some(between(start, now, since.elapsed().as_secs_f64()))
     }
 }
 

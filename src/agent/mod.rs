@@ -9,13 +9,13 @@ pub mod cost;
 
 use std::path::Path;
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
 use axum::body::Bytes;
-use axum::extract::State;
+use axum::extract::{Query, State};
 use axum::http::{header, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
@@ -91,10 +91,13 @@ pub struct AgentStatus {
     pub snapshot_cpu_ns_mean: Option<u64>,
     /// Capabilities the agent kept once its samplers were up.
     pub capabilities_kept: Vec<String>,
-    /// While the kernel's BPF run-time statistics are on (see
-    /// [`cost`]): each program's cost since the agent saw them on.
+    /// Every BPF program's cumulative run-time statistics (still unless
+    /// the kernel's BPF statistics are on; see [`cost`]).
+    pub bpf_programs: Vec<cost::ProgramStats>,
+    /// While a measurement started by `?cost=start` runs: each program's
+    /// cost since it started.
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub bpf_programs: Option<Vec<cost::ProgramCost>>,
+    pub bpf_cost: Option<Vec<cost::ProgramCost>>,
     pub samplers: Vec<collector::Status>,
 }
 
@@ -136,30 +139,45 @@ impl Agent {
         }
     }
 
-    /// The samplers' states, with each BPF sampler's cost while the
-    /// kernel's BPF statistics are on; and the programs' costs.
-    fn states(&self) -> (Vec<collector::Status>, Option<Vec<cost::ProgramCost>>) {
+    /// The samplers' states, with each BPF sampler's cost while a
+    /// measurement runs; every program's statistics; and their costs.
+    /// `start_cost` starts a measurement first.
+    fn states(
+        &self,
+        start_cost: bool,
+    ) -> (
+        Vec<collector::Status>,
+        Vec<cost::ProgramStats>,
+        Option<Vec<cost::ProgramCost>>,
+    ) {
         let collector = self
             .collector
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner());
         let mut states = collector.status();
-        let programs = self
+        let stats = cost::read_programs(&collector.bpf_programs());
+        let mut meter = self
             .meter
             .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner())
-            .read(&collector.bpf_programs());
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        let programs = if start_cost {
+            meter.start(&stats);
+            None
+        } else {
+            meter.read(&stats)
+        };
         if let Some(programs) = &programs {
             let sums = cost::per_sampler(programs);
             for state in &mut states {
                 state.bpf_cost = sums.get(state.name).copied();
             }
         }
-        (states, programs)
+        (states, stats, programs)
     }
 
-    pub fn agent_status(&self) -> AgentStatus {
-        let (samplers, bpf_programs) = self.states();
+    /// `GET /status`; `start_cost` (`?cost=start`) starts a measurement.
+    pub fn agent_status(&self, start_cost: bool) -> AgentStatus {
+        let (samplers, bpf_programs, bpf_cost) = self.states(start_cost);
         let (snapshots, last, total) = *self
             .built
             .lock()
@@ -174,6 +192,7 @@ impl Agent {
             snapshot_cpu_ns_mean: total.checked_div(snapshots),
             capabilities_kept: self.kept.clone(),
             bpf_programs,
+            bpf_cost,
             samplers,
         }
     }
@@ -215,7 +234,7 @@ impl Agent {
     }
 
     pub fn status(&self) -> Vec<collector::Status> {
-        self.states().0
+        self.states(false).0
     }
 }
 
@@ -242,8 +261,25 @@ async fn samplers(State(agent): State<Arc<Agent>>) -> Json<Vec<collector::Status
     Json(agent.status())
 }
 
-async fn agent_status(State(agent): State<Arc<Agent>>) -> Json<AgentStatus> {
-    Json(agent.agent_status())
+/// `GET /status[?cost=start]`.
+#[derive(Debug, Deserialize)]
+struct StatusQuery {
+    cost: Option<String>,
+}
+
+async fn agent_status(
+    State(agent): State<Arc<Agent>>,
+    Query(query): Query<StatusQuery>,
+) -> Response {
+    match query.cost.as_deref() {
+        None => Json(agent.agent_status(false)).into_response(),
+        Some("start") => Json(agent.agent_status(true)).into_response(),
+        Some(other) => (
+            StatusCode::BAD_REQUEST,
+            format!("unknown cost={other:?}: the only value is \"start\"\n"),
+        )
+            .into_response(),
+    }
 }
 
 fn encoded(result: Result<Bytes, String>, content_type: &'static str) -> Response {
