@@ -3,8 +3,11 @@
 //! CAP_BPF, CAP_PERFMON and, where BPF memory is charged to RLIMIT_MEMLOCK,
 //! CAP_SYS_RESOURCE) only to load its BPF programs and open its perf
 //! events; once its samplers have started, [`drop_capabilities`] keeps only
-//! what a later step needs and drops the rest from every set (effective,
-//! permitted, inheritable, ambient and bounding), in every thread.
+//! what a later step needs and drops the rest from the effective,
+//! permitted, inheritable and ambient sets, in every thread, and from the
+//! bounding set when it holds CAP_SETPCAP (root does; a process given only
+//! some capabilities does not, and with `no_new_privs` and those sets empty
+//! it cannot regain what its bounding set still names).
 //!
 //! What a later step may need, each decided when the samplers are up:
 //!

@@ -139,6 +139,9 @@ fn bad_root_is_refused_naming_the_key() {
     let dir = tempfile::tempdir().unwrap();
     let file = dir.path().join("file");
     std::fs::write(&file, "").unwrap();
+    // a proc directory with nothing mounted on it
+    let unmounted = dir.path().join("unmounted");
+    std::fs::create_dir_all(unmounted.join("proc")).unwrap();
     for (root, expect) in [
         ("host".to_string(), "must be an absolute path"),
         (
@@ -147,6 +150,7 @@ fn bad_root_is_refused_naming_the_key() {
         ),
         (file.display().to_string(), "not a directory"),
         (dir.path().display().to_string(), "holds no proc directory"),
+        (unmounted.display().to_string(), "is not a procfs"),
     ] {
         let config = dir.path().join("agent.toml");
         std::fs::write(

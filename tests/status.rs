@@ -104,6 +104,7 @@ fn status_exits_1_when_the_agent_is_down_and_3_when_a_sampler_failed() {
     std::fs::create_dir_all(root.path().join("proc/diskstats")).unwrap();
     std::fs::create_dir_all(root.path().join("sys/block")).unwrap();
     std::fs::write(root.path().join("proc/meminfo"), "MemTotal: 4 kB\n").unwrap();
+    std::fs::write(root.path().join("proc/stat"), "cpu  1 2 3 4 5 6 7 8 9 10\n").unwrap();
     let agent = Agent::start(
         &format!("root = {:?}\n", root.path().display().to_string()),
         "[defaults]\nenabled = false\n[samplers.blockio_devices]\nenabled = true\n\

@@ -156,6 +156,13 @@ impl Config {
                 root.join("proc").display()
             )));
         }
+        // a directory where procfs should be mounted but is not
+        if !root.join("proc/stat").is_file() {
+            return Err(problem(format!(
+                "{} is not a procfs (it has no stat file): mount the host's /proc there",
+                root.join("proc").display()
+            )));
+        }
         Ok(())
     }
 

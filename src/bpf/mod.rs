@@ -31,7 +31,7 @@ pub fn check_support() -> Result<(), Unsupported> {
     }
     if !has_bpf_privilege() {
         return Err(Unsupported(
-            "loading BPF programs needs root, or CAP_BPF and CAP_PERFMON".into(),
+            "loading BPF programs needs CAP_BPF and CAP_PERFMON (root has them unless they were taken away)".into(),
         ));
     }
     Ok(())

@@ -103,9 +103,12 @@ impl Probe {
     pub fn run(root: &Path, counters: &'static [Counter]) -> anyhow::Result<Self> {
         let online = crate::source::online_cpus();
         let Some(&cpu) = online.first() else {
-            return Err(Unsupported(
-                "no online CPU listed in /sys/devices/system/cpu/online".into(),
-            )
+            return Err(Unsupported(format!(
+                "no online CPU listed in {}",
+                crate::source::root()
+                    .join("sys/devices/system/cpu/online")
+                    .display()
+            ))
             .into());
         };
         let mut counting = Vec::new();

@@ -226,9 +226,10 @@ fn load_fentry(root: &Path) -> anyhow::Result<(bpf::FilesystemLatencySkel<'stati
         }
     }
     if measured.is_empty() {
-        return Err(crate::source::Unsupported(
-            "none of the file systems' operations is in /proc/kallsyms".into(),
-        )
+        return Err(crate::source::Unsupported(format!(
+            "none of the file systems' operations is in {}",
+            root.join("proc/kallsyms").display()
+        ))
         .into());
     }
     let mut skel = open
