@@ -37,6 +37,17 @@ fn only(samplers: &[&str]) -> String {
     text
 }
 
+/// `MemTotal` of a meminfo file, in bytes, read by the test itself.
+fn mem_total_bytes(path: &Path) -> u64 {
+    let meminfo = std::fs::read_to_string(path).unwrap();
+    let kb: u64 = meminfo
+        .lines()
+        .find_map(|l| l.strip_prefix("MemTotal:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .unwrap();
+    kb * 1024
+}
+
 fn manifest() -> &'static Path {
     Path::new(env!("CARGO_MANIFEST_DIR"))
 }
@@ -120,13 +131,8 @@ fn golden_snapshot_from_a_fixture_root() {
         );
     }
     // the values are the tree's, not this machine's
-    let meminfo = std::fs::read_to_string(root.join("proc/meminfo")).unwrap();
-    let total_kb: u64 = meminfo
-        .lines()
-        .find_map(|l| l.strip_prefix("MemTotal:"))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-        .unwrap();
-    assert_eq!(got["gauges"]["memory_total"], json!(total_kb * 1024));
+    let total = mem_total_bytes(&root.join("proc/meminfo"));
+    assert_eq!(got["gauges"]["memory_total"], json!(total));
     let online = std::fs::read_to_string(root.join("sys/devices/system/cpu/online")).unwrap();
     assert_eq!(online.trim(), "0-1");
     assert_eq!(got["gauges"]["cpu_cores"], json!(2));
@@ -330,13 +336,8 @@ fn agent_in_a_container_reads_the_hosts_proc_and_sys_under_root() {
     }
     let snap = agent.snapshot();
     // the host's meminfo, read under the root, not the fake in /proc
-    let meminfo = std::fs::read_to_string("/proc/meminfo").unwrap();
-    let total_kb: i128 = meminfo
-        .lines()
-        .find_map(|l| l.strip_prefix("MemTotal:"))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-        .unwrap();
-    assert_eq!(snap.value("memory_total", &[]), total_kb * 1024);
+    let total = mem_total_bytes(Path::new("/proc/meminfo"));
+    assert_eq!(snap.value("memory_total", &[]), i128::from(total));
     // per-CPU series for every CPU online on the host, from the root's
     // online list (the namespace's own says only CPU 0)
     let online = std::fs::read_to_string("/sys/devices/system/cpu/online").unwrap();
