@@ -8,6 +8,9 @@
 //!
 //! - SIGINT or SIGTERM: [`stopped`] becomes true and everything waiting on
 //!   [`wait_for_stop`] or [`stop_requested`] wakes;
+//! - the first real-time signal: runs the jobs of [`in_signal_thread`]
+//!   (work that must be done in every thread, such as dropping
+//!   capabilities);
 //! - SIGHUP: [`hangups`] counts it. A role that acts on SIGHUP (hindsight's
 //!   dump) reads the count when it is ready, so a SIGHUP that arrives during
 //!   start-up is acted on then, not lost; the others log that it was ignored.
@@ -108,8 +111,8 @@ pub fn block_in_this_thread() {
     unsafe { libc::pthread_sigmask(libc::SIG_BLOCK, &set, std::ptr::null_mut()) };
 }
 
-/// Blocks SIGINT, SIGTERM and SIGHUP in this thread (and so in every thread
-/// it starts) and starts the thread that takes them. Call it first in `main`,
+/// Blocks SIGINT, SIGTERM, SIGHUP and the job signal in this thread (and so
+/// in every thread it starts) and starts the thread that takes them. Call it first in `main`,
 /// before any other thread exists.
 pub fn block() {
     block_in_this_thread();
@@ -117,37 +120,40 @@ pub fn block() {
     let shared = shared();
     let started = std::thread::Builder::new()
         .name("signals".into())
-        .spawn(move || loop {
+        .spawn(move || {
             // SAFETY: pthread_self has no preconditions.
             let _ = SIGNAL_THREAD.set(unsafe { libc::pthread_self() });
-            let mut signal: libc::c_int = 0;
-            // SAFETY: the set is valid and `signal` is ours to write.
-            if unsafe { libc::sigwait(&set, &mut signal) } != 0 {
-                continue;
-            }
-            match signal {
-                s if s == job_signal() => {
-                    let jobs = std::mem::take(&mut *JOBS.lock().unwrap_or_else(|p| p.into_inner()));
-                    for job in jobs {
-                        job();
-                    }
+            loop {
+                let mut signal: libc::c_int = 0;
+                // SAFETY: the set is valid and `signal` is ours to write.
+                if unsafe { libc::sigwait(&set, &mut signal) } != 0 {
+                    continue;
                 }
-                libc::SIGHUP => {
-                    let n = shared.hangups.fetch_add(1, Ordering::SeqCst) + 1;
-                    let _ = shared.hup_tx.send_replace(n);
-                    let what = *shared.on_hangup.lock().unwrap_or_else(|p| p.into_inner());
-                    info!("SIGHUP received: {what}");
-                }
-                _ => {
-                    let name = if signal == libc::SIGINT {
-                        "SIGINT"
-                    } else {
-                        "SIGTERM"
-                    };
-                    if !shared.stopped.load(Ordering::SeqCst) {
-                        info!("{name} received, shutting down");
+                match signal {
+                    s if s == job_signal() => {
+                        let jobs =
+                            std::mem::take(&mut *JOBS.lock().unwrap_or_else(|p| p.into_inner()));
+                        for job in jobs {
+                            job();
+                        }
                     }
-                    request_stop();
+                    libc::SIGHUP => {
+                        let n = shared.hangups.fetch_add(1, Ordering::SeqCst) + 1;
+                        let _ = shared.hup_tx.send_replace(n);
+                        let what = *shared.on_hangup.lock().unwrap_or_else(|p| p.into_inner());
+                        info!("SIGHUP received: {what}");
+                    }
+                    _ => {
+                        let name = if signal == libc::SIGINT {
+                            "SIGINT"
+                        } else {
+                            "SIGTERM"
+                        };
+                        if !shared.stopped.load(Ordering::SeqCst) {
+                            info!("{name} received, shutting down");
+                        }
+                        request_stop();
+                    }
                 }
             }
         });
