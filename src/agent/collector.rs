@@ -43,9 +43,9 @@ pub struct Status {
     /// For an active sampler, the metrics this machine can't provide.
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub absent: Vec<Absent>,
-    /// For an active BPF sampler while the kernel's BPF run-time statistics
-    /// are on (`rezolus status --cost`): what its programs cost since the
-    /// agent first saw them on.
+    /// For an active BPF sampler while a `rezolus status --cost`
+    /// measurement runs: what its programs cost since it started (see
+    /// [`super::cost`]).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub bpf_cost: Option<super::cost::Cost>,
 }
@@ -156,7 +156,6 @@ impl Collector {
         }
     }
 
-    /// A collector over the given samplers, all active (for tests and benchmarks).
     /// What the active samplers will still do after start, for
     /// [`crate::privilege::drop_capabilities`].
     pub fn needs(&self) -> crate::privilege::Needs {
@@ -179,6 +178,7 @@ impl Collector {
             .collect()
     }
 
+    /// A collector over the given samplers, all active (for tests and benchmarks).
     pub fn from_samplers(samplers: Vec<(&'static str, Box<dyn Sampler>)>) -> Self {
         let slots = samplers
             .into_iter()
