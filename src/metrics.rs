@@ -101,6 +101,9 @@ pub struct Series {
     metadata: BTreeMap<String, String>,
     /// The highest value served for this (counter) series.
     high_water: AtomicU64,
+    /// `name` and `metadata` msgpack-encoded, made on the first snapshot
+    /// that serves the series and reused by every later one.
+    encoded: std::sync::OnceLock<(Vec<u8>, Vec<u8>)>,
 }
 
 impl Series {
@@ -147,6 +150,19 @@ impl Series {
             name,
             metadata,
             high_water: AtomicU64::new(0),
+            encoded: std::sync::OnceLock::new(),
+        })
+    }
+
+    /// The msgpack encodings of the series' name and of its metadata (a
+    /// map), as `rmp_serde` writes them; encoded once.
+    pub fn encoded(&self) -> &(Vec<u8>, Vec<u8>) {
+        self.encoded.get_or_init(|| {
+            // writing into a Vec cannot fail, and strings and string maps
+            // always encode
+            let name = rmp_serde::to_vec(&self.name).unwrap_or_default();
+            let metadata = rmp_serde::to_vec(&self.metadata).unwrap_or_default();
+            (name, metadata)
         })
     }
 
