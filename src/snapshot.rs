@@ -115,9 +115,7 @@ impl Snapshot {
 
     /// About the size of the encoding (for one allocation).
     fn encoded_size_hint(&self) -> usize {
-        256 + self.counters.len() * 96
-            + self.gauges.len() * 96
-            + self.histograms.len() * 720
+        256 + self.counters.len() * 96 + self.gauges.len() * 96 + self.histograms.len() * 720
     }
 
     pub fn to_json(&self) -> Result<Vec<u8>, serde_json::Error> {
@@ -370,7 +368,10 @@ mod tests {
     #[test]
     fn msgpack_is_byte_for_byte_what_serde_writes() {
         let snap = sample();
-        assert_eq!(snap.to_msgpack().unwrap(), rmp_serde::to_vec(&snap).unwrap());
+        assert_eq!(
+            snap.to_msgpack().unwrap(),
+            rmp_serde::to_vec(&snap).unwrap()
+        );
         let mut many = Snapshot::new(SystemTime::now());
         let mut out = Emitter::new(&mut many);
         let values = [
@@ -395,7 +396,10 @@ mod tests {
             h.add(v.min(1 << 40), v).unwrap();
             out.histogram(&Series::new(&HL, &[("id", &id)]), h);
         }
-        assert_eq!(many.to_msgpack().unwrap(), rmp_serde::to_vec(&many).unwrap());
+        assert_eq!(
+            many.to_msgpack().unwrap(),
+            rmp_serde::to_vec(&many).unwrap()
+        );
     }
 
     /// A snapshot of every sampler that runs here (the BPF ones as root).
@@ -410,7 +414,10 @@ mod tests {
         for _ in 0..2 {
             let snap = collector.collect();
             assert!(snap.counters.len() + snap.histograms.len() > 100);
-            assert_eq!(snap.to_msgpack().unwrap(), rmp_serde::to_vec(&snap).unwrap());
+            assert_eq!(
+                snap.to_msgpack().unwrap(),
+                rmp_serde::to_vec(&snap).unwrap()
+            );
         }
     }
 
