@@ -57,18 +57,29 @@ fn bpf_skeletons(src: &Path, out: &Path) {
     find_bpf_sources(src, &mut sources);
     sources.sort();
     let include = src.join("bpf");
+    let args: Vec<std::ffi::OsString> = vec![
+        "-I".into(),
+        include.into_os_string(),
+        "-Wall".into(),
+        "-Werror".into(),
+    ];
+    // every program also builds for the other architecture we ship for
+    // (arm64 on x86-64, x86-64 on arm64), so neither breaks unseen;
+    // `bpf::other_arch` opens these objects and compares their programs
+    let other = match std::env::var("CARGO_CFG_TARGET_ARCH").as_deref() {
+        Ok("aarch64") => "x86",
+        _ => "arm64",
+    };
+    let mut other_args = args.clone();
+    other_args.push(format!("-D__TARGET_ARCH_{other}").into());
+    let mut stems = Vec::new();
     for source in sources {
         let stem = file_name(&source).trim_end_matches(".bpf.c").to_string();
         println!("cargo:rerun-if-changed={}", source.display());
         libbpf_cargo::SkeletonBuilder::new()
             .source(&source)
             .obj(out.join(format!("{stem}.bpf.o")))
-            .clang_args([
-                std::ffi::OsString::from("-I"),
-                include.clone().into_os_string(),
-                "-Wall".into(),
-                "-Werror".into(),
-            ])
+            .clang_args(&args)
             .build_and_generate(out.join(format!("{stem}.skel.rs")))
             .unwrap_or_else(|e| {
                 panic!(
@@ -76,41 +87,17 @@ fn bpf_skeletons(src: &Path, out: &Path) {
                     source.display()
                 )
             });
-        // every program also builds for the other architecture we ship for
-        // (arm64 on x86-64, x86-64 on arm64), so neither breaks unseen;
-        // `bpf::tests` opens these objects and compares their programs
-        let other = match std::env::var("CARGO_CFG_TARGET_ARCH").as_deref() {
-            Ok("aarch64") => "x86",
-            _ => "arm64",
-        };
         libbpf_cargo::SkeletonBuilder::new()
             .source(&source)
             .obj(out.join(format!("{stem}.{other}.bpf.o")))
-            .clang_args([
-                std::ffi::OsString::from("-I"),
-                include.clone().into_os_string(),
-                "-Wall".into(),
-                "-Werror".into(),
-                format!("-D__TARGET_ARCH_{other}").into(),
-            ])
+            .clang_args(&other_args)
             .build()
             .unwrap_or_else(|e| panic!("building {} for {other}: {e:#}", source.display()));
+        stems.push(stem);
     }
-    // the list of objects built for the other architecture, for the test
-    let list: Vec<String> = sources_stems(src);
-    std::fs::write(out.join("bpf_objects.txt"), list.join("\n"))
+    // the objects built for the other architecture, for the test
+    std::fs::write(out.join("bpf_objects.txt"), stems.join("\n"))
         .unwrap_or_else(|e| panic!("writing bpf_objects.txt: {e}"));
-}
-
-fn sources_stems(src: &Path) -> Vec<String> {
-    let mut sources = Vec::new();
-    find_bpf_sources(src, &mut sources);
-    let mut stems: Vec<String> = sources
-        .iter()
-        .map(|s| file_name(s).trim_end_matches(".bpf.c").to_string())
-        .collect();
-    stems.sort();
-    stems
 }
 
 fn find_bpf_sources(dir: &Path, out: &mut Vec<PathBuf>) {

@@ -82,28 +82,27 @@ pub fn drop_capabilities(needs: Needs) -> Result<Dropped, DropError> {
     if permitted.is_empty() {
         return Ok(Dropped::NothingHeld);
     }
+    // kernels older than 5.8 know neither CAP_PERFMON nor CAP_BPF: there
+    // CAP_SYS_ADMIN stands for both
     let known = caps::runtime::thread_all_supported();
-    let mut kept = Vec::new();
-    if needs.perf_events {
-        let capability = if known.contains(&Capability::CAP_PERFMON) {
-            Capability::CAP_PERFMON
+    let or_sys_admin = |capability: Capability| {
+        if known.contains(&capability) {
+            capability
         } else {
             Capability::CAP_SYS_ADMIN
-        };
+        }
+    };
+    let mut kept = Vec::new();
+    if needs.perf_events {
         kept.push(Kept {
-            capability,
+            capability: or_sys_admin(Capability::CAP_PERFMON),
             why: "perf_events: re-opening counters for a CPU brought online, and for new cgroups",
         });
     }
     if let Some(fd) = needs.bpf_program {
         if bpf_needs_capability(fd, &permitted)? {
-            let capability = if known.contains(&Capability::CAP_BPF) {
-                Capability::CAP_BPF
-            } else {
-                Capability::CAP_SYS_ADMIN
-            };
             kept.push(Kept {
-                capability,
+                capability: or_sys_admin(Capability::CAP_BPF),
                 why: "BPF: this kernel refuses bpf() on the agent's own maps and programs without it (kernel.unprivileged_bpf_disabled)",
             });
         }
