@@ -36,7 +36,9 @@ use rezolus::agent::config::Config;
 use rezolus::recording::journal::{Header, Writer};
 use rezolus::samplers::SamplerContext;
 
-const BIN: &str = env!("CARGO_BIN_EXE_rezolus");
+mod common;
+
+use common::{mb, start_agent, usage, Reaped, Usage, BIN};
 
 fn main() {
     let dir = tempfile::tempdir().expect("temporary directory");
@@ -209,36 +211,24 @@ fn view_cost(file: &Path) {
     };
     let dashboard: serde_json::Value = serde_json::from_str(&get("api/dashboard")).unwrap();
     let overview = get("api/section/overview");
-    let tick = 1.0 / unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64;
-    let (_, peak, ticks) = usage(pid);
+    let used = usage(pid);
     println!(
         "  rezolus view: open + overview served: CPU {:.2} s, peak RSS {:.1} MB ({} KB of JSON)",
-        ticks as f64 * tick,
-        peak as f64 / 1024.0,
+        used.cpu.as_secs_f64(),
+        used.hwm as f64 / (1 << 20) as f64,
         overview.len() / 1000
     );
     let sections = dashboard["sections"].as_array().unwrap();
     for section in sections.iter().skip(1) {
         get(&format!("api/section/{}", section["id"].as_str().unwrap()));
     }
-    let (_, peak, ticks) = usage(pid);
+    let used = usage(pid);
     println!(
         "  rezolus view: then all {} sections: CPU {:.2} s in all, peak RSS {:.1} MB",
         sections.len(),
-        ticks as f64 * tick,
-        peak as f64 / 1024.0
+        used.cpu.as_secs_f64(),
+        used.hwm as f64 / (1 << 20) as f64
     );
-}
-
-/// A child process killed and reaped on drop, so that a failed assertion
-/// leaves no agent or hindsight running (and polling) after the bench.
-struct Reaped(std::process::Child);
-
-impl Drop for Reaped {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
 }
 
 /// What running a command to completion cost it.
@@ -284,29 +274,8 @@ fn live_capture(dir: &Path) {
     };
     let seconds = env("RECORD_SECONDS", 20);
     let interval_ms = env("RECORD_INTERVAL_MS", 100);
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
-    let config = dir.join("agent.toml");
-    std::fs::write(
-        &config,
-        format!("[general]\nlisten = \"127.0.0.1:{port}\"\n[log]\nlevel = \"warn\"\n"),
-    )
-    .unwrap();
-    let mut agent = Command::new(BIN)
-        .arg(&config)
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .spawn()
-        .unwrap();
+    let (agent, port) = start_agent(dir, "", "");
     let url = format!("http://127.0.0.1:{port}/metrics/binary");
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while ureq::get(&url).call().is_err() {
-        assert!(Instant::now() < deadline, "agent did not start");
-        std::thread::sleep(Duration::from_millis(20));
-    }
     let output = dir.join("live.parquet");
     let mut recorder = Command::new(BIN)
         .args([
@@ -324,102 +293,31 @@ fn live_capture(dir: &Path) {
         .unwrap();
     let pid = recorder.id();
     let started = Instant::now();
-    let mut rss_kb = 0u64;
-    let mut cpu_ticks = 0u64;
+    let mut rss = 0u64;
+    let mut cpu = Duration::ZERO;
     // until shortly before the capture ends (the conversion follows)
     while started.elapsed() < Duration::from_secs(seconds) - Duration::from_millis(500) {
-        let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
-        if let Some(kb) = status
-            .lines()
-            .find_map(|l| l.strip_prefix("VmRSS:"))
-            .and_then(|v| v.trim().trim_end_matches(" kB").trim().parse().ok())
-        {
-            rss_kb = rss_kb.max(kb);
-        }
-        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
-        let fields: Vec<&str> = stat
-            .rsplit(')')
-            .next()
-            .unwrap_or("")
-            .split_whitespace()
-            .collect();
-        if fields.len() > 13 {
-            cpu_ticks =
-                fields[11].parse::<u64>().unwrap_or(0) + fields[12].parse::<u64>().unwrap_or(0);
-        }
+        let used = usage(pid);
+        rss = rss.max(used.rss);
+        cpu = cpu.max(used.cpu);
         std::thread::sleep(Duration::from_millis(100));
     }
     let capture_secs = started.elapsed().as_secs_f64();
     assert!(recorder.wait().unwrap().success(), "recorder failed");
-    let _ = agent.kill();
-    let _ = agent.wait();
-    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64;
+    drop(agent);
     let samples = capture_secs * 1000.0 / interval_ms as f64;
     let bytes = std::fs::metadata(&output).map(|m| m.len()).unwrap_or(0);
     println!("live capture of the agent every {interval_ms} ms for {seconds} s:");
     println!(
         "  recorder RSS while capturing {:.1} MB, CPU {:.0} us per sample; Parquet {:.1} MB/hour extrapolated",
-        rss_kb as f64 / 1024.0,
-        cpu_ticks as f64 / hz * 1e6 / samples,
+        rss as f64 / (1 << 20) as f64,
+        cpu.as_secs_f64() * 1e6 / samples,
         mb(bytes) * 3600.0 / seconds as f64
     );
 }
 
-fn mb(bytes: u64) -> f64 {
-    bytes as f64 / 1e6
-}
-
-/// (RSS KiB, peak RSS KiB, CPU ticks) of a running process.
-fn usage(pid: u32) -> (u64, u64, u64) {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
-    let kb = |key: &str| -> u64 {
-        status
-            .lines()
-            .find_map(|l| l.strip_prefix(key))
-            .and_then(|v| v.trim().trim_end_matches(" kB").trim().parse().ok())
-            .unwrap_or(0)
-    };
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
-    let fields: Vec<&str> = stat
-        .rsplit(')')
-        .next()
-        .unwrap_or("")
-        .split_whitespace()
-        .collect();
-    let ticks = if fields.len() > 13 {
-        fields[11].parse::<u64>().unwrap_or(0) + fields[12].parse::<u64>().unwrap_or(0)
-    } else {
-        0
-    };
-    (kb("VmRSS:"), kb("VmHWM:"), ticks)
-}
-
 fn hindsight(dir: &Path) {
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
-    let agent_config = dir.join("agent-hs.toml");
-    std::fs::write(
-        &agent_config,
-        format!("[general]\nlisten = \"127.0.0.1:{port}\"\n[log]\nlevel = \"warn\"\n"),
-    )
-    .unwrap();
-    let agent = Reaped(
-        Command::new(BIN)
-            .arg(&agent_config)
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .spawn()
-            .unwrap(),
-    );
-    let url = format!("http://127.0.0.1:{port}/metrics/binary");
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while ureq::get(&url).call().is_err() {
-        assert!(Instant::now() < deadline, "agent did not start");
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    let (agent, port) = start_agent(dir, "", "");
     let output = dir.join("hindsight.parquet");
     let config = dir.join("hindsight.toml");
     std::fs::write(
@@ -439,12 +337,11 @@ fn hindsight(dir: &Path) {
     let pid = hs.0.id();
     // fill the ring, then measure a stretch of steady sampling
     std::thread::sleep(Duration::from_secs(10));
-    let (_, _, ticks0) = usage(pid);
+    let cpu0 = usage(pid).cpu;
     let started = Instant::now();
     std::thread::sleep(Duration::from_secs(5));
-    let (rss, _, ticks1) = usage(pid);
+    let Usage { rss, cpu: cpu1, .. } = usage(pid);
     let sampled = started.elapsed().as_secs_f64() * 100.0;
-    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64;
     let dump = Instant::now();
     unsafe { libc::kill(pid as i32, libc::SIGHUP) };
     // each dump goes to a new file named after `output` and the time:
@@ -467,7 +364,7 @@ fn hindsight(dir: &Path) {
         std::thread::sleep(Duration::from_millis(10));
     };
     let dump_time = dump.elapsed();
-    let (_, hwm, _) = usage(pid);
+    let hwm = usage(pid).hwm;
     unsafe { libc::kill(pid as i32, libc::SIGTERM) };
     let mut hs = hs;
     let _ = hs.0.wait(); // a clean exit, before the guard's kill
@@ -479,10 +376,10 @@ fn hindsight(dir: &Path) {
     println!("hindsight, 900-snapshot ring ({:.1} MB on disk):", mb(ring));
     println!(
         "  RSS while sampling {:.1} MB, CPU {:.0} us per snapshot; SIGHUP dump of the full ring {:.1} s, peak RSS {:.1} MB, {:.1} MB of Parquet",
-        rss as f64 / 1024.0,
-        (ticks1 - ticks0) as f64 / hz * 1e6 / sampled,
+        rss as f64 / (1 << 20) as f64,
+        (cpu1 - cpu0).as_secs_f64() * 1e6 / sampled,
         dump_time.as_secs_f64(),
-        hwm as f64 / 1024.0,
+        hwm as f64 / (1 << 20) as f64,
         mb(std::fs::metadata(&output).map(|m| m.len()).unwrap_or(0))
     );
 }

@@ -25,6 +25,9 @@
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+mod common;
+
+use common::{free_port, thread_cpu, us, usage, Cgroups, Usage};
 use rezolus::agent::collector::Collector;
 use rezolus::agent::config::Config;
 use rezolus::samplers::SamplerContext;
@@ -89,52 +92,8 @@ fn in_process(iterations: usize) {
 
 /// `cgroup_cpu` alone over `count` cgroups made for the run.
 fn cgroups_in_process(count: usize, iterations: usize) {
-    let mountinfo = std::fs::read("/proc/self/mountinfo").unwrap_or_default();
-    let Some(mount) = rezolus::cgroups::cgroup2_mount(&mountinfo) else {
-        println!("\n(no cgroup2 mount: no cgroup benchmark)");
+    let Some(cgroups) = Cgroups::make(count) else {
         return;
-    };
-    let top = std::path::Path::new(std::str::from_utf8(&mount).expect("mount path"))
-        .join(format!("rezolus-bench-{}", std::process::id()));
-    if std::fs::create_dir(&top).is_err() {
-        println!(
-            "\n(cannot make cgroups under {}: run as root for the cgroup benchmark)",
-            top.display()
-        );
-        return;
-    }
-    let children: Vec<_> = (0..count).map(|i| top.join(format!("c{i}"))).collect();
-    for c in &children {
-        std::fs::create_dir(c).expect("mkdir cgroup");
-    }
-    // a process that moves into every cgroup, makes calls and sleeps
-    // there (a context switch), and moves back out
-    let visit = || {
-        let paths: Vec<String> = children
-            .iter()
-            .map(|c| c.join("cgroup.procs").display().to_string())
-            .collect();
-        let home = std::fs::read_to_string("/proc/self/cgroup").unwrap_or_default();
-        let home = home
-            .lines()
-            .find_map(|l| l.strip_prefix("0::"))
-            .map(|p| {
-                std::path::Path::new(std::str::from_utf8(&mount).unwrap_or("/"))
-                    .join(p.trim_start_matches('/'))
-            })
-            .unwrap_or_else(|| top.clone());
-        let script = "import os, sys, time\npid = str(os.getpid())\n\
-             for p in sys.argv[2:]:\n    open(p, 'w').write(pid)\n    os.getppid()\n    time.sleep(0.0001)\n\
-             open(sys.argv[1], 'w').write(pid)\n";
-        let status = Command::new("python3")
-            .arg("-c")
-            .arg(script)
-            .arg(home.join("cgroup.procs"))
-            .args(&paths)
-            .status();
-        if !status.is_ok_and(|s| s.success()) {
-            println!("(python3 could not visit the cgroups: per-cgroup BPF series not made)");
-        }
     };
     let cpu = "[samplers.cgroup_cpu]\nenabled = true\nscan_interval_ms = {interval}\n";
     let bpf = "[samplers.syscall]\nenabled = true\ncgroup_scan_interval_ms = {interval}\n\
@@ -157,7 +116,7 @@ fn cgroups_in_process(count: usize, iterations: usize) {
             .expect("config");
             let mut collector = Collector::from_config(&config, &SamplerContext::default());
             if config.samplers.contains_key("syscall") {
-                visit();
+                cgroups.visit();
             }
             // the first walk names the slots
             collector.collect();
@@ -175,10 +134,6 @@ fn cgroups_in_process(count: usize, iterations: usize) {
             );
         }
     }
-    for c in &children {
-        let _ = std::fs::remove_dir(c);
-    }
-    let _ = std::fs::remove_dir(&top);
 }
 
 fn exporter_in_process(iterations: usize, config: &str) {
@@ -241,15 +196,15 @@ fn over_http(label: &str, spawn: impl Fn(u16) -> Child, path: &str, requests: us
         fetch();
     }
     let pid = child.id();
-    let cpu_before = process_cpu(pid);
+    let cpu_before = usage(pid).cpu;
     let start = Instant::now();
     let mut body = 0;
     for _ in 0..requests {
         body = fetch();
     }
     let elapsed = start.elapsed();
-    let cpu = process_cpu(pid) - cpu_before;
-    let (rss, hwm) = process_rss(pid);
+    let Usage { rss, hwm, cpu } = usage(pid);
+    let cpu = cpu - cpu_before;
     let _ = child.kill();
     let _ = child.wait();
     let result = HttpResult {
@@ -311,51 +266,4 @@ fn which(name: &str) -> Option<String> {
         .split(':')
         .map(|d| format!("{d}/{name}"))
         .find(|p| std::path::Path::new(p).is_file())
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
-fn us(d: Duration) -> f64 {
-    d.as_secs_f64() * 1e6
-}
-
-fn thread_cpu() -> Duration {
-    let mut ts = libc::timespec {
-        tv_sec: 0,
-        tv_nsec: 0,
-    };
-    unsafe { libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &mut ts) };
-    Duration::new(ts.tv_sec as u64, ts.tv_nsec as u32)
-}
-
-/// User + system CPU of a process, from /proc/PID/stat (tick resolution).
-fn process_cpu(pid: u32) -> Duration {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
-    let after_comm = &stat[stat.rfind(')').unwrap() + 2..];
-    let fields: Vec<&str> = after_comm.split_whitespace().collect();
-    // fields[11] = utime, fields[12] = stime (stat fields 14 and 15)
-    let ticks: u64 = fields[11].parse::<u64>().unwrap() + fields[12].parse::<u64>().unwrap();
-    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as u64;
-    Duration::from_nanos(ticks * 1_000_000_000 / hz)
-}
-
-/// (VmRSS, VmHWM) in bytes.
-fn process_rss(pid: u32) -> (u64, u64) {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
-    let kb = |key: &str| -> u64 {
-        status
-            .lines()
-            .find(|l| l.starts_with(key))
-            .and_then(|l| l.split_whitespace().nth(1))
-            .and_then(|v| v.parse().ok())
-            .unwrap_or(0)
-            * 1024
-    };
-    (kb("VmRSS:"), kb("VmHWM:"))
 }

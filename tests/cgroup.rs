@@ -49,6 +49,90 @@ fn cpu_time_lands_in_the_cgroup_that_used_it() {
     assert!(parent >= used, "parent {parent} s < child {used} s");
 }
 
+/// Read system calls the agent has made (`syscr` in /proc/PID/io).
+fn reads(agent: &Agent) -> u64 {
+    let io = std::fs::read_to_string(format!("/proc/{}/io", agent.pid())).unwrap();
+    io.lines()
+        .find_map(|l| l.strip_prefix("syscr: "))
+        .and_then(|v| v.parse().ok())
+        .expect("syscr in /proc/PID/io")
+}
+
+/// Cgroups in the hierarchy whose subtree has a live task.
+fn populated_count(dir: &std::path::Path) -> usize {
+    let here = std::fs::read_to_string(dir.join("cgroup.events"))
+        .map_or(true, |e| e.contains("populated 1"));
+    let below: usize = std::fs::read_dir(dir)
+        .map(|entries| {
+            entries
+                .flatten()
+                .filter(|e| e.file_type().is_ok_and(|t| t.is_dir()))
+                .map(|e| populated_count(&e.path()))
+                .sum()
+        })
+        .unwrap_or(0);
+    usize::from(here) + below
+}
+
+/// Empty cgroups are not read again until a task enters them: with 200
+/// empty cgroups tracked, a snapshot makes fewer reads than there are
+/// populated cgroups plus 40 (each would cost one, 200 in all); and CPU
+/// used later by a task in one of them, or by one that is still running
+/// in another, shows at the next snapshot.
+#[test]
+fn empty_cgroups_are_not_read_until_a_task_enters() {
+    let _alone = alone();
+    let agent = cgroup_agent("[samplers.cgroup_cpu]\nenabled = true\n");
+    let top = Cgroup::top(&format!("rzt{}empty", std::process::id()));
+    let children: Vec<Cgroup> = (0..200).map(|i| top.child(&format!("c{i}"))).collect();
+    let started = Instant::now();
+    while !children
+        .iter()
+        .all(|c| names(&agent.snapshot()).contains(&c.name))
+    {
+        assert!(
+            started.elapsed().as_secs() < 5,
+            "the cgroups are not served"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    agent.snapshot();
+    let populated = populated_count(&cgroup2_mount());
+    let before = reads(&agent);
+    for _ in 0..10 {
+        agent.snapshot();
+    }
+    let per_snapshot = (reads(&agent) - before) / 10;
+    eprintln!("{per_snapshot} reads per snapshot, {populated} populated cgroups");
+    assert!(
+        (per_snapshot as usize) < populated + 40,
+        "{per_snapshot} reads per snapshot with {populated} populated cgroups and 200 empty ones"
+    );
+
+    // a task that ran and left, and one still running
+    let before = agent.snapshot();
+    children[7].run("timeout 0.5 sh -c 'while :; do :; done'; true");
+    let running = children[9].path.join("cgroup.procs");
+    let mut spinner = std::process::Command::new("sh")
+        .arg("-c")
+        .arg(format!(
+            "echo $$ > {} && while :; do :; done",
+            running.display()
+        ))
+        .spawn()
+        .unwrap();
+    std::thread::sleep(std::time::Duration::from_millis(500));
+    let after = agent.snapshot();
+    let _ = spinner.kill();
+    let _ = spinner.wait();
+    for (c, least) in [(&children[7], 0.35), (&children[9], 0.2)] {
+        let used = cpu_seconds(&after, &c.name) - cpu_seconds(&before, &c.name);
+        assert!(used >= least, "{used} s under {}", c.name);
+    }
+    let idle = cpu_seconds(&after, &children[8].name) - cpu_seconds(&before, &children[8].name);
+    assert!(idle == 0.0, "{idle} s under an empty cgroup");
+}
+
 /// 500 short-lived cgroups, each running a short task: afterwards the
 /// series count and the agent's RSS are back within 5% of where they were,
 /// and no series names a removed cgroup for more than one snapshot after its

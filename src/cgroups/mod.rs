@@ -2,6 +2,7 @@
 //! mounted, and the cgroups in it.
 
 pub mod slots;
+pub mod watch;
 
 use std::os::unix::ffi::{OsStrExt, OsStringExt};
 use std::os::unix::fs::{DirEntryExt, MetadataExt};

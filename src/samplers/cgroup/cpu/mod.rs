@@ -13,7 +13,15 @@
 //! each tracked cgroup's `cpu.stat` stays open and is read again at every
 //! snapshot (within a quarter of the open-file limit; beyond it, files are
 //! opened for each read), so one that is removed drops out at the next
-//! snapshot (the last value read is the last one served). A cgroup re-created under the same
+//! snapshot (the last value read is the last one served). Only cgroups
+//! that can have changed are read: those with a live task in their
+//! subtree (`populated 1` in `cgroup.events`), and one read more after
+//! each change of that file (the last task gone) or removal, both known
+//! from an inotify watch on the cgroup's directory
+//! ([`crate::cgroups::watch`]); an empty cgroup's `cpu.stat` cannot change,
+//! so its last values are served again without a read. Where a watch
+//! cannot be had (the user's `fs.inotify.max_user_watches` reached), the
+//! cgroup is read every time. A cgroup re-created under the same
 //! path (a new directory inode) gets new series that start again from its
 //! own counts. At most `max_cgroups` are tracked; those already tracked keep
 //! their place, and the number left out (with those in directories the walk
@@ -27,6 +35,9 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use tracing::warn;
+
+use crate::cgroups::watch::{populated, Changes, Watches};
 use crate::cgroups::{find_mount, open_file_budget, shared_walk, Cgroup, Walk, FORGET_AFTER};
 use crate::logging::Repeated;
 use crate::metrics::{MetricDef, Series};
@@ -125,8 +136,19 @@ pub fn parse_cpu_stat(text: &[u8]) -> CpuStat {
 /// cgroup is removed, reads fail), and its series.
 struct Tracked {
     inode: u64,
+    dir: PathBuf,
     stat: PathBuf,
     file: Option<File>,
+    /// The inotify watch on its directory; without one, read every time.
+    watch: Option<i32>,
+    /// Its subtree had a live task when `cgroup.events` was last read.
+    populated: bool,
+    /// `cgroup.events` changed, or the cgroup was removed, since the last
+    /// read (or it was never read).
+    changed: bool,
+    /// The values served last, offset included; `None` for a field the
+    /// file lacks.
+    served: [Option<u64>; 4],
     /// user, system, throttled, throttled time
     series: [Arc<Series>; 4],
     /// The last values a cgroup of the same name served before it was
@@ -138,16 +160,28 @@ struct Tracked {
 }
 
 impl Tracked {
-    fn new(cgroup: Cgroup, hold: bool, seen: u64, offset: [u64; 4]) -> Self {
+    fn new(
+        cgroup: Cgroup,
+        hold: bool,
+        watches: Option<&mut Watches>,
+        seen: u64,
+        offset: [u64; 4],
+    ) -> Self {
         let stat = cgroup.dir.join("cpu.stat");
+        let watch = watches.and_then(|w| w.add(&cgroup.dir, &cgroup.name).ok());
         let file = if hold { File::open(&stat).ok() } else { None };
         let name = label_value(&cgroup.name);
         let named = |def| Series::new(def, &[("name", &name)]);
         let state = |s| Series::new(&CGROUP_CPU_USAGE, &[("state", s), ("name", &name)]);
         Self {
             inode: cgroup.id,
+            dir: cgroup.dir,
             stat,
             file,
+            watch,
+            populated: true,
+            changed: true,
+            served: [None; 4],
             series: [
                 state("user"),
                 state("system"),
@@ -190,8 +224,24 @@ impl Tracked {
         true
     }
 
-    /// Reads `cpu.stat` and emits its values; false once the cgroup is gone.
+    /// Reads `cpu.stat` and emits its values; false once the cgroup is
+    /// gone. A watched cgroup whose subtree had no task at its last read,
+    /// with no event since, is not read: its last values are served again.
     fn emit(&mut self, buf: &mut Vec<u8>, out: &mut Emitter<'_>) -> bool {
+        if self.watch.is_some() && !self.changed && !self.populated {
+            for (series, value) in self.series.iter().zip(self.served) {
+                if let Some(v) = value {
+                    out.counter(series, v);
+                }
+            }
+            return true;
+        }
+        if self.watch.is_some() && self.changed {
+            // before cpu.stat: a task that enters after this read is an
+            // event, seen at the next snapshot
+            self.populated = populated(&self.dir).unwrap_or(true);
+        }
+        self.changed = false;
         if !self.read(buf) {
             return false;
         }
@@ -204,8 +254,8 @@ impl Tracked {
             stat.throttled_usec.map(ns),
         ];
         for (i, value) in values.into_iter().enumerate() {
-            if let Some(v) = value {
-                let v = self.offset[i].saturating_add(v);
+            self.served[i] = value.map(|v| self.offset[i].saturating_add(v));
+            if let Some(v) = self.served[i] {
                 out.counter(&self.series[i], v);
                 self.last[i] = v;
             }
@@ -227,6 +277,9 @@ struct CgroupCpu {
     generation: u64,
     buf: Vec<u8>,
     unreadable: Repeated,
+    /// Watches on the tracked cgroups' directories; `None` if inotify
+    /// could not be had (every cgroup is then read every time).
+    watches: Option<Watches>,
     /// By name, the last values served for cgroups that are gone, and
     /// when: continued by a cgroup made again under that name within
     /// [`FORGET_AFTER`].
@@ -246,6 +299,11 @@ fn init(ctx: &SamplerContext) -> anyhow::Result<Box<dyn Sampler>> {
         generation: 0,
         buf: Vec::new(),
         unreadable: Repeated::with_window(Duration::from_secs(3600)),
+        watches: Watches::new()
+            .inspect_err(|e| {
+                warn!("no inotify ({e}): every cgroup's cpu.stat is read at every snapshot")
+            })
+            .ok(),
         carried: HashMap::new(),
     }))
 }
@@ -287,10 +345,14 @@ impl CgroupCpu {
             }
         }
         let carried = &mut self.carried;
+        let watches = &mut self.watches;
         self.tracked.retain(|name, t| {
             let keep = t.seen == generation;
             if !keep {
                 carried.insert(name.clone(), (Instant::now(), t.last));
+                if let (Some(w), Some(wd)) = (watches.as_mut(), t.watch) {
+                    w.remove(wd);
+                }
             }
             keep
         });
@@ -303,7 +365,13 @@ impl CgroupCpu {
             }
             let name = cgroup.name.clone();
             let offset = self.carried.remove(&name).map_or([0; 4], |(_, last)| last);
-            let t = Tracked::new(cgroup, held < self.budget, generation, offset);
+            let t = Tracked::new(
+                cgroup,
+                held < self.budget,
+                self.watches.as_mut(),
+                generation,
+                offset,
+            );
             held += usize::from(t.file.is_some());
             self.tracked.insert(name, t);
         }
@@ -321,9 +389,21 @@ impl Sampler for CgroupCpu {
             self.scan()?;
             self.last_scan = Some(Instant::now());
         }
+        match self.watches.as_mut().map(Watches::changed) {
+            Some(Changes::Some(names)) => {
+                for name in names {
+                    if let Some(t) = self.tracked.get_mut(&name) {
+                        t.changed = true;
+                    }
+                }
+            }
+            Some(Changes::All) => self.tracked.values_mut().for_each(|t| t.changed = true),
+            None => {}
+        }
         // a cgroup removed since the scan fails its read and drops out now:
         // its last value was served by the previous snapshot
         let buf = &mut self.buf;
+        let watches = &mut self.watches;
         let carried = &mut self.carried;
         let now = Instant::now();
         carried.retain(|_, (at, _)| now.duration_since(*at) < FORGET_AFTER);
@@ -331,6 +411,9 @@ impl Sampler for CgroupCpu {
             let alive = t.emit(buf, out);
             if !alive {
                 carried.insert(name.clone(), (now, t.last));
+                if let (Some(w), Some(wd)) = (watches.as_mut(), t.watch) {
+                    w.remove(wd);
+                }
             }
             alive
         });

@@ -1,0 +1,233 @@
+//! Which cgroups can have changed: an inotify watch on each cgroup's
+//! directory, so that a sampler reads again only the cgroups that have
+//! tasks, or that have lost their last task or been removed since it last
+//! read them.
+//!
+//! The kernel writes `populated 1` to a cgroup's `cgroup.events` while the
+//! cgroup or one of its descendants has a live task, and notifies a change
+//! of that file as `IN_MODIFY` on it, seen by a watch on its directory
+//! (`kernfs_notify`, run from a work queue, so shortly after the change).
+//! Removing a cgroup (`rmdir`) is `IN_DELETE` of its name on its parent's
+//! directory, at once. (`IN_DELETE_SELF` on its own directory would come
+//! only when the last reference to it goes, and an open `cpu.stat` in it
+//! is one.) A cgroup whose subtree has no task cannot use CPU, so its
+//! `cpu.stat` cannot change until a task enters it, which is again an
+//! event.
+
+use std::collections::HashMap;
+use std::ffi::CString;
+use std::io;
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::os::unix::ffi::OsStrExt;
+use std::path::Path;
+
+/// The file whose changes count; the kernel also notifies other event
+/// files (`memory.events`), which say nothing about tasks.
+const EVENTS: &[u8] = b"cgroup.events";
+
+/// Inotify watches on cgroup directories, each for one cgroup name.
+pub struct Watches {
+    fd: OwnedFd,
+    names: HashMap<i32, Vec<u8>>,
+    buf: Vec<u8>,
+}
+
+/// What [`Watches::changed`] found.
+#[derive(Debug, PartialEq)]
+pub enum Changes {
+    /// These cgroups (by name) had events.
+    Some(Vec<Vec<u8>>),
+    /// The kernel's event queue overflowed: any cgroup may have changed.
+    All,
+}
+
+impl Watches {
+    /// A new, empty set of watches (an inotify instance, non-blocking).
+    pub fn new() -> io::Result<Self> {
+        // SAFETY: inotify_init1 takes flags only.
+        let fd = unsafe { libc::inotify_init1(libc::IN_NONBLOCK | libc::IN_CLOEXEC) };
+        if fd < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        Ok(Self {
+            // SAFETY: a new descriptor that nothing else owns.
+            fd: unsafe { OwnedFd::from_raw_fd(fd) },
+            names: HashMap::new(),
+            buf: vec![0; 64 << 10],
+        })
+    }
+
+    /// Watches `dir`, the directory of cgroup `name`; the watch descriptor,
+    /// or the error (`ENOSPC`: the user's `fs.inotify.max_user_watches`
+    /// is reached), in which case the caller reads that cgroup every time.
+    pub fn add(&mut self, dir: &Path, name: &[u8]) -> io::Result<i32> {
+        let path = CString::new(dir.as_os_str().as_bytes())
+            .map_err(|_| io::Error::from(io::ErrorKind::InvalidInput))?;
+        let mask = libc::IN_MODIFY | libc::IN_DELETE | libc::IN_DELETE_SELF | libc::IN_ONLYDIR;
+        // SAFETY: a valid descriptor and a NUL-terminated path.
+        let wd = unsafe { libc::inotify_add_watch(self.fd.as_raw_fd(), path.as_ptr(), mask) };
+        if wd < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        self.names.insert(wd, name.to_vec());
+        Ok(wd)
+    }
+
+    /// Stops watching `wd` (already gone if the cgroup was removed).
+    pub fn remove(&mut self, wd: i32) {
+        if self.names.remove(&wd).is_some() {
+            // SAFETY: a valid descriptor; a stale wd is refused (EINVAL).
+            unsafe { libc::inotify_rm_watch(self.fd.as_raw_fd(), wd) };
+        }
+    }
+
+    /// The cgroups with events since the last call: `cgroup.events`
+    /// modified, or the cgroup removed (named by its parent's event: the
+    /// parent's name, `/`, the directory's). Never blocks.
+    pub fn changed(&mut self) -> Changes {
+        let mut names = Vec::new();
+        loop {
+            // SAFETY: reading into our own buffer, at most its length.
+            let n = unsafe {
+                libc::read(
+                    self.fd.as_raw_fd(),
+                    self.buf.as_mut_ptr().cast(),
+                    self.buf.len(),
+                )
+            };
+            if n <= 0 {
+                // EAGAIN: drained (any other error: nothing more to learn)
+                break;
+            }
+            let mut overflow = false;
+            for (wd, mask, name) in events(&self.buf[..n as usize]) {
+                if mask & libc::IN_Q_OVERFLOW != 0 {
+                    overflow = true;
+                }
+                if let Some(cgroup) = self.names.get(&wd) {
+                    if mask & libc::IN_DELETE != 0 && mask & libc::IN_ISDIR != 0 {
+                        names.push(child_name(cgroup, name));
+                    } else if mask & (libc::IN_DELETE_SELF | libc::IN_IGNORED) != 0
+                        || name == EVENTS
+                    {
+                        names.push(cgroup.clone());
+                    }
+                }
+                if mask & libc::IN_IGNORED != 0 {
+                    self.names.remove(&wd);
+                }
+            }
+            if overflow {
+                // drain what is left before saying so
+                while self.read_more() {}
+                return Changes::All;
+            }
+        }
+        Changes::Some(names)
+    }
+
+    fn read_more(&mut self) -> bool {
+        // SAFETY: as in `changed`.
+        let n = unsafe {
+            libc::read(
+                self.fd.as_raw_fd(),
+                self.buf.as_mut_ptr().cast(),
+                self.buf.len(),
+            )
+        };
+        n > 0
+    }
+}
+
+/// The events in `bytes` (whole `struct inotify_event`s, as read): watch
+/// descriptor, mask and name (the NUL padding removed; empty for an event
+/// on the watched directory itself).
+pub fn events(bytes: &[u8]) -> impl Iterator<Item = (i32, u32, &[u8])> {
+    const HEADER: usize = 16; // wd, mask, cookie, len: 4 bytes each
+    let mut at = 0;
+    std::iter::from_fn(move || {
+        let header = bytes.get(at..at + HEADER)?;
+        let word =
+            |i: usize| u32::from_ne_bytes([header[i], header[i + 1], header[i + 2], header[i + 3]]);
+        let (wd, mask, len) = (word(0) as i32, word(4), word(12) as usize);
+        let name = bytes.get(at + HEADER..at + HEADER + len)?;
+        at += HEADER + len;
+        let end = name.iter().position(|&b| b == 0).unwrap_or(name.len());
+        Some((wd, mask, &name[..end]))
+    })
+}
+
+/// The name of cgroup `parent`'s child directory `leaf`.
+pub fn child_name(parent: &[u8], leaf: &[u8]) -> Vec<u8> {
+    let mut name = parent.to_vec();
+    if name.last() != Some(&b'/') {
+        name.push(b'/');
+    }
+    name.extend_from_slice(leaf);
+    name
+}
+
+/// Whether `cgroup.events` in `dir` says the cgroup's subtree has a live
+/// task (`populated 1`). `None` when the file cannot be read (the root
+/// cgroup has none) or has no `populated` line.
+pub fn populated(dir: &Path) -> Option<bool> {
+    let text = std::fs::read(dir.join("cgroup.events")).ok()?;
+    parse_populated(&text)
+}
+
+/// The `populated` value of a `cgroup.events` file's text.
+pub fn parse_populated(text: &[u8]) -> Option<bool> {
+    crate::source::lines(text).find_map(|line| {
+        let mut f = crate::source::fields(line);
+        (f.next()? == b"populated").then(|| f.next().map(|v| v != b"0"))?
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn event(wd: i32, mask: u32, name: &[u8], padded: usize) -> Vec<u8> {
+        let mut out = Vec::new();
+        out.extend_from_slice(&wd.to_ne_bytes());
+        out.extend_from_slice(&mask.to_ne_bytes());
+        out.extend_from_slice(&0u32.to_ne_bytes());
+        out.extend_from_slice(&(padded as u32).to_ne_bytes());
+        let mut n = name.to_vec();
+        n.resize(padded, 0);
+        out.extend_from_slice(&n);
+        out
+    }
+
+    #[test]
+    fn events_are_split_with_their_names_unpadded() {
+        let mut bytes = event(3, libc::IN_MODIFY, b"cgroup.events", 16);
+        bytes.extend(event(4, libc::IN_DELETE_SELF, b"", 0));
+        bytes.extend(event(5, libc::IN_MODIFY, b"memory.events", 32));
+        // a truncated last event is left out, not misread
+        bytes.extend(&event(6, libc::IN_MODIFY, b"x", 16)[..10]);
+        let got: Vec<_> = events(&bytes).collect();
+        assert_eq!(
+            got,
+            vec![
+                (3, libc::IN_MODIFY, &b"cgroup.events"[..]),
+                (4, libc::IN_DELETE_SELF, &b""[..]),
+                (5, libc::IN_MODIFY, &b"memory.events"[..]),
+            ]
+        );
+    }
+
+    #[test]
+    fn a_removed_child_is_named_from_its_parent() {
+        assert_eq!(child_name(b"/", b"a"), b"/a");
+        assert_eq!(child_name(b"/a", b"b"), b"/a/b");
+    }
+
+    #[test]
+    fn populated_is_read_from_cgroup_events() {
+        assert_eq!(parse_populated(b"populated 1\nfrozen 0\n"), Some(true));
+        assert_eq!(parse_populated(b"populated 0\nfrozen 0\n"), Some(false));
+        assert_eq!(parse_populated(b"frozen 0\n"), None);
+        assert_eq!(parse_populated(b"populated\n"), None);
+    }
+}
