@@ -16,7 +16,10 @@
 //!    `fixtures/vm6.18`, one `/proc/stat` line per CPU and the online list
 //!    widened), CPU per snapshot over HTTP as in 2, and its series count.
 //!
-//! The targets of issue 19 are printed beside the figures.
+//! The targets of issue 19 are printed beside the figures. With
+//! `BASELINE_BIN=path/to/rezolus` (another build, e.g. of an older commit),
+//! every figure is measured for that binary too, in the same run, and
+//! printed first.
 
 mod common;
 
@@ -24,7 +27,7 @@ use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use common::{start_agent, us, usage, wait_for, Cgroups, Reaped, BIN};
+use common::{start_agent_of, us, usage, wait_for, Cgroups, Reaped, BIN};
 
 /// The procfs and sysfs samplers (no privilege needed).
 const PROCFS: &[&str] = &[
@@ -53,33 +56,46 @@ fn main() {
     if let Some(c) = &cgroups {
         c.visit();
     }
-    ten_hertz(dir.path(), seconds);
-    let (agent, port) = start_agent(dir.path(), "ttl = \"0s\"", "");
-    let (cpu, bytes) = per_snapshot(&agent, port, requests);
-    println!(
-        "fresh snapshot over HTTP, every sampler, ttl 0 ({requests} requests, {bytes} bytes each): agent CPU {cpu:.0} us per snapshot (target: at most 300 us)"
-    );
-    drop(agent);
+    let baseline = std::env::var("BASELINE_BIN").ok();
+    let bins: Vec<(&str, &str)> = baseline
+        .iter()
+        .map(|b| ("baseline", b.as_str()))
+        .chain([("this build", BIN)])
+        .collect();
+    for &(label, bin) in &bins {
+        println!("[{label}: {bin}]");
+        ten_hertz(bin, dir.path(), seconds);
+    }
+    for &(label, bin) in &bins {
+        let (agent, port) = start_agent_of(bin, dir.path(), "ttl = \"0s\"", "");
+        let (cpu, bytes) = per_snapshot(&agent, port, requests);
+        println!(
+            "[{label}] fresh snapshot over HTTP, every sampler, ttl 0 ({requests} requests, {bytes} bytes each): agent CPU {cpu:.0} us per snapshot (target: at most 300 us)"
+        );
+    }
     drop(cgroups);
-    cpu_curve(dir.path(), requests);
+    for &(label, bin) in &bins {
+        println!("[{label}]");
+        cpu_curve(bin, dir.path(), requests);
+    }
 }
 
 /// Part 1: agent and hindsight at 100 ms.
-fn ten_hertz(dir: &Path, seconds: u64) {
-    let (agent, port) = start_agent(dir, "", "");
+fn ten_hertz(bin: &str, dir: &Path, seconds: u64) {
+    let (agent, port) = start_agent_of(bin, dir, "", "");
     let hs_port = common::free_port();
-    let config = dir.join("hindsight.toml");
+    let config = dir.join(format!("hindsight-{hs_port}.toml"));
     std::fs::write(
         &config,
         format!(
             "[general]\ninterval = \"100ms\"\nduration = \"5m\"\nsource = \"127.0.0.1:{port}\"\n\
              output = \"{}\"\nlisten = \"127.0.0.1:{hs_port}\"\n[log]\nlevel = \"warn\"\n",
-            dir.join("hindsight.parquet").display()
+            dir.join(format!("hindsight-{hs_port}.parquet")).display()
         ),
     )
     .expect("write hindsight's config");
     let hindsight = Reaped(
-        Command::new(BIN)
+        Command::new(bin)
             .arg("hindsight")
             .arg(&config)
             .stdin(Stdio::null())
@@ -109,6 +125,13 @@ fn ten_hertz(dir: &Path, seconds: u64) {
         mb(a1.rss),
         mb(h1.rss),
         agent_share + hs_share
+    );
+    println!(
+        "  RSS in parts: agent {:.1} MB anonymous + {:.1} MB of mapped files (code, libraries, BPF maps); hindsight {:.1} + {:.1} MB",
+        mb(a1.anon),
+        mb(a1.file),
+        mb(h1.anon),
+        mb(h1.file)
     );
 }
 
@@ -152,7 +175,7 @@ fn per_snapshot(agent: &Reaped, port: u16, requests: usize) -> (f64, usize) {
 }
 
 /// Part 3: the procfs side at 2, 64 and 512 CPUs.
-fn cpu_curve(dir: &Path, requests: usize) {
+fn cpu_curve(bin: &str, dir: &Path, requests: usize) {
     let fixture = Path::new(env!("CARGO_MANIFEST_DIR")).join("fixtures/vm6.18");
     let samplers: String = PROCFS
         .iter()
@@ -163,9 +186,12 @@ fn cpu_curve(dir: &Path, requests: usize) {
     let mut rows = Vec::new();
     for cpus in [2usize, 64, 512] {
         let root = dir.join(format!("root-{cpus}"));
-        copy_tree(&fixture, &root);
-        widen(&root, cpus);
-        let (agent, port) = start_agent(
+        if !root.exists() {
+            copy_tree(&fixture, &root);
+            widen(&root, cpus);
+        }
+        let (agent, port) = start_agent_of(
+            bin,
             dir,
             &format!("ttl = \"0s\"\nroot = \"{}\"", root.display()),
             &extra,

@@ -203,7 +203,7 @@ fn over_http(label: &str, spawn: impl Fn(u16) -> Child, path: &str, requests: us
         body = fetch();
     }
     let elapsed = start.elapsed();
-    let Usage { rss, hwm, cpu } = usage(pid);
+    let Usage { rss, hwm, cpu, .. } = usage(pid);
     let cpu = cpu - cpu_before;
     let _ = child.kill();
     let _ = child.wait();

@@ -198,4 +198,53 @@ mod tests {
         }
         assert_eq!(snapshot_url("HTTP://127.0.0.1:4241/").unwrap(), url);
     }
+
+    /// A server on `addr` answering each connection's first request with
+    /// `body`; its port.
+    fn serve(addr: &str, body: &'static [u8]) -> u16 {
+        use std::io::{Read, Write};
+        let listener = std::net::TcpListener::bind(addr).unwrap();
+        let port = listener.local_addr().unwrap().port();
+        std::thread::spawn(move || {
+            for mut conn in listener.incoming().flatten() {
+                let mut request = [0u8; 1024];
+                let _ = conn.read(&mut request);
+                let head = format!(
+                    "HTTP/1.1 200 OK\r\ncontent-length: {}\r\nconnection: close\r\n\r\n",
+                    body.len()
+                );
+                let _ = conn.write_all(head.as_bytes());
+                let _ = conn.write_all(body);
+            }
+        });
+        port
+    }
+
+    /// Literal IPv4 and IPv6 addresses are used as they are, and a name
+    /// still goes through the resolver.
+    #[test]
+    fn literal_addresses_and_names_both_reach_the_agent() {
+        let v4 = serve("127.0.0.1:0", b"four");
+        let client = Client::new(format!("http://127.0.0.1:{v4}/x"), Duration::from_secs(5));
+        assert_eq!(client.fetch_bytes().unwrap(), b"four");
+        // a name is resolved (each address tried in turn)
+        let named = Client::new(format!("http://localhost:{v4}/x"), Duration::from_secs(5));
+        assert_eq!(named.fetch_bytes().unwrap(), b"four");
+        if std::net::TcpListener::bind("[::1]:0").is_ok() {
+            let port = serve("[::1]:0", b"six");
+            let client = Client::new(format!("http://[::1]:{port}/x"), Duration::from_secs(5));
+            assert_eq!(client.fetch_bytes().unwrap(), b"six");
+        }
+        // nothing listens on a closed port: an error, not a hang
+        let closed = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let client = Client::new(
+            format!("http://127.0.0.1:{closed}/x"),
+            Duration::from_secs(5),
+        );
+        assert!(client.fetch_bytes().is_err());
+    }
 }

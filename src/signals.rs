@@ -121,8 +121,6 @@ pub fn block() {
     let started = std::thread::Builder::new()
         .name("signals".into())
         .spawn(move || {
-            // SAFETY: pthread_self has no preconditions.
-            let _ = SIGNAL_THREAD.set(unsafe { libc::pthread_self() });
             loop {
                 let mut signal: libc::c_int = 0;
                 // SAFETY: the set is valid and `signal` is ours to write.
@@ -157,14 +155,25 @@ pub fn block() {
                 }
             }
         });
-    if let Err(e) = started {
-        // without the thread the signals would stay pending forever: give
-        // them back their default actions rather than ignore them
-        eprintln!(
-            "warning: cannot start the signal thread ({e}); signals take their default action"
-        );
-        // SAFETY: as above.
-        unsafe { libc::pthread_sigmask(libc::SIG_UNBLOCK, &set, std::ptr::null_mut()) };
+    match started {
+        // Known from here, before `block` returns: set by the thread itself,
+        // it was not yet there when a fast start (the procfs samplers alone)
+        // dropped capabilities, and the signal thread kept them all. A job
+        // signal sent before the thread reaches sigwait stays pending: the
+        // thread starts with these signals blocked, as this one has them.
+        Ok(handle) => {
+            use std::os::unix::thread::JoinHandleExt;
+            let _ = SIGNAL_THREAD.set(handle.as_pthread_t());
+        }
+        Err(e) => {
+            // without the thread the signals would stay pending forever: give
+            // them back their default actions rather than ignore them
+            eprintln!(
+                "warning: cannot start the signal thread ({e}); signals take their default action"
+            );
+            // SAFETY: as above.
+            unsafe { libc::pthread_sigmask(libc::SIG_UNBLOCK, &set, std::ptr::null_mut()) };
+        }
     }
 }
 

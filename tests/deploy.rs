@@ -212,8 +212,9 @@ fn syscalls_seen(agent: &Agent, n: usize) -> i128 {
 
 /// Started as root, the agent keeps only CAP_PERFMON (for the perf_events
 /// sampler that runs here) in every thread and every set, with
-/// no_new_privs; without a perf_events sampler it keeps nothing. Its BPF
-/// samplers still count afterwards.
+/// no_new_privs; without a perf_events sampler it keeps nothing, also
+/// after the fastest start (one procfs sampler). Its BPF samplers still
+/// count afterwards.
 #[test]
 fn agent_drops_capabilities_once_started() {
     assert_eq!(unsafe { libc::geteuid() }, 0, "run as root");
@@ -224,6 +225,13 @@ fn agent_drops_capabilities_once_started() {
             1u64 << CAP_PERFMON,
         ),
         (vec!["syscall", "cpu_usage"], 0),
+        // a start this fast once left the signal thread, not yet known
+        // when the others dropped theirs, with every capability: five tries
+        (vec!["cpu_usage"], 0),
+        (vec!["cpu_usage"], 0),
+        (vec!["cpu_usage"], 0),
+        (vec!["cpu_usage"], 0),
+        (vec!["cpu_usage"], 0),
     ] {
         let agent = Agent::start("", &only(&samplers));
         common::require_active(&agent, &samplers);
@@ -237,8 +245,10 @@ fn agent_drops_capabilities_once_started() {
             assert_eq!(t["CapInh"], 0, "{samplers:?}: {t:?}");
             assert_eq!(t["NoNewPrivs"], 1, "{samplers:?}: {t:?}");
         }
-        let seen = syscalls_seen(&agent, 20_000);
-        assert!(seen >= 20_000, "{samplers:?}: {seen} syscalls counted");
+        if samplers.contains(&"syscall") {
+            let seen = syscalls_seen(&agent, 20_000);
+            assert!(seen >= 20_000, "{samplers:?}: {seen} syscalls counted");
+        }
         // what it kept, and why, is in the log
         let said = agent
             .startup

@@ -37,6 +37,11 @@ pub fn free_port() -> u16 {
 /// and the rest of its config `extra` (every sampler on unless `extra`
 /// says otherwise); returns once `/metrics/binary` answers.
 pub fn start_agent(dir: &Path, general: &str, extra: &str) -> (Reaped, u16) {
+    start_agent_of(BIN, dir, general, extra)
+}
+
+/// [`start_agent`] with the binary at `bin`.
+pub fn start_agent_of(bin: &str, dir: &Path, general: &str, extra: &str) -> (Reaped, u16) {
     let port = free_port();
     let config = dir.join(format!("agent-{port}.toml"));
     std::fs::write(
@@ -47,7 +52,7 @@ pub fn start_agent(dir: &Path, general: &str, extra: &str) -> (Reaped, u16) {
     )
     .expect("write the agent's config");
     let agent = Reaped(
-        Command::new(BIN)
+        Command::new(bin)
             .arg(&config)
             .stdin(Stdio::null())
             .stdout(Stdio::null())
@@ -74,6 +79,11 @@ pub struct Usage {
     pub rss: u64,
     /// VmHWM (peak RSS), bytes.
     pub hwm: u64,
+    /// RssAnon: the process's own memory, bytes.
+    pub anon: u64,
+    /// RssFile: mapped files' pages (the binary's code, libraries, BPF
+    /// maps), bytes.
+    pub file: u64,
     /// User plus system time (clock-tick resolution).
     pub cpu: Duration,
 }
@@ -106,6 +116,8 @@ pub fn usage(pid: u32) -> Usage {
     Usage {
         rss: bytes("VmRSS:"),
         hwm: bytes("VmHWM:"),
+        anon: bytes("RssAnon:"),
+        file: bytes("RssFile:"),
         cpu: Duration::from_nanos(ticks * 1_000_000_000 / hz.max(1)),
     }
 }
