@@ -83,14 +83,43 @@ pub const FORGET_AFTER: std::time::Duration = std::time::Duration::from_secs(600
 /// never sees cgroups later than its own scan interval would.
 pub const SHARED_WALK_WINDOW: std::time::Duration = std::time::Duration::from_millis(250);
 
+/// How long a walk is reused while no directory event says the hierarchy
+/// changed: a bound on what a lost event could cost.
+pub const REWALK_AFTER: std::time::Duration = std::time::Duration::from_secs(60);
+
+/// A mount's last walk, when it was made, and the watches on the
+/// directories it listed (`None` without inotify: then every scan walks).
+struct Shared {
+    walk: std::sync::Arc<Walk>,
+    walked_ns: u64,
+    watches: Option<watch::Hierarchy>,
+    /// Walks made of this mount.
+    walks: u64,
+}
+
+/// How many walks of `mount` [`shared_walk`] has made.
+pub fn walks_made(mount: &Path) -> u64 {
+    WALKS
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .as_ref()
+        .and_then(|w| w.get(mount))
+        .map_or(0, |s| s.walks)
+}
+
 /// The last walk of each mount, shared by the samplers of this process.
-type Walks = std::collections::HashMap<PathBuf, std::sync::Arc<Walk>>;
+type Walks = std::collections::HashMap<PathBuf, Shared>;
 static WALKS: std::sync::Mutex<Option<Walks>> = std::sync::Mutex::new(None);
 
 /// A walk of `mount` begun less than `max_age` (and at most
 /// [`SHARED_WALK_WINDOW`]) ago: the last one made by any sampler of this
 /// process when it is that recent, so samplers that scan in the same
-/// snapshot walk once between them; else a new one.
+/// snapshot walk once between them; else a new one. A new one is not made
+/// when the inotify watches on the hierarchy's directories (added before
+/// each was listed) report no directory made, removed or moved since the
+/// last walk, which had no unreadable directory, and that walk is less
+/// than [`REWALK_AFTER`] old: its cgroups are still the hierarchy's, and
+/// are returned as a walk begun now.
 pub fn shared_walk(
     mount: &Path,
     max_age: std::time::Duration,
@@ -99,18 +128,44 @@ pub fn shared_walk(
     let now = crate::ticker::mono_now().as_nanos() as u64;
     let mut walks = WALKS.lock().unwrap_or_else(|e| e.into_inner());
     let walks = walks.get_or_insert_with(Default::default);
-    if let Some(last) = walks.get(mount) {
-        if now.saturating_sub(last.started_ns) < max_age.as_nanos() as u64 {
-            return Ok(last.clone());
+    if let Some(last) = walks.get_mut(mount) {
+        if now.saturating_sub(last.walk.started_ns) < max_age.as_nanos() as u64 {
+            return Ok(last.walk.clone());
+        }
+        let unchanged = last.walk.unreadable.is_empty()
+            && now.saturating_sub(last.walked_ns) < REWALK_AFTER.as_nanos() as u64
+            && last.watches.as_mut().is_some_and(|w| !w.changed());
+        if unchanged {
+            last.walk = std::sync::Arc::new(Walk {
+                cgroups: last.walk.cgroups.clone(),
+                unreadable: Vec::new(),
+                started_ns: now,
+            });
+            return Ok(last.walk.clone());
         }
     }
-    let walked = std::sync::Arc::new(walk(mount)?);
-    walks.insert(mount.to_path_buf(), walked.clone());
+    let mut watches = watch::Hierarchy::new().ok();
+    let walked = std::sync::Arc::new(walk_watched(mount, watches.as_mut())?);
+    let made = walks.get(mount).map_or(0, |s| s.walks) + 1;
+    walks.insert(
+        mount.to_path_buf(),
+        Shared {
+            walk: walked.clone(),
+            walked_ns: walked.started_ns,
+            watches,
+            walks: made,
+        },
+    );
     Ok(walked)
 }
 
 /// Every cgroup under `mount`.
 pub fn walk(mount: &Path) -> std::io::Result<Walk> {
+    walk_watched(mount, None)
+}
+
+/// [`walk`], adding each directory to `watches` before listing it.
+fn walk_watched(mount: &Path, mut watches: Option<&mut watch::Hierarchy>) -> std::io::Result<Walk> {
     let started_ns = crate::ticker::mono_now().as_nanos() as u64;
     let root = Cgroup {
         dir: mount.to_path_buf(),
@@ -121,6 +176,9 @@ pub fn walk(mount: &Path) -> std::io::Result<Walk> {
     let mut unreadable = Vec::new();
     let mut stack = vec![root];
     while let Some(cgroup) = stack.pop() {
+        if let Some(w) = watches.as_deref_mut() {
+            w.watch(&cgroup.dir);
+        }
         match std::fs::read_dir(&cgroup.dir) {
             Ok(entries) => {
                 let mut children: Vec<Cgroup> = entries
@@ -210,6 +268,38 @@ fn unescape_octal(field: &[u8]) -> Vec<u8> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A hierarchy is walked again only after a directory is made, removed
+    /// or moved in it; in between, the last walk is returned as begun now.
+    #[test]
+    fn a_hierarchy_is_walked_again_only_after_it_changes() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path();
+        std::fs::create_dir_all(root.join("a/b")).unwrap();
+        let count = |w: &Walk| w.cgroups.len();
+        let first = shared_walk(root, std::time::Duration::ZERO).unwrap();
+        assert_eq!((count(&first), walks_made(root)), (3, 1));
+        std::thread::sleep(std::time::Duration::from_millis(2));
+        let same = shared_walk(root, std::time::Duration::ZERO).unwrap();
+        assert_eq!((count(&same), walks_made(root)), (3, 1));
+        assert!(same.started_ns > first.started_ns);
+        // a file is not a cgroup: no walk
+        std::fs::write(root.join("a/file"), b"x").unwrap();
+        shared_walk(root, std::time::Duration::ZERO).unwrap();
+        assert_eq!(walks_made(root), 1);
+        // made deep down, removed, moved: each a walk
+        std::fs::create_dir(root.join("a/b/c")).unwrap();
+        let made = shared_walk(root, std::time::Duration::ZERO).unwrap();
+        assert_eq!((count(&made), walks_made(root)), (4, 2));
+        std::fs::remove_dir(root.join("a/b/c")).unwrap();
+        let removed = shared_walk(root, std::time::Duration::ZERO).unwrap();
+        assert_eq!((count(&removed), walks_made(root)), (3, 3));
+        std::fs::rename(root.join("a/b"), root.join("b")).unwrap();
+        let moved = shared_walk(root, std::time::Duration::ZERO).unwrap();
+        assert_eq!(walks_made(root), 4);
+        let names: Vec<&[u8]> = moved.cgroups.iter().map(|c| c.name.as_slice()).collect();
+        assert_eq!(names, [&b"/"[..], b"/a", b"/b"]);
+    }
 
     #[test]
     fn finds_the_cgroup2_mount_in_hybrid_and_unified_mode() {

@@ -139,6 +139,78 @@ impl Watches {
     }
 }
 
+/// Inotify watches on every directory of a cgroup hierarchy, each added
+/// before the directory is listed, so that a cgroup made, removed or moved
+/// anywhere after its parent was listed is an event: [`super::shared_walk`]
+/// walks the hierarchy again only after one.
+pub struct Hierarchy {
+    fd: OwnedFd,
+    /// Every directory listed has its watch (else every walk is needed).
+    complete: bool,
+    buf: Vec<u8>,
+}
+
+impl Hierarchy {
+    pub fn new() -> io::Result<Self> {
+        // SAFETY: inotify_init1 takes flags only.
+        let fd = unsafe { libc::inotify_init1(libc::IN_NONBLOCK | libc::IN_CLOEXEC) };
+        if fd < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        Ok(Self {
+            // SAFETY: a new descriptor that nothing else owns.
+            fd: unsafe { OwnedFd::from_raw_fd(fd) },
+            complete: true,
+            buf: vec![0; 16 << 10],
+        })
+    }
+
+    /// Watches `dir` for child directories made, removed or moved; call it
+    /// before listing `dir`. A watch that cannot be had (`ENOSPC`: the
+    /// user's `fs.inotify.max_user_watches`) makes [`Self::changed`] say
+    /// true from then on.
+    pub fn watch(&mut self, dir: &Path) {
+        let Ok(path) = CString::new(dir.as_os_str().as_bytes()) else {
+            self.complete = false;
+            return;
+        };
+        let mask = libc::IN_CREATE
+            | libc::IN_DELETE
+            | libc::IN_MOVED_FROM
+            | libc::IN_MOVED_TO
+            | libc::IN_ONLYDIR;
+        // SAFETY: a valid descriptor and a NUL-terminated path.
+        let wd = unsafe { libc::inotify_add_watch(self.fd.as_raw_fd(), path.as_ptr(), mask) };
+        // a directory removed meanwhile (ENOENT) is no loss: its parent's
+        // watch reports the removal
+        if wd < 0 && io::Error::last_os_error().raw_os_error() != Some(libc::ENOENT) {
+            self.complete = false;
+        }
+    }
+
+    /// Whether a directory was made, removed or moved under a watched one
+    /// since the watches were added (or the last call said so). Never
+    /// blocks.
+    pub fn changed(&mut self) -> bool {
+        let mut changed = !self.complete;
+        loop {
+            // SAFETY: reading into our own buffer, at most its length.
+            let n = unsafe {
+                libc::read(
+                    self.fd.as_raw_fd(),
+                    self.buf.as_mut_ptr().cast(),
+                    self.buf.len(),
+                )
+            };
+            if n <= 0 {
+                return changed;
+            }
+            changed |= events(&self.buf[..n as usize])
+                .any(|(_, mask, _)| mask & libc::IN_ISDIR != 0 || mask & libc::IN_Q_OVERFLOW != 0);
+        }
+    }
+}
+
 /// The events in `bytes` (whole `struct inotify_event`s, as read): watch
 /// descriptor, mask and name (the NUL padding removed; empty for an event
 /// on the watched directory itself).
