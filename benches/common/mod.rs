@@ -209,6 +209,37 @@ impl Cgroups {
     }
 }
 
+/// Processes that sleep, one in each cgroup, killed on drop.
+pub struct Sleepers(Vec<Reaped>);
+
+impl Cgroups {
+    /// A sleeping process in every cgroup, so that each has a task
+    /// (`populated 1`) without using CPU.
+    pub fn populate(&self) -> Sleepers {
+        Sleepers(
+            self.children
+                .iter()
+                .map(|c| {
+                    let procs = c.join("cgroup.procs");
+                    Reaped(
+                        Command::new("sh")
+                            .arg("-c")
+                            .arg(format!("echo $$ > {} && exec sleep 3600", procs.display()))
+                            .spawn()
+                            .expect("spawn a sleeper"),
+                    )
+                })
+                .collect(),
+        )
+    }
+}
+
+impl Drop for Sleepers {
+    fn drop(&mut self) {
+        self.0.clear();
+    }
+}
+
 impl Drop for Cgroups {
     fn drop(&mut self) {
         for c in &self.children {
