@@ -27,7 +27,7 @@ use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use common::{start_agent_of, us, usage, wait_for, Cgroups, Reaped, BIN};
+use common::{fetch_len, start_agent_of, us, usage, wait_for, Cgroups, Reaped, BIN};
 
 /// The procfs and sysfs samplers (no privilege needed).
 const PROCFS: &[&str] = &[
@@ -151,17 +151,7 @@ fn hindsight_records(port: u16) -> u64 {
 /// size.
 fn per_snapshot(agent: &Reaped, port: u16, requests: usize) -> (f64, usize) {
     let url = format!("http://127.0.0.1:{port}/metrics/binary");
-    let fetch = || {
-        ureq::get(&url)
-            .call()
-            .expect("request")
-            .body_mut()
-            .with_config()
-            .limit(64 << 20)
-            .read_to_vec()
-            .expect("body")
-            .len()
-    };
+    let fetch = || fetch_len(&url);
     for _ in 0..50 {
         fetch();
     }

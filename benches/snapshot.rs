@@ -27,7 +27,7 @@ use std::time::{Duration, Instant};
 
 mod common;
 
-use common::{free_port, thread_cpu, us, usage, Cgroups, Usage};
+use common::{fetch_len, free_port, thread_cpu, us, usage, Cgroups, Usage};
 use rezolus::agent::collector::Collector;
 use rezolus::agent::config::Config;
 use rezolus::samplers::SamplerContext;
@@ -213,16 +213,7 @@ fn over_http(label: &str, spawn: impl Fn(u16) -> Child, path: &str, requests: us
         assert!(child.try_wait().unwrap().is_none(), "{label} exited");
         std::thread::sleep(Duration::from_millis(20));
     }
-    let fetch = || {
-        let mut response = ureq::get(&url).call().expect("request");
-        response
-            .body_mut()
-            .with_config()
-            .limit(64 << 20)
-            .read_to_vec()
-            .expect("body")
-            .len()
-    };
+    let fetch = || fetch_len(&url);
     for _ in 0..50 {
         fetch();
     }

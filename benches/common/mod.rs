@@ -63,6 +63,19 @@ pub fn start_agent_of(bin: &str, dir: &Path, general: &str, extra: &str) -> (Rea
     (agent, port)
 }
 
+/// GETs `url` and returns the body's length (up to 64 MiB).
+pub fn fetch_len(url: &str) -> usize {
+    ureq::get(url)
+        .call()
+        .expect("request")
+        .body_mut()
+        .with_config()
+        .limit(64 << 20)
+        .read_to_vec()
+        .expect("body")
+        .len()
+}
+
 /// Waits (up to 30 s) until `url` answers.
 pub fn wait_for(url: &str, what: &str) {
     let deadline = Instant::now() + Duration::from_secs(30);

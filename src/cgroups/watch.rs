@@ -25,11 +25,70 @@ use std::path::Path;
 /// files (`memory.events`), which say nothing about tasks.
 const EVENTS: &[u8] = b"cgroup.events";
 
+/// A non-blocking inotify instance: what [`Watches`] and [`Hierarchy`]
+/// share.
+struct Inotify {
+    fd: OwnedFd,
+    buf: Vec<u8>,
+}
+
+impl Inotify {
+    fn new(buf_len: usize) -> io::Result<Self> {
+        // SAFETY: inotify_init1 takes flags only.
+        let fd = unsafe { libc::inotify_init1(libc::IN_NONBLOCK | libc::IN_CLOEXEC) };
+        if fd < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        Ok(Self {
+            // SAFETY: a new descriptor that nothing else owns.
+            fd: unsafe { OwnedFd::from_raw_fd(fd) },
+            buf: vec![0; buf_len],
+        })
+    }
+
+    /// Adds a watch on `dir` for `mask`; its descriptor.
+    fn add(&self, dir: &Path, mask: u32) -> io::Result<i32> {
+        let path = CString::new(dir.as_os_str().as_bytes())
+            .map_err(|_| io::Error::from(io::ErrorKind::InvalidInput))?;
+        // SAFETY: a valid descriptor and a NUL-terminated path.
+        let wd = unsafe { libc::inotify_add_watch(self.fd.as_raw_fd(), path.as_ptr(), mask) };
+        if wd < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        Ok(wd)
+    }
+
+    fn remove(&self, wd: i32) {
+        // SAFETY: a valid descriptor; a stale wd is refused (EINVAL).
+        unsafe { libc::inotify_rm_watch(self.fd.as_raw_fd(), wd) };
+    }
+
+    /// Every event queued, each given to `f`. Never blocks; stops at
+    /// `EAGAIN` (drained) or any other error (nothing more to learn).
+    fn drain(&mut self, mut f: impl FnMut(i32, u32, &[u8])) {
+        loop {
+            // SAFETY: reading into our own buffer, at most its length.
+            let n = unsafe {
+                libc::read(
+                    self.fd.as_raw_fd(),
+                    self.buf.as_mut_ptr().cast(),
+                    self.buf.len(),
+                )
+            };
+            if n <= 0 {
+                return;
+            }
+            for (wd, mask, name) in events(&self.buf[..n as usize]) {
+                f(wd, mask, name);
+            }
+        }
+    }
+}
+
 /// Inotify watches on cgroup directories, each for one cgroup name.
 pub struct Watches {
-    fd: OwnedFd,
+    inotify: Inotify,
     names: HashMap<i32, Vec<u8>>,
-    buf: Vec<u8>,
 }
 
 /// What [`Watches::changed`] found.
@@ -44,16 +103,9 @@ pub enum Changes {
 impl Watches {
     /// A new, empty set of watches (an inotify instance, non-blocking).
     pub fn new() -> io::Result<Self> {
-        // SAFETY: inotify_init1 takes flags only.
-        let fd = unsafe { libc::inotify_init1(libc::IN_NONBLOCK | libc::IN_CLOEXEC) };
-        if fd < 0 {
-            return Err(io::Error::last_os_error());
-        }
         Ok(Self {
-            // SAFETY: a new descriptor that nothing else owns.
-            fd: unsafe { OwnedFd::from_raw_fd(fd) },
+            inotify: Inotify::new(64 << 10)?,
             names: HashMap::new(),
-            buf: vec![0; 64 << 10],
         })
     }
 
@@ -61,14 +113,8 @@ impl Watches {
     /// or the error (`ENOSPC`: the user's `fs.inotify.max_user_watches`
     /// is reached), in which case the caller reads that cgroup every time.
     pub fn add(&mut self, dir: &Path, name: &[u8]) -> io::Result<i32> {
-        let path = CString::new(dir.as_os_str().as_bytes())
-            .map_err(|_| io::Error::from(io::ErrorKind::InvalidInput))?;
         let mask = libc::IN_MODIFY | libc::IN_DELETE | libc::IN_DELETE_SELF | libc::IN_ONLYDIR;
-        // SAFETY: a valid descriptor and a NUL-terminated path.
-        let wd = unsafe { libc::inotify_add_watch(self.fd.as_raw_fd(), path.as_ptr(), mask) };
-        if wd < 0 {
-            return Err(io::Error::last_os_error());
-        }
+        let wd = self.inotify.add(dir, mask)?;
         self.names.insert(wd, name.to_vec());
         Ok(wd)
     }
@@ -76,8 +122,7 @@ impl Watches {
     /// Stops watching `wd` (already gone if the cgroup was removed).
     pub fn remove(&mut self, wd: i32) {
         if self.names.remove(&wd).is_some() {
-            // SAFETY: a valid descriptor; a stale wd is refused (EINVAL).
-            unsafe { libc::inotify_rm_watch(self.fd.as_raw_fd(), wd) };
+            self.inotify.remove(wd);
         }
     }
 
@@ -86,56 +131,26 @@ impl Watches {
     /// parent's name, `/`, the directory's). Never blocks.
     pub fn changed(&mut self) -> Changes {
         let mut names = Vec::new();
-        loop {
-            // SAFETY: reading into our own buffer, at most its length.
-            let n = unsafe {
-                libc::read(
-                    self.fd.as_raw_fd(),
-                    self.buf.as_mut_ptr().cast(),
-                    self.buf.len(),
-                )
-            };
-            if n <= 0 {
-                // EAGAIN: drained (any other error: nothing more to learn)
-                break;
-            }
-            let mut overflow = false;
-            for (wd, mask, name) in events(&self.buf[..n as usize]) {
-                if mask & libc::IN_Q_OVERFLOW != 0 {
-                    overflow = true;
-                }
-                if let Some(cgroup) = self.names.get(&wd) {
-                    if mask & libc::IN_DELETE != 0 && mask & libc::IN_ISDIR != 0 {
-                        names.push(child_name(cgroup, name));
-                    } else if mask & (libc::IN_DELETE_SELF | libc::IN_IGNORED) != 0
-                        || name == EVENTS
-                    {
-                        names.push(cgroup.clone());
-                    }
-                }
-                if mask & libc::IN_IGNORED != 0 {
-                    self.names.remove(&wd);
+        let mut overflow = false;
+        let known = &mut self.names;
+        self.inotify.drain(|wd, mask, name| {
+            overflow |= mask & libc::IN_Q_OVERFLOW != 0;
+            if let Some(cgroup) = known.get(&wd) {
+                if mask & libc::IN_DELETE != 0 && mask & libc::IN_ISDIR != 0 {
+                    names.push(child_name(cgroup, name));
+                } else if mask & (libc::IN_DELETE_SELF | libc::IN_IGNORED) != 0 || name == EVENTS {
+                    names.push(cgroup.clone());
                 }
             }
-            if overflow {
-                // drain what is left before saying so
-                while self.read_more() {}
-                return Changes::All;
+            if mask & libc::IN_IGNORED != 0 {
+                known.remove(&wd);
             }
+        });
+        if overflow {
+            Changes::All
+        } else {
+            Changes::Some(names)
         }
-        Changes::Some(names)
-    }
-
-    fn read_more(&mut self) -> bool {
-        // SAFETY: as in `changed`.
-        let n = unsafe {
-            libc::read(
-                self.fd.as_raw_fd(),
-                self.buf.as_mut_ptr().cast(),
-                self.buf.len(),
-            )
-        };
-        n > 0
     }
 }
 
@@ -144,24 +159,16 @@ impl Watches {
 /// anywhere after its parent was listed is an event: [`super::shared_walk`]
 /// walks the hierarchy again only after one.
 pub struct Hierarchy {
-    fd: OwnedFd,
+    inotify: Inotify,
     /// Every directory listed has its watch (else every walk is needed).
     complete: bool,
-    buf: Vec<u8>,
 }
 
 impl Hierarchy {
     pub fn new() -> io::Result<Self> {
-        // SAFETY: inotify_init1 takes flags only.
-        let fd = unsafe { libc::inotify_init1(libc::IN_NONBLOCK | libc::IN_CLOEXEC) };
-        if fd < 0 {
-            return Err(io::Error::last_os_error());
-        }
         Ok(Self {
-            // SAFETY: a new descriptor that nothing else owns.
-            fd: unsafe { OwnedFd::from_raw_fd(fd) },
+            inotify: Inotify::new(16 << 10)?,
             complete: true,
-            buf: vec![0; 16 << 10],
         })
     }
 
@@ -170,21 +177,17 @@ impl Hierarchy {
     /// user's `fs.inotify.max_user_watches`) makes [`Self::changed`] say
     /// true from then on.
     pub fn watch(&mut self, dir: &Path) {
-        let Ok(path) = CString::new(dir.as_os_str().as_bytes()) else {
-            self.complete = false;
-            return;
-        };
         let mask = libc::IN_CREATE
             | libc::IN_DELETE
             | libc::IN_MOVED_FROM
             | libc::IN_MOVED_TO
             | libc::IN_ONLYDIR;
-        // SAFETY: a valid descriptor and a NUL-terminated path.
-        let wd = unsafe { libc::inotify_add_watch(self.fd.as_raw_fd(), path.as_ptr(), mask) };
         // a directory removed meanwhile (ENOENT) is no loss: its parent's
         // watch reports the removal
-        if wd < 0 && io::Error::last_os_error().raw_os_error() != Some(libc::ENOENT) {
-            self.complete = false;
+        if let Err(e) = self.inotify.add(dir, mask) {
+            if e.raw_os_error() != Some(libc::ENOENT) {
+                self.complete = false;
+            }
         }
     }
 
@@ -193,21 +196,10 @@ impl Hierarchy {
     /// blocks.
     pub fn changed(&mut self) -> bool {
         let mut changed = !self.complete;
-        loop {
-            // SAFETY: reading into our own buffer, at most its length.
-            let n = unsafe {
-                libc::read(
-                    self.fd.as_raw_fd(),
-                    self.buf.as_mut_ptr().cast(),
-                    self.buf.len(),
-                )
-            };
-            if n <= 0 {
-                return changed;
-            }
-            changed |= events(&self.buf[..n as usize])
-                .any(|(_, mask, _)| mask & libc::IN_ISDIR != 0 || mask & libc::IN_Q_OVERFLOW != 0);
-        }
+        self.inotify.drain(|_, mask, _| {
+            changed |= mask & (libc::IN_ISDIR | libc::IN_Q_OVERFLOW) != 0;
+        });
+        changed
     }
 }
 
