@@ -65,11 +65,21 @@ pub fn unix_nanos(t: std::time::SystemTime) -> u64 {
 }
 
 /// ureq's resolver, except that an address given as an IP literal (the
-/// usual `127.0.0.1:4241`) is used as is. ureq's own resolver, with a
+/// usual `127.0.0.1:4241`) is used as is, and a name (`localhost:4241`) is
+/// resolved at most once per [`RESOLVED_FOR`]. ureq's own resolver, with a
 /// timeout set, starts a thread for every request to resolve even a
 /// literal: at 10 requests a second that was a tenth of hindsight's CPU.
 #[derive(Debug, Default)]
-struct LiteralFirst(ureq::unversioned::resolver::DefaultResolver);
+struct LiteralFirst {
+    resolver: ureq::unversioned::resolver::DefaultResolver,
+    /// The last name resolved (host and port), when, and its addresses.
+    last: std::sync::Mutex<Option<(String, std::time::Instant, ResolvedAddrs)>>,
+}
+
+type ResolvedAddrs = ureq::unversioned::resolver::ResolvedSocketAddrs;
+
+/// How long a name's addresses are used before it is resolved again.
+const RESOLVED_FOR: Duration = Duration::from_secs(10);
 
 impl ureq::unversioned::resolver::Resolver for LiteralFirst {
     fn resolve(
@@ -77,7 +87,7 @@ impl ureq::unversioned::resolver::Resolver for LiteralFirst {
         uri: &ureq::http::Uri,
         config: &ureq::config::Config,
         timeout: ureq::unversioned::transport::NextTimeout,
-    ) -> Result<ureq::unversioned::resolver::ResolvedSocketAddrs, ureq::Error> {
+    ) -> Result<ResolvedAddrs, ureq::Error> {
         let literal = uri.host().and_then(|host| {
             host.trim_start_matches('[')
                 .trim_end_matches(']')
@@ -89,14 +99,21 @@ impl ureq::unversioned::resolver::Resolver for LiteralFirst {
             Some("https") => Some(443),
             _ => None,
         });
-        match (literal, port) {
-            (Some(ip), Some(port)) => {
-                let mut addrs = self.empty();
-                addrs.push(std::net::SocketAddr::new(ip, port));
-                Ok(addrs)
-            }
-            _ => self.0.resolve(uri, config, timeout),
+        if let (Some(ip), Some(port)) = (literal, port) {
+            let mut addrs = self.empty();
+            addrs.push(std::net::SocketAddr::new(ip, port));
+            return Ok(addrs);
         }
+        let key = format!("{}:{}", uri.host().unwrap_or(""), port.unwrap_or(0));
+        let mut last = self.last.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some((name, at, addrs)) = last.as_ref() {
+            if *name == key && at.elapsed() < RESOLVED_FOR {
+                return Ok(addrs.clone());
+            }
+        }
+        let addrs = self.resolver.resolve(uri, config, timeout)?;
+        *last = Some((key, std::time::Instant::now(), addrs.clone()));
+        Ok(addrs)
     }
 }
 

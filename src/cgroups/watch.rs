@@ -5,8 +5,19 @@
 //!
 //! The kernel writes `populated 1` to a cgroup's `cgroup.events` while the
 //! cgroup or one of its descendants has a live task, and notifies a change
-//! of that file as `IN_MODIFY` on it, seen by a watch on its directory
-//! (`kernfs_notify`, run from a work queue, so shortly after the change).
+//! of that file as `IN_MODIFY` on it (`kernfs_notify`, from a work queue).
+//! Two things about that notification shape this module:
+//! - The kernel sends it only if the file's inode is in the inode cache
+//!   (it looks it up, and skips the event when it is not there, e.g. after
+//!   memory pressure evicted it). So the file itself is watched: a watch
+//!   holds its inode. A watch on the directory alone missed entries after
+//!   `echo 2 > /proc/sys/vm/drop_caches`, for good.
+//! - It is rate-limited: at most one per file every `HZ/100` jiffies (10
+//!   to 13 ms), later ones deferred to the end of that interval. So a
+//!   cgroup stays read at every snapshot for [`NOTIFY_GRACE`] after each
+//!   change seen: a task that comes back within the interval is read
+//!   although its event is still held back.
+//!
 //! Removing a cgroup (`rmdir`) is `IN_DELETE` of its name on its parent's
 //! directory, at once. (`IN_DELETE_SELF` on its own directory would come
 //! only when the last reference to it goes, and an open `cpu.stat` in it
@@ -21,9 +32,14 @@ use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::os::unix::ffi::OsStrExt;
 use std::path::Path;
 
-/// The file whose changes count; the kernel also notifies other event
-/// files (`memory.events`), which say nothing about tasks.
-const EVENTS: &[u8] = b"cgroup.events";
+/// The file whose changes count.
+const EVENTS: &str = "cgroup.events";
+
+/// How long after a change is seen a cgroup is still read at every
+/// snapshot, whatever `cgroup.events` said: longer than the kernel's
+/// notification interval (`CGROUP_FILE_NOTIFY_MIN_INTV`, `HZ/100` jiffies
+/// rounded up: 10 to 13 ms) with room for the timer and the work queue.
+pub const NOTIFY_GRACE: std::time::Duration = std::time::Duration::from_millis(100);
 
 /// A non-blocking inotify instance: what [`Watches`] and [`Hierarchy`]
 /// share.
@@ -85,7 +101,8 @@ impl Inotify {
     }
 }
 
-/// Inotify watches on cgroup directories, each for one cgroup name.
+/// Inotify watches for cgroups: each cgroup's `cgroup.events` and its
+/// directory (for its children's removal), both for one cgroup name.
 pub struct Watches {
     inotify: Inotify,
     names: HashMap<i32, Vec<u8>>,
@@ -109,20 +126,35 @@ impl Watches {
         })
     }
 
-    /// Watches `dir`, the directory of cgroup `name`; the watch descriptor,
-    /// or the error (`ENOSPC`: the user's `fs.inotify.max_user_watches`
-    /// is reached), in which case the caller reads that cgroup every time.
-    pub fn add(&mut self, dir: &Path, name: &[u8]) -> io::Result<i32> {
-        let mask = libc::IN_MODIFY | libc::IN_DELETE | libc::IN_DELETE_SELF | libc::IN_ONLYDIR;
-        let wd = self.inotify.add(dir, mask)?;
-        self.names.insert(wd, name.to_vec());
-        Ok(wd)
+    /// Watches cgroup `name`, whose directory is `dir`: its
+    /// `cgroup.events` for changes and the directory for its children's
+    /// removal. The two watch descriptors, or the error (`ENOENT`: no
+    /// `cgroup.events`, as in the root cgroup; `ENOSPC`: the user's
+    /// `fs.inotify.max_user_watches` reached), in which case the caller
+    /// reads that cgroup every time.
+    pub fn add(&mut self, dir: &Path, name: &[u8]) -> io::Result<[i32; 2]> {
+        let events = self.inotify.add(&dir.join(EVENTS), libc::IN_MODIFY)?;
+        let children = libc::IN_DELETE | libc::IN_DELETE_SELF | libc::IN_ONLYDIR;
+        let dir_wd = match self.inotify.add(dir, children) {
+            Ok(wd) => wd,
+            Err(e) => {
+                self.inotify.remove(events);
+                return Err(e);
+            }
+        };
+        for wd in [events, dir_wd] {
+            self.names.insert(wd, name.to_vec());
+        }
+        Ok([events, dir_wd])
     }
 
-    /// Stops watching `wd` (already gone if the cgroup was removed).
-    pub fn remove(&mut self, wd: i32) {
-        if self.names.remove(&wd).is_some() {
-            self.inotify.remove(wd);
+    /// Stops the watches `add` returned (already gone if the cgroup was
+    /// removed).
+    pub fn remove(&mut self, wds: [i32; 2]) {
+        for wd in wds {
+            if self.names.remove(&wd).is_some() {
+                self.inotify.remove(wd);
+            }
         }
     }
 
@@ -138,7 +170,8 @@ impl Watches {
             if let Some(cgroup) = known.get(&wd) {
                 if mask & libc::IN_DELETE != 0 && mask & libc::IN_ISDIR != 0 {
                     names.push(child_name(cgroup, name));
-                } else if mask & (libc::IN_DELETE_SELF | libc::IN_IGNORED) != 0 || name == EVENTS {
+                } else if mask & (libc::IN_MODIFY | libc::IN_DELETE_SELF | libc::IN_IGNORED) != 0 {
+                    // IN_MODIFY comes only from the cgroup.events watch
                     names.push(cgroup.clone());
                 }
             }
@@ -235,7 +268,7 @@ pub fn child_name(parent: &[u8], leaf: &[u8]) -> Vec<u8> {
 /// task (`populated 1`). `None` when the file cannot be read (the root
 /// cgroup has none) or has no `populated` line.
 pub fn populated(dir: &Path) -> Option<bool> {
-    let text = std::fs::read(dir.join("cgroup.events")).ok()?;
+    let text = std::fs::read(dir.join(EVENTS)).ok()?;
     parse_populated(&text)
 }
 

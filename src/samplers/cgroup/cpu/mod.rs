@@ -37,7 +37,7 @@ use std::time::{Duration, Instant};
 
 use tracing::warn;
 
-use crate::cgroups::watch::{populated, Changes, Watches};
+use crate::cgroups::watch::{populated, Changes, Watches, NOTIFY_GRACE};
 use crate::cgroups::{find_mount, open_file_budget, shared_walk, Cgroup, Walk, FORGET_AFTER};
 use crate::logging::Repeated;
 use crate::metrics::{MetricDef, Series};
@@ -139,8 +139,12 @@ struct Tracked {
     dir: PathBuf,
     stat: PathBuf,
     file: Option<File>,
-    /// The inotify watch on its directory; without one, read every time.
-    watch: Option<i32>,
+    /// The inotify watches on its `cgroup.events` and directory; without
+    /// them, read every time.
+    watch: Option<[i32; 2]>,
+    /// When a change was last seen: read at every snapshot for
+    /// [`NOTIFY_GRACE`] after it, as the kernel may hold the next event back.
+    changed_at: Option<Instant>,
     /// Its subtree had a live task when `cgroup.events` was last read.
     populated: bool,
     /// `cgroup.events` changed, or the cgroup was removed, since the last
@@ -179,6 +183,8 @@ impl Tracked {
             stat,
             file,
             watch,
+            // its last notification may be just before the watch began
+            changed_at: Some(Instant::now()),
             populated: true,
             changed: true,
             served: [None; 4],
@@ -228,7 +234,10 @@ impl Tracked {
     /// gone. A watched cgroup whose subtree had no task at its last read,
     /// with no event since, is not read: its last values are served again.
     fn emit(&mut self, buf: &mut Vec<u8>, out: &mut Emitter<'_>) -> bool {
-        if self.watch.is_some() && !self.changed && !self.populated {
+        let settled = self
+            .changed_at
+            .is_none_or(|at| at.elapsed() >= NOTIFY_GRACE);
+        if self.watch.is_some() && !self.changed && !self.populated && settled {
             for (series, value) in self.series.iter().zip(self.served) {
                 if let Some(v) = value {
                     out.counter(series, v);
@@ -391,13 +400,21 @@ impl Sampler for CgroupCpu {
         }
         match self.watches.as_mut().map(Watches::changed) {
             Some(Changes::Some(names)) => {
+                let now = Instant::now();
                 for name in names {
                     if let Some(t) = self.tracked.get_mut(&name) {
                         t.changed = true;
+                        t.changed_at = Some(now);
                     }
                 }
             }
-            Some(Changes::All) => self.tracked.values_mut().for_each(|t| t.changed = true),
+            Some(Changes::All) => {
+                let now = Instant::now();
+                for t in self.tracked.values_mut() {
+                    t.changed = true;
+                    t.changed_at = Some(now);
+                }
+            }
             None => {}
         }
         // a cgroup removed since the scan fails its read and drops out now:
