@@ -16,12 +16,14 @@
 //! snapshot (the last value read is the last one served). Only cgroups
 //! that can have changed are read: those with a live task in their
 //! subtree (`populated 1` in `cgroup.events`), and one read more after
-//! each change of that file (the last task gone) or removal, both known
-//! from an inotify watch on the cgroup's directory
-//! ([`crate::cgroups::watch`]); an empty cgroup's `cpu.stat` cannot change,
-//! so its last values are served again without a read. Where a watch
-//! cannot be had (the user's `fs.inotify.max_user_watches` reached), the
-//! cgroup is read every time. A cgroup re-created under the same
+//! each change of that file (the last task gone) or removal, and at every
+//! snapshot for 100 ms after a change (the kernel may hold the next
+//! notification back), all known from inotify watches on the cgroup's
+//! `cgroup.events` and directory ([`crate::cgroups::watch`]); an empty
+//! cgroup's `cpu.stat` cannot change, so its last values are served again
+//! without a read. Where a watch cannot be had (the root cgroup, or the
+//! user's `fs.inotify.max_user_watches` reached), the cgroup is read every
+//! time. A cgroup re-created under the same
 //! path (a new directory inode) gets new series that start again from its
 //! own counts. At most `max_cgroups` are tracked; those already tracked keep
 //! their place, and the number left out (with those in directories the walk
@@ -286,8 +288,9 @@ struct CgroupCpu {
     generation: u64,
     buf: Vec<u8>,
     unreadable: Repeated,
-    /// Watches on the tracked cgroups' directories; `None` if inotify
-    /// could not be had (every cgroup is then read every time).
+    /// Watches on the tracked cgroups' `cgroup.events` and directories;
+    /// `None` if inotify could not be had (every cgroup is then read every
+    /// time).
     watches: Option<Watches>,
     /// By name, the last values served for cgroups that are gone, and
     /// when: continued by a cgroup made again under that name within
