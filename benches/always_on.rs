@@ -12,7 +12,8 @@
 //!    the agent's CPU per snapshot, from its own accounting, over
 //!    `BENCH_REQUESTS` (default 2000) requests.
 //! 3. Snapshot cost as CPUs grow: the agent with its procfs and sysfs
-//!    samplers and `root` at a fixture tree of 2, 64 and 512 CPUs (made from
+//!    samplers (those the registry lists as reading files) and `root` at a
+//!    fixture tree of 2, 64 and 512 CPUs (made from
 //!    `fixtures/vm6.18`, one `/proc/stat` line per CPU and the online list
 //!    widened), CPU per snapshot over HTTP as in 2, and its series count.
 //!
@@ -28,18 +29,6 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use common::{fetch_len, start_agent_of, us, usage, wait_for, Cgroups, Reaped, BIN};
-
-/// The procfs and sysfs samplers (no privilege needed).
-const PROCFS: &[&str] = &[
-    "blockio_devices",
-    "cpu_cores",
-    "cpu_usage",
-    "memory_meminfo",
-    "memory_vmstat",
-    "network_interfaces",
-    "network_protocols",
-    "rezolus_rusage",
-];
 
 fn env(name: &str, default: u64) -> u64 {
     std::env::var(name)
@@ -167,9 +156,12 @@ fn per_snapshot(agent: &Reaped, port: u16, requests: usize) -> (f64, usize) {
 /// Part 3: the procfs side at 2, 64 and 512 CPUs.
 fn cpu_curve(bin: &str, dir: &Path, requests: usize) {
     let fixture = Path::new(env!("CARGO_MANIFEST_DIR")).join("fixtures/vm6.18");
-    let samplers: String = PROCFS
-        .iter()
-        .map(|s| format!("[samplers.{s}]\nenabled = true\n"))
+    // the samplers that read files under the root (procfs, sysfs), from
+    // the registry; cgroup_cpu finds no cgroup2 mount under a fixture
+    let samplers: String = rezolus::samplers::registry()
+        .into_iter()
+        .filter(|s| matches!(s.source, rezolus::samplers::Source::Files(_)))
+        .map(|s| format!("[samplers.{}]\nenabled = true\n", s.name))
         .collect();
     let extra = format!("[defaults]\nenabled = false\n{samplers}");
     println!("snapshot cost as CPUs grow (procfs and sysfs samplers, root at a fixture tree; target: under 5 ms at 512):");

@@ -61,8 +61,9 @@ pub struct Cgroup {
 /// What [`walk`] found.
 pub struct Walk {
     /// Every cgroup it could list, depth first, parents before children,
-    /// siblings in name order (a stable order).
-    pub cgroups: Vec<Cgroup>,
+    /// siblings in name order (a stable order). Shared by the walks that
+    /// reuse it.
+    pub cgroups: std::sync::Arc<[Cgroup]>,
     /// Directories it could not list (other than those removed meanwhile),
     /// and why: their subtrees are missing from `cgroups`. A path longer
     /// than PATH_MAX is one such case.
@@ -137,7 +138,7 @@ pub fn shared_walk(
             && last.watches.as_mut().is_some_and(|w| !w.changed());
         if unchanged {
             last.walk = std::sync::Arc::new(Walk {
-                cgroups: last.walk.cgroups.clone(),
+                cgroups: std::sync::Arc::clone(&last.walk.cgroups),
                 unreadable: Vec::new(),
                 started_ns: now,
             });
@@ -209,7 +210,7 @@ fn walk_watched(mount: &Path, mut watches: Option<&mut watch::Hierarchy>) -> std
         found.push(cgroup);
     }
     Ok(Walk {
-        cgroups: found,
+        cgroups: found.into(),
         unreadable,
         started_ns,
     })

@@ -235,10 +235,10 @@ impl Tracked {
     /// Reads `cpu.stat` and emits its values; false once the cgroup is
     /// gone. A watched cgroup whose subtree had no task at its last read,
     /// with no event since, is not read: its last values are served again.
-    fn emit(&mut self, buf: &mut Vec<u8>, out: &mut Emitter<'_>) -> bool {
+    fn emit(&mut self, buf: &mut Vec<u8>, now: Instant, out: &mut Emitter<'_>) -> bool {
         let settled = self
             .changed_at
-            .is_none_or(|at| at.elapsed() >= NOTIFY_GRACE);
+            .is_none_or(|at| now.saturating_duration_since(at) >= NOTIFY_GRACE);
         if self.watch.is_some() && !self.changed && !self.populated && settled {
             for (series, value) in self.series.iter().zip(self.served) {
                 if let Some(v) = value {
@@ -347,7 +347,7 @@ impl CgroupCpu {
             None => drop(self.unreadable.ok()),
         }
         let mut new = Vec::new();
-        for cgroup in cgroups {
+        for cgroup in cgroups.iter() {
             match self.tracked.get_mut(&cgroup.name) {
                 Some(t) if t.inode == cgroup.id => t.seen = generation,
                 // new, or re-created under the same path: new series that
@@ -401,23 +401,21 @@ impl Sampler for CgroupCpu {
             self.scan()?;
             self.last_scan = Some(Instant::now());
         }
+        // one clock read for the whole snapshot, not one per cgroup
+        let now = Instant::now();
+        let mut mark = |t: &mut Tracked| {
+            t.changed = true;
+            t.changed_at = Some(now);
+        };
         match self.watches.as_mut().map(Watches::changed) {
             Some(Changes::Some(names)) => {
-                let now = Instant::now();
                 for name in names {
                     if let Some(t) = self.tracked.get_mut(&name) {
-                        t.changed = true;
-                        t.changed_at = Some(now);
+                        mark(t);
                     }
                 }
             }
-            Some(Changes::All) => {
-                let now = Instant::now();
-                for t in self.tracked.values_mut() {
-                    t.changed = true;
-                    t.changed_at = Some(now);
-                }
-            }
+            Some(Changes::All) => self.tracked.values_mut().for_each(&mut mark),
             None => {}
         }
         // a cgroup removed since the scan fails its read and drops out now:
@@ -425,10 +423,9 @@ impl Sampler for CgroupCpu {
         let buf = &mut self.buf;
         let watches = &mut self.watches;
         let carried = &mut self.carried;
-        let now = Instant::now();
         carried.retain(|_, (at, _)| now.duration_since(*at) < FORGET_AFTER);
         self.tracked.retain(|name, t| {
-            let alive = t.emit(buf, out);
+            let alive = t.emit(buf, now, out);
             if !alive {
                 carried.insert(name.clone(), (now, t.last));
                 if let (Some(w), Some(wd)) = (watches.as_mut(), t.watch) {
