@@ -8,3 +8,5 @@ pub mod journal;
 pub mod parquet;
 pub mod query;
 pub mod reader;
+mod spill;
+pub(crate) mod varint;

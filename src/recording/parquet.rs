@@ -5,7 +5,11 @@
 //! - one column per series, named by the series name: counters UInt64,
 //!   gauges Int64, histograms `List<UInt64>` of bucket counts in a column
 //!   named `<series>:buckets`; a series missing from a snapshot (e.g. one
-//!   that appeared later) is null there;
+//!   that appeared later) is null there. Counters and gauges come first,
+//!   then histograms, each in order of first appearance; counters and
+//!   gauges are DELTA_BINARY_PACKED, uncompressed, histograms PLAIN in
+//!   zstd (level 3) pages of 64 KiB, all standard Parquet 2.x any reader
+//!   decodes;
 //! - column metadata: `metric`, `metric_type`, `unit`, the labels, and for
 //!   histograms `grouping_power` and `max_value_power`. A column holds only
 //!   values its metadata describes: when a series changes type, unit, labels
@@ -22,8 +26,9 @@
 //!   bounds (see [`bucket_bounds`]).
 //!
 //! Two passes over the journal: the first finds every column, the second
-//! writes row groups of bounded size, so memory does not grow with the
-//! length of the capture.
+//! writes the rows in at most four row groups (of at least [`GROUP_ROWS`]
+//! rows), held on disk while written (`recording::spill`), so that memory
+//! does not grow with the length of the capture.
 
 use std::collections::HashMap;
 use std::fs::File;
@@ -31,22 +36,39 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use arrow_array::builder::{Int64Builder, ListBuilder, UInt64Builder};
-use arrow_array::{ArrayRef, RecordBatch};
-use arrow_schema::{DataType, Field, Schema};
+use arrow_array::ArrayRef;
+use arrow_schema::{DataType, Field, Schema, SchemaRef};
+use parquet::arrow::arrow_writer::{compute_leaves, ArrowColumnWriter, ArrowWriterOptions};
 use parquet::arrow::ArrowWriter;
-use parquet::basic::{Compression, ZstdLevel};
+use parquet::basic::{Compression, Encoding, ZstdLevel};
 use parquet::file::metadata::KeyValue;
 use parquet::file::properties::{EnabledStatistics, WriterProperties};
+use parquet::file::writer::SerializedFileWriter;
+use parquet::schema::types::ColumnPath;
 
 use super::journal::{ClockStep, Gap, JournalError, Reader, Record};
+use super::spill::{HistogramSpill, PageSpill, PageSpillFactory};
 use crate::client::unix_nanos;
 use crate::snapshot::Received;
 
-/// Raw bytes of column data held before a row group is written. (Row
-/// groups bounded by their encoded size instead, for fewer and larger
-/// groups, were tried: the Parquet writer then held far more memory than
-/// it reports, about the raw size of the group, so the bound stays raw.)
-const ROW_GROUP_BYTES: usize = 16 << 20;
+/// Raw bytes of counter and gauge values gathered before they go to
+/// their column writers.
+const BATCH_BYTES: usize = 1 << 20;
+
+/// Rows per row group, at least (see [`rows_per_group`]): an hour at
+/// 100 ms is one group. A row group is held on disk while written (see
+/// `recording::spill`), not in memory.
+const GROUP_ROWS: usize = 1 << 17;
+
+/// Histogram rows per batch given to a histogram column's writer.
+const HISTOGRAM_BATCH_ROWS: usize = 64;
+
+/// Page size of the histogram columns: a page is compressed as a whole,
+/// and zstd finds the repeats between consecutive snapshots within it.
+const HISTOGRAM_PAGE_BYTES: usize = 64 << 10;
+
+/// Rows per page of the counter and gauge columns.
+const SCALAR_PAGE_ROWS: usize = 1024;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ConvertError {
@@ -89,23 +111,19 @@ struct Column {
     metadata: HashMap<String, String>,
 }
 
+/// A batch of one counter or gauge column.
 enum Builder {
     Counter(UInt64Builder),
     Gauge(Int64Builder),
-    Histogram(ListBuilder<UInt64Builder>),
 }
 
 impl Builder {
-    /// Sized for a row group up front: growing by doubling would hold up
-    /// to twice the data.
-    fn new(kind: Kind, rows: usize, buckets: usize) -> Self {
+    /// Sized for a batch up front: growing by doubling would hold up to
+    /// twice the data.
+    fn new(kind: Kind, rows: usize) -> Self {
         match kind {
-            Kind::Counter => Builder::Counter(UInt64Builder::with_capacity(rows)),
             Kind::Gauge => Builder::Gauge(Int64Builder::with_capacity(rows)),
-            Kind::Histogram => Builder::Histogram(ListBuilder::with_capacity(
-                UInt64Builder::with_capacity(rows * buckets),
-                rows,
-            )),
+            _ => Builder::Counter(UInt64Builder::with_capacity(rows)),
         }
     }
 
@@ -113,7 +131,6 @@ impl Builder {
         match self {
             Builder::Counter(b) => b.append_null(),
             Builder::Gauge(b) => b.append_null(),
-            Builder::Histogram(b) => b.append_null(),
         }
     }
 
@@ -121,7 +138,6 @@ impl Builder {
         match self {
             Builder::Counter(b) => Arc::new(b.finish()),
             Builder::Gauge(b) => Arc::new(b.finish()),
-            Builder::Histogram(b) => Arc::new(b.finish()),
         }
     }
 }
@@ -214,12 +230,22 @@ impl Columns {
         }
     }
 
+    /// The columns in file order, as indices into `list`: every counter
+    /// and gauge, then every histogram (written last in each row group,
+    /// a column at a time), each part in order of first appearance.
+    fn layout(&self) -> Vec<usize> {
+        let (histograms, scalars): (Vec<usize>, Vec<usize>) =
+            (0..self.list.len()).partition(|&i| self.list[i].kind == Kind::Histogram);
+        scalars.into_iter().chain(histograms).collect()
+    }
+
+    /// `timestamp`, `duration`, then the columns in [`Self::layout`] order.
     fn schema(&self, file_metadata: HashMap<String, String>) -> Schema {
         let mut fields = vec![
             Field::new("timestamp", DataType::UInt64, false),
             Field::new("duration", DataType::UInt64, true),
         ];
-        for c in &self.list {
+        for c in self.layout().into_iter().map(|i| &self.list[i]) {
             let data_type = match c.kind {
                 Kind::Counter => DataType::UInt64,
                 Kind::Gauge => DataType::Int64,
@@ -230,17 +256,6 @@ impl Columns {
             fields.push(Field::new(&c.name, data_type, true).with_metadata(c.metadata.clone()));
         }
         Schema::new(fields).with_metadata(file_metadata)
-    }
-
-    /// Rows per row group so a group's raw data stays near `bytes`.
-    fn rows_per_group(&self, bytes: usize) -> usize {
-        let histograms = self
-            .list
-            .iter()
-            .filter(|c| c.kind == Kind::Histogram)
-            .count();
-        let row = 8 * (2 + self.list.len() + histograms * self.buckets);
-        (bytes / row.max(1)).clamp(16, 8192)
     }
 }
 
@@ -287,14 +302,25 @@ pub fn convert(
     output: &Path,
     progress: &mut dyn FnMut(u64, u64),
 ) -> Result<Converted, ConvertError> {
-    convert_in_groups(journal, output, progress, ROW_GROUP_BYTES)
+    convert_in_groups(journal, output, progress, BATCH_BYTES, GROUP_ROWS)
+}
+
+/// Rows per row group for a file of `rows`: `group_rows`, or a quarter
+/// of the file if more, so that a file has at most four row groups. The
+/// Parquet writer keeps about 3 KB of metadata per column chunk until the
+/// footer is written (1.6 MB a row group at 500 columns), so a fixed size
+/// would make memory grow with the length of the capture.
+fn rows_per_group(rows: u64, group_rows: usize) -> usize {
+    let quarter = usize::try_from(rows.div_ceil(4)).unwrap_or(usize::MAX);
+    group_rows.max(quarter).max(1)
 }
 
 fn convert_in_groups(
     journal: &Path,
     output: &Path,
     progress: &mut dyn FnMut(u64, u64),
-    group_bytes: usize,
+    batch_bytes: usize,
+    group_rows: usize,
 ) -> Result<Converted, ConvertError> {
     let jerr = |cause| ConvertError::Journal {
         path: journal.display().to_string(),
@@ -349,6 +375,7 @@ fn convert_in_groups(
         }
     }
     let torn = reader.torn.clone();
+    drop(reader);
     if let Some((offset, why)) = &torn {
         pending.push(format!(
             "journal cut at byte {offset} ({why}): later records lost"
@@ -414,113 +441,20 @@ fn convert_in_groups(
         message,
     };
     let file = File::create(&tmp).map_err(|e| werr(format!("creating {}: {e}", tmp.display())))?;
-    let result = (|| {
-        let props = WriterProperties::builder()
-            // min/max per column chunk only: per-page statistics and their
-            // page indexes, kept in memory until the footer, would grow
-            // with the capture
-            .set_statistics_enabled(EnabledStatistics::Chunk)
-            .set_dictionary_enabled(false)
-            .set_offset_index_disabled(true)
-            .set_compression(Compression::ZSTD(
-                ZstdLevel::try_new(3).map_err(|e| e.to_string())?,
-            ))
-            .set_key_value_metadata(Some(
-                file_metadata
-                    .iter()
-                    .map(|(k, v)| KeyValue::new(k.clone(), v.clone()))
-                    .collect(),
-            ))
-            .build();
-        let mut writer = ArrowWriter::try_new(file, Arc::clone(&schema), Some(props))
-            .map_err(|e| e.to_string())?;
-        let per_group = columns.rows_per_group(group_bytes);
-        let mut reader = Reader::open(journal).map_err(|e| e.to_string())?;
-        let mut timestamps = UInt64Builder::new();
-        let mut durations = UInt64Builder::new();
-        let mut builders: Vec<Builder> = columns
-            .list
-            .iter()
-            .map(|c| Builder::new(c.kind, per_group, columns.buckets))
-            .collect();
-        let mut filled = vec![false; builders.len()];
-        let mut in_group = 0usize;
-        let mut done = 0u64;
-        let mut flush = |timestamps: &mut UInt64Builder,
-                         durations: &mut UInt64Builder,
-                         builders: &mut Vec<Builder>|
-         -> Result<(), String> {
-            let mut arrays: Vec<ArrayRef> =
-                vec![Arc::new(timestamps.finish()), Arc::new(durations.finish())];
-            arrays.extend(builders.iter_mut().map(Builder::finish));
-            let batch =
-                RecordBatch::try_new(Arc::clone(&schema), arrays).map_err(|e| e.to_string())?;
-            writer.write(&batch).map_err(|e| e.to_string())?;
-            drop(batch);
-            writer.flush().map_err(|e| e.to_string())?;
-            // sized again for the next group (finish leaves them empty)
-            for (b, c) in builders.iter_mut().zip(&columns.list) {
-                *b = Builder::new(c.kind, per_group, columns.buckets);
-            }
-            Ok(())
-        };
-        while let Some(record) = reader.next_record().map_err(|e| e.to_string())? {
-            let Record::Snapshot(bytes) = record else {
-                continue;
-            };
-            let Some(snap) = decode(&bytes) else {
-                continue;
-            };
-            filled.iter_mut().for_each(|f| *f = false);
-            timestamps.append_value(unix_nanos(snap.systemtime));
-            durations.append_value(snap.duration.as_nanos() as u64);
-            let mut slot = |name: &str, kind, metadata| -> Option<usize> {
-                let i = columns.find(name, kind, metadata)?;
-                (!std::mem::replace(&mut filled[i], true)).then_some(i)
-            };
-            for c in &snap.counters {
-                if let Some(i) = slot(&c.name, Kind::Counter, &c.metadata) {
-                    if let Builder::Counter(b) = &mut builders[i] {
-                        b.append_value(c.value);
-                    }
-                }
-            }
-            for g in &snap.gauges {
-                if let Some(i) = slot(&g.name, Kind::Gauge, &g.metadata) {
-                    if let Builder::Gauge(b) = &mut builders[i] {
-                        b.append_value(g.value);
-                    }
-                }
-            }
-            for h in &snap.histograms {
-                if let Some(i) = slot(&h.name, Kind::Histogram, &h.metadata) {
-                    if let Builder::Histogram(b) = &mut builders[i] {
-                        b.values().append_slice(h.value.as_slice());
-                        b.append(true);
-                    }
-                }
-            }
-            for (b, f) in builders.iter_mut().zip(&filled) {
-                if !f {
-                    b.null();
-                }
-            }
-            in_group += 1;
-            done += 1;
-            if in_group == per_group {
-                flush(&mut timestamps, &mut durations, &mut builders)?;
-                in_group = 0;
-                progress(done, rows);
-            }
-        }
-        if in_group > 0 {
-            flush(&mut timestamps, &mut durations, &mut builders)?;
-            progress(done, rows);
-        }
-        let file = writer.into_inner().map_err(|e| e.to_string())?;
-        file.sync_all().map_err(|e| e.to_string())?;
-        Ok::<u64, String>(done)
-    })();
+    let result = write_groups(
+        file,
+        &schema,
+        &columns,
+        Groups {
+            journal,
+            output,
+            rows,
+            batch_bytes,
+            group_rows,
+        },
+        file_metadata,
+        progress,
+    );
     let written = match result {
         Ok(n) => n,
         Err(e) => {
@@ -550,6 +484,238 @@ fn convert_in_groups(
         torn,
         bytes,
     })
+}
+
+/// What pass 2 reads, and how it cuts the rows.
+struct Groups<'a> {
+    journal: &'a Path,
+    output: &'a Path,
+    /// Snapshots in the journal (from pass 1).
+    rows: u64,
+    batch_bytes: usize,
+    group_rows: usize,
+}
+
+/// Where a column's values go while a row group is read.
+#[derive(Clone, Copy)]
+enum Slot {
+    /// The batch builder of this index (counters and gauges).
+    Scalar(usize),
+    /// The histogram spill column of this index.
+    Histogram(usize),
+}
+
+/// Pass 2: the journal's snapshots as row groups of `schema`, written to
+/// `file`; returns the rows written.
+///
+/// Counters and gauges go to their column writers in batches as they are
+/// read. Histograms wait in a [`HistogramSpill`] and are written when the
+/// group ends, a column at a time, so that only one histogram column's
+/// zstd context exists at once: with every column open, as Arrow's writer
+/// keeps them, each context held about 0.5 MB, 25 MB for 48 histogram
+/// columns. Counters and gauges are DELTA_BINARY_PACKED and not
+/// compressed: no codec context per column (the Parquet writer makes a
+/// zstd one eagerly, about 70 KB even unused), and smaller than zstd over
+/// plain values for counters that move in small steps. Every finished
+/// page waits on disk in a [`PageSpill`] until its group is written.
+fn write_groups(
+    file: File,
+    schema: &SchemaRef,
+    columns: &Columns,
+    groups: Groups<'_>,
+    file_metadata: HashMap<String, String>,
+    progress: &mut dyn FnMut(u64, u64),
+) -> Result<u64, String> {
+    let e = |e: parquet::errors::ParquetError| e.to_string();
+    let layout = columns.layout();
+    let scalars = layout
+        .iter()
+        .take_while(|&&i| columns.list[i].kind != Kind::Histogram)
+        .count();
+    let group_rows = rows_per_group(groups.rows, groups.group_rows);
+    let zstd = ZstdLevel::try_new(3).map_err(e)?;
+    let mut props = WriterProperties::builder()
+        // min/max per column chunk only: per-page statistics and their
+        // page indexes, kept in memory until the footer, would grow with
+        // the capture
+        .set_statistics_enabled(EnabledStatistics::Chunk)
+        .set_dictionary_enabled(false)
+        .set_offset_index_disabled(true)
+        .set_compression(Compression::ZSTD(zstd))
+        .set_max_row_group_row_count(Some(group_rows))
+        .set_data_page_size_limit(HISTOGRAM_PAGE_BYTES)
+        .set_data_page_row_count_limit(SCALAR_PAGE_ROWS)
+        .set_key_value_metadata(Some(
+            file_metadata
+                .into_iter()
+                .map(|(k, v)| KeyValue::new(k, v))
+                .collect(),
+        ));
+    let scalar_names = layout[..scalars]
+        .iter()
+        .map(|&i| columns.list[i].name.as_str());
+    for name in ["timestamp", "duration"].into_iter().chain(scalar_names) {
+        let path = ColumnPath::from(name);
+        props = props
+            .set_column_compression(path.clone(), Compression::UNCOMPRESSED)
+            .set_column_encoding(path, Encoding::DELTA_BINARY_PACKED);
+    }
+    let temporary = |e: std::io::Error| format!("creating a temporary file beside it: {e}");
+    let pages = PageSpill::beside(groups.output).map_err(temporary)?;
+    let mut spill =
+        HistogramSpill::beside(groups.output, layout.len() - scalars).map_err(temporary)?;
+    let options = ArrowWriterOptions::new()
+        .with_properties(props.build())
+        .with_page_store_factory(Arc::new(PageSpillFactory(pages)));
+    let writer = ArrowWriter::try_new_with_options(file, Arc::clone(schema), options).map_err(e)?;
+    let (mut writer, factory) = writer.into_serialized_writer().map_err(e)?;
+
+    let mut slots = vec![Slot::Scalar(0); columns.list.len()];
+    for (k, &i) in layout.iter().enumerate() {
+        slots[i] = match k.checked_sub(scalars) {
+            None => Slot::Scalar(k),
+            Some(h) => Slot::Histogram(h),
+        };
+    }
+    let batch_rows = (groups.batch_bytes / (8 * (2 + scalars))).clamp(16, 8192);
+    let mut timestamps = UInt64Builder::with_capacity(batch_rows);
+    let mut durations = UInt64Builder::with_capacity(batch_rows);
+    let mut builders: Vec<Builder> = layout[..scalars]
+        .iter()
+        .map(|&i| Builder::new(columns.list[i].kind, batch_rows))
+        .collect();
+    let mut filled = vec![false; columns.list.len()];
+    let mut reader = Reader::open(groups.journal).map_err(|e| e.to_string())?;
+    let mut writers: Option<Vec<ArrowColumnWriter>> = None;
+    let (mut group_index, mut in_group, mut in_batch, mut done) = (0, 0, 0, 0u64);
+    loop {
+        let snap = match reader.next_record().map_err(|e| e.to_string())? {
+            None => None,
+            Some(Record::Snapshot(bytes)) => match decode(&bytes) {
+                Some(snap) => Some(snap),
+                None => continue,
+            },
+            Some(_) => continue,
+        };
+        if let Some(snap) = &snap {
+            if writers.is_none() {
+                writers = Some(factory.create_column_writers(group_index).map_err(e)?);
+            }
+            filled.iter_mut().for_each(|f| *f = false);
+            timestamps.append_value(unix_nanos(snap.systemtime));
+            durations.append_value(snap.duration.as_nanos() as u64);
+            let mut slot = |name: &str, kind, metadata| -> Option<Slot> {
+                let i = columns.find(name, kind, metadata)?;
+                (!std::mem::replace(&mut filled[i], true)).then_some(slots[i])
+            };
+            for c in &snap.counters {
+                if let Some(Slot::Scalar(k)) = slot(&c.name, Kind::Counter, &c.metadata) {
+                    if let Builder::Counter(b) = &mut builders[k] {
+                        b.append_value(c.value);
+                    }
+                }
+            }
+            for g in &snap.gauges {
+                if let Some(Slot::Scalar(k)) = slot(&g.name, Kind::Gauge, &g.metadata) {
+                    if let Builder::Gauge(b) = &mut builders[k] {
+                        b.append_value(g.value);
+                    }
+                }
+            }
+            let spilled = |e: std::io::Error| format!("spilling histograms: {e}");
+            for h in &snap.histograms {
+                if let Some(Slot::Histogram(k)) = slot(&h.name, Kind::Histogram, &h.metadata) {
+                    spill.push(k, Some(h.value.as_slice())).map_err(spilled)?;
+                }
+            }
+            for (i, _) in filled.iter().enumerate().filter(|(_, f)| !**f) {
+                match slots[i] {
+                    Slot::Scalar(k) => builders[k].null(),
+                    Slot::Histogram(k) => spill.push(k, None).map_err(spilled)?,
+                }
+            }
+            in_group += 1;
+            in_batch += 1;
+            done += 1;
+        }
+        let end = snap.is_none();
+        if let Some(writers) = writers.as_mut() {
+            if in_batch == batch_rows || in_group == group_rows || (end && in_batch > 0) {
+                let mut arrays: Vec<ArrayRef> =
+                    vec![Arc::new(timestamps.finish()), Arc::new(durations.finish())];
+                arrays.extend(builders.iter_mut().map(Builder::finish));
+                for ((w, field), array) in writers.iter_mut().zip(schema.fields()).zip(arrays) {
+                    for leaf in compute_leaves(field, &array).map_err(e)? {
+                        w.write(&leaf).map_err(e)?;
+                    }
+                }
+                in_batch = 0;
+                progress(done, groups.rows);
+            }
+        }
+        if in_group == group_rows || (end && in_group > 0) {
+            let group = writers.take().ok_or("no column writers for a row group")?;
+            finish_group(&mut writer, group, schema, 2 + scalars, &mut spill)?;
+            group_index += 1;
+            in_group = 0;
+        }
+        if end {
+            break;
+        }
+    }
+    let file = writer.into_inner().map_err(e)?;
+    file.sync_all().map_err(|e| e.to_string())?;
+    Ok(done)
+}
+
+/// Ends a row group: closes the counter and gauge writers (the first
+/// `scalars` of `writers`) and splices their chunks into the file, then
+/// writes each histogram column from `spill`, one at a time.
+fn finish_group(
+    writer: &mut SerializedFileWriter<File>,
+    writers: Vec<ArrowColumnWriter>,
+    schema: &SchemaRef,
+    scalars: usize,
+    spill: &mut HistogramSpill,
+) -> Result<(), String> {
+    let e = |e: parquet::errors::ParquetError| e.to_string();
+    let mut group = writer.next_row_group().map_err(e)?;
+    let mut writers = writers.into_iter();
+    for w in writers.by_ref().take(scalars) {
+        w.close()
+            .and_then(|c| c.append_to_row_group(&mut group))
+            .map_err(e)?;
+    }
+    let histograms = writers.zip(schema.fields().iter().skip(scalars));
+    for (k, (mut w, field)) in histograms.enumerate() {
+        spill.replay(k, HISTOGRAM_BATCH_ROWS, |rows| {
+            let buckets = rows.iter().flatten().map(Vec::len).sum();
+            let mut list =
+                ListBuilder::with_capacity(UInt64Builder::with_capacity(buckets), rows.len());
+            for row in rows {
+                match row {
+                    Some(buckets) => {
+                        list.values().append_slice(buckets);
+                        list.append(true);
+                    }
+                    None => list.append_null(),
+                }
+            }
+            let array: ArrayRef = Arc::new(list.finish());
+            for leaf in compute_leaves(field, &array).map_err(e)? {
+                w.write(&leaf).map_err(e)?;
+            }
+            Ok(())
+        })?;
+        // closed (and its compression context freed) before the next
+        w.close()
+            .and_then(|c| c.append_to_row_group(&mut group))
+            .map_err(e)?;
+    }
+    group.close().map_err(e)?;
+    spill
+        .clear()
+        .map_err(|e| format!("emptying the temporary file: {e}"))
 }
 
 /// `dir/.name.tmp-PID`: beside the output, so the rename stays on one
@@ -614,8 +780,14 @@ mod tests {
         let out = dir.path().join("out.parquet");
         let mut calls = Vec::new();
         // row groups of 16 rows
-        let c = convert_in_groups(&path, &out, &mut |done, total| calls.push((done, total)), 1)
-            .unwrap();
+        let c = convert_in_groups(
+            &path,
+            &out,
+            &mut |done, total| calls.push((done, total)),
+            1,
+            16,
+        )
+        .unwrap();
         assert_eq!((c.rows, c.skipped, c.columns), (rows, 1, 5));
         assert_eq!(calls.last(), Some(&(rows, rows)));
 
@@ -666,6 +838,20 @@ mod tests {
             .map(|e| e.unwrap().file_name())
             .collect();
         assert_eq!(names.len(), 2, "{names:?}");
+    }
+
+    #[test]
+    fn a_file_has_at_most_four_row_groups_of_at_least_the_group_size() {
+        assert_eq!(rows_per_group(10, GROUP_ROWS), GROUP_ROWS);
+        assert_eq!(
+            rows_per_group(4 * GROUP_ROWS as u64, GROUP_ROWS),
+            GROUP_ROWS
+        );
+        // a day at 10 ms
+        let rows = 8_640_000u64;
+        let per = rows_per_group(rows, GROUP_ROWS);
+        assert_eq!(rows.div_ceil(per as u64), 4);
+        assert_eq!(rows_per_group(0, 0), 1);
     }
 
     #[test]
@@ -808,8 +994,8 @@ mod tests {
                 "timestamp",
                 "duration",
                 "x",
-                "h:buckets",
                 "x#2",
+                "h:buckets",
                 "h#2:buckets",
                 "h#3:buckets"
             ]

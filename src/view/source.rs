@@ -9,6 +9,7 @@ use std::path::Path;
 use std::sync::{Arc, Mutex};
 
 use crate::recording::reader::{Kind, ReadError, Recording, Values};
+use crate::recording::varint;
 use crate::snapshot::Received;
 
 /// Rows read from a file at a time: a histogram column holds 4 KiB a row
@@ -177,28 +178,6 @@ struct LiveRow {
     buckets: Vec<u8>,
 }
 
-fn put_varint(out: &mut Vec<u8>, mut v: u64) {
-    while v >= 0x80 {
-        out.push((v as u8) | 0x80);
-        v >>= 7;
-    }
-    out.push(v as u8);
-}
-
-fn get_varint(bytes: &[u8], at: &mut usize) -> u64 {
-    let mut v = 0u64;
-    let mut shift = 0;
-    while let Some(b) = bytes.get(*at) {
-        *at += 1;
-        v |= u64::from(b & 0x7f) << shift.min(63);
-        if b & 0x80 == 0 {
-            break;
-        }
-        shift += 7;
-    }
-    v
-}
-
 impl LiveRow {
     fn new(end: u64, dt: u64, values: Vec<Option<Delta>>) -> Self {
         let mut row = Self {
@@ -226,11 +205,11 @@ impl LiveRow {
                 Delta::Histogram(h) if h.is_empty() => {}
                 Delta::Histogram(h) => {
                     row.histograms.push((i as u32, row.buckets.len() as u32));
-                    put_varint(&mut row.buckets, h.len() as u64);
+                    varint::put(&mut row.buckets, h.len() as u64);
                     let mut last = 0;
                     for (b, count) in h {
-                        put_varint(&mut row.buckets, u64::from(b - last));
-                        put_varint(&mut row.buckets, count);
+                        varint::put(&mut row.buckets, u64::from(b - last));
+                        varint::put(&mut row.buckets, count);
                         last = b;
                     }
                 }
@@ -265,11 +244,11 @@ impl LiveRow {
                     .binary_search_by_key(&(s as u32), |(i, _)| *i)
                 {
                     let mut at = self.histograms[at].1 as usize;
-                    let n = get_varint(&self.buckets, &mut at);
+                    let n = varint::get(&self.buckets, &mut at);
                     let mut b = 0u32;
                     for _ in 0..n {
-                        b += get_varint(&self.buckets, &mut at) as u32;
-                        out.push((b, get_varint(&self.buckets, &mut at)));
+                        b += varint::get(&self.buckets, &mut at) as u32;
+                        out.push((b, varint::get(&self.buckets, &mut at)));
                     }
                 }
                 Delta::Histogram(out)
