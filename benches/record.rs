@@ -7,10 +7,15 @@
 //!    per hour of journal and of Parquet, and the conversion's time and peak
 //!    RSS. Values move less between in-process snapshots than in a real
 //!    hour, so the Parquet sizes here are a lower bound; part 2 checks them.
+//!    With `BASELINE_BIN=path/to/rezolus` (another build), that build
+//!    converts a copy of the same journal first, for before/after in one
+//!    run.
 //! 2. A live capture of the real agent every RECORD_INTERVAL_MS (default
 //!    100) for RECORD_SECONDS (default 20): the recorder's RSS and CPU while
 //!    capturing, and its Parquet size per hour extrapolated from the capture
-//!    (footer included, so an upper bound for short captures).
+//!    (footer included, so an upper bound for short captures), and how
+//!    many samples it kept: a step between timestamps longer than 1.5
+//!    intervals is a sample lost.
 //!    For the hour at 1 s, also what reading it back costs: `rezolus parquet
 //!    summary`, then `rezolus parquet query` for each overview series (CPU
 //!    usage, run-queue latency, syscall rate and latency, block IO, network,
@@ -58,6 +63,8 @@ fn main() {
         }
         return;
     }
+    // BASELINE_BIN=path: also convert each hour's journal with that build
+    let baseline = std::env::var_os("BASELINE_BIN");
     for (label, interval) in [
         ("1 s", Duration::from_secs(1)),
         ("100 ms", Duration::from_millis(100)),
@@ -81,6 +88,27 @@ fn main() {
         let journal_bytes = writer.bytes();
         drop(writer);
         let output = journal.with_extension("");
+        println!("1 hour at {label} ({rows} snapshots, in process):");
+        if let Some(baseline) = &baseline {
+            // the same journal (recover removes it once converted)
+            let copy = dir.path().join("baseline.parquet.journal");
+            std::fs::copy(&journal, &copy).unwrap();
+            let converted = dir.path().join("baseline.parquet");
+            let conversion = run_measured(
+                Command::new(baseline)
+                    .args(["parquet", "recover"])
+                    .arg(&copy)
+                    .arg(&converted),
+            );
+            let parquet_bytes = std::fs::metadata(&converted).map(|m| m.len()).unwrap_or(0);
+            println!(
+                "  baseline: Parquet {:.1} MB/hour; conversion {:.1} s, peak RSS {:.1} MB",
+                mb(parquet_bytes),
+                conversion.wall.as_secs_f64(),
+                conversion.peak_kb as f64 / 1024.0
+            );
+            let _ = std::fs::remove_file(&converted);
+        }
         let conversion = run_measured(
             Command::new(BIN)
                 .args(["parquet", "recover"])
@@ -88,7 +116,6 @@ fn main() {
                 .arg(&output),
         );
         let parquet_bytes = std::fs::metadata(&output).map(|m| m.len()).unwrap_or(0);
-        println!("1 hour at {label} ({rows} snapshots, in process):");
         println!(
             "  journal {:.1} MB/hour, Parquet {:.1} MB/hour; conversion {:.1} s, peak RSS {:.1} MB",
             mb(journal_bytes),
@@ -242,6 +269,11 @@ struct Cost {
 
 /// Runs `command` to completion and measures it (rusage from wait4).
 #[allow(clippy::zombie_processes)] // reaped by wait4, which also gives its rusage
+/// Runs `command` to completion. Its peak RSS is the largest VmHWM seen
+/// polling every 2 ms, not the `ru_maxrss` of `wait4`: a child begun by
+/// vfork shares this process's memory until it execs, and Linux counts
+/// that high-water mark into the child's `ru_maxrss`, so a child of a
+/// large bench process would report the bench's size.
 fn run_measured(command: &mut Command) -> Cost {
     let start = Instant::now();
     let child = command
@@ -249,19 +281,28 @@ fn run_measured(command: &mut Command) -> Cost {
         .stderr(Stdio::null())
         .spawn()
         .expect("spawn");
+    let pid = child.id();
     let mut status = 0;
     // SAFETY: rusage is plain data filled in by wait4.
-    let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
-    let pid = unsafe { libc::wait4(child.id() as i32, &mut status, 0, &mut usage) };
-    assert!(
-        pid > 0 && libc::WIFEXITED(status) && libc::WEXITSTATUS(status) == 0,
-        "command failed"
-    );
+    let mut rusage: libc::rusage = unsafe { std::mem::zeroed() };
+    let mut peak = 0u64;
+    loop {
+        let exited = unsafe { libc::wait4(pid as i32, &mut status, libc::WNOHANG, &mut rusage) };
+        if exited != 0 {
+            assert!(
+                exited > 0 && libc::WIFEXITED(status) && libc::WEXITSTATUS(status) == 0,
+                "command failed"
+            );
+            break;
+        }
+        peak = peak.max(usage(pid).hwm);
+        std::thread::sleep(Duration::from_millis(2));
+    }
     let time = |t: libc::timeval| Duration::new(t.tv_sec as u64, t.tv_usec as u32 * 1000);
     Cost {
         wall: start.elapsed(),
-        cpu: time(usage.ru_utime) + time(usage.ru_stime),
-        peak_kb: usage.ru_maxrss,
+        cpu: time(rusage.ru_utime) + time(rusage.ru_stime),
+        peak_kb: (peak / 1024) as i64,
     }
 }
 
@@ -308,12 +349,43 @@ fn live_capture(dir: &Path) {
     let samples = capture_secs * 1000.0 / interval_ms as f64;
     let bytes = std::fs::metadata(&output).map(|m| m.len()).unwrap_or(0);
     println!("live capture of the agent every {interval_ms} ms for {seconds} s:");
+    // a sample lost shows as a step of two intervals or more
+    let times = timestamps(&output);
+    let steps: Vec<u64> = times
+        .windows(2)
+        .map(|w| w[1].saturating_sub(w[0]))
+        .collect();
+    let interval_ns = interval_ms * 1_000_000;
+    let late = steps.iter().filter(|&&s| s > interval_ns * 3 / 2).count();
+    println!(
+        "  {} samples of {} intervals; {late} steps longer than 1.5 intervals, the longest {:.1} ms",
+        times.len(),
+        seconds * 1000 / interval_ms,
+        steps.iter().max().copied().unwrap_or(0) as f64 / 1e6
+    );
     println!(
         "  recorder RSS while capturing {:.1} MB, CPU {:.0} us per sample; Parquet {:.1} MB/hour extrapolated",
         rss as f64 / (1 << 20) as f64,
         cpu.as_secs_f64() * 1e6 / samples,
         mb(bytes) * 3600.0 / seconds as f64
     );
+}
+
+/// The `timestamp` column of a recording, in nanoseconds.
+fn timestamps(file: &Path) -> Vec<u64> {
+    use arrow_array::{Array, UInt64Array};
+    use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
+    use parquet::arrow::ProjectionMask;
+    let builder = ParquetRecordBatchReaderBuilder::try_new(File::open(file).unwrap()).unwrap();
+    let mask = ProjectionMask::columns(builder.parquet_schema(), ["timestamp"]);
+    let mut out = Vec::new();
+    for batch in builder.with_projection(mask).build().unwrap() {
+        let batch = batch.unwrap();
+        let column = batch.column(0);
+        let column = column.as_any().downcast_ref::<UInt64Array>().unwrap();
+        out.extend((0..column.len()).map(|i| column.value(i)));
+    }
+    out
 }
 
 fn hindsight(dir: &Path) {

@@ -182,6 +182,10 @@ pub struct Reading {
     /// When the agent was first unreadable, if this reading ended a run of
     /// failed ones (nanoseconds since the epoch), and the first error.
     pub recovered: Option<(u64, String)>,
+    /// The agent served the same bytes as at the previous reading: its
+    /// cached snapshot (its `ttl` is not under the interval), no new
+    /// sample. Logged once by the poller; a store of samples skips it.
+    pub repeat: bool,
 }
 
 /// The loop shared by the exporter, the recorder and hindsight: wait for
@@ -195,6 +199,9 @@ pub struct Poller {
     failures: crate::logging::Repeated,
     /// Since when reads fail, and the first error.
     failing: Option<(u64, String)>,
+    /// The last snapshot read, to tell a repeat.
+    last: Vec<u8>,
+    repeats: u64,
 }
 
 impl Poller {
@@ -204,7 +211,21 @@ impl Poller {
             ticker: Ticker::new(interval),
             failures: crate::logging::Repeated::new(),
             failing: None,
+            last: Vec::new(),
+            repeats: 0,
         }
+    }
+
+    /// Notes `bytes` as read (a first snapshot taken before the poller):
+    /// the next reading is a repeat if the same.
+    pub fn read_before(&mut self, bytes: &[u8]) {
+        self.last.clear();
+        self.last.extend_from_slice(bytes);
+    }
+
+    /// Readings that repeated the previous snapshot (see [`Reading::repeat`]).
+    pub fn repeats(&self) -> u64 {
+        self.repeats
     }
 
     /// When the next reading is due ([`mono_now`]).
@@ -235,6 +256,24 @@ impl Poller {
         let fetched = self.client.fetch_bytes();
         let url = self.client.url();
         let mut recovered = None;
+        let repeat = match &fetched {
+            Ok(bytes) if !bytes.is_empty() && *bytes == self.last => true,
+            Ok(bytes) => {
+                self.last.clear();
+                self.last.extend_from_slice(bytes);
+                false
+            }
+            Err(_) => false,
+        };
+        if repeat {
+            self.repeats += 1;
+            if self.repeats == 1 {
+                tracing::warn!(
+                    "the agent at {url} served its previous snapshot again: it reuses a snapshot for as long as this interval ({}) or longer; set its [general] ttl under half the interval. Repeats are not stored",
+                    humantime::format_duration(self.ticker.interval())
+                );
+            }
+        }
         match &fetched {
             Ok(_) => {
                 if self.failures.ok() {
@@ -261,6 +300,7 @@ impl Poller {
             tick,
             fetched,
             recovered,
+            repeat,
         })
     }
 }

@@ -271,6 +271,58 @@ fn a_capture_of_the_real_agent_has_monotonic_counters() {
         .any(|k| k.starts_with("scheduler_runqueue_latency") && k.ends_with(":buckets")));
 }
 
+/// An agent that reuses a snapshot for longer than the interval (ttl 1 s,
+/// a reading every 100 ms) answers most readings with the snapshot it
+/// served before: the recorder stores each snapshot once, never a copy as
+/// a new sample, and says so. With the agent's default ttl, a capture at
+/// 20 ms stores a new snapshot at (nearly) every interval.
+#[test]
+fn a_snapshot_served_again_is_stored_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let slow = Agent::start("ttl = \"1s\"", "");
+    let out = dir.path().join("repeats.parquet");
+    let recorder = Recorder::start(&[
+        "--interval",
+        "100ms",
+        "--duration",
+        "3s",
+        &slow.addr.to_string(),
+        out.to_str().unwrap(),
+    ]);
+    recorder.wait_log(
+        "served its previous snapshot again",
+        Duration::from_secs(10),
+    );
+    recorder.wait_log("readings repeated", Duration::from_secs(10));
+    let mut recorder = recorder;
+    assert!(recorder.wait(Duration::from_secs(30)).success());
+    let timestamps = u64s(&read_parquet(&out), "timestamp");
+    // a new snapshot once a second (plus the first), none twice
+    assert!((3..=5).contains(&timestamps.len()), "{timestamps:?}");
+    assert!(timestamps.windows(2).all(|w| w[0] < w[1]), "{timestamps:?}");
+    drop(slow);
+
+    // the default ttl (the harness sets none when told "ttl")
+    let agent = Agent::start("# the default ttl", "");
+    let out = dir.path().join("fast.parquet");
+    let mut recorder = Recorder::start(&[
+        "--interval",
+        "20ms",
+        "--duration",
+        "2s",
+        &agent.addr.to_string(),
+        out.to_str().unwrap(),
+    ]);
+    assert!(recorder.wait(Duration::from_secs(30)).success());
+    let timestamps = u64s(&read_parquet(&out), "timestamp");
+    assert!(timestamps.windows(2).all(|w| w[0] < w[1]));
+    assert!(
+        timestamps.len() >= 90,
+        "{} of 100 samples",
+        timestamps.len()
+    );
+}
+
 /// SIGTERM (and SIGINT) end a capture without a duration cleanly: exit 0,
 /// a complete file holding every sample read, no journal left.
 #[test]

@@ -58,7 +58,10 @@ impl Default for General {
     fn default() -> Self {
         Self {
             listen: SocketAddr::from(([127, 0, 0, 1], 4241)),
-            ttl: Duration::from_millis(10),
+            // under half the shortest recording interval (10 ms): a
+            // longer one hands a 100 Hz recorder repeats of the previous
+            // snapshot
+            ttl: Duration::from_millis(1),
             root: PathBuf::from("/"),
         }
     }

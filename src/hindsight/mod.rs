@@ -403,8 +403,9 @@ fn sample(hs: Arc<Hindsight>, client: Client) {
                 step_ns,
             });
         }
-        // an unreadable agent is logged by the poller: nothing to write
-        if let Ok(bytes) = reading.fetched {
+        // an unreadable agent, or a repeat of the last snapshot, is logged
+        // by the poller: nothing to write
+        if let (Ok(bytes), false) = (reading.fetched, reading.repeat) {
             let written = compressor
                 .compress(&bytes)
                 .map_err(anyhow::Error::from)

@@ -252,6 +252,7 @@ pub fn record(args: RecordArgs) -> anyhow::Result<()> {
         .map(|d| format!(" of {}", round(d)))
         .unwrap_or_default();
     let mut poller = Poller::new(client, args.interval);
+    poller.read_before(&first);
     // the first sample was taken at start: the next one no sooner than half
     // an interval later
     poller.keep_apart(args.interval / 2);
@@ -282,6 +283,7 @@ pub fn record(args: RecordArgs) -> anyhow::Result<()> {
                 .map_err(stopped_by)?;
         }
         match reading.fetched {
+            Ok(_) if reading.repeat => {}
             Ok(bytes) => {
                 journal.snapshot(&bytes).map_err(stopped_by)?;
                 samples += 1;
@@ -305,6 +307,12 @@ pub fn record(args: RecordArgs) -> anyhow::Result<()> {
         ));
     }
     progress.done();
+    if poller.repeats() > 0 {
+        warn!(
+            "{} readings repeated the agent's previous snapshot and were not stored (lower the agent's [general] ttl)",
+            poller.repeats()
+        );
+    }
     if signals::stopped() {
         info!("finishing the capture");
     }

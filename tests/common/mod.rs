@@ -41,7 +41,7 @@ impl Agent {
     /// Like [`Agent::start`], run as user `uid` (with group `uid`) when given.
     pub fn start_as(uid: Option<u32>, general_extra: &str, extra: &str) -> Self {
         // every request builds a new snapshot: a workload shorter than the
-        // default 10 ms TTL must not be measured against a cached one
+        // default TTL must not be measured against a cached one
         let ttl = if general_extra.contains("ttl") {
             ""
         } else {
