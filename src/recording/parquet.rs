@@ -302,7 +302,25 @@ pub fn convert(
     output: &Path,
     progress: &mut dyn FnMut(u64, u64),
 ) -> Result<Converted, ConvertError> {
+    map_large_blocks();
     convert_in_groups(journal, output, progress, BATCH_BYTES, GROUP_ROWS)
+}
+
+/// Has glibc's malloc map every block of 512 KiB or more and unmap it
+/// when freed, for the rest of the process. By default the threshold
+/// rises to the size of each mapped block freed, so later large blocks
+/// come from the heap, where freed space split by small blocks is seldom
+/// reused for the next large one: the zstd context that each histogram
+/// column makes in turn took fresh memory each time (30 MB more over 48
+/// columns, measured with VmRSS around the histogram columns). Costs a
+/// mapping per such block, about 10% of the conversion's time.
+fn map_large_blocks() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    // SAFETY: mallopt only sets an allocator parameter; no memory is
+    // touched.
+    unsafe {
+        libc::mallopt(libc::M_MMAP_THRESHOLD, 512 << 10);
+    }
 }
 
 /// Rows per row group for a file of `rows`: `group_rows`, or a quarter
@@ -688,14 +706,13 @@ fn finish_group(
     }
     let histograms = writers.zip(schema.fields().iter().skip(scalars));
     for (k, (mut w, field)) in histograms.enumerate() {
-        spill.replay(k, HISTOGRAM_BATCH_ROWS, |rows| {
-            let buckets = rows.iter().flatten().map(Vec::len).sum();
+        spill.replay(k, HISTOGRAM_BATCH_ROWS, |rows, buckets| {
             let mut list =
-                ListBuilder::with_capacity(UInt64Builder::with_capacity(buckets), rows.len());
+                ListBuilder::with_capacity(UInt64Builder::with_capacity(buckets.len()), rows.len());
             for row in rows {
                 match row {
-                    Some(buckets) => {
-                        list.values().append_slice(buckets);
+                    Some(range) => {
+                        list.values().append_slice(&buckets[range.clone()]);
                         list.append(true);
                     }
                     None => list.append_null(),

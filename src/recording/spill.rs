@@ -14,6 +14,7 @@
 
 use std::fs::File;
 use std::io;
+use std::ops::Range;
 use std::os::unix::fs::FileExt;
 use std::path::Path;
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -207,18 +208,20 @@ impl HistogramSpill {
     }
 
     /// Replays `column`'s rows in order, `rows` at a time (the last batch
-    /// may be shorter): each row `None` or its buckets.
+    /// may be shorter): each row `None`, or the range of its buckets in the
+    /// second argument.
     pub fn replay(
         &mut self,
         column: usize,
         rows: usize,
-        mut batch: impl FnMut(&[Option<Vec<u64>>]) -> Result<(), String>,
+        mut batch: impl FnMut(&[Option<Range<usize>>], &[u64]) -> Result<(), String>,
     ) -> Result<(), String> {
         let io = |e: io::Error| format!("reading back spilled histograms: {e}");
         self.write_pending(column).map_err(io)?;
         let chunks = std::mem::take(&mut self.columns[column].chunks);
         let mut last: Vec<u64> = Vec::new();
-        let mut out: Vec<Option<Vec<u64>>> = Vec::with_capacity(rows);
+        let mut out: Vec<Option<Range<usize>>> = Vec::with_capacity(rows);
+        let mut buckets: Vec<u64> = Vec::new();
         let mut compressed = Vec::new();
         for (offset, len, raw) in chunks {
             compressed.resize(len, 0);
@@ -243,16 +246,19 @@ impl HistogramSpill {
                             .ok_or_else(|| format!("spilled histogram bucket {i} out of range"))?;
                         *slot = value;
                     }
-                    out.push(Some(last.clone()));
+                    let start = buckets.len();
+                    buckets.extend_from_slice(&last);
+                    out.push(Some(start..buckets.len()));
                 }
                 if out.len() == rows {
-                    batch(&out)?;
+                    batch(&out, &buckets)?;
                     out.clear();
+                    buckets.clear();
                 }
             }
         }
         if !out.is_empty() {
-            batch(&out)?;
+            batch(&out, &buckets)?;
         }
         Ok(())
     }
@@ -272,6 +278,12 @@ impl HistogramSpill {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn rows_of(rows: &[Option<Range<usize>>], values: &[u64]) -> Vec<Option<Vec<u64>>> {
+        rows.iter()
+            .map(|r| r.clone().map(|r| values[r].to_vec()))
+            .collect()
+    }
 
     #[test]
     fn histogram_rows_come_back_as_pushed_across_chunks_and_batches() {
@@ -296,9 +308,9 @@ mod tests {
         let mut back = Vec::new();
         let mut sizes = Vec::new();
         spill
-            .replay(0, 64, |b| {
+            .replay(0, 64, |b, values| {
                 sizes.push(b.len());
-                back.extend_from_slice(b);
+                back.extend(rows_of(b, values));
                 Ok(())
             })
             .unwrap();
@@ -306,8 +318,8 @@ mod tests {
         assert!(sizes[..sizes.len() - 1].iter().all(|&s| s == 64));
         let mut other = Vec::new();
         spill
-            .replay(1, 1000, |b| {
-                other.extend_from_slice(b);
+            .replay(1, 1000, |b, values| {
+                other.extend(rows_of(b, values));
                 Ok(())
             })
             .unwrap();
@@ -320,8 +332,8 @@ mod tests {
         spill.push(1, Some(&[7, u64::MAX][..])).unwrap();
         let mut again = Vec::new();
         spill
-            .replay(1, 10, |b| {
-                again.extend_from_slice(b);
+            .replay(1, 10, |b, values| {
+                again.extend(rows_of(b, values));
                 Ok(())
             })
             .unwrap();
