@@ -269,7 +269,7 @@ impl Poller {
             self.repeats += 1;
             if self.repeats == 1 {
                 tracing::warn!(
-                    "the agent at {url} served its previous snapshot again: it reuses a snapshot for as long as this interval ({}) or longer; set its [general] ttl under half the interval. Repeats are not stored",
+                    "the agent at {url} served its previous snapshot again: it reuses a snapshot for as long as this interval ({}) or longer; set its [general] ttl under half the interval (the recorder and hindsight store a snapshot once)",
                     humantime::format_duration(self.ticker.interval())
                 );
             }

@@ -560,7 +560,6 @@ fn write_groups(
         .set_dictionary_enabled(false)
         .set_offset_index_disabled(true)
         .set_compression(Compression::ZSTD(zstd))
-        .set_max_row_group_row_count(Some(group_rows))
         .set_data_page_size_limit(HISTOGRAM_PAGE_BYTES)
         .set_data_page_row_count_limit(SCALAR_PAGE_ROWS)
         .set_key_value_metadata(Some(
