@@ -323,6 +323,115 @@ fn a_snapshot_served_again_is_stored_once() {
     );
 }
 
+/// A journal a capture is still writing is locked: `parquet recover` and
+/// a second capture with --force refuse it and leave it alone, and the
+/// capture ends with its whole file.
+#[test]
+fn the_journal_of_a_running_capture_is_left_alone() {
+    let (agent, _) = scripted_agent();
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("live.parquet");
+    let journal = dir.path().join("live.parquet.journal");
+    let mut recorder = Recorder::start(&[
+        "--interval",
+        "100ms",
+        "--duration",
+        "3s",
+        &agent.addr.to_string(),
+        out.to_str().unwrap(),
+    ]);
+    recorder.wait_log("recording", Duration::from_secs(10));
+    agent.wait_served(5, Duration::from_secs(10));
+    let refused = run(&["parquet", "recover", journal.to_str().unwrap()]);
+    assert!(!refused.status.success());
+    let err = String::from_utf8_lossy(&refused.stderr);
+    assert!(err.contains("being written by a running capture"), "{err}");
+    let forced = run(&[
+        "record",
+        "--force",
+        "--duration",
+        "1s",
+        &agent.addr.to_string(),
+        out.to_str().unwrap(),
+    ]);
+    assert!(!forced.status.success());
+    let err = String::from_utf8_lossy(&forced.stderr);
+    assert!(err.contains("being written by a running capture"), "{err}");
+    assert!(journal.exists() && !out.exists());
+    assert!(recorder.wait(Duration::from_secs(30)).success());
+    assert!(!journal.exists());
+    let rows = read_parquet(&out)["rows"].as_u64().unwrap();
+    assert!(rows >= 25, "{rows} rows");
+}
+
+/// A journal cut inside its last record (a capture killed mid-write)
+/// converts and goes; one with a damaged record followed by more stays
+/// beside the file, with a warning, since the rest may still be read.
+#[test]
+fn a_journal_damaged_before_its_end_is_kept() {
+    use rezolus::recording::journal::{Header, Writer};
+    let dir = tempfile::tempdir().unwrap();
+    let write = |name: &str| {
+        let path = dir.path().join(name);
+        let header = Header {
+            url: "http://127.0.0.1:1/metrics/binary".into(),
+            sampling_interval_ms: 100,
+            metadata: Default::default(),
+        };
+        let mut w = Writer::create(std::fs::File::create(&path).unwrap(), &header).unwrap();
+        let mut ends = Vec::new();
+        for n in 0..20u64 {
+            let mut snap = Snapshot::new(UNIX_EPOCH + Duration::from_secs(1_000 + n));
+            Emitter::new(&mut snap).counter(&Series::new(&REQUESTS, &[]), n);
+            w.snapshot(&snap.to_msgpack().unwrap()).unwrap();
+            ends.push(w.bytes());
+        }
+        (path, ends)
+    };
+    let (cut, ends) = write("cut.journal");
+    // outputs that cannot be written are refused before any work
+    for (output, expect) in [
+        (dir.path().to_path_buf(), "is a directory"),
+        (dir.path().join("no/such/x.parquet"), "does not exist"),
+    ] {
+        let out = run(&[
+            "parquet",
+            "recover",
+            "--force",
+            cut.to_str().unwrap(),
+            output.to_str().unwrap(),
+        ]);
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success() && err.contains(expect), "{err}");
+    }
+    let file = std::fs::OpenOptions::new().write(true).open(&cut).unwrap();
+    file.set_len(ends[18] + 5).unwrap();
+    let out = run(&["parquet", "recover", cut.to_str().unwrap()]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(!cut.exists());
+    assert_eq!(read_parquet(&dir.path().join("cut"))["rows"], 19);
+
+    let (damaged, ends) = write("damaged.journal");
+    let mut bytes = std::fs::read(&damaged).unwrap();
+    // inside record 10's payload
+    bytes[ends[9] as usize + 20] ^= 0xff;
+    std::fs::write(&damaged, &bytes).unwrap();
+    let out = run(&["parquet", "recover", damaged.to_str().unwrap()]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("is kept"), "{err}");
+    assert!(damaged.exists());
+    assert_eq!(read_parquet(&dir.path().join("damaged"))["rows"], 10);
+}
+
 /// SIGTERM (and SIGINT) end a capture without a duration cleanly: exit 0,
 /// a complete file holding every sample read, no journal left.
 #[test]

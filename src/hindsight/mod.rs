@@ -551,7 +551,7 @@ pub fn run(path: &Path) -> anyhow::Result<()> {
         );
     }
     info!(
-        "ring {}: {} snapshots ({} every {}) in slots of {}: {} on disk; memory: one snapshot at a time, and up to about 60 MB more while a dump writes Parquet",
+        "ring {}: {} snapshots ({} every {}) in slots of {}: {} on disk; memory: one snapshot at a time, and about 15 MB more while a dump writes Parquet",
         ring_file.display(),
         ring.slots,
         humantime::format_duration(g.duration),

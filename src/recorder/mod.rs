@@ -103,6 +103,25 @@ pub fn journal_path(output: &Path) -> PathBuf {
 /// Fails unless `output` may be written: its directory exists and is
 /// writable, and it does not exist (unless `force`).
 fn check_output(output: &Path, force: bool) -> anyhow::Result<()> {
+    check_writable(output)?;
+    if output.exists() && !force {
+        bail!("{} exists; pass --force to overwrite it", output.display());
+    }
+    let journal = journal_path(output);
+    if journal.exists() && !force {
+        bail!(
+            "{} is left from an interrupted capture: recover it with `rezolus parquet recover {}`, \
+             or pass --force to discard it",
+            journal.display(),
+            journal.display()
+        );
+    }
+    Ok(())
+}
+
+/// Fails unless a file can be made at `output`: its directory exists and
+/// is writable, and it is not a directory.
+fn check_writable(output: &Path) -> anyhow::Result<()> {
     let dir = match output.parent() {
         Some(d) if !d.as_os_str().is_empty() => d.to_path_buf(),
         _ => PathBuf::from("."),
@@ -129,18 +148,6 @@ fn check_output(output: &Path, force: bool) -> anyhow::Result<()> {
         bail!(
             "{} is a directory; name the Parquet file to write",
             output.display()
-        );
-    }
-    if output.exists() && !force {
-        bail!("{} exists; pass --force to overwrite it", output.display());
-    }
-    let journal = journal_path(output);
-    if journal.exists() && !force {
-        bail!(
-            "{} is left from an interrupted capture: recover it with `rezolus parquet recover {}`, \
-             or pass --force to discard it",
-            journal.display(),
-            journal.display()
         );
     }
     Ok(())
@@ -211,9 +218,17 @@ pub fn record(args: RecordArgs) -> anyhow::Result<()> {
     let file = OpenOptions::new()
         .write(true)
         .create(true)
-        .truncate(true)
+        .truncate(false)
         .open(&journal_file)
         .with_context(|| format!("cannot create {}", journal_file.display()))?;
+    // held until the capture is Parquet: `parquet recover` and another
+    // capture with --force leave a journal being written alone
+    lock_journal(&file, &journal_file)?;
+    let _lock = file
+        .try_clone()
+        .with_context(|| format!("cannot lock {}", journal_file.display()))?;
+    file.set_len(0)
+        .with_context(|| format!("cannot empty {}", journal_file.display()))?;
     let header = Header {
         url: url.clone(),
         sampling_interval_ms: args.interval.as_millis() as u64,
@@ -374,7 +389,16 @@ fn finish_as(
             converted.skipped
         );
     }
-    std::fs::remove_file(journal).with_context(|| format!("removing {}", journal.display()))?;
+    match &converted.torn {
+        // a damaged record with more after it: what follows may be
+        // recovered by other means, so the journal stays
+        Some((offset, why)) if !journal::torn_at_end(why) => warn!(
+            "{} is kept: the records after byte {offset} could not be read ({why})",
+            journal.display()
+        ),
+        _ => std::fs::remove_file(journal)
+            .with_context(|| format!("removing {}", journal.display()))?,
+    }
     info!(
         "wrote {} samples ({} columns{}) to {} ({})",
         converted.rows,
@@ -387,6 +411,25 @@ fn finish_as(
         human_bytes(converted.bytes)
     );
     Ok(())
+}
+
+/// Takes the lock a running capture holds on its journal (`flock`,
+/// exclusive); fails, saying so, if a capture holds it.
+fn lock_journal(file: &std::fs::File, path: &Path) -> anyhow::Result<()> {
+    use std::os::fd::AsRawFd;
+    // SAFETY: flock on a descriptor this File owns.
+    if unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } == 0 {
+        return Ok(());
+    }
+    let e = std::io::Error::last_os_error();
+    if e.raw_os_error() == Some(libc::EWOULDBLOCK) {
+        bail!(
+            "{} is being written by a running capture (`rezolus record` holds a lock on it): \
+             it becomes the Parquet file when that capture ends (Ctrl-C or SIGTERM ends it)",
+            path.display()
+        );
+    }
+    Err(e).with_context(|| format!("cannot lock {}", path.display()))
 }
 
 /// Fails, saying plainly what `path` is instead, unless it starts like a
@@ -405,6 +448,12 @@ fn check_journal(path: &Path) -> anyhow::Result<()> {
             "{} is a Parquet file, not a recorder journal (a capture writes OUTPUT.journal \
              while it runs and turns it into the Parquet file OUTPUT when it ends; journal \
              files end in .journal)",
+            path.display()
+        );
+    }
+    if head.is_empty() {
+        bail!(
+            "{} is empty: a capture writes its journal's header before its first sample",
             path.display()
         );
     }
@@ -446,9 +495,13 @@ pub fn recover(journal: &Path, output: Option<&Path>, force: bool) -> anyhow::Re
             output.display()
         );
     }
+    check_writable(&output)?;
     if output.exists() && !force {
         bail!("{} exists; pass --force to overwrite it", output.display());
     }
+    let held = std::fs::File::open(journal)
+        .with_context(|| format!("cannot read {}", journal.display()))?;
+    lock_journal(&held, journal)?;
     finish_as(journal, &output, &mut Progress::new(), false)
 }
 

@@ -254,7 +254,7 @@ impl<R: Read> Reader<R> {
             Ok(None)
         };
         if n < head.len() {
-            return tear(self, "record header cut short");
+            return tear(self, HEADER_CUT_SHORT);
         }
         let Some(kind) = Kind::from_u8(head[0]) else {
             return tear(self, "unknown record kind");
@@ -266,7 +266,7 @@ impl<R: Read> Reader<R> {
         }
         let mut payload = vec![0u8; len as usize];
         if read_full(&mut self.input, &mut payload)? < payload.len() {
-            return tear(self, "record cut short");
+            return tear(self, RECORD_CUT_SHORT);
         }
         if crc(head[0], &payload) != sum {
             return tear(self, "record checksum mismatch");
@@ -274,6 +274,17 @@ impl<R: Read> Reader<R> {
         self.offset += 9 + len as u64;
         Ok(Some((kind, payload)))
     }
+}
+
+/// Why reading stopped when the file ends inside a record (a capture
+/// killed mid-write): nothing follows that could still be read.
+const HEADER_CUT_SHORT: &str = "record header cut short";
+const RECORD_CUT_SHORT: &str = "record cut short";
+
+/// Whether a tear (the reason in [`Reader::torn`]) is the file ending
+/// inside a record, rather than a damaged record with more bytes after it.
+pub fn torn_at_end(why: &str) -> bool {
+    why == HEADER_CUT_SHORT || why == RECORD_CUT_SHORT
 }
 
 /// Reads until `buf` is full or the input ends; returns the bytes read.

@@ -544,7 +544,7 @@ fn write_groups(
     file_metadata: HashMap<String, String>,
     progress: &mut dyn FnMut(u64, u64),
 ) -> Result<u64, String> {
-    let e = |e: parquet::errors::ParquetError| e.to_string();
+    let e = parquet_error;
     let layout = columns.layout();
     let scalars = layout
         .iter()
@@ -685,6 +685,15 @@ fn write_groups(
     Ok(done)
 }
 
+/// A Parquet writer's error as a message: an I/O error (a full disk) as
+/// itself, without the library's `External:` prefix.
+fn parquet_error(e: parquet::errors::ParquetError) -> String {
+    match e {
+        parquet::errors::ParquetError::External(inner) => inner.to_string(),
+        other => other.to_string(),
+    }
+}
+
 /// Ends a row group: closes the counter and gauge writers (the first
 /// `scalars` of `writers`) and splices their chunks into the file, then
 /// writes each histogram column from `spill`, one at a time.
@@ -695,7 +704,7 @@ fn finish_group(
     scalars: usize,
     spill: &mut HistogramSpill,
 ) -> Result<(), String> {
-    let e = |e: parquet::errors::ParquetError| e.to_string();
+    let e = parquet_error;
     let mut group = writer.next_row_group().map_err(e)?;
     let mut writers = writers.into_iter();
     for w in writers.by_ref().take(scalars) {
