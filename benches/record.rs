@@ -94,13 +94,7 @@ fn main() {
             let copy = dir.path().join("baseline.parquet.journal");
             std::fs::copy(&journal, &copy).unwrap();
             let converted = dir.path().join("baseline.parquet");
-            let conversion = run_measured(
-                Command::new(baseline)
-                    .args(["parquet", "recover"])
-                    .arg(&copy)
-                    .arg(&converted),
-            );
-            let parquet_bytes = std::fs::metadata(&converted).map(|m| m.len()).unwrap_or(0);
+            let (conversion, parquet_bytes) = recover(baseline, &copy, &converted);
             println!(
                 "  baseline: Parquet {:.1} MB/hour; conversion {:.1} s, peak RSS {:.1} MB",
                 mb(parquet_bytes),
@@ -109,13 +103,7 @@ fn main() {
             );
             let _ = std::fs::remove_file(&converted);
         }
-        let conversion = run_measured(
-            Command::new(BIN)
-                .args(["parquet", "recover"])
-                .arg(&journal)
-                .arg(&output),
-        );
-        let parquet_bytes = std::fs::metadata(&output).map(|m| m.len()).unwrap_or(0);
+        let (conversion, parquet_bytes) = recover(BIN.as_ref(), &journal, &output);
         println!(
             "  journal {:.1} MB/hour, Parquet {:.1} MB/hour; conversion {:.1} s, peak RSS {:.1} MB",
             mb(journal_bytes),
@@ -269,6 +257,20 @@ struct Cost {
 
 /// Runs `command` to completion and measures it (rusage from wait4).
 #[allow(clippy::zombie_processes)] // reaped by wait4, which also gives its rusage
+/// `bin parquet recover journal output`: its cost, and the bytes written.
+fn recover(bin: &std::ffi::OsStr, journal: &Path, output: &Path) -> (Cost, u64) {
+    let cost = run_measured(
+        Command::new(bin)
+            .args(["parquet", "recover"])
+            .arg(journal)
+            .arg(output),
+    );
+    (
+        cost,
+        std::fs::metadata(output).map(|m| m.len()).unwrap_or(0),
+    )
+}
+
 /// Runs `command` to completion. Its peak RSS is the largest VmHWM seen
 /// polling every 2 ms, not the `ru_maxrss` of `wait4`: a child begun by
 /// vfork shares this process's memory until it execs, and Linux counts
@@ -276,6 +278,8 @@ struct Cost {
 /// large bench process would report the bench's size.
 fn run_measured(command: &mut Command) -> Cost {
     let start = Instant::now();
+    // reaped by wait4 below, which also gives its CPU time
+    #[allow(clippy::zombie_processes)]
     let child = command
         .stdout(Stdio::null())
         .stderr(Stdio::null())

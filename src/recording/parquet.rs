@@ -123,7 +123,8 @@ impl Builder {
     fn new(kind: Kind, rows: usize) -> Self {
         match kind {
             Kind::Gauge => Builder::Gauge(Int64Builder::with_capacity(rows)),
-            _ => Builder::Counter(UInt64Builder::with_capacity(rows)),
+            // histograms go to the spill, never to a builder
+            Kind::Counter | Kind::Histogram => Builder::Counter(UInt64Builder::with_capacity(rows)),
         }
     }
 
