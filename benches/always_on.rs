@@ -11,6 +11,10 @@
 //! 2. A fresh snapshot over HTTP (`ttl = "0s"`, so each request builds one):
 //!    the agent's CPU per snapshot, from its own accounting, over
 //!    `BENCH_REQUESTS` (default 2000) requests.
+//!    Then the same for each sampler alone (every other one off, the 100
+//!    cgroups still alive), and for none (the HTTP request and an empty
+//!    snapshot): which sampler the agent's CPU goes to, and the floor of a
+//!    request. `BENCH_SAMPLER_REQUESTS` (default 300) requests each.
 //! 3. Snapshot cost as CPUs grow: the agent with its procfs and sysfs
 //!    samplers (those the registry lists as reading files) and `root` at a
 //!    fixture tree of 2, 64 and 512 CPUs (made from
@@ -62,6 +66,8 @@ fn main() {
             "[{label}] fresh snapshot over HTTP, every sampler, ttl 0 ({requests} requests, {bytes} bytes each): agent CPU {cpu:.0} us per snapshot (target: at most 300 us)"
         );
     }
+    let each = env("BENCH_SAMPLER_REQUESTS", 300) as usize;
+    by_sampler(BIN, dir.path(), each);
     drop(cgroups);
     for &(label, bin) in &bins {
         println!("[{label}]");
@@ -140,7 +146,8 @@ fn hindsight_records(port: u16) -> u64 {
 /// size.
 fn per_snapshot(agent: &Reaped, port: u16, requests: usize) -> (f64, usize) {
     let url = format!("http://127.0.0.1:{port}/metrics/binary");
-    let fetch = || fetch_len(&url);
+    let client = common::client();
+    let fetch = || fetch_len(&client, &url);
     for _ in 0..50 {
         fetch();
     }
@@ -151,6 +158,57 @@ fn per_snapshot(agent: &Reaped, port: u16, requests: usize) -> (f64, usize) {
     }
     let cpu = usage(agent.pid()).cpu - before;
     (us(cpu) / requests as f64, bytes)
+}
+
+/// Part 2, by sampler: each sampler alone, fresh snapshots over HTTP, sorted
+/// by cost; samplers not active here are listed with their state.
+fn by_sampler(bin: &str, dir: &Path, requests: usize) {
+    println!("[this build] fresh snapshot by sampler (each alone, ttl 0, {requests} requests each): agent CPU per snapshot");
+    let (agent, port) = start_agent_of(bin, dir, "ttl = \"0s\"", "[defaults]\nenabled = false\n");
+    let (floor, floor_bytes) = per_snapshot(&agent, port, requests);
+    drop(agent);
+    let mut rows = Vec::new();
+    let mut inactive = Vec::new();
+    for spec in rezolus::samplers::registry() {
+        let extra = format!("[defaults]\nenabled = false\n[samplers.{}]\nenabled = true\n", spec.name);
+        let (agent, port) = start_agent_of(bin, dir, "ttl = \"0s\"", &extra);
+        let state = sampler_state(port, spec.name);
+        if state != "active" {
+            inactive.push(format!("{} ({state})", spec.name));
+            continue;
+        }
+        let (cpu, bytes) = per_snapshot(&agent, port, requests);
+        rows.push((spec.name, cpu, bytes));
+    }
+    rows.sort_by(|a, b| b.1.total_cmp(&a.1));
+    println!("  {:<22} {floor:>6.0} us ({floor_bytes} bytes): the request and an empty snapshot", "none");
+    let mut sum = 0.0;
+    for (name, cpu, bytes) in &rows {
+        println!(
+            "  {name:<22} {cpu:>6.0} us ({bytes} bytes), {:.0} us above none",
+            cpu - floor
+        );
+        sum += cpu - floor;
+    }
+    println!("  sum above none: {sum:.0} us; not active here: {}", inactive.join(", "));
+}
+
+/// A sampler's state in the agent's `/samplers`.
+fn sampler_state(port: u16, name: &str) -> String {
+    let body = ureq::get(&format!("http://127.0.0.1:{port}/samplers"))
+        .call()
+        .expect("agent /samplers")
+        .body_mut()
+        .read_to_string()
+        .expect("agent /samplers");
+    let list: serde_json::Value = serde_json::from_str(&body).expect("/samplers JSON");
+    list.as_array()
+        .into_iter()
+        .flatten()
+        .find(|s| s["name"] == name)
+        .and_then(|s| s["state"].as_str())
+        .unwrap_or("missing")
+        .to_string()
 }
 
 /// Part 3: the procfs side at 2, 64 and 512 CPUs.

@@ -213,7 +213,8 @@ fn over_http(label: &str, spawn: impl Fn(u16) -> Child, path: &str, requests: us
         assert!(child.try_wait().unwrap().is_none(), "{label} exited");
         std::thread::sleep(Duration::from_millis(20));
     }
-    let fetch = || fetch_len(&url);
+    let client = common::client();
+    let fetch = || fetch_len(&client, &url);
     for _ in 0..50 {
         fetch();
     }

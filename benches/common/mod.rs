@@ -63,9 +63,17 @@ pub fn start_agent_of(bin: &str, dir: &Path, general: &str, extra: &str) -> (Rea
     (agent, port)
 }
 
-/// GETs `url` and returns the body's length (up to 64 MiB).
-pub fn fetch_len(url: &str) -> usize {
-    ureq::get(url)
+/// An HTTP client that keeps its connection open between requests, as
+/// hindsight, the recorder and the exporter do (so a request's cost is the
+/// request, not a TCP handshake).
+pub fn client() -> ureq::Agent {
+    ureq::Agent::new_with_defaults()
+}
+
+/// GETs `url` with `client` and returns the body's length (up to 64 MiB).
+pub fn fetch_len(client: &ureq::Agent, url: &str) -> usize {
+    client
+        .get(url)
         .call()
         .expect("request")
         .body_mut()
@@ -97,7 +105,9 @@ pub struct Usage {
     /// RssFile: mapped files' pages (the binary's code, libraries, BPF
     /// maps), bytes.
     pub file: u64,
-    /// User plus system time (clock-tick resolution).
+    /// User plus system time of all its threads: nanosecond resolution from
+    /// the process's CPU-time clock (`clock_getcpuclockid`), else clock
+    /// ticks from /proc/PID/stat.
     pub cpu: Duration,
 }
 
@@ -131,8 +141,27 @@ pub fn usage(pid: u32) -> Usage {
         hwm: bytes("VmHWM:"),
         anon: bytes("RssAnon:"),
         file: bytes("RssFile:"),
-        cpu: Duration::from_nanos(ticks * 1_000_000_000 / hz.max(1)),
+        cpu: process_cpu(pid)
+            .unwrap_or_else(|| Duration::from_nanos(ticks * 1_000_000_000 / hz.max(1))),
     }
+}
+
+/// Another process's CPU time in nanoseconds, from its CPU-time clock.
+fn process_cpu(pid: u32) -> Option<Duration> {
+    let mut clock: libc::clockid_t = 0;
+    // SAFETY: clock_getcpuclockid writes a clock id into `clock`.
+    if unsafe { libc::clock_getcpuclockid(pid as libc::pid_t, &mut clock) } != 0 {
+        return None;
+    }
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: clock_gettime fills in the timespec it is given.
+    if unsafe { libc::clock_gettime(clock, &mut ts) } != 0 {
+        return None;
+    }
+    Some(Duration::new(ts.tv_sec as u64, ts.tv_nsec as u32))
 }
 
 /// CPU time of the calling thread.
