@@ -165,6 +165,7 @@ fn per_snapshot(agent: &Reaped, port: u16, requests: usize) -> (f64, usize) {
 fn by_sampler(bin: &str, dir: &Path, requests: usize) {
     println!("[this build] fresh snapshot by sampler (each alone, ttl 0, {requests} requests each): agent CPU per snapshot");
     let (agent, port) = start_agent_of(bin, dir, "ttl = \"0s\"", "[defaults]\nenabled = false\n");
+    std::thread::sleep(Duration::from_millis(1500));
     let (floor, floor_bytes) = per_snapshot(&agent, port, requests);
     drop(agent);
     let mut rows = Vec::new();
@@ -172,6 +173,8 @@ fn by_sampler(bin: &str, dir: &Path, requests: usize) {
     for spec in rezolus::samplers::registry() {
         let extra = format!("[defaults]\nenabled = false\n[samplers.{}]\nenabled = true\n", spec.name);
         let (agent, port) = start_agent_of(bin, dir, "ttl = \"0s\"", &extra);
+        // past the start-up work (a cgroup walk, first reads)
+        std::thread::sleep(Duration::from_millis(1500));
         let state = sampler_state(port, spec.name);
         if state != "active" {
             inactive.push(format!("{} ({state})", spec.name));
