@@ -171,7 +171,10 @@ fn by_sampler(bin: &str, dir: &Path, requests: usize) {
     let mut rows = Vec::new();
     let mut inactive = Vec::new();
     for spec in rezolus::samplers::registry() {
-        let extra = format!("[defaults]\nenabled = false\n[samplers.{}]\nenabled = true\n", spec.name);
+        let extra = format!(
+            "[defaults]\nenabled = false\n[samplers.{}]\nenabled = true\n",
+            spec.name
+        );
         let (agent, port) = start_agent_of(bin, dir, "ttl = \"0s\"", &extra);
         // past the start-up work (a cgroup walk, first reads)
         std::thread::sleep(Duration::from_millis(1500));
@@ -184,7 +187,10 @@ fn by_sampler(bin: &str, dir: &Path, requests: usize) {
         rows.push((spec.name, cpu, bytes));
     }
     rows.sort_by(|a, b| b.1.total_cmp(&a.1));
-    println!("  {:<22} {floor:>6.0} us ({floor_bytes} bytes): the request and an empty snapshot", "none");
+    println!(
+        "  {:<22} {floor:>6.0} us ({floor_bytes} bytes): the request and an empty snapshot",
+        "none"
+    );
     let mut sum = 0.0;
     for (name, cpu, bytes) in &rows {
         println!(
@@ -193,7 +199,10 @@ fn by_sampler(bin: &str, dir: &Path, requests: usize) {
         );
         sum += cpu - floor;
     }
-    println!("  sum above none: {sum:.0} us; not active here: {}", inactive.join(", "));
+    println!(
+        "  sum above none: {sum:.0} us; not active here: {}",
+        inactive.join(", ")
+    );
 }
 
 /// A sampler's state in the agent's `/samplers`.
