@@ -8,7 +8,10 @@ use std::io::{Read, Write};
 use std::time::Duration;
 
 use common::disks::{direct_writes, disk_of, LoopDevice};
-use common::{added, added_between, cores, counter_delta, pin_to, require_active, Agent, Snap};
+use common::{
+    added, added_between, cores, counter_delta, on_path, pin_to, require_active, require_path,
+    Agent, Snap,
+};
 
 /// Held by a test while it counts sched_yield calls: the counts are
 /// system-wide, so two such tests running in parallel would see each other's.
@@ -180,13 +183,20 @@ fn sleeping_thread_lands_in_the_10ms_region_of_offcpu() {
 }
 
 /// Moving a thread between CPU 0 and CPU 1 by affinity shows as migrations
-/// out of one and into the other.
+/// out of one and into the other, on the default path and on the
+/// compatibility path.
 #[test]
 fn migrations_follow_affinity_changes() {
+    for path in ["auto", "compat"] {
+        migrations_follow_affinity_changes_on(path);
+    }
+}
+
+fn migrations_follow_affinity_changes_on(path: &str) {
     const K: i128 = 50;
     assert!(cores() >= 2, "needs two CPUs");
-    let agent = Agent::start("", "");
-    require_active(&agent, &["cpu_migrations"]);
+    let agent = Agent::start("", &on_path("cpu_migrations", path));
+    require_path(&agent, &["cpu_migrations"], path);
     let before = agent.snapshot();
     std::thread::spawn(|| {
         for i in 0..2 * K {
@@ -206,19 +216,26 @@ fn migrations_follow_affinity_changes() {
         );
         assert!(
             moved >= K - 1,
-            "cpu_migrations{{direction={direction},id={id}}} moved {moved}"
+            "{path}: cpu_migrations{{direction={direction},id={id}}} moved {moved}"
         );
     }
     let total_in = counter_delta(&before, &after, "cpu_migrations", &[("direction", "in")]);
     let total_out = counter_delta(&before, &after, "cpu_migrations", &[("direction", "out")]);
-    assert_eq!(total_in, total_out);
+    assert_eq!(total_in, total_out, "{path}");
 }
 
-/// Loopback TCP traffic is received in NET_RX softirqs.
+/// Loopback TCP traffic is received in NET_RX softirqs, on the default
+/// path and on the compatibility path.
 #[test]
 fn softirqs_follow_network_traffic() {
-    let agent = Agent::start("", "");
-    require_active(&agent, &["softirq"]);
+    for path in ["auto", "compat"] {
+        softirqs_follow_network_traffic_on(path);
+    }
+}
+
+fn softirqs_follow_network_traffic_on(path: &str) {
+    let agent = Agent::start("", &on_path("softirq", path));
+    require_path(&agent, &["softirq"], path);
     let before = agent.snapshot();
     let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let addr = listener.local_addr().unwrap();
@@ -237,12 +254,108 @@ fn softirqs_follow_network_traffic() {
     let rx_time = counter_delta(&before, &after, "softirq_time", &[("kind", "net_rx")]);
     assert!(
         rx >= 1 && rx_time > 0,
-        "net_rx softirqs moved {rx}, time {rx_time} ns"
+        "{path}: net_rx softirqs moved {rx}, time {rx_time} ns"
     );
     let per_cpu: i128 = (0..cores())
         .map(|id| after.value("softirq", &[("kind", "net_rx"), ("id", &id.to_string())]))
         .sum();
-    assert_eq!(per_cpu, after.value("softirq", &[("kind", "net_rx")]));
+    assert_eq!(
+        per_cpu,
+        after.value("softirq", &[("kind", "net_rx")]),
+        "{path}"
+    );
+}
+
+/// Raw BTF describing only `int` and a `struct task_struct { int x; }`:
+/// valid BTF, but not this kernel's, so CO-RE reads of a task's CPU cannot
+/// relocate against it.
+fn btf_of_another_kernel() -> Vec<u8> {
+    const KIND_INT: u32 = 1;
+    const KIND_STRUCT: u32 = 4;
+    let strings = b"\0int\0task_struct\0x\0";
+    let (int_name, struct_name, member_name) = (1u32, 5u32, 17u32);
+    let mut types: Vec<u32> = Vec::new();
+    // type 1: int, 4 bytes, signed, 32 bits
+    types.extend([int_name, KIND_INT << 24, 4, (1 << 24) | 32]);
+    // type 2: struct task_struct, 4 bytes, one member `x` of type 1 at bit 0
+    types.extend([struct_name, (KIND_STRUCT << 24) | 1, 4, member_name, 1, 0]);
+    let type_len = (types.len() * 4) as u32;
+    let mut out = Vec::new();
+    out.extend(0xeb9fu16.to_le_bytes()); // magic
+    out.extend([1u8, 0]); // version, flags
+    for field in [24u32, 0, type_len, type_len, strings.len() as u32] {
+        // header length; type section offset and length; string section
+        // offset and length (offsets after the header)
+        out.extend(field.to_le_bytes());
+    }
+    for word in types {
+        out.extend(word.to_le_bytes());
+    }
+    out.extend(strings);
+    out
+}
+
+/// `[general] btf` is what the BPF programs relocate against: with a copy
+/// of this kernel's own BTF, the compatibility paths load and count; with
+/// BTF of "another kernel" (a task_struct without the fields read), the
+/// program reading a task's CPU does not load and the sampler says so while
+/// the others run; a missing or unreadable file stops the agent at start,
+/// naming the key.
+#[test]
+fn the_btf_file_of_the_config_is_what_programs_relocate_against() {
+    assert!(cores() >= 2, "needs two CPUs");
+    let dir = tempfile::tempdir().unwrap();
+    let own = dir.path().join("vmlinux.btf");
+    std::fs::copy("/sys/kernel/btf/vmlinux", &own).unwrap();
+    let extra = format!(
+        "{}{}",
+        on_path("cpu_migrations", "compat"),
+        on_path("softirq", "compat")
+    );
+    let agent = Agent::start(&format!("btf = {own:?}\n"), &extra);
+    require_path(&agent, &["cpu_migrations", "softirq"], "compat");
+    let before = agent.snapshot();
+    std::thread::spawn(|| {
+        for i in 0..40 {
+            pin_to(i % 2);
+        }
+    })
+    .join()
+    .unwrap();
+    let after = agent.snapshot();
+    let moved = counter_delta(&before, &after, "cpu_migrations", &[("direction", "in")]);
+    assert!(moved >= 39, "cpu_migrations moved {moved}");
+    drop(agent);
+
+    let other = dir.path().join("other.btf");
+    std::fs::write(&other, btf_of_another_kernel()).unwrap();
+    let agent = Agent::start(&format!("btf = {other:?}\n"), &extra);
+    let s = common::sampler_status(&agent, "cpu_migrations");
+    assert_eq!(s["state"], "failed", "{s}");
+    // softirq reads nothing through CO-RE: it loads against any BTF
+    require_path(&agent, &["softirq"], "compat");
+    drop(agent);
+
+    let garbage = dir.path().join("garbage.btf");
+    std::fs::write(&garbage, "not BTF").unwrap();
+    for (path, expect) in [
+        (dir.path().join("missing.btf"), "No such file"),
+        (garbage, "not a BTF file"),
+    ] {
+        let config = dir.path().join("agent.toml");
+        std::fs::write(
+            &config,
+            format!("[general]\nlisten = \"127.0.0.1:0\"\nbtf = {path:?}\n"),
+        )
+        .unwrap();
+        let out = common::run(&[config.to_str().unwrap()]);
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "{path:?}: {stderr}");
+        assert!(
+            stderr.contains("general.btf") && stderr.contains(expect),
+            "{path:?}: {stderr}"
+        );
+    }
 }
 
 /// N O_DIRECT writes of S bytes to a file on a real disk move the write

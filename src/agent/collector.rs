@@ -103,6 +103,7 @@ impl Collector {
                 } else {
                     let ctx = SamplerContext {
                         options: config.options(spec),
+                        bpf_path: config.bpf_path(spec),
                         ..ctx.clone()
                     };
                     outcome(catch_unwind(AssertUnwindSafe(|| (spec.init)(&ctx))))

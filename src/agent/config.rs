@@ -8,6 +8,11 @@ use std::time::Duration;
 use serde::Deserialize;
 
 pub use crate::config::{duration, ConfigError, ConfigProblem, Log, Role};
+use crate::samplers::BpfPath;
+
+/// The key every BPF sampler accepts beside its own options: `path =
+/// "auto"` or `"compat"` ([`BpfPath`]).
+pub const BPF_PATH_KEY: &str = "path";
 use crate::config::{load_with, RoleParser, PARSERS};
 
 #[linkme::distributed_slice(PARSERS)]
@@ -37,6 +42,10 @@ pub struct General {
     /// of the host's `/proc` and `/sys` (e.g. `/host`) in a container. An
     /// absolute path.
     pub root: PathBuf,
+    /// A BTF file describing the running kernel, for the BPF samplers on a
+    /// kernel without `/sys/kernel/btf/vmlinux` (their compatibility paths
+    /// use it for CO-RE). An absolute path; unset by default.
+    pub btf: Option<PathBuf>,
 }
 
 #[derive(Debug, Clone, PartialEq, Deserialize)]
@@ -63,6 +72,7 @@ impl Default for General {
             // snapshot
             ttl: Duration::from_millis(1),
             root: PathBuf::from("/"),
+            btf: None,
         }
     }
 }
@@ -94,9 +104,24 @@ impl Config {
                     ),
                 ));
             };
+            let bpf = matches!(spec.source, crate::samplers::Source::Bpf(_));
             for (key, value) in &sampler.options {
+                if bpf && key == BPF_PATH_KEY {
+                    if value.as_str().and_then(BpfPath::parse).is_none() {
+                        return Err(ConfigProblem::key(
+                            &format!("samplers.{name}.{key}"),
+                            format!(
+                                "`samplers.{name}.{key}` must be \"auto\" (the best way that loads) or \"compat\" (the compatibility path for older kernels), not {value}"
+                            ),
+                        ));
+                    }
+                    continue;
+                }
                 let Some(option) = spec.options.iter().find(|o| o.key == key) else {
                     let mut keys = vec!["enabled"];
+                    if bpf {
+                        keys.push(BPF_PATH_KEY);
+                    }
                     keys.extend(spec.options.iter().map(|o| o.key));
                     return Err(ConfigProblem::key(
                         &format!("samplers.{name}.{key}"),
@@ -125,6 +150,12 @@ impl Config {
                 "`general.ttl` is {:?}; at most 60s is allowed (snapshots older than that are not high-resolution)",
                 config.general.ttl
             )));
+        }
+        if let Some(btf) = config.general.btf.as_ref().filter(|p| !p.is_absolute()) {
+            return Err(ConfigProblem::key(
+                "general.btf",
+                format!("`general.btf` must be an absolute path to a BTF file, not {btf:?}"),
+            ));
         }
         if !config.general.root.is_absolute() {
             return Err(ConfigProblem::key(
@@ -167,6 +198,27 @@ impl Config {
             )));
         }
         Ok(())
+    }
+
+    /// Checks what parsing cannot: that `general.btf`, when set, is a BTF
+    /// file libbpf can read. The error names the key.
+    pub fn check_btf(&self) -> Result<(), ConfigProblem> {
+        let Some(path) = &self.general.btf else {
+            return Ok(());
+        };
+        crate::bpf::check_btf_file(path).map_err(|why| {
+            ConfigProblem::key("general.btf", format!("`general.btf` is {path:?}: {why}"))
+        })
+    }
+
+    /// Which way a BPF sampler is to load (`[samplers.<name>] path`).
+    pub fn bpf_path(&self, spec: &crate::samplers::SamplerSpec) -> BpfPath {
+        self.samplers
+            .get(spec.name)
+            .and_then(|c| c.options.get(BPF_PATH_KEY))
+            .and_then(toml::Value::as_str)
+            .and_then(BpfPath::parse)
+            .unwrap_or_default()
     }
 
     /// The named sampler's options: configured values, defaults elsewhere.
@@ -238,6 +290,51 @@ mod tests {
                 );
             }
         }
+    }
+
+    /// `path` is accepted for BPF samplers only, as "auto" or "compat";
+    /// a bad value or a non-BPF sampler's `path` names the key.
+    #[test]
+    fn bpf_path_is_checked() {
+        let syscall = crate::samplers::find("syscall").unwrap();
+        let c = Config::parse("[samplers.syscall]\npath = \"compat\"\n").unwrap();
+        assert_eq!(c.bpf_path(syscall), BpfPath::Compat);
+        let c = Config::parse("[samplers.syscall]\npath = \"auto\"\n").unwrap();
+        assert_eq!(c.bpf_path(syscall), BpfPath::Auto);
+        assert_eq!(Config::default().bpf_path(syscall), BpfPath::Auto);
+        for bad in ["\"fast\"", "1", "\"Compat\""] {
+            let (k, _, e) = problem(&format!("[samplers.syscall]\npath = {bad}\n"));
+            assert_eq!(k.as_deref(), Some("samplers.syscall.path"), "{e}");
+            assert!(e.contains("\"auto\"") && e.contains("\"compat\""), "{e}");
+        }
+        let (k, _, e) = problem("[samplers.cpu_usage]\npath = \"compat\"\n");
+        assert_eq!(k.as_deref(), Some("samplers.cpu_usage.path"), "{e}");
+        assert!(e.contains("unknown key"), "{e}");
+        // a BPF sampler's unknown key lists `path` among its keys
+        let (_, _, e) = problem("[samplers.softirq]\npaht = \"compat\"\n");
+        assert!(e.contains("enabled, path"), "{e}");
+    }
+
+    /// `general.btf` must be absolute, and name a BTF file libbpf reads.
+    #[test]
+    fn btf_path_is_checked() {
+        let (k, _, e) = problem("[general]\nbtf = \"vmlinux\"\n");
+        assert_eq!(k.as_deref(), Some("general.btf"), "{e}");
+        assert!(e.contains("absolute"), "{e}");
+        let dir = tempfile::tempdir().unwrap();
+        let garbage = dir.path().join("garbage.btf");
+        std::fs::write(&garbage, b"not BTF at all").unwrap();
+        for (path, expect) in [
+            (dir.path().join("missing.btf"), "No such file"),
+            (dir.path().to_path_buf(), "not a file"),
+            (garbage, "not a BTF file"),
+        ] {
+            let c = Config::parse(&format!("[general]\nbtf = {path:?}\n")).unwrap();
+            let e = c.check_btf().unwrap_err();
+            assert_eq!(e.key.as_deref(), Some("general.btf"), "{e}");
+            assert!(e.to_string().contains(expect), "{path:?}: {e}");
+        }
+        assert!(Config::default().check_btf().is_ok());
     }
 
     #[test]

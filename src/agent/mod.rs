@@ -311,6 +311,7 @@ pub fn run(path: &Path) -> anyhow::Result<()> {
     let config = Config::load(path)?;
     config
         .check_root()
+        .and_then(|()| config.check_btf())
         .map_err(|problem| crate::config::ConfigError::Invalid {
             path: path.display().to_string(),
             problem,
@@ -332,8 +333,12 @@ pub fn run(path: &Path) -> anyhow::Result<()> {
         let listener = crate::http::bind(listen, path).await?;
         let ctx = SamplerContext {
             root: config.general.root.clone(),
+            btf: config.general.btf.clone(),
             ..SamplerContext::default()
         };
+        if let Some(btf) = &ctx.btf {
+            info!("BPF samplers relocate against {}", btf.display());
+        }
         if ctx.root != Path::new("/") {
             info!("reading proc and sys under {}", ctx.root.display());
         }

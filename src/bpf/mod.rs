@@ -14,18 +14,25 @@ use libbpf_rs::{ErrorKind, MapCore};
 use std::sync::Arc;
 
 use crate::metrics::{MetricDef, Series, HISTOGRAM_GROUPING_POWER, HISTOGRAM_MAX_VALUE_POWER};
+use crate::samplers::{BpfPath, SamplerContext};
 use crate::snapshot::Emitter;
 use crate::source::Unsupported;
 
 /// Buckets per histogram in the shared scheme (`HISTOGRAM_BUCKETS` in rezolus.h).
 pub const HISTOGRAM_BUCKETS: usize = 496;
 
-/// Checks what every BPF sampler needs before trying to load: kernel BTF
-/// (for CO-RE and tp_btf) and the privilege to load and attach programs.
-pub fn check_support() -> Result<(), Unsupported> {
-    if !Path::new("/sys/kernel/btf/vmlinux").exists() {
+/// The running kernel's own BTF: `tp_btf` programs and BTF-typed helpers
+/// (`bpf_get_current_task_btf`) need it, and CO-RE uses it unless
+/// `[general] btf` names another file.
+pub const KERNEL_BTF: &str = "/sys/kernel/btf/vmlinux";
+
+/// Checks what every BPF sampler needs before trying to load: BTF for CO-RE
+/// (the kernel's own, or the file `[general] btf` names) and the privilege
+/// to load and attach programs.
+pub fn check_support(ctx: &SamplerContext) -> Result<(), Unsupported> {
+    if ctx.btf.is_none() && !Path::new(KERNEL_BTF).exists() {
         return Err(Unsupported(
-            "kernel has no BTF (/sys/kernel/btf/vmlinux missing; needs CONFIG_DEBUG_INFO_BTF)"
+            "kernel has no BTF (/sys/kernel/btf/vmlinux missing; needs CONFIG_DEBUG_INFO_BTF): set `[general] btf` to a BTF file for this kernel to run the compatibility paths"
                 .into(),
         ));
     }
@@ -35,6 +42,102 @@ pub fn check_support() -> Result<(), Unsupported> {
         ));
     }
     Ok(())
+}
+
+/// Whether the kernel has BTF of its own ([`KERNEL_BTF`]), which the
+/// default paths' `tp_btf` programs need.
+pub fn kernel_has_btf() -> bool {
+    Path::new(KERNEL_BTF).exists()
+}
+
+/// Checks that `path` is a BTF file libbpf can parse (raw BTF, or an ELF
+/// file with a `.BTF` section). The error says why not.
+pub fn check_btf_file(path: &Path) -> Result<(), String> {
+    match std::fs::metadata(path) {
+        Ok(m) if m.is_file() => {}
+        Ok(_) => return Err("not a file".into()),
+        Err(e) => return Err(e.to_string()),
+    }
+    // neither raw BTF (magic 0xeB9F) nor ELF: said here, without libbpf's
+    // own complaint on stderr
+    let mut magic = [0u8; 4];
+    let read = std::fs::File::open(path).and_then(|mut f| {
+        use std::io::Read;
+        f.read(&mut magic)
+    });
+    match read {
+        Err(e) => return Err(e.to_string()),
+        Ok(_)
+            if magic[..2] != [0x9f, 0xeb] && magic[..2] != [0xeb, 0x9f] && magic != *b"\x7fELF" =>
+        {
+            return Err("not a BTF file (neither raw BTF nor an ELF file)".into())
+        }
+        Ok(_) => {}
+    }
+    libbpf_rs::btf::Btf::from_path(path)
+        .map(drop)
+        .map_err(|e| format!("not a BTF file libbpf can read ({e})"))
+}
+
+/// Loads a sampler's programs on the path `ctx.bpf_path` asks for, with
+/// `load(compat)`: `compat` forces the compatibility path; `auto` takes the
+/// default path, or the compatibility path when the kernel has no BTF of its
+/// own or the default path does not load. Returns what loaded and how, for
+/// the sampler's [`crate::samplers::Sampler::method`]; when neither path
+/// loads, the default path's error, with the compatibility path's after it.
+pub fn load_path<S>(
+    ctx: &SamplerContext,
+    default_hooks: &str,
+    compat_hooks: &str,
+    load: impl Fn(bool) -> anyhow::Result<S>,
+) -> anyhow::Result<(S, String)> {
+    let compat = |why: &str| format!("compatibility path ({why}): {compat_hooks}");
+    if ctx.bpf_path == BpfPath::Compat {
+        return Ok((load(true)?, compat("path = \"compat\"")));
+    }
+    if !kernel_has_btf() {
+        return Ok((load(true)?, compat("the kernel has no BTF of its own")));
+    }
+    match load(false) {
+        Ok(loaded) => Ok((loaded, format!("default path: {default_hooks}"))),
+        Err(default_error) => match load(true) {
+            Ok(loaded) => Ok((
+                loaded,
+                compat(&format!("the default path did not load: {default_error:#}")),
+            )),
+            Err(compat_error) => Err(default_error.context(format!(
+                "the compatibility path did not load either: {compat_error:#}"
+            ))),
+        },
+    }
+}
+
+/// For a BPF sampler that has only its default path: refuses `path =
+/// "compat"` as unsupported, naming the sampler.
+pub fn require_default_path(ctx: &SamplerContext, sampler: &str) -> Result<(), Unsupported> {
+    match ctx.bpf_path {
+        BpfPath::Auto => Ok(()),
+        BpfPath::Compat => Err(Unsupported(format!(
+            "path = \"compat\": {sampler} has no compatibility path yet"
+        ))),
+    }
+}
+
+/// Opens a sampler's BPF skeleton, relocating against the BTF file of
+/// `[general] btf` when one is set. `doing` names the step for errors.
+pub fn open_skel<B>(mut builder: B, ctx: &SamplerContext, doing: &str) -> anyhow::Result<B::Output>
+where
+    B: libbpf_rs::skel::SkelBuilder<'static>,
+{
+    if let Some(btf) = &ctx.btf {
+        builder
+            .object_builder_mut()
+            .btf_custom_path(btf)
+            .map_err(|e| anyhow::anyhow!("{doing}: BTF path {}: {e}", btf.display()))?;
+    }
+    builder
+        .open(object_storage())
+        .map_err(|e| classify(e, doing))
 }
 
 /// Root, CAP_SYS_ADMIN, or both CAP_BPF and CAP_PERFMON in the effective set.

@@ -20,6 +20,13 @@ pub struct SamplerContext {
     /// The sampler's own options ([`SamplerSpec::options`]), validated, with
     /// defaults filled in.
     pub options: std::collections::BTreeMap<&'static str, i64>,
+    /// For BPF samplers: a BTF file describing the running kernel, for
+    /// CO-RE relocations where the kernel has no `/sys/kernel/btf/vmlinux`
+    /// (`[general] btf`).
+    pub btf: Option<PathBuf>,
+    /// For BPF samplers: which of its ways to load ([`BpfPath`];
+    /// `[samplers.<name>] path`).
+    pub bpf_path: BpfPath,
 }
 
 impl Default for SamplerContext {
@@ -27,6 +34,32 @@ impl Default for SamplerContext {
         Self {
             root: PathBuf::from("/"),
             options: Default::default(),
+            btf: None,
+            bpf_path: BpfPath::Auto,
+        }
+    }
+}
+
+/// Which of a BPF sampler's ways to load: `[samplers.<name>] path`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum BpfPath {
+    /// The best way that loads here: the default path (`tp_btf` programs,
+    /// task and socket local storage), else the compatibility path.
+    #[default]
+    Auto,
+    /// The compatibility path only, for kernels 5.8 to 5.10 and kernels
+    /// without BTF of their own: `raw_tp` programs, and bounded hash maps
+    /// where the default path uses local storage.
+    Compat,
+}
+
+impl BpfPath {
+    /// The config value: `auto` or `compat`.
+    pub fn parse(value: &str) -> Option<Self> {
+        match value {
+            "auto" => Some(Self::Auto),
+            "compat" => Some(Self::Compat),
+            _ => None,
         }
     }
 }

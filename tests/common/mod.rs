@@ -504,6 +504,29 @@ pub fn require_active(agent: &Agent, names: &[&str]) {
     }
 }
 
+/// The config section that puts BPF sampler `name` on `path` (`"auto"` or
+/// `"compat"`).
+pub fn on_path(name: &str, path: &str) -> String {
+    format!("[samplers.{name}]\npath = \"{path}\"\n")
+}
+
+/// Asserts that each sampler is active on `path`: its `/samplers` method
+/// names the default path for `"auto"` (this kernel loads it) and the
+/// compatibility path for `"compat"`.
+pub fn require_path(agent: &Agent, names: &[&str], path: &str) {
+    require_active(agent, names);
+    let expected = match path {
+        "auto" => "default path",
+        "compat" => "compatibility path",
+        other => panic!("no path {other}"),
+    };
+    for name in names {
+        let s = sampler_status(agent, name);
+        let method = s["method"].as_str().unwrap_or_default();
+        assert!(method.starts_with(expected), "{name} on {path}: {s}");
+    }
+}
+
 /// One sampler's entry in `/samplers`.
 pub fn sampler_status(agent: &Agent, name: &str) -> serde_json::Value {
     agent

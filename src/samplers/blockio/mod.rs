@@ -29,11 +29,11 @@ mod bpf {
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
-use libbpf_rs::skel::{OpenSkel, Skel, SkelBuilder};
+use libbpf_rs::skel::{OpenSkel, Skel};
 
 use crate::bpf::{
-    check_support, classify, object_storage, possible_cpus, BankCounter, MmapArray, NamedSlots,
-    HISTOGRAM_BUCKETS,
+    check_support, classify, open_skel, possible_cpus, require_default_path, BankCounter,
+    MmapArray, NamedSlots, HISTOGRAM_BUCKETS,
 };
 use crate::metrics::{MetricDef, Series};
 use crate::samplers::{Sampler, SamplerContext, SamplerSpec, Source, SAMPLERS};
@@ -143,10 +143,13 @@ fn device_slots(root: &std::path::Path) -> usize {
 }
 
 fn init(ctx: &SamplerContext) -> anyhow::Result<Box<dyn Sampler>> {
-    check_support()?;
-    let mut open = bpf::BlockioSkelBuilder::default()
-        .open(object_storage())
-        .map_err(|e| classify(e, "opening the blockio BPF object"))?;
+    check_support(ctx)?;
+    require_default_path(ctx, SPEC.name)?;
+    let mut open = open_skel(
+        bpf::BlockioSkelBuilder::default(),
+        ctx,
+        "opening the blockio BPF object",
+    )?;
     open.maps
         .counters
         .set_max_entries(possible_cpus()? as u32)

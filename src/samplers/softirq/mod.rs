@@ -1,15 +1,19 @@
 //! `softirq`: software interrupts handled, and the time spent in them.
 //!
-//! Hooks: `tp_btf/softirq_entry`, `tp_btf/softirq_exit`. Emits
+//! Hooks: `tp_btf/softirq_entry`, `tp_btf/softirq_exit`; on the compatibility
+//! path (`path = "compat"`, or a kernel without BTF of its own) the same
+//! `raw_tp` tracepoints. Emits
 //! `softirq{kind}` and `softirq_time{kind}` per CPU (`id`) and in total.
 
 mod bpf {
     include!(concat!(env!("OUT_DIR"), "/softirq.skel.rs"));
 }
 
-use libbpf_rs::skel::{OpenSkel, Skel, SkelBuilder};
+use libbpf_rs::skel::{OpenSkel, Skel};
 
-use crate::bpf::{check_support, classify, object_storage, possible_cpus, BankCounter, MmapArray};
+use crate::bpf::{
+    check_support, classify, load_path, open_skel, possible_cpus, BankCounter, MmapArray,
+};
 use crate::metrics::MetricDef;
 use crate::samplers::{Sampler, SamplerContext, SamplerSpec, Source, SAMPLERS};
 use crate::snapshot::Emitter;
@@ -46,23 +50,42 @@ struct Softirq {
     banks: MmapArray,
     counters: Vec<BankCounter>,
     scratch: Vec<u64>,
+    method: String,
 }
 
-fn init(_: &SamplerContext) -> anyhow::Result<Box<dyn Sampler>> {
-    check_support()?;
-    let mut open = bpf::SoftirqSkelBuilder::default()
-        .open(object_storage())
-        .map_err(|e| classify(e, "opening the softirq BPF object"))?;
-    let cpus = possible_cpus()?;
+/// Opens and loads the programs of one path.
+fn load(ctx: &SamplerContext, compat: bool) -> anyhow::Result<bpf::SoftirqSkel<'static>> {
+    let mut open = open_skel(
+        bpf::SoftirqSkelBuilder::default(),
+        ctx,
+        "opening the softirq BPF object",
+    )?;
+    let progs = &mut open.progs;
+    progs.softirq_entry.set_autoload(!compat);
+    progs.softirq_exit.set_autoload(!compat);
+    progs.softirq_entry_compat.set_autoload(compat);
+    progs.softirq_exit_compat.set_autoload(compat);
     open.maps
         .softirqs
-        .set_max_entries(cpus as u32)
+        .set_max_entries(possible_cpus()? as u32)
         .map_err(|e| classify(e, "sizing the softirq banks"))?;
     let mut skel = open
         .load()
         .map_err(|e| classify(e, "loading the softirq BPF programs"))?;
     skel.attach()
-        .map_err(|e| classify(e, "attaching to tp_btf/softirq_entry and softirq_exit"))?;
+        .map_err(|e| classify(e, "attaching to softirq_entry and softirq_exit"))?;
+    Ok(skel)
+}
+
+fn init(ctx: &SamplerContext) -> anyhow::Result<Box<dyn Sampler>> {
+    check_support(ctx)?;
+    let cpus = possible_cpus()?;
+    let (skel, method) = load_path(
+        ctx,
+        "tp_btf/softirq_entry, tp_btf/softirq_exit",
+        "raw_tp/softirq_entry, raw_tp/softirq_exit",
+        |compat| load(ctx, compat),
+    )?;
     let banks = MmapArray::new(&skel.maps.softirqs)?;
     // bank layout: a count per kind, then a time per kind
     let mut counters = Vec::new();
@@ -81,6 +104,7 @@ fn init(_: &SamplerContext) -> anyhow::Result<Box<dyn Sampler>> {
         banks,
         counters,
         scratch: Vec::new(),
+        method,
     }))
 }
 
@@ -91,5 +115,9 @@ impl Sampler for Softirq {
             counter.emit(&self.banks, &online, &mut self.scratch, out);
         }
         Ok(())
+    }
+
+    fn method(&self) -> Option<String> {
+        Some(self.method.clone())
     }
 }

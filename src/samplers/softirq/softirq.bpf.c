@@ -11,8 +11,7 @@ DEFINE_BANK(softirq_bank, SOFTIRQ_COUNTERS);
 
 BANK_MAP(softirqs, softirq_bank);
 
-SEC("tp_btf/softirq_entry")
-int BPF_PROG(softirq_entry, unsigned int vec)
+static __always_inline int softirq_start(void)
 {
 	struct softirq_bank *bank = bank_of_this_cpu(&softirqs);
 	if (bank)
@@ -20,8 +19,7 @@ int BPF_PROG(softirq_entry, unsigned int vec)
 	return 0;
 }
 
-SEC("tp_btf/softirq_exit")
-int BPF_PROG(softirq_exit, unsigned int vec)
+static __always_inline int softirq_end(unsigned int vec)
 {
 	u64 kind = vec;
 	/* keep the compiler from indexing with an unchecked copy of vec */
@@ -38,6 +36,32 @@ int BPF_PROG(softirq_exit, unsigned int vec)
 	bank->counters[TIME + kind] += bpf_ktime_get_ns() - start;
 	bank->counters[START] = 0;
 	return 0;
+}
+
+SEC("tp_btf/softirq_entry")
+int BPF_PROG(softirq_entry, unsigned int vec)
+{
+	return softirq_start();
+}
+
+SEC("tp_btf/softirq_exit")
+int BPF_PROG(softirq_exit, unsigned int vec)
+{
+	return softirq_end(vec);
+}
+
+/* The compatibility path: the same from raw tracepoints, which need no BTF
+ * of the kernel's own. */
+SEC("raw_tp/softirq_entry")
+int BPF_PROG(softirq_entry_compat, unsigned int vec)
+{
+	return softirq_start();
+}
+
+SEC("raw_tp/softirq_exit")
+int BPF_PROG(softirq_exit_compat, unsigned int vec)
+{
+	return softirq_end(vec);
 }
 
 char LICENSE[] SEC("license") = "GPL";

@@ -34,11 +34,11 @@ mod bpf {
 
 use std::sync::Arc;
 
-use libbpf_rs::skel::{OpenSkel, Skel, SkelBuilder};
+use libbpf_rs::skel::{OpenSkel, Skel};
 
 use crate::bpf::{
-    check_support, classify, object_storage, possible_cpus, BankCounter, MmapArray,
-    HISTOGRAM_BUCKETS,
+    check_support, classify, open_skel, possible_cpus, require_default_path, BankCounter,
+    MmapArray, HISTOGRAM_BUCKETS,
 };
 use crate::cgroups::slots::{self, CgroupSlots, Column};
 use crate::metrics::{MetricDef, Series, HISTOGRAM_GROUPING_POWER, HISTOGRAM_MAX_VALUE_POWER};
@@ -105,10 +105,16 @@ struct Syscall {
 
 /// Opens and loads the programs, counting per cgroup or not, and timing
 /// file system calls for filesystem_latency when it asked.
-fn load(latency_sampling: u32, count_cgroups: bool) -> anyhow::Result<bpf::SyscallSkel<'static>> {
-    let mut open = bpf::SyscallSkelBuilder::default()
-        .open(object_storage())
-        .map_err(|e| classify(e, "opening the syscall BPF object"))?;
+fn load(
+    ctx: &SamplerContext,
+    latency_sampling: u32,
+    count_cgroups: bool,
+) -> anyhow::Result<bpf::SyscallSkel<'static>> {
+    let mut open = open_skel(
+        bpf::SyscallSkelBuilder::default(),
+        ctx,
+        "opening the syscall BPF object",
+    )?;
     let rodata = open
         .maps
         .rodata_data
@@ -138,14 +144,15 @@ fn load(latency_sampling: u32, count_cgroups: bool) -> anyhow::Result<bpf::Sysca
 }
 
 fn init(ctx: &SamplerContext) -> anyhow::Result<Box<dyn Sampler>> {
-    check_support()?;
+    check_support(ctx)?;
+    require_default_path(ctx, SPEC.name)?;
     let latency_sampling = ctx.option(&SPEC, "latency_sampling") as u32;
     let (mut skel, support) = slots::load_with_cgroups(
         SPEC.name,
         "cgroup_syscall",
         &ctx.root,
         ctx.option(&SPEC, slots::OPTION_CGROUPS.key) == 1,
-        |cgroups| load(latency_sampling, cgroups),
+        |cgroups| load(ctx, latency_sampling, cgroups),
     )?;
     let absent = support.absent(&[&CGROUP_SYSCALL]);
     let cgroups = match support {

@@ -11,8 +11,7 @@ DEFINE_BANK(migration_bank, MIGRATION_COUNTERS);
 
 BANK_MAP(migrations, migration_bank);
 
-SEC("tp_btf/sched_migrate_task")
-int BPF_PROG(sched_migrate_task, struct task_struct *p, int dest_cpu)
+static __always_inline int count_migration(struct task_struct *p, int dest_cpu)
 {
 	u32 src, dst = dest_cpu;
 	if (bpf_core_field_exists(p->cpu))
@@ -29,6 +28,20 @@ int BPF_PROG(sched_migrate_task, struct task_struct *p, int dest_cpu)
 	if (bank)
 		__sync_fetch_and_add(&bank->counters[MIGRATED_IN], 1);
 	return 0;
+}
+
+SEC("tp_btf/sched_migrate_task")
+int BPF_PROG(sched_migrate_task, struct task_struct *p, int dest_cpu)
+{
+	return count_migration(p, dest_cpu);
+}
+
+/* The compatibility path: the same count from a raw tracepoint, which needs
+ * no BTF of the kernel's own (CO-RE reads relocate against [general] btf). */
+SEC("raw_tp/sched_migrate_task")
+int BPF_PROG(sched_migrate_task_compat, struct task_struct *p, int dest_cpu)
+{
+	return count_migration(p, dest_cpu);
 }
 
 char LICENSE[] SEC("license") = "GPL";

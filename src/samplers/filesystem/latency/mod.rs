@@ -36,11 +36,11 @@ use std::collections::BTreeMap;
 use std::path::Path;
 use std::sync::Arc;
 
-use libbpf_rs::skel::{OpenSkel, Skel, SkelBuilder};
+use libbpf_rs::skel::{OpenSkel, Skel};
 use libbpf_rs::MapCore;
 
 use crate::bpf::{
-    check_support, classify, object_storage, possible_cpus, MmapArray, NamedSlots,
+    check_support, classify, open_skel, possible_cpus, require_default_path, MmapArray, NamedSlots,
     HISTOGRAM_BUCKETS,
 };
 use crate::metrics::{MetricDef, Series};
@@ -195,13 +195,16 @@ fn kernel_functions(root: &Path, wanted: &[&str]) -> std::collections::HashSet<S
 }
 
 /// Loads the fentry programs on every target function this kernel has.
-fn load_fentry(root: &Path) -> anyhow::Result<(bpf::FilesystemLatencySkel<'static>, String)> {
+fn load_fentry(
+    ctx: &SamplerContext,
+    root: &Path,
+) -> anyhow::Result<(bpf::FilesystemLatencySkel<'static>, String)> {
     let wanted: Vec<&str> = TARGETS
         .iter()
         .flat_map(|(_, f)| f.iter().flatten().copied())
         .collect();
     let present = kernel_functions(root, &wanted);
-    let mut open = open(false)?;
+    let mut open = open(ctx, false)?;
     let mut measured = Vec::new();
     for prog in open.open_object_mut().progs_mut() {
         let name = prog.name().to_string_lossy().into_owned();
@@ -241,8 +244,8 @@ fn load_fentry(root: &Path) -> anyhow::Result<(bpf::FilesystemLatencySkel<'stati
 }
 
 /// Loads this sampler's own system call programs.
-fn load_syscalls() -> anyhow::Result<bpf::FilesystemLatencySkel<'static>> {
-    let mut open = open(true)?;
+fn load_syscalls(ctx: &SamplerContext) -> anyhow::Result<bpf::FilesystemLatencySkel<'static>> {
+    let mut open = open(ctx, true)?;
     for mut prog in open.open_object_mut().progs_mut() {
         if !prog.name().to_string_lossy().starts_with("fs_sys_") {
             prog.set_autoload(false);
@@ -258,10 +261,15 @@ fn load_syscalls() -> anyhow::Result<bpf::FilesystemLatencySkel<'static>> {
 
 /// Opens the object and sizes its maps; with `syscalls`, fills in the
 /// system call table.
-fn open(syscalls: bool) -> anyhow::Result<bpf::OpenFilesystemLatencySkel<'static>> {
-    let mut open = bpf::FilesystemLatencySkelBuilder::default()
-        .open(object_storage())
-        .map_err(|e| classify(e, "opening the filesystem_latency BPF object"))?;
+fn open(
+    ctx: &SamplerContext,
+    syscalls: bool,
+) -> anyhow::Result<bpf::OpenFilesystemLatencySkel<'static>> {
+    let mut open = open_skel(
+        bpf::FilesystemLatencySkelBuilder::default(),
+        ctx,
+        "opening the filesystem_latency BPF object",
+    )?;
     if syscalls {
         open.maps
             .rodata_data
@@ -375,6 +383,9 @@ struct FilesystemLatency {
     _skel: Option<bpf::FilesystemLatencySkel<'static>>,
     /// Why fentry is not used, when it is not.
     no_fentry: Option<String>,
+    /// Kept for loading the system call programs after every sampler has
+    /// started.
+    ctx: SamplerContext,
     method: String,
     /// The maps counted into; `None` until every sampler has started.
     maps: Option<FsMaps>,
@@ -387,12 +398,14 @@ struct FilesystemLatency {
 }
 
 fn init(ctx: &SamplerContext) -> anyhow::Result<Box<dyn Sampler>> {
-    check_support()?;
+    check_support(ctx)?;
+    require_default_path(ctx, SPEC.name)?;
     let mut names = vec![None; FS_SLOTS];
     names[FS_TYPES] = Some("other".to_string());
     let mut sampler = FilesystemLatency {
         _skel: None,
         no_fentry: None,
+        ctx: ctx.clone(),
         method: String::new(),
         maps: None,
         series: BTreeMap::new(),
@@ -403,7 +416,7 @@ fn init(ctx: &SamplerContext) -> anyhow::Result<Box<dyn Sampler>> {
         // a refusal is expected on some kernels and reported in `method`:
         // libbpf's own lines about it (and its ulimit advice) would mislead
         let print = libbpf_rs::set_print(None);
-        let fentry = load_fentry(&ctx.root);
+        let fentry = load_fentry(ctx, &ctx.root);
         libbpf_rs::set_print(print);
         match fentry {
             Ok((skel, method)) => {
@@ -440,7 +453,7 @@ impl FilesystemLatency {
             self.method = format!("syscalls, in the syscall sampler's programs ({why})");
             return Ok(());
         }
-        let skel = load_syscalls()?;
+        let skel = load_syscalls(&self.ctx)?;
         self.maps = Some(FsMaps::new(
             &skel.maps.fs_counters,
             &skel.maps.fs_latency,

@@ -14,9 +14,11 @@ mod bpf {
     include!(concat!(env!("OUT_DIR"), "/network_drop.skel.rs"));
 }
 
-use libbpf_rs::skel::{OpenSkel, Skel, SkelBuilder};
+use libbpf_rs::skel::{OpenSkel, Skel};
 
-use crate::bpf::{check_support, classify, object_storage, possible_cpus, BankCounter, MmapArray};
+use crate::bpf::{
+    check_support, classify, open_skel, possible_cpus, require_default_path, BankCounter, MmapArray,
+};
 use crate::metrics::MetricDef;
 use crate::samplers::{Sampler, SamplerContext, SamplerSpec, Source, SAMPLERS};
 use crate::snapshot::Emitter;
@@ -97,12 +99,15 @@ struct NetworkDrop {
     scratch: Vec<u64>,
 }
 
-fn init(_: &SamplerContext) -> anyhow::Result<Box<dyn Sampler>> {
-    check_support()?;
+fn init(ctx: &SamplerContext) -> anyhow::Result<Box<dyn Sampler>> {
+    check_support(ctx)?;
+    require_default_path(ctx, SPEC.name)?;
     let reasons = kernel_reasons()?;
-    let mut open = bpf::NetworkDropSkelBuilder::default()
-        .open(object_storage())
-        .map_err(|e| classify(e, "opening the network_drop BPF object"))?;
+    let mut open = open_skel(
+        bpf::NetworkDropSkelBuilder::default(),
+        ctx,
+        "opening the network_drop BPF object",
+    )?;
     open.maps
         .drops
         .set_max_entries(possible_cpus()? as u32)

@@ -571,6 +571,7 @@ mod tests {
         let ctx = SamplerContext {
             root: dir.path().to_path_buf(),
             options: [("total_all_interfaces", 1)].into(),
+            ..SamplerContext::default()
         };
         write(&dir, &traffic(1));
         let mut all = (spec.init)(&ctx).unwrap();

@@ -24,9 +24,11 @@ mod bpf {
 
 use std::sync::Arc;
 
-use libbpf_rs::skel::{OpenSkel, Skel, SkelBuilder};
+use libbpf_rs::skel::{OpenSkel, Skel};
 
-use crate::bpf::{check_support, classify, object_storage, possible_cpus, BankCounter, MmapArray};
+use crate::bpf::{
+    check_support, classify, open_skel, possible_cpus, require_default_path, BankCounter, MmapArray,
+};
 use crate::cgroups::slots::{self, CgroupSlots, Column};
 use crate::metrics::{MetricDef, Series};
 use crate::samplers::{Absent, Sampler, SamplerContext, SamplerSpec, Source, SAMPLERS};
@@ -135,10 +137,12 @@ struct Runqueue {
 }
 
 /// Opens and loads the programs, summing per cgroup or not.
-fn load(count_cgroups: bool) -> anyhow::Result<bpf::RunqueueSkel<'static>> {
-    let mut open = bpf::RunqueueSkelBuilder::default()
-        .open(object_storage())
-        .map_err(|e| classify(e, "opening the scheduler BPF object"))?;
+fn load(ctx: &SamplerContext, count_cgroups: bool) -> anyhow::Result<bpf::RunqueueSkel<'static>> {
+    let mut open = open_skel(
+        bpf::RunqueueSkelBuilder::default(),
+        ctx,
+        "opening the scheduler BPF object",
+    )?;
     let cpus = possible_cpus()? as u32;
     open.maps
         .switches
@@ -155,14 +159,15 @@ fn load(count_cgroups: bool) -> anyhow::Result<bpf::RunqueueSkel<'static>> {
 }
 
 fn init(ctx: &SamplerContext) -> anyhow::Result<Box<dyn Sampler>> {
-    check_support()?;
+    check_support(ctx)?;
+    require_default_path(ctx, SPEC.name)?;
     let cpus = possible_cpus()?;
     let (mut skel, support) = slots::load_with_cgroups(
         SPEC.name,
         "per-cgroup scheduling",
         &ctx.root,
         ctx.option(&SPEC, slots::OPTION_CGROUPS.key) == 1,
-        load,
+        |cgroups| load(ctx, cgroups),
     )?;
     let absent = support.absent(&[
         &CGROUP_RUNQUEUE_WAIT,

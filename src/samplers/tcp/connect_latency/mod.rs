@@ -16,9 +16,11 @@ mod bpf {
 
 use std::sync::Arc;
 
-use libbpf_rs::skel::{OpenSkel, Skel, SkelBuilder};
+use libbpf_rs::skel::{OpenSkel, Skel};
 
-use crate::bpf::{check_support, classify, object_storage, possible_cpus, BankCounter, MmapArray};
+use crate::bpf::{
+    check_support, classify, open_skel, possible_cpus, require_default_path, BankCounter, MmapArray,
+};
 use crate::metrics::{MetricDef, Series};
 use crate::samplers::{Sampler, SamplerContext, SamplerSpec, Source, SAMPLERS};
 use crate::snapshot::Emitter;
@@ -58,11 +60,14 @@ struct TcpConnect {
     scratch: Vec<u64>,
 }
 
-fn init(_: &SamplerContext) -> anyhow::Result<Box<dyn Sampler>> {
-    check_support()?;
-    let mut open = bpf::TcpConnectSkelBuilder::default()
-        .open(object_storage())
-        .map_err(|e| classify(e, "opening the tcp_connect_latency BPF object"))?;
+fn init(ctx: &SamplerContext) -> anyhow::Result<Box<dyn Sampler>> {
+    check_support(ctx)?;
+    require_default_path(ctx, SPEC.name)?;
+    let mut open = open_skel(
+        bpf::TcpConnectSkelBuilder::default(),
+        ctx,
+        "opening the tcp_connect_latency BPF object",
+    )?;
     open.maps
         .resets
         .set_max_entries(possible_cpus()? as u32)

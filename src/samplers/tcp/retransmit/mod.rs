@@ -12,9 +12,11 @@ mod bpf {
     include!(concat!(env!("OUT_DIR"), "/tcp_retransmit.skel.rs"));
 }
 
-use libbpf_rs::skel::{OpenSkel, Skel, SkelBuilder};
+use libbpf_rs::skel::{OpenSkel, Skel};
 
-use crate::bpf::{check_support, classify, object_storage, possible_cpus, BankCounter, MmapArray};
+use crate::bpf::{
+    check_support, classify, open_skel, possible_cpus, require_default_path, BankCounter, MmapArray,
+};
 use crate::metrics::MetricDef;
 use crate::samplers::{Sampler, SamplerContext, SamplerSpec, Source, SAMPLERS};
 use crate::snapshot::Emitter;
@@ -45,11 +47,14 @@ struct TcpRetransmit {
     scratch: Vec<u64>,
 }
 
-fn init(_: &SamplerContext) -> anyhow::Result<Box<dyn Sampler>> {
-    check_support()?;
-    let mut open = bpf::TcpRetransmitSkelBuilder::default()
-        .open(object_storage())
-        .map_err(|e| classify(e, "opening the tcp_retransmit BPF object"))?;
+fn init(ctx: &SamplerContext) -> anyhow::Result<Box<dyn Sampler>> {
+    check_support(ctx)?;
+    require_default_path(ctx, SPEC.name)?;
+    let mut open = open_skel(
+        bpf::TcpRetransmitSkelBuilder::default(),
+        ctx,
+        "opening the tcp_retransmit BPF object",
+    )?;
     open.maps
         .retransmits
         .set_max_entries(possible_cpus()? as u32)

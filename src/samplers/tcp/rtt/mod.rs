@@ -14,9 +14,9 @@ mod bpf {
 
 use std::sync::Arc;
 
-use libbpf_rs::skel::{OpenSkel, Skel, SkelBuilder};
+use libbpf_rs::skel::{OpenSkel, Skel};
 
-use crate::bpf::{check_support, classify, object_storage, MmapArray};
+use crate::bpf::{check_support, classify, open_skel, require_default_path, MmapArray};
 use crate::metrics::{MetricDef, Series};
 use crate::samplers::{Sampler, SamplerContext, SamplerSpec, Source, SAMPLERS};
 use crate::snapshot::Emitter;
@@ -48,11 +48,14 @@ struct TcpRtt {
     series: [Arc<Series>; 2],
 }
 
-fn init(_: &SamplerContext) -> anyhow::Result<Box<dyn Sampler>> {
-    check_support()?;
-    let open = bpf::TcpRttSkelBuilder::default()
-        .open(object_storage())
-        .map_err(|e| classify(e, "opening the tcp_rtt BPF object"))?;
+fn init(ctx: &SamplerContext) -> anyhow::Result<Box<dyn Sampler>> {
+    check_support(ctx)?;
+    require_default_path(ctx, SPEC.name)?;
+    let open = open_skel(
+        bpf::TcpRttSkelBuilder::default(),
+        ctx,
+        "opening the tcp_rtt BPF object",
+    )?;
     let mut skel = open
         .load()
         .map_err(|e| classify(e, "loading the tcp_rtt BPF program"))?;

@@ -26,9 +26,11 @@ mod bpf {
 
 use std::sync::Arc;
 
-use libbpf_rs::skel::{OpenSkel, Skel, SkelBuilder};
+use libbpf_rs::skel::{OpenSkel, Skel};
 
-use crate::bpf::{check_support, classify, object_storage, possible_cpus, BankCounter, MmapArray};
+use crate::bpf::{
+    check_support, classify, open_skel, possible_cpus, require_default_path, BankCounter, MmapArray,
+};
 use crate::metrics::{MetricDef, Series};
 use crate::samplers::{Sampler, SamplerContext, SamplerOption, SamplerSpec, Source, SAMPLERS};
 use crate::snapshot::Emitter;
@@ -89,10 +91,12 @@ enum HeaderReads {
     Copy,
 }
 
-fn load(reads: HeaderReads) -> anyhow::Result<bpf::TcpTrafficSkel<'static>> {
-    let mut open = bpf::TcpTrafficSkelBuilder::default()
-        .open(object_storage())
-        .map_err(|e| classify(e, "opening the tcp_traffic BPF object"))?;
+fn load(ctx: &SamplerContext, reads: HeaderReads) -> anyhow::Result<bpf::TcpTrafficSkel<'static>> {
+    let mut open = open_skel(
+        bpf::TcpTrafficSkelBuilder::default(),
+        ctx,
+        "opening the tcp_traffic BPF object",
+    )?;
     let plain = reads == HeaderReads::Plain;
     open.progs.tcp_transmit.set_autoload(plain);
     open.progs.tcp_receive.set_autoload(plain);
@@ -107,18 +111,19 @@ fn load(reads: HeaderReads) -> anyhow::Result<bpf::TcpTrafficSkel<'static>> {
 }
 
 fn init(ctx: &SamplerContext) -> anyhow::Result<Box<dyn Sampler>> {
-    check_support()?;
+    check_support(ctx)?;
+    require_default_path(ctx, SPEC.name)?;
     let (mut skel, reads) = if ctx.option(&SPEC, "header_copy") == 1 {
-        (load(HeaderReads::Copy)?, "copied (header_copy = 1)")
+        (load(ctx, HeaderReads::Copy)?, "copied (header_copy = 1)")
     } else {
-        match load(HeaderReads::Plain) {
+        match load(ctx, HeaderReads::Plain) {
             Ok(skel) => (skel, "read with plain loads"),
             Err(e) => {
                 tracing::info!(
                     sampler = SPEC.name,
                     "plain loads from packet headers refused ({e:#}); copying them instead"
                 );
-                (load(HeaderReads::Copy)?, "copied")
+                (load(ctx, HeaderReads::Copy)?, "copied")
             }
         }
     };
