@@ -12,7 +12,9 @@ use std::os::fd::AsRawFd;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use common::{added, added_between, counter_delta, require_active, Agent, Snap};
+use common::{
+    added, added_between, counter_delta, on_path, require_active, require_path, Agent, Snap,
+};
 
 /// The samplers count every TCP packet and drop on the host: tests that
 /// measure them must not overlap.
@@ -32,7 +34,17 @@ fn drain(conn: &mut TcpStream, n: usize) {
 }
 
 fn agent() -> Agent {
-    let agent = Agent::start("", "");
+    agent_on("auto")
+}
+
+/// The network samplers that have a compatibility path.
+const WITH_COMPAT: [&str; 1] = ["tcp_retransmit"];
+
+/// The agent with every network sampler, those of [`WITH_COMPAT`] on `path`
+/// (`"auto"` or `"compat"`).
+fn agent_on(path: &str) -> Agent {
+    let extra: String = WITH_COMPAT.iter().map(|s| on_path(s, path)).collect();
+    let agent = Agent::start("", &extra);
     require_active(
         &agent,
         &[
@@ -43,6 +55,7 @@ fn agent() -> Agent {
             "tcp_rtt",
         ],
     );
+    require_path(&agent, &WITH_COMPAT, path);
     agent
 }
 
@@ -427,8 +440,15 @@ fn nft_dropped(name: &str) -> i128 {
 /// rule's drops under `NETFILTER_DROP`.
 #[test]
 fn forced_loss_makes_retransmits_and_netfilter_drops() {
+    for path in ["auto", "compat"] {
+        forced_loss_makes_retransmits_and_netfilter_drops_on(path);
+    }
+}
+
+fn forced_loss_makes_retransmits_and_netfilter_drops_on(path: &str) {
+    eprintln!("tcp_retransmit on path {path}");
     let _alone = alone();
-    let agent = agent();
+    let agent = agent_on(path);
     let ns = Namespaces::new("l");
     let rules = "table inet loss {\n chain input {\n  type filter hook input priority 0;\n  \
                  meta l4proto tcp numgen random mod 5 == 0 counter drop\n }\n}\n";
@@ -594,8 +614,15 @@ fn srtt_agrees_with_ss() {
 /// B's own `RetransSegs`, and the connect completes once the rule goes.
 #[test]
 fn dropped_syn_acks_are_retransmitted_synacks() {
+    for path in ["auto", "compat"] {
+        dropped_syn_acks_are_retransmitted_synacks_on(path);
+    }
+}
+
+fn dropped_syn_acks_are_retransmitted_synacks_on(path: &str) {
+    eprintln!("tcp_retransmit on path {path}");
     let _alone = alone();
-    let agent = agent();
+    let agent = agent_on(path);
     let ns = Namespaces::new("s");
     let rules = "table inet synack {\n chain input {\n  type filter hook input priority 0;\n  \
                  tcp flags & (syn | ack) == syn | ack counter drop\n }\n}\n";

@@ -112,6 +112,15 @@ pub fn load_path<S>(
     }
 }
 
+/// Marks for loading the programs of one path: on the compatibility path
+/// those whose name ends in `_compat`, on the default path the others.
+pub fn select_path_programs(object: &mut libbpf_rs::OpenObject, compat: bool) {
+    for mut prog in object.progs_mut() {
+        let is_compat = prog.name().as_encoded_bytes().ends_with(b"_compat");
+        prog.set_autoload(is_compat == compat);
+    }
+}
+
 /// For a BPF sampler that has only its default path: refuses `path =
 /// "compat"` as unsupported, naming the sampler.
 pub fn require_default_path(ctx: &SamplerContext, sampler: &str) -> Result<(), Unsupported> {

@@ -15,7 +15,8 @@ mod bpf {
 use libbpf_rs::skel::{OpenSkel, Skel};
 
 use crate::bpf::{
-    check_support, classify, open_skel, possible_cpus, require_default_path, BankCounter, MmapArray,
+    check_support, classify, load_path, open_skel, possible_cpus, select_path_programs,
+    BankCounter, MmapArray,
 };
 use crate::metrics::MetricDef;
 use crate::samplers::{Sampler, SamplerContext, SamplerSpec, Source, SAMPLERS};
@@ -45,16 +46,17 @@ struct TcpRetransmit {
     banks: MmapArray,
     counters: Vec<BankCounter>,
     scratch: Vec<u64>,
+    method: String,
 }
 
-fn init(ctx: &SamplerContext) -> anyhow::Result<Box<dyn Sampler>> {
-    check_support(ctx)?;
-    require_default_path(ctx, SPEC.name)?;
+/// Opens and loads the programs of one path.
+fn load(ctx: &SamplerContext, compat: bool) -> anyhow::Result<bpf::TcpRetransmitSkel<'static>> {
     let mut open = open_skel(
         bpf::TcpRetransmitSkelBuilder::default(),
         ctx,
         "opening the tcp_retransmit BPF object",
     )?;
+    select_path_programs(open.open_object_mut(), compat);
     open.maps
         .retransmits
         .set_max_entries(possible_cpus()? as u32)
@@ -65,9 +67,20 @@ fn init(ctx: &SamplerContext) -> anyhow::Result<Box<dyn Sampler>> {
     skel.attach().map_err(|e| {
         classify(
             e,
-            "attaching to tp_btf/tcp_retransmit_skb and tcp_retransmit_synack",
+            "attaching to tcp_retransmit_skb and tcp_retransmit_synack",
         )
     })?;
+    Ok(skel)
+}
+
+fn init(ctx: &SamplerContext) -> anyhow::Result<Box<dyn Sampler>> {
+    check_support(ctx)?;
+    let (skel, method) = load_path(
+        ctx,
+        "tp_btf/tcp_retransmit_skb, tp_btf/tcp_retransmit_synack",
+        "raw_tp/tcp_retransmit_skb, raw_tp/tcp_retransmit_synack",
+        |compat| load(ctx, compat),
+    )?;
     let banks = MmapArray::new(&skel.maps.retransmits)?;
     Ok(Box::new(TcpRetransmit {
         _skel: skel,
@@ -78,6 +91,7 @@ fn init(ctx: &SamplerContext) -> anyhow::Result<Box<dyn Sampler>> {
             .map(|(i, kind)| BankCounter::new(&TCP_RETRANSMIT, &[("kind", kind)], i, None))
             .collect(),
         scratch: Vec::new(),
+        method,
     }))
 }
 
@@ -87,5 +101,9 @@ impl Sampler for TcpRetransmit {
             counter.emit(&self.banks, &[], &mut self.scratch, out);
         }
         Ok(())
+    }
+
+    fn method(&self) -> Option<String> {
+        Some(self.method.clone())
     }
 }
