@@ -38,7 +38,7 @@ fn agent() -> Agent {
 }
 
 /// The network samplers that have a compatibility path.
-const WITH_COMPAT: [&str; 1] = ["tcp_retransmit"];
+const WITH_COMPAT: [&str; 2] = ["tcp_retransmit", "tcp_rtt"];
 
 /// The agent with every network sampler, those of [`WITH_COMPAT`] on `path`
 /// (`"auto"` or `"compat"`).
@@ -544,8 +544,15 @@ fn ss_rtts(name: &str) -> Vec<u64> {
 /// through the transfer, both ends) says the connections' srtt was.
 #[test]
 fn srtt_agrees_with_ss() {
+    for path in ["auto", "compat"] {
+        srtt_agrees_with_ss_on(path);
+    }
+}
+
+fn srtt_agrees_with_ss_on(path: &str) {
+    eprintln!("tcp_rtt on path {path}");
     let _alone = alone();
-    let agent = agent();
+    let agent = agent_on(path);
     let ns = Namespaces::new("r");
     sh(&[
         "ip", "netns", "exec", &ns.a, "tc", "qdisc", "add", "dev", "veth0", "root", "tbf", "rate",

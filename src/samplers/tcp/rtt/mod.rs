@@ -16,7 +16,7 @@ use std::sync::Arc;
 
 use libbpf_rs::skel::{OpenSkel, Skel};
 
-use crate::bpf::{check_support, classify, open_skel, require_default_path, MmapArray};
+use crate::bpf::{check_support, classify, load_path, open_skel, select_path_programs, MmapArray};
 use crate::metrics::{MetricDef, Series};
 use crate::samplers::{Sampler, SamplerContext, SamplerSpec, Source, SAMPLERS};
 use crate::snapshot::Emitter;
@@ -46,26 +46,36 @@ struct TcpRtt {
     histograms: MmapArray,
     /// In BPF order: `SRTT`, `JITTER`.
     series: [Arc<Series>; 2],
+    method: String,
 }
 
-fn init(ctx: &SamplerContext) -> anyhow::Result<Box<dyn Sampler>> {
-    check_support(ctx)?;
-    require_default_path(ctx, SPEC.name)?;
-    let open = open_skel(
+/// Opens and loads the program of one path.
+fn load(ctx: &SamplerContext, compat: bool) -> anyhow::Result<bpf::TcpRttSkel<'static>> {
+    let mut open = open_skel(
         bpf::TcpRttSkelBuilder::default(),
         ctx,
         "opening the tcp_rtt BPF object",
     )?;
+    select_path_programs(open.open_object_mut(), compat);
     let mut skel = open
         .load()
         .map_err(|e| classify(e, "loading the tcp_rtt BPF program"))?;
     skel.attach()
-        .map_err(|e| classify(e, "attaching to tp_btf/tcp_probe"))?;
+        .map_err(|e| classify(e, "attaching to tcp_probe"))?;
+    Ok(skel)
+}
+
+fn init(ctx: &SamplerContext) -> anyhow::Result<Box<dyn Sampler>> {
+    check_support(ctx)?;
+    let (skel, method) = load_path(ctx, "tp_btf/tcp_probe", "raw_tp/tcp_probe", |compat| {
+        load(ctx, compat)
+    })?;
     let histograms = MmapArray::new(&skel.maps.rtt)?;
     Ok(Box::new(TcpRtt {
         _skel: skel,
         histograms,
         series: [Series::new(&TCP_SRTT, &[]), Series::new(&TCP_JITTER, &[])],
+        method,
     }))
 }
 
@@ -75,5 +85,9 @@ impl Sampler for TcpRtt {
             out.histogram(series, self.histograms.histogram(h));
         }
         Ok(())
+    }
+
+    fn method(&self) -> Option<String> {
+        Some(self.method.clone())
     }
 }
