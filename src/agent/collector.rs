@@ -69,7 +69,8 @@ pub static BPF_MISSED: MetricDef = MetricDef::counter(
 .labels(&["sampler"]);
 
 /// The metrics the agent itself emits, beside its samplers'.
-pub static AGENT_METRICS: [&MetricDef; 2] = [&COUNTER_CORRECTIONS, &BPF_MISSED];
+pub static AGENT_METRICS: [&MetricDef; 3] =
+    [&COUNTER_CORRECTIONS, &BPF_MISSED, &bpf::BPF_UNTRACKED];
 
 /// How often the programs' miss counts are read (one system call each).
 const MISSES_EVERY: Duration = Duration::from_secs(1);

@@ -112,6 +112,34 @@ pub fn load_path<S>(
     }
 }
 
+/// Events a sampler's compatibility path could not follow because its
+/// bounded map of tasks (or sockets) was full: served by the samplers that
+/// keep such a map, while on that path.
+pub static BPF_UNTRACKED: MetricDef = MetricDef::counter(
+    "rezolus_bpf_untracked",
+    "events",
+    "Events the `sampler`'s compatibility path did not time because its bounded task or socket map was full (the default path keeps per-task state in task storage and has no such bound)",
+)
+.labels(&["sampler"]);
+
+/// The number of arguments a tracepoint passes to raw tracepoint programs,
+/// from its `btf_trace_<name>` type in the BTF in use (the kernel's own, or
+/// `[general] btf`): how a compatibility path tells a kernel's version of a
+/// tracepoint from another. `None` if that BTF lacks the type.
+pub fn tracepoint_arg_count(ctx: &SamplerContext, tracepoint: &str) -> Option<usize> {
+    use libbpf_rs::btf::{types::FuncProto, Btf, BtfType};
+    let btf = match &ctx.btf {
+        Some(path) => Btf::from_path(path).ok()?,
+        None => Btf::from_vmlinux().ok()?,
+    };
+    let typedef: BtfType<'_> = btf.type_by_name(&format!("btf_trace_{tracepoint}"))?;
+    // a typedef of a pointer to the prototype, whose first parameter is
+    // the tracepoint's own data pointer
+    let proto = typedef.skip_mods_and_typedefs().next_type()?;
+    let proto = FuncProto::try_from(proto).ok()?;
+    Some(proto.len().saturating_sub(1))
+}
+
 /// Marks for loading the programs of one path: on the compatibility path
 /// those whose name ends in `_compat`, on the default path the others.
 pub fn select_path_programs(object: &mut libbpf_rs::OpenObject, compat: bool) {

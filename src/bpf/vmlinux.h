@@ -45,6 +45,7 @@ enum {
 };
 enum {
 	BPF_ANY = 0,
+	BPF_NOEXIST = 1,
 };
 
 struct thread_info {

@@ -27,7 +27,8 @@ use std::sync::Arc;
 use libbpf_rs::skel::{OpenSkel, Skel};
 
 use crate::bpf::{
-    check_support, classify, open_skel, possible_cpus, require_default_path, BankCounter, MmapArray,
+    check_support, classify, load_path, open_skel, possible_cpus, select_path_programs,
+    tracepoint_arg_count, BankCounter, MmapArray,
 };
 use crate::cgroups::slots::{self, CgroupSlots, Column};
 use crate::metrics::{MetricDef, Series};
@@ -122,6 +123,9 @@ fn cgroup_columns() -> Vec<Column> {
 /// Counter order in the BPF bank (`VOLUNTARY`, `INVOLUNTARY`).
 const KINDS: [&str; 2] = ["voluntary", "involuntary"];
 
+/// The bank's `UNTRACKED` counter (compatibility path).
+const UNTRACKED: usize = 2;
+
 struct Runqueue {
     _skel: bpf::RunqueueSkel<'static>,
     switches: MmapArray,
@@ -129,30 +133,49 @@ struct Runqueue {
     /// Histogram series in BPF order: runqueue latency, running, off-CPU.
     histogram_series: [Arc<Series>; 3],
     switch_counters: Vec<BankCounter>,
+    /// On the compatibility path: tasks not followed, the task map full.
+    untracked: Option<BankCounter>,
     scratch: Vec<u64>,
     /// Per-cgroup sums, when on and supported.
     cgroups: Option<CgroupSlots>,
     /// The per-cgroup metrics, when wanted but unsupported here.
     absent: Vec<Absent>,
+    method: String,
 }
 
-/// Opens and loads the programs, summing per cgroup or not.
-fn load(ctx: &SamplerContext, count_cgroups: bool) -> anyhow::Result<bpf::RunqueueSkel<'static>> {
+/// Opens and loads the programs of one path, summing per cgroup or not
+/// (never on the compatibility path).
+fn load(
+    ctx: &SamplerContext,
+    count_cgroups: bool,
+    compat: bool,
+) -> anyhow::Result<bpf::RunqueueSkel<'static>> {
     let mut open = open_skel(
         bpf::RunqueueSkelBuilder::default(),
         ctx,
         "opening the scheduler BPF object",
     )?;
+    select_path_programs(open.open_object_mut(), compat);
+    // only one path's task map is made: task storage does not exist before
+    // 5.11, and the hash map is preallocated
+    open.maps
+        .times
+        .set_autocreate(!compat)
+        .and_then(|()| open.maps.times_compat.set_autocreate(compat))
+        .map_err(|e| classify(e, "choosing the task map"))?;
     let cpus = possible_cpus()? as u32;
     open.maps
         .switches
         .set_max_entries(cpus)
         .map_err(|e| classify(e, "sizing the context switch banks"))?;
-    open.maps
+    let rodata = open
+        .maps
         .rodata_data
         .as_deref_mut()
-        .ok_or_else(|| anyhow::anyhow!("the scheduler BPF object has no .rodata section"))?
-        .count_cgroups = count_cgroups;
+        .ok_or_else(|| anyhow::anyhow!("the scheduler BPF object has no .rodata section"))?;
+    rodata.count_cgroups = count_cgroups;
+    // sched_switch passes prev_state (its fourth argument) on newer kernels
+    rodata.switch_has_prev_state = tracepoint_arg_count(ctx, "sched_switch") >= Some(4);
     slots::prepare(slots::open_parts!(open), count_cgroups, cpus)?;
     open.load()
         .map_err(|e| classify(e, "loading the scheduler BPF programs"))
@@ -160,15 +183,34 @@ fn load(ctx: &SamplerContext, count_cgroups: bool) -> anyhow::Result<bpf::Runque
 
 fn init(ctx: &SamplerContext) -> anyhow::Result<Box<dyn Sampler>> {
     check_support(ctx)?;
-    require_default_path(ctx, SPEC.name)?;
     let cpus = possible_cpus()?;
-    let (mut skel, support) = slots::load_with_cgroups(
-        SPEC.name,
-        "per-cgroup scheduling",
-        &ctx.root,
-        ctx.option(&SPEC, slots::OPTION_CGROUPS.key) == 1,
-        |cgroups| load(ctx, cgroups),
+    let wanted = ctx.option(&SPEC, slots::OPTION_CGROUPS.key) == 1;
+    let ((mut skel, support), method) = load_path(
+        ctx,
+        "tp_btf/sched_wakeup, tp_btf/sched_wakeup_new, tp_btf/sched_switch, task storage",
+        "raw_tp/sched_wakeup, sched_wakeup_new, sched_switch, sched_process_exit, a hash map of tasks",
+        |compat| {
+            if compat {
+                let support = if wanted {
+                    slots::Support::Unsupported(
+                        "not on the compatibility path (per-cgroup sums need cgroup storage, Linux 6.2)"
+                            .into(),
+                    )
+                } else {
+                    slots::Support::Off
+                };
+                return Ok((load(ctx, false, true)?, support));
+            }
+            slots::load_with_cgroups(
+                SPEC.name,
+                "per-cgroup scheduling",
+                &ctx.root,
+                wanted,
+                |cgroups| load(ctx, cgroups, false),
+            )
+        },
     )?;
+    let compat = method.starts_with("compatibility");
     let absent = support.absent(&[
         &CGROUP_RUNQUEUE_WAIT,
         &CGROUP_OFFCPU,
@@ -190,7 +232,7 @@ fn init(ctx: &SamplerContext) -> anyhow::Result<Box<dyn Sampler>> {
     skel.attach().map_err(|e| {
         classify(
             e,
-            "attaching to tp_btf/sched_wakeup, sched_wakeup_new, sched_switch",
+            "attaching to sched_wakeup, sched_wakeup_new, sched_switch",
         )
     })?;
     let switches = MmapArray::new(&skel.maps.switches)?;
@@ -209,9 +251,18 @@ fn init(ctx: &SamplerContext) -> anyhow::Result<Box<dyn Sampler>> {
             .enumerate()
             .map(|(i, kind)| BankCounter::new(&CONTEXT_SWITCH, &[("kind", kind)], i, Some(cpus)))
             .collect(),
+        untracked: compat.then(|| {
+            BankCounter::new(
+                &crate::bpf::BPF_UNTRACKED,
+                &[("sampler", SPEC.name)],
+                UNTRACKED,
+                None,
+            )
+        }),
         scratch: Vec::new(),
         cgroups,
         absent,
+        method,
     }))
 }
 
@@ -220,9 +271,13 @@ impl Sampler for Runqueue {
         self.absent.clone()
     }
 
+    fn method(&self) -> Option<String> {
+        Some(self.method.clone())
+    }
+
     fn refresh(&mut self, out: &mut Emitter<'_>) -> anyhow::Result<()> {
         let online = crate::source::online_cpus();
-        for counter in &self.switch_counters {
+        for counter in self.switch_counters.iter().chain(&self.untracked) {
             counter.emit(&self.switches, &online, &mut self.scratch, out);
         }
         for (h, series) in self.histogram_series.iter().enumerate() {

@@ -8,6 +8,7 @@
  * last ran on). Each task caches its cgroup's slot in its own storage. */
 #include "rezolus.h"
 #include <bpf/bpf_tracing.h>
+#include <bpf/bpf_core_read.h>
 
 /* per-cgroup counters, in the order of CGROUP_COLUMNS in mod.rs */
 enum { CG_RUNQUEUE_WAIT = 0, CG_OFFCPU = 1, CG_VOLUNTARY = 2, CG_INVOLUNTARY = 3,
@@ -17,7 +18,9 @@ enum { CG_RUNQUEUE_WAIT = 0, CG_OFFCPU = 1, CG_VOLUNTARY = 2, CG_INVOLUNTARY = 3
 
 #define TASK_RUNNING 0
 
-enum { VOLUNTARY = 0, INVOLUNTARY = 1, SWITCH_COUNTERS = 2 };
+/* UNTRACKED: on the compatibility path, tasks switched in or woken that
+ * found the task map full (their times are not taken) */
+enum { VOLUNTARY = 0, INVOLUNTARY = 1, UNTRACKED = 2, SWITCH_COUNTERS = 3 };
 enum { RUNQUEUE_LATENCY = 0, RUNNING = 1, OFFCPU = 2, HISTOGRAMS = 3 };
 
 DEFINE_BANK(switch_bank, SWITCH_COUNTERS);
@@ -111,6 +114,128 @@ int BPF_PROG(sched_switch, bool preempt, struct task_struct *prev, struct task_s
 			t->running_since = now;
 		}
 	}
+	return 0;
+}
+
+/* ---- The compatibility path: for kernels without task storage (before
+ * 5.11) or without BTF of their own. Raw tracepoints, and the per-task
+ * times in a preallocated hash map keyed by thread id, bounded at
+ * COMPAT_TASKS (a task that finds it full is counted in UNTRACKED and not
+ * timed); a task's entry is deleted when it exits. No per-cgroup counts
+ * (they need cgroup storage, 5.11 and 6.2 helpers). */
+#define COMPAT_TASKS 32768
+
+struct task_times_compat {
+	u64 enqueued;
+	u64 running_since;
+	u64 offcpu_since;
+};
+
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, COMPAT_TASKS);
+	__type(key, u32);
+	__type(value, struct task_times_compat);
+} times_compat SEC(".maps");
+
+/* set by userspace before load: whether the kernel's sched_switch
+ * tracepoint passes prev_state (newer kernels); else it is read from the
+ * task, as the kernel did before */
+const volatile bool switch_has_prev_state = true;
+
+/* the task's state field before it was renamed __state */
+struct task_struct___state {
+	long state;
+} __attribute__((preserve_access_index));
+
+static __always_inline struct task_times_compat *times_of_compat(u32 pid)
+{
+	struct task_times_compat *t = bpf_map_lookup_elem(&times_compat, &pid);
+	if (t)
+		return t;
+	struct task_times_compat zero = {};
+	/* fails when full (or when another CPU just added it: looked up again) */
+	bpf_map_update_elem(&times_compat, &pid, &zero, BPF_NOEXIST);
+	t = bpf_map_lookup_elem(&times_compat, &pid);
+	if (!t) {
+		struct switch_bank *bank = bank_of_this_cpu(&switches);
+		if (bank)
+			__sync_fetch_and_add(&bank->counters[UNTRACKED], 1);
+	}
+	return t;
+}
+
+static __always_inline int enqueue_compat(struct task_struct *p)
+{
+	struct task_times_compat *t = times_of_compat(BPF_CORE_READ(p, pid));
+	if (t)
+		t->enqueued = bpf_ktime_get_ns();
+	return 0;
+}
+
+SEC("raw_tp/sched_wakeup")
+int BPF_PROG(sched_wakeup_compat, struct task_struct *p)
+{
+	return enqueue_compat(p);
+}
+
+SEC("raw_tp/sched_wakeup_new")
+int BPF_PROG(sched_wakeup_new_compat, struct task_struct *p)
+{
+	return enqueue_compat(p);
+}
+
+SEC("raw_tp/sched_switch")
+int BPF_PROG(sched_switch_compat, bool preempt, struct task_struct *prev, struct task_struct *next)
+{
+	long prev_state;
+	if (switch_has_prev_state)
+		prev_state = (unsigned int)ctx[3];
+	else if (bpf_core_field_exists(prev->__state))
+		prev_state = BPF_CORE_READ(prev, __state);
+	else
+		prev_state = BPF_CORE_READ((struct task_struct___state *)prev, state);
+	u32 kind = (preempt || prev_state == TASK_RUNNING) ? INVOLUNTARY : VOLUNTARY;
+	struct switch_bank *bank = bank_of_this_cpu(&switches);
+	if (bank)
+		bank->counters[kind] += 1;
+
+	u64 now = bpf_ktime_get_ns();
+	u32 prev_pid = BPF_CORE_READ(prev, pid);
+	u32 next_pid = BPF_CORE_READ(next, pid);
+
+	if (prev_pid) {
+		struct task_times_compat *t = times_of_compat(prev_pid);
+		if (t) {
+			if (t->running_since)
+				histogram_record(&histograms, RUNNING, now - t->running_since);
+			t->running_since = 0;
+			t->offcpu_since = now;
+			t->enqueued = kind == INVOLUNTARY ? now : 0;
+		}
+	}
+
+	if (next_pid) {
+		struct task_times_compat *t = times_of_compat(next_pid);
+		if (t) {
+			if (t->enqueued)
+				histogram_record(&histograms, RUNQUEUE_LATENCY, now - t->enqueued);
+			if (t->offcpu_since)
+				histogram_record(&histograms, OFFCPU, now - t->offcpu_since);
+			t->enqueued = 0;
+			t->offcpu_since = 0;
+			t->running_since = now;
+		}
+	}
+	return 0;
+}
+
+/* an exiting thread's entry is freed */
+SEC("raw_tp/sched_process_exit")
+int BPF_PROG(sched_process_exit_compat, struct task_struct *p)
+{
+	u32 pid = BPF_CORE_READ(p, pid);
+	bpf_map_delete_elem(&times_compat, &pid);
 	return 0;
 }
 
