@@ -41,10 +41,21 @@ fn yield_latency_samples(before: &Snap, after: &Snap) -> i128 {
 /// and add N samples to its latency histogram.
 #[test]
 fn syscall_counts_and_latency_follow_a_thread() {
+    for path in ["auto", "compat"] {
+        syscall_counts_and_latency_follow_a_thread_on(path);
+    }
+}
+
+fn syscall_counts_and_latency_follow_a_thread_on(path: &str) {
     const N: i128 = 200_000;
-    let agent = Agent::start("", "");
-    require_active(&agent, &["syscall"]);
+    eprintln!("syscall on path {path}");
+    let agent = Agent::start("", &on_path("syscall", path));
+    require_path(&agent, &["syscall"], path);
     let (before, after) = around_yields(&agent, N);
+    // the compatibility path's thread map never filled here; the default
+    // path has no such map and no such series
+    let untracked = after.get("rezolus_bpf_untracked", &[("sampler", "syscall")]);
+    assert_eq!(untracked, (path == "compat").then_some(0), "{path}");
 
     let yields = counter_delta(&before, &after, "syscall", &[("op", "yield")]);
     assert!(
@@ -67,9 +78,19 @@ fn syscall_counts_and_latency_follow_a_thread() {
 /// eight is timed.
 #[test]
 fn syscall_latency_sampling_times_one_call_in_k() {
+    for path in ["auto", "compat"] {
+        syscall_latency_sampling_times_one_call_in_k_on(path);
+    }
+}
+
+fn syscall_latency_sampling_times_one_call_in_k_on(path: &str) {
     const N: i128 = 200_000;
-    let agent = Agent::start("", "[samplers.syscall]\nlatency_sampling = 8\n");
-    require_active(&agent, &["syscall"]);
+    eprintln!("syscall on path {path}");
+    let agent = Agent::start(
+        "",
+        &format!("{}latency_sampling = 8\n", on_path("syscall", path)),
+    );
+    require_path(&agent, &["syscall"], path);
     let (before, after) = around_yields(&agent, N);
     let yields = counter_delta(&before, &after, "syscall", &[("op", "yield")]);
     assert!(

@@ -155,4 +155,14 @@ static __always_inline bool compat_syscall(void)
 	return task->thread_info.status & TS_COMPAT;
 }
 
+/* compat_syscall() for programs without BTF-typed helpers (compatibility
+ * paths): the current task through bpf_get_current_task and CO-RE reads. */
+static __always_inline bool compat_syscall_untyped(void)
+{
+	struct task_struct *task = (void *)bpf_get_current_task();
+	if (!bpf_core_field_exists(task->thread_info.status))
+		return false;
+	return BPF_CORE_READ(task, thread_info.status) & TS_COMPAT;
+}
+
 #endif

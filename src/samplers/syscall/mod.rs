@@ -37,8 +37,8 @@ use std::sync::Arc;
 use libbpf_rs::skel::{OpenSkel, Skel};
 
 use crate::bpf::{
-    check_support, classify, open_skel, possible_cpus, require_default_path, BankCounter,
-    MmapArray, HISTOGRAM_BUCKETS,
+    check_support, classify, load_path, open_skel, possible_cpus, select_path_programs,
+    BankCounter, MmapArray, HISTOGRAM_BUCKETS,
 };
 use crate::cgroups::slots::{self, CgroupSlots, Column};
 use crate::metrics::{MetricDef, Series, HISTOGRAM_GROUPING_POWER, HISTOGRAM_MAX_VALUE_POWER};
@@ -96,25 +96,45 @@ struct Syscall {
     per_class: Vec<BankCounter>,
     latency_total: Arc<Series>,
     latency_per_class: Vec<Arc<Series>>,
+    /// On the compatibility path: calls not timed, the thread map full.
+    untracked: Option<BankCounter>,
     scratch: Vec<u64>,
     /// Per-cgroup counts, when on and supported.
     cgroups: Option<CgroupSlots>,
     /// The per-cgroup metrics, when wanted but unsupported here.
     absent: Vec<Absent>,
+    method: String,
 }
 
-/// Opens and loads the programs, counting per cgroup or not, and timing
-/// file system calls for filesystem_latency when it asked.
+/// The bank's `UNTRACKED` counter (compatibility path): after a counter per
+/// class and the sampling phase.
+const UNTRACKED: usize = CLASSES.len() + 1;
+
+/// Opens and loads the programs of one path, counting per cgroup or not,
+/// and timing file system calls for filesystem_latency when it asked (never
+/// on the compatibility path).
 fn load(
     ctx: &SamplerContext,
     latency_sampling: u32,
     count_cgroups: bool,
+    compat: bool,
 ) -> anyhow::Result<bpf::SyscallSkel<'static>> {
     let mut open = open_skel(
         bpf::SyscallSkelBuilder::default(),
         ctx,
         "opening the syscall BPF object",
     )?;
+    select_path_programs(open.open_object_mut(), compat);
+    // only one path's maps are made: task storage does not exist before
+    // 5.11, and the hash map is preallocated
+    for (map, wanted) in [
+        (&mut open.maps.start, !compat),
+        (&mut open.maps.fs_starts, !compat),
+        (&mut open.maps.start_compat, compat),
+    ] {
+        map.set_autocreate(wanted)
+            .map_err(|e| classify(e, "choosing the per-thread maps"))?;
+    }
     let rodata = open
         .maps
         .rodata_data
@@ -123,7 +143,7 @@ fn load(
     rodata.syscall_class = classes::table();
     rodata.latency_sampling = latency_sampling;
     rodata.count_cgroups = count_cgroups;
-    let time_filesystems = fs::wanted();
+    let time_filesystems = !compat && fs::wanted();
     rodata.time_filesystems = time_filesystems;
     if time_filesystems {
         rodata.fs_syscall_op = fs::syscall_ops();
@@ -145,15 +165,30 @@ fn load(
 
 fn init(ctx: &SamplerContext) -> anyhow::Result<Box<dyn Sampler>> {
     check_support(ctx)?;
-    require_default_path(ctx, SPEC.name)?;
     let latency_sampling = ctx.option(&SPEC, "latency_sampling") as u32;
-    let (mut skel, support) = slots::load_with_cgroups(
-        SPEC.name,
-        "cgroup_syscall",
-        &ctx.root,
-        ctx.option(&SPEC, slots::OPTION_CGROUPS.key) == 1,
-        |cgroups| load(ctx, latency_sampling, cgroups),
+    let wanted = ctx.option(&SPEC, slots::OPTION_CGROUPS.key) == 1;
+    let ((mut skel, support), method) = load_path(
+        ctx,
+        "tp_btf/sys_enter, tp_btf/sys_exit, task storage",
+        "raw_tp/sys_enter, sys_exit, sched_process_exit, a hash map of threads",
+        |compat| {
+            if compat {
+                let support = if wanted {
+                    slots::Support::Unsupported(
+                        "not on the compatibility path (per-cgroup counts need cgroup storage, Linux 6.2)"
+                            .into(),
+                    )
+                } else {
+                    slots::Support::Off
+                };
+                return Ok((load(ctx, latency_sampling, false, true)?, support));
+            }
+            slots::load_with_cgroups(SPEC.name, "cgroup_syscall", &ctx.root, wanted, |cgroups| {
+                load(ctx, latency_sampling, cgroups, false)
+            })
+        },
     )?;
+    let compat = method.starts_with("compatibility");
     let absent = support.absent(&[&CGROUP_SYSCALL]);
     let cgroups = match support {
         slots::Support::On(mount) => Some(CgroupSlots::with_options(
@@ -200,9 +235,18 @@ fn init(ctx: &SamplerContext) -> anyhow::Result<Box<dyn Sampler>> {
             .iter()
             .map(|c| Series::new(&SYSCALL_LATENCY, &[("op", c)]))
             .collect(),
+        untracked: compat.then(|| {
+            BankCounter::new(
+                &crate::bpf::BPF_UNTRACKED,
+                &[("sampler", SPEC.name)],
+                UNTRACKED,
+                None,
+            )
+        }),
         scratch: Vec::new(),
         cgroups,
         absent,
+        method,
     }))
 }
 
@@ -211,12 +255,19 @@ impl Sampler for Syscall {
         self.absent.clone()
     }
 
+    fn method(&self) -> Option<String> {
+        Some(self.method.clone())
+    }
+
     fn refresh(&mut self, out: &mut Emitter<'_>) -> anyhow::Result<()> {
         let mut total = 0u64;
         for counter in &self.per_class {
             total = total.wrapping_add(counter.emit(&self.counts, &[], &mut self.scratch, out));
         }
         out.counter(&self.total, total);
+        if let Some(untracked) = &self.untracked {
+            untracked.emit(&self.counts, &[], &mut self.scratch, out);
+        }
 
         let mut all = vec![0u64; HISTOGRAM_BUCKETS];
         for (class, series) in self.latency_per_class.iter().enumerate() {

@@ -28,9 +28,11 @@ const volatile u8 syscall_class[MAX_SYSCALL_NR] = {};
 /* time one call in this many per CPU; set by userspace before load */
 const volatile u32 latency_sampling = 1;
 
-/* a counter per class, then the sampling phase */
+/* a counter per class, then the sampling phase, then (compatibility path)
+ * calls not timed because the thread map was full */
 #define SAMPLING_PHASE CLASSES
-DEFINE_BANK(syscall_bank, CLASSES + 1);
+#define UNTRACKED (CLASSES + 1)
+DEFINE_BANK(syscall_bank, CLASSES + 2);
 
 BANK_MAP(counts, syscall_bank);
 
@@ -88,6 +90,75 @@ int BPF_PROG(syscall_exit, struct pt_regs *regs, long ret)
 		return 0;
 	histogram_record(&latency, s->class & (CLASSES - 1), bpf_ktime_get_ns() - s->ts);
 	s->ts = 0;
+	return 0;
+}
+
+/* ---- The compatibility path: for kernels without task storage (before
+ * 5.11) or without BTF of their own. Raw tracepoints; the start time in a
+ * preallocated hash map keyed by thread id, bounded at COMPAT_TASKS (a call
+ * whose thread finds it full is counted but not timed, and counted in
+ * UNTRACKED); a thread's entry is deleted when it exits. No per-cgroup
+ * counts and no file system timing (both need 5.11 helpers and more). */
+#define COMPAT_TASKS 32768
+
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, COMPAT_TASKS);
+	__type(key, u32);
+	__type(value, struct syscall_start);
+} start_compat SEC(".maps");
+
+SEC("raw_tp/sys_enter")
+int BPF_PROG(syscall_enter_compat, struct pt_regs *regs, long id)
+{
+	u32 class = 0;
+	if (id >= 0 && id < MAX_SYSCALL_NR)
+		class = syscall_class[id] & (CLASSES - 1);
+	if (class && compat_syscall_untyped())
+		class = 0;
+
+	struct syscall_bank *bank = bank_of_this_cpu(&counts);
+	if (!bank)
+		return 0;
+	bank->counters[class] += 1;
+	if (latency_sampling > 1 && ++bank->counters[SAMPLING_PHASE] % latency_sampling)
+		return 0;
+
+	u32 tid = (u32)bpf_get_current_pid_tgid();
+	struct syscall_start *s = bpf_map_lookup_elem(&start_compat, &tid);
+	if (!s) {
+		struct syscall_start zero = {};
+		/* fails when full (or when this thread was just added: looked up again) */
+		bpf_map_update_elem(&start_compat, &tid, &zero, BPF_NOEXIST);
+		s = bpf_map_lookup_elem(&start_compat, &tid);
+		if (!s) {
+			bank->counters[UNTRACKED] += 1;
+			return 0;
+		}
+	}
+	s->ts = bpf_ktime_get_ns();
+	s->class = class;
+	return 0;
+}
+
+SEC("raw_tp/sys_exit")
+int BPF_PROG(syscall_exit_compat, struct pt_regs *regs, long ret)
+{
+	u32 tid = (u32)bpf_get_current_pid_tgid();
+	struct syscall_start *s = bpf_map_lookup_elem(&start_compat, &tid);
+	if (!s || !s->ts)
+		return 0;
+	histogram_record(&latency, s->class & (CLASSES - 1), bpf_ktime_get_ns() - s->ts);
+	s->ts = 0;
+	return 0;
+}
+
+/* an exiting thread's entry is freed (it runs in the exiting thread) */
+SEC("raw_tp/sched_process_exit")
+int BPF_PROG(sched_process_exit_compat, struct task_struct *p)
+{
+	u32 tid = (u32)bpf_get_current_pid_tgid();
+	bpf_map_delete_elem(&start_compat, &tid);
 	return 0;
 }
 
