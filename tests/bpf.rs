@@ -418,10 +418,18 @@ fn the_btf_file_of_the_config_is_what_programs_relocate_against() {
 /// over the same time, which procfs reports.
 #[test]
 fn blockio_follows_direct_writes_to_a_disk_and_skips_loop_devices() {
+    for path in ["auto", "compat"] {
+        blockio_follows_direct_writes_to_a_disk_and_skips_loop_devices_on(path);
+    }
+}
+
+fn blockio_follows_direct_writes_to_a_disk_and_skips_loop_devices_on(path: &str) {
     const N: usize = 256;
     const S: usize = 65536;
-    let agent = Agent::start("", "");
+    eprintln!("blockio on path {path}");
+    let agent = Agent::start("", &on_path("blockio", path));
     require_active(&agent, &["blockio", "blockio_devices"]);
+    require_path(&agent, &["blockio"], path);
 
     // a file on the disk under the build directory (not tmpfs), its blocks
     // allocated and on disk, so the writes below overwrite them in place

@@ -75,40 +75,34 @@ struct {
 	__uint(max_entries, 65536);
 } issued SEC(".maps");
 
-SEC("tp_btf/block_rq_issue")
-int BPF_PROG(block_rq_issue, struct request *rq)
+static __always_inline void issue(struct request *rq)
 {
 	u64 key = (u64)rq;
 	u64 now = bpf_ktime_get_ns();
 	bpf_map_update_elem(&issued, &key, &now, BPF_ANY);
-	return 0;
 }
 
-SEC("tp_btf/block_rq_complete")
-int BPF_PROG(block_rq_complete, struct request *rq, int error, unsigned int nr_bytes)
+static __always_inline void complete(struct request *rq, u32 op, unsigned int nr_bytes)
 {
 	u64 key = (u64)rq;
-	u32 op = rq->cmd_flags & REQ_OP_MASK;
 	u64 *start = bpf_map_lookup_elem(&issued, &key);
 	bool timed = start != NULL;
 	u64 latency = timed ? bpf_ktime_get_ns() - *start : 0;
 	if (timed)
 		bpf_map_delete_elem(&issued, &key);
 	if (op >= OPS)
-		return 0;
+		return;
 	/* A read or write with no data is the empty request an fsync's cache
 	 * flush rides on (REQ_PREFLUSH): the block layer completes it without
 	 * issuing it, and the flush itself is counted as op flush. */
 	if (nr_bytes == 0 && op <= 1)
-		return 0;
-
+		return;
 	u32 base = device_slot(rq) * BLOCKIO_HISTOGRAMS;
 	histogram_record(&device_histograms, base + SIZE + op, nr_bytes);
 	if (timed)
 		histogram_record(&device_histograms, base + LATENCY + op, latency);
-
 	if (on_virtual_disk(rq))
-		return 0;
+		return;
 	struct blockio_bank *bank = bank_of_this_cpu(&counters);
 	if (bank) {
 		bank->counters[OPERATIONS + op] += 1;
@@ -117,6 +111,39 @@ int BPF_PROG(block_rq_complete, struct request *rq, int error, unsigned int nr_b
 	histogram_record(&histograms, SIZE + op, nr_bytes);
 	if (timed)
 		histogram_record(&histograms, LATENCY + op, latency);
+}
+
+SEC("tp_btf/block_rq_issue")
+int BPF_PROG(block_rq_issue, struct request *rq)
+{
+	issue(rq);
+	return 0;
+}
+
+SEC("tp_btf/block_rq_complete")
+int BPF_PROG(block_rq_complete, struct request *rq, int error, unsigned int nr_bytes)
+{
+	complete(rq, rq->cmd_flags & REQ_OP_MASK, nr_bytes);
+	return 0;
+}
+
+/* The compatibility path: raw tracepoints. Kernels before 5.11 pass
+ * block_rq_issue the request queue first and the request second; userspace
+ * sets this from the tracepoint's arguments in the BTF in use. */
+const volatile bool issue_has_queue = false;
+
+SEC("raw_tp/block_rq_issue")
+int BPF_PROG(block_rq_issue_compat)
+{
+	struct request *rq = (void *)(issue_has_queue ? ctx[1] : ctx[0]);
+	issue(rq);
+	return 0;
+}
+
+SEC("raw_tp/block_rq_complete")
+int BPF_PROG(block_rq_complete_compat, struct request *rq, int error, unsigned int nr_bytes)
+{
+	complete(rq, BPF_CORE_READ(rq, cmd_flags) & REQ_OP_MASK, nr_bytes);
 	return 0;
 }
 

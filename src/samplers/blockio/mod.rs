@@ -32,8 +32,8 @@ use std::sync::Arc;
 use libbpf_rs::skel::{OpenSkel, Skel};
 
 use crate::bpf::{
-    check_support, classify, open_skel, possible_cpus, require_default_path, BankCounter,
-    MmapArray, NamedSlots, HISTOGRAM_BUCKETS,
+    check_support, classify, load_path, open_skel, possible_cpus, select_path_programs,
+    tracepoint_arg_count, BankCounter, MmapArray, NamedSlots, HISTOGRAM_BUCKETS,
 };
 use crate::metrics::{MetricDef, Series};
 use crate::samplers::{Sampler, SamplerContext, SamplerSpec, Source, SAMPLERS};
@@ -123,6 +123,7 @@ struct Blockio {
     device_names: Vec<Option<String>>,
     /// Series by disk name (a name may have had two dev_t's).
     device_series: BTreeMap<String, DeviceSeries>,
+    method: String,
 }
 
 /// Slots for disks: those in `/sys/block` under `root` now with a non-zero
@@ -142,24 +143,30 @@ fn device_slots(root: &std::path::Path) -> usize {
     (present + SPARE_DEVICE_SLOTS).min(MAX_DEVICES)
 }
 
-fn init(ctx: &SamplerContext) -> anyhow::Result<Box<dyn Sampler>> {
-    check_support(ctx)?;
-    require_default_path(ctx, SPEC.name)?;
+/// Opens and loads the programs of one path, with `slots` disk slots.
+fn load(
+    ctx: &SamplerContext,
+    slots: usize,
+    compat: bool,
+) -> anyhow::Result<bpf::BlockioSkel<'static>> {
     let mut open = open_skel(
         bpf::BlockioSkelBuilder::default(),
         ctx,
         "opening the blockio BPF object",
     )?;
+    select_path_programs(open.open_object_mut(), compat);
     open.maps
         .counters
         .set_max_entries(possible_cpus()? as u32)
         .map_err(|e| classify(e, "sizing the blockio counter banks"))?;
-    let slots = device_slots(&ctx.root);
-    open.maps
+    let rodata = open
+        .maps
         .rodata_data
         .as_deref_mut()
-        .ok_or_else(|| anyhow::anyhow!("the blockio BPF object has no .rodata"))?
-        .device_slots = slots as u32;
+        .ok_or_else(|| anyhow::anyhow!("the blockio BPF object has no .rodata"))?;
+    rodata.device_slots = slots as u32;
+    // older kernels pass block_rq_issue the queue, then the request
+    rodata.issue_has_queue = tracepoint_arg_count(ctx, "block_rq_issue") == Some(2);
     open.maps
         .devices
         .set_max_entries(slots as u32)
@@ -171,12 +178,20 @@ fn init(ctx: &SamplerContext) -> anyhow::Result<Box<dyn Sampler>> {
     let mut skel = open
         .load()
         .map_err(|e| classify(e, "loading the blockio BPF programs"))?;
-    skel.attach().map_err(|e| {
-        classify(
-            e,
-            "attaching to tp_btf/block_rq_issue and block_rq_complete",
-        )
-    })?;
+    skel.attach()
+        .map_err(|e| classify(e, "attaching to block_rq_issue and block_rq_complete"))?;
+    Ok(skel)
+}
+
+fn init(ctx: &SamplerContext) -> anyhow::Result<Box<dyn Sampler>> {
+    check_support(ctx)?;
+    let slots = device_slots(&ctx.root);
+    let (skel, method) = load_path(
+        ctx,
+        "tp_btf/block_rq_issue, tp_btf/block_rq_complete",
+        "raw_tp/block_rq_issue, raw_tp/block_rq_complete",
+        |compat| load(ctx, slots, compat),
+    )?;
     let counters = MmapArray::new(&skel.maps.counters)?;
     let histograms = MmapArray::new(&skel.maps.histograms)?;
     let devices = NamedSlots::new(&skel.maps.devices)?;
@@ -209,10 +224,15 @@ fn init(ctx: &SamplerContext) -> anyhow::Result<Box<dyn Sampler>> {
         device_histograms,
         device_names,
         device_series: BTreeMap::new(),
+        method,
     }))
 }
 
 impl Sampler for Blockio {
+    fn method(&self) -> Option<String> {
+        Some(self.method.clone())
+    }
+
     fn refresh(&mut self, out: &mut Emitter<'_>) -> anyhow::Result<()> {
         for (op, (operations, bytes, latency, size)) in self.series.iter().enumerate() {
             operations.emit(&self.counters, &[], &mut self.scratch, out);
