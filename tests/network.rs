@@ -38,7 +38,7 @@ fn agent() -> Agent {
 }
 
 /// The network samplers that have a compatibility path.
-const WITH_COMPAT: [&str; 2] = ["tcp_retransmit", "tcp_rtt"];
+const WITH_COMPAT: [&str; 3] = ["tcp_connect_latency", "tcp_retransmit", "tcp_rtt"];
 
 /// The agent with every network sampler, those of [`WITH_COMPAT`] on `path`
 /// (`"auto"` or `"compat"`).
@@ -147,9 +147,16 @@ fn bytes_follow_a_loopback_transfer(agent: &Agent) {
 /// which the connecting socket receives).
 #[test]
 fn connects_are_timed_and_refused_connects_reset() {
+    for path in ["auto", "compat"] {
+        connects_are_timed_and_refused_connects_reset_on(path);
+    }
+}
+
+fn connects_are_timed_and_refused_connects_reset_on(path: &str) {
     const M: usize = 500;
+    eprintln!("tcp_connect_latency on path {path}");
     let _alone = alone();
-    let agent = agent();
+    let agent = agent_on(path);
     let listener = TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).unwrap();
     let addr = listener.local_addr().unwrap();
     let before = agent.snapshot();

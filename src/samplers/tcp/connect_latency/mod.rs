@@ -19,7 +19,8 @@ use std::sync::Arc;
 use libbpf_rs::skel::{OpenSkel, Skel};
 
 use crate::bpf::{
-    check_support, classify, open_skel, possible_cpus, require_default_path, BankCounter, MmapArray,
+    check_support, classify, load_path, open_skel, possible_cpus, select_path_programs,
+    BankCounter, MmapArray,
 };
 use crate::metrics::{MetricDef, Series};
 use crate::samplers::{Sampler, SamplerContext, SamplerSpec, Source, SAMPLERS};
@@ -51,23 +52,36 @@ static SPEC: SamplerSpec = SamplerSpec {
 /// Directions in BPF bank order (`TRANSMIT`, `RECEIVE`).
 const DIRECTIONS: [&str; 2] = ["transmit", "receive"];
 
+/// The bank's `UNTRACKED` counter (compatibility path).
+const UNTRACKED: usize = 2;
+
 struct TcpConnect {
     _skel: bpf::TcpConnectSkel<'static>,
     resets: MmapArray,
     latency: MmapArray,
     reset_counters: Vec<BankCounter>,
     latency_series: Arc<Series>,
+    /// On the compatibility path: connects not timed, the socket map full.
+    untracked: Option<BankCounter>,
     scratch: Vec<u64>,
+    method: String,
 }
 
-fn init(ctx: &SamplerContext) -> anyhow::Result<Box<dyn Sampler>> {
-    check_support(ctx)?;
-    require_default_path(ctx, SPEC.name)?;
+/// Opens and loads the programs of one path.
+fn load(ctx: &SamplerContext, compat: bool) -> anyhow::Result<bpf::TcpConnectSkel<'static>> {
     let mut open = open_skel(
         bpf::TcpConnectSkelBuilder::default(),
         ctx,
         "opening the tcp_connect_latency BPF object",
     )?;
+    select_path_programs(open.open_object_mut(), compat);
+    // only one path's socket map is made: socket storage from tracing
+    // programs does not exist before 5.11, and the hash map is preallocated
+    open.maps
+        .syn_sent_at
+        .set_autocreate(!compat)
+        .and_then(|()| open.maps.syn_sent_compat.set_autocreate(compat))
+        .map_err(|e| classify(e, "choosing the socket map"))?;
     open.maps
         .resets
         .set_max_entries(possible_cpus()? as u32)
@@ -78,9 +92,21 @@ fn init(ctx: &SamplerContext) -> anyhow::Result<Box<dyn Sampler>> {
     skel.attach().map_err(|e| {
         classify(
             e,
-            "attaching to tp_btf/inet_sock_set_state, tcp_send_reset and tcp_receive_reset",
+            "attaching to inet_sock_set_state, tcp_send_reset and tcp_receive_reset",
         )
     })?;
+    Ok(skel)
+}
+
+fn init(ctx: &SamplerContext) -> anyhow::Result<Box<dyn Sampler>> {
+    check_support(ctx)?;
+    let (skel, method) = load_path(
+        ctx,
+        "tp_btf/inet_sock_set_state, tp_btf/tcp_send_reset, tp_btf/tcp_receive_reset, socket storage",
+        "raw_tp/inet_sock_set_state, tcp_send_reset, tcp_receive_reset, a hash map of connects",
+        |compat| load(ctx, compat),
+    )?;
+    let compat = method.starts_with("compatibility");
     let resets = MmapArray::new(&skel.maps.resets)?;
     let latency = MmapArray::new(&skel.maps.latency)?;
     Ok(Box::new(TcpConnect {
@@ -93,16 +119,29 @@ fn init(ctx: &SamplerContext) -> anyhow::Result<Box<dyn Sampler>> {
             .map(|(i, d)| BankCounter::new(&TCP_RESET, &[("direction", d)], i, None))
             .collect(),
         latency_series: Series::new(&TCP_CONNECT_LATENCY, &[]),
+        untracked: compat.then(|| {
+            BankCounter::new(
+                &crate::bpf::BPF_UNTRACKED,
+                &[("sampler", SPEC.name)],
+                UNTRACKED,
+                None,
+            )
+        }),
         scratch: Vec::new(),
+        method,
     }))
 }
 
 impl Sampler for TcpConnect {
     fn refresh(&mut self, out: &mut Emitter<'_>) -> anyhow::Result<()> {
-        for counter in &self.reset_counters {
+        for counter in self.reset_counters.iter().chain(&self.untracked) {
             counter.emit(&self.resets, &[], &mut self.scratch, out);
         }
         out.histogram(&self.latency_series, self.latency.histogram(0));
         Ok(())
+    }
+
+    fn method(&self) -> Option<String> {
+        Some(self.method.clone())
     }
 }

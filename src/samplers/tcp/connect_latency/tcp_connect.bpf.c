@@ -9,8 +9,11 @@
  * out) clears it. Only connection set-up pays for this, not packets. */
 #include "rezolus.h"
 #include <bpf/bpf_tracing.h>
+#include <bpf/bpf_core_read.h>
 
-enum { TRANSMIT = 0, RECEIVE = 1, RESET_COUNTERS = 2 };
+/* UNTRACKED: on the compatibility path, connects not timed because the
+ * socket map was full */
+enum { TRANSMIT = 0, RECEIVE = 1, UNTRACKED = 2, RESET_COUNTERS = 3 };
 
 DEFINE_BANK(reset_bank, RESET_COUNTERS);
 
@@ -51,21 +54,79 @@ int BPF_PROG(tcp_set_state, struct sock *sk, int oldstate, int newstate)
 	return 0;
 }
 
-SEC("tp_btf/tcp_send_reset")
-int BPF_PROG(tcp_send_reset, struct sock *sk, struct sk_buff *skb)
+static __always_inline void count_reset(u32 direction)
 {
 	struct reset_bank *bank = bank_of_this_cpu(&resets);
 	if (bank)
-		bank->counters[TRANSMIT] += 1;
+		bank->counters[direction] += 1;
+}
+
+SEC("tp_btf/tcp_send_reset")
+int BPF_PROG(tcp_send_reset, struct sock *sk, struct sk_buff *skb)
+{
+	count_reset(TRANSMIT);
 	return 0;
 }
 
 SEC("tp_btf/tcp_receive_reset")
 int BPF_PROG(tcp_receive_reset, struct sock *sk)
 {
-	struct reset_bank *bank = bank_of_this_cpu(&resets);
-	if (bank)
-		bank->counters[RECEIVE] += 1;
+	count_reset(RECEIVE);
+	return 0;
+}
+
+/* ---- The compatibility path: for kernels without socket storage in
+ * tracing programs (before 5.11) or without BTF of their own. Raw
+ * tracepoints; the SYN time in a preallocated hash map keyed by the socket's
+ * address, bounded at COMPAT_CONNECTS connects in flight (one that finds it
+ * full is not timed, counted in UNTRACKED); an entry is deleted at the
+ * socket's next move, whatever it is. */
+#define COMPAT_CONNECTS 16384
+
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, COMPAT_CONNECTS);
+	__type(key, u64);
+	__type(value, u64);
+} syn_sent_compat SEC(".maps");
+
+SEC("raw_tp/inet_sock_set_state")
+int BPF_PROG(tcp_set_state_compat, struct sock *sk, int oldstate, int newstate)
+{
+	/* a bitfield on older kernels, a field of its own on newer ones */
+	if (BPF_CORE_READ_BITFIELD_PROBED(sk, sk_protocol) != IPPROTO_TCP)
+		return 0;
+	u64 key = (u64)sk;
+	if (newstate == TCP_SYN_SENT) {
+		u64 now = bpf_ktime_get_ns();
+		if (bpf_map_update_elem(&syn_sent_compat, &key, &now, BPF_ANY))
+			count_reset(UNTRACKED);
+		return 0;
+	}
+	if (oldstate == TCP_SYN_SENT && newstate == TCP_SYN_RECV)
+		return 0;
+	if (oldstate != TCP_SYN_SENT && oldstate != TCP_SYN_RECV)
+		return 0;
+	u64 *start = bpf_map_lookup_elem(&syn_sent_compat, &key);
+	if (!start)
+		return 0;
+	if (newstate == TCP_ESTABLISHED)
+		histogram_record(&latency, 0, bpf_ktime_get_ns() - *start);
+	bpf_map_delete_elem(&syn_sent_compat, &key);
+	return 0;
+}
+
+SEC("raw_tp/tcp_send_reset")
+int BPF_PROG(tcp_send_reset_compat)
+{
+	count_reset(TRANSMIT);
+	return 0;
+}
+
+SEC("raw_tp/tcp_receive_reset")
+int BPF_PROG(tcp_receive_reset_compat)
+{
+	count_reset(RECEIVE);
 	return 0;
 }
 
