@@ -103,6 +103,16 @@ fn tcp_bytes_follow_a_loopback_transfer_with_header_copies() {
     bytes_follow_a_loopback_transfer(&agent);
 }
 
+/// The same on the compatibility path: raw tracepoints, the sk_buff read
+/// through CO-RE, the headers copied.
+#[test]
+fn tcp_bytes_follow_a_loopback_transfer_on_the_compatibility_path() {
+    let _alone = alone();
+    let agent = Agent::start("", &on_path("tcp_traffic", "compat"));
+    require_path(&agent, &["tcp_traffic"], "compat");
+    bytes_follow_a_loopback_transfer(&agent);
+}
+
 fn bytes_follow_a_loopback_transfer(agent: &Agent) {
     const N: usize = 32 << 20;
     for host in [

@@ -29,7 +29,7 @@ use std::sync::Arc;
 use libbpf_rs::skel::{OpenSkel, Skel};
 
 use crate::bpf::{
-    check_support, classify, open_skel, possible_cpus, require_default_path, BankCounter, MmapArray,
+    check_support, classify, load_path, open_skel, possible_cpus, BankCounter, MmapArray,
 };
 use crate::metrics::{MetricDef, Series};
 use crate::samplers::{Sampler, SamplerContext, SamplerOption, SamplerSpec, Source, SAMPLERS};
@@ -80,6 +80,7 @@ struct TcpTraffic {
     counters: Vec<BankCounter>,
     size_series: Vec<Arc<Series>>,
     scratch: Vec<u64>,
+    method: String,
 }
 
 /// How the programs read packet headers.
@@ -89,6 +90,10 @@ enum HeaderReads {
     Plain,
     /// `bpf_probe_read_kernel` (programs `tcp_transmit_copy`, `tcp_receive_copy`).
     Copy,
+    /// The compatibility path: raw tracepoints, the sk_buff read through
+    /// CO-RE and the headers copied (`tcp_transmit_compat`,
+    /// `tcp_receive_compat`).
+    Compat,
 }
 
 fn load(ctx: &SamplerContext, reads: HeaderReads) -> anyhow::Result<bpf::TcpTrafficSkel<'static>> {
@@ -97,43 +102,61 @@ fn load(ctx: &SamplerContext, reads: HeaderReads) -> anyhow::Result<bpf::TcpTraf
         ctx,
         "opening the tcp_traffic BPF object",
     )?;
-    let plain = reads == HeaderReads::Plain;
-    open.progs.tcp_transmit.set_autoload(plain);
-    open.progs.tcp_receive.set_autoload(plain);
-    open.progs.tcp_transmit_copy.set_autoload(!plain);
-    open.progs.tcp_receive_copy.set_autoload(!plain);
+    let progs = &mut open.progs;
+    for (prog, wanted) in [
+        (&mut progs.tcp_transmit, HeaderReads::Plain),
+        (&mut progs.tcp_receive, HeaderReads::Plain),
+        (&mut progs.tcp_transmit_copy, HeaderReads::Copy),
+        (&mut progs.tcp_receive_copy, HeaderReads::Copy),
+        (&mut progs.tcp_transmit_compat, HeaderReads::Compat),
+        (&mut progs.tcp_receive_compat, HeaderReads::Compat),
+    ] {
+        prog.set_autoload(reads == wanted);
+    }
     open.maps
         .traffic
         .set_max_entries(possible_cpus()? as u32)
         .map_err(|e| classify(e, "sizing the TCP traffic banks"))?;
-    open.load()
-        .map_err(|e| classify(e, "loading the tcp_traffic BPF programs"))
+    let mut skel = open
+        .load()
+        .map_err(|e| classify(e, "loading the tcp_traffic BPF programs"))?;
+    skel.attach()
+        .map_err(|e| classify(e, "attaching to net_dev_start_xmit and netif_receive_skb"))?;
+    Ok(skel)
+}
+
+/// The default path: plain loads where the verifier takes them, else copies.
+fn load_default(
+    ctx: &SamplerContext,
+) -> anyhow::Result<(bpf::TcpTrafficSkel<'static>, &'static str)> {
+    if ctx.option(&SPEC, "header_copy") == 1 {
+        return Ok((load(ctx, HeaderReads::Copy)?, "copied (header_copy = 1)"));
+    }
+    match load(ctx, HeaderReads::Plain) {
+        Ok(skel) => Ok((skel, "read with plain loads")),
+        Err(e) => {
+            tracing::info!(
+                sampler = SPEC.name,
+                "plain loads from packet headers refused ({e:#}); copying them instead"
+            );
+            Ok((load(ctx, HeaderReads::Copy)?, "copied"))
+        }
+    }
 }
 
 fn init(ctx: &SamplerContext) -> anyhow::Result<Box<dyn Sampler>> {
     check_support(ctx)?;
-    require_default_path(ctx, SPEC.name)?;
-    let (mut skel, reads) = if ctx.option(&SPEC, "header_copy") == 1 {
-        (load(ctx, HeaderReads::Copy)?, "copied (header_copy = 1)")
-    } else {
-        match load(ctx, HeaderReads::Plain) {
-            Ok(skel) => (skel, "read with plain loads"),
-            Err(e) => {
-                tracing::info!(
-                    sampler = SPEC.name,
-                    "plain loads from packet headers refused ({e:#}); copying them instead"
-                );
-                (load(ctx, HeaderReads::Copy)?, "copied")
-            }
-        }
-    };
+    let ((skel, reads), method) = load_path(
+        ctx,
+        "tp_btf/net_dev_start_xmit, tp_btf/netif_receive_skb",
+        "raw_tp/net_dev_start_xmit, raw_tp/netif_receive_skb",
+        |compat| match compat {
+            true => Ok((load(ctx, HeaderReads::Compat)?, "copied")),
+            false => load_default(ctx),
+        },
+    )?;
+    let method = format!("{method}; packet headers {reads}");
     tracing::info!(sampler = SPEC.name, "packet headers {reads}");
-    skel.attach().map_err(|e| {
-        classify(
-            e,
-            "attaching to tp_btf/net_dev_start_xmit and netif_receive_skb",
-        )
-    })?;
     let banks = MmapArray::new(&skel.maps.traffic)?;
     let sizes = MmapArray::new(&skel.maps.size)?;
     let mut counters = Vec::new();
@@ -157,6 +180,7 @@ fn init(ctx: &SamplerContext) -> anyhow::Result<Box<dyn Sampler>> {
             .map(|d| Series::new(&TCP_SIZE, &[("direction", d)]))
             .collect(),
         scratch: Vec::new(),
+        method,
     }))
 }
 
@@ -169,5 +193,9 @@ impl Sampler for TcpTraffic {
             out.histogram(series, self.sizes.histogram(d));
         }
         Ok(())
+    }
+
+    fn method(&self) -> Option<String> {
+        Some(self.method.clone())
     }
 }

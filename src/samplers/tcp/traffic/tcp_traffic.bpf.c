@@ -10,6 +10,7 @@
  * than one Hop-by-Hop header before TCP, and non-first IPv4 fragments. */
 #include "rezolus.h"
 #include <bpf/bpf_tracing.h>
+#include <bpf/bpf_core_read.h>
 #include <bpf/bpf_endian.h>
 
 enum { TRANSMIT = 0, RECEIVE = 1 };
@@ -27,12 +28,40 @@ HISTOGRAM_MAP(size, 2);
 #define IPV6_LEN 40
 #define TCP_DATA_OFFSET 12
 
+/* The sk_buff fields read: directly from tp_btf's typed pointer, or
+ * through CO-RE reads on the compatibility path. */
+struct skb_fields {
+	unsigned char *head;
+	unsigned char *data;
+	u32 len;
+	u16 protocol;
+	u16 network_header;
+};
+
+static __always_inline void fields_of(struct sk_buff *skb, struct skb_fields *f)
+{
+	f->head = skb->head;
+	f->data = skb->data;
+	f->len = skb->len;
+	f->protocol = skb->protocol;
+	f->network_header = skb->network_header;
+}
+
+static __always_inline void fields_read(struct sk_buff *skb, struct skb_fields *f)
+{
+	f->head = BPF_CORE_READ(skb, head);
+	f->data = BPF_CORE_READ(skb, data);
+	f->len = BPF_CORE_READ(skb, len);
+	f->protocol = BPF_CORE_READ(skb, protocol);
+	f->network_header = BPF_CORE_READ(skb, network_header);
+}
+
 /* Where the IP header starts, as an offset from skb->head. On transmit the
  * stack has set skb->network_header. On receive, netif_receive_skb fires
  * before __netif_receive_skb_core resets network_header, which is stale when
  * GRO did not run (GRO off, XDP attached, netif_rx drivers); skb->data is
  * at the IP header there once the link-layer header has been pulled. */
-static __always_inline u32 network_offset(struct sk_buff *skb, u32 direction,
+static __always_inline u32 network_offset(const struct skb_fields *skb, u32 direction,
 					  u32 *before_network)
 {
 	u32 data = (u32)(skb->data - skb->head);
@@ -61,8 +90,8 @@ static __always_inline u32 ipv6_tcp_offset(u8 next, u8 hop_next, u8 hop_len)
 
 /* Counts a TCP packet whose IP and TCP headers take `headers` bytes, after
  * `before_network` bytes of link-layer header counted in skb->len. */
-static __always_inline void record(struct sk_buff *skb, u32 direction, u32 before_network,
-				   u32 headers)
+static __always_inline void record(const struct skb_fields *skb, u32 direction,
+				   u32 before_network, u32 headers)
 {
 	u32 len = skb->len;
 	u32 payload = 0;
@@ -85,8 +114,10 @@ static __always_inline void record(struct sk_buff *skb, u32 direction, u32 befor
  * fraction of a helper call's cost. */
 extern void *bpf_rdonly_cast(const void *obj, __u32 btf_id) __ksym __weak;
 
-static __always_inline void account_plain(struct sk_buff *skb, u32 direction)
+static __always_inline void account_plain(struct sk_buff *buf, u32 direction)
 {
+	struct skb_fields fields, *skb = &fields;
+	fields_of(buf, skb);
 	u16 protocol = skb->protocol;
 	u32 before_network;
 	u32 network = network_offset(skb, direction, &before_network);
@@ -116,7 +147,7 @@ static __always_inline void account_plain(struct sk_buff *skb, u32 direction)
 /* Copies with bpf_probe_read_kernel (any kernel): one copy covers the IP
  * header and the TCP header's data offset unless there are IPv4 options or
  * an IPv6 Hop-by-Hop header. */
-static __always_inline void account_copy(struct sk_buff *skb, u32 direction)
+static __always_inline void account_copy(const struct skb_fields *skb, u32 direction)
 {
 	u16 protocol = skb->protocol;
 	unsigned char *head = skb->head;
@@ -171,14 +202,38 @@ int BPF_PROG(tcp_receive, struct sk_buff *skb)
 SEC("tp_btf/net_dev_start_xmit")
 int BPF_PROG(tcp_transmit_copy, struct sk_buff *skb, struct net_device *dev)
 {
-	account_copy(skb, TRANSMIT);
+	struct skb_fields fields;
+	fields_of(skb, &fields);
+	account_copy(&fields, TRANSMIT);
 	return 0;
 }
 
 SEC("tp_btf/netif_receive_skb")
 int BPF_PROG(tcp_receive_copy, struct sk_buff *skb)
 {
-	account_copy(skb, RECEIVE);
+	struct skb_fields fields;
+	fields_of(skb, &fields);
+	account_copy(&fields, RECEIVE);
+	return 0;
+}
+
+/* The compatibility path: raw tracepoints, the sk_buff's fields read
+ * through CO-RE, the headers copied. */
+SEC("raw_tp/net_dev_start_xmit")
+int BPF_PROG(tcp_transmit_compat, struct sk_buff *skb)
+{
+	struct skb_fields fields;
+	fields_read(skb, &fields);
+	account_copy(&fields, TRANSMIT);
+	return 0;
+}
+
+SEC("raw_tp/netif_receive_skb")
+int BPF_PROG(tcp_receive_compat, struct sk_buff *skb)
+{
+	struct skb_fields fields;
+	fields_read(skb, &fields);
+	account_copy(&fields, RECEIVE);
 	return 0;
 }
 
