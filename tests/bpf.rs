@@ -374,11 +374,43 @@ fn the_btf_file_of_the_config_is_what_programs_relocate_against() {
 
     let other = dir.path().join("other.btf");
     std::fs::write(&other, btf_of_another_kernel()).unwrap();
+    let extra = format!("{extra}{}", on_path("network_drop", "compat"));
     let agent = Agent::start(&format!("btf = {other:?}\n"), &extra);
     let s = common::sampler_status(&agent, "cpu_migrations");
     assert_eq!(s["state"], "failed", "{s}");
-    // softirq reads nothing through CO-RE: it loads against any BTF
-    require_path(&agent, &["softirq"], "compat");
+    // softirq and network_drop read nothing through CO-RE: they load against
+    // any BTF. This one has no drop reasons and no kfree_skb tracepoint
+    // type, as a kernel before drop reasons: every drop is NOT_SPECIFIED.
+    require_path(&agent, &["softirq", "network_drop"], "compat");
+    const K: i128 = 500;
+    let closed = {
+        let s = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+        s.local_addr().unwrap()
+    };
+    let sender = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+    let before = agent.snapshot();
+    for _ in 0..K {
+        // the ICMP port unreachable that comes back may fail a later send
+        let _ = sender.send_to(b"x", closed);
+    }
+    let after = agent.snapshot();
+    let drops = counter_delta(
+        &before,
+        &after,
+        "network_drop",
+        &[("reason", "NOT_SPECIFIED")],
+    );
+    assert!(
+        drops >= K,
+        "network_drop{{reason=NOT_SPECIFIED}} moved {drops} for {K} datagrams"
+    );
+    let reasons: Vec<_> = after
+        .entries
+        .iter()
+        .filter(|e| e.metric == "network_drop")
+        .map(|e| e.labels.clone())
+        .collect();
+    assert_eq!(reasons.len(), 1, "{reasons:?}");
     drop(agent);
 
     let garbage = dir.path().join("garbage.btf");

@@ -38,7 +38,13 @@ fn agent() -> Agent {
 }
 
 /// The network samplers that have a compatibility path.
-const WITH_COMPAT: [&str; 3] = ["tcp_connect_latency", "tcp_retransmit", "tcp_rtt"];
+const WITH_COMPAT: [&str; 5] = [
+    "network_drop",
+    "tcp_connect_latency",
+    "tcp_retransmit",
+    "tcp_rtt",
+    "tcp_traffic",
+];
 
 /// The agent with every network sampler, those of [`WITH_COMPAT`] on `path`
 /// (`"auto"` or `"compat"`).
@@ -257,9 +263,16 @@ fn self_connect() {
 /// K datagrams to a UDP port with no socket are dropped as `NO_SOCKET`.
 #[test]
 fn datagrams_to_a_closed_port_are_drops_with_no_socket() {
+    for path in ["auto", "compat"] {
+        datagrams_to_a_closed_port_are_drops_with_no_socket_on(path);
+    }
+}
+
+fn datagrams_to_a_closed_port_are_drops_with_no_socket_on(path: &str) {
     const K: i128 = 2_000;
+    eprintln!("network_drop on path {path}");
     let _alone = alone();
-    let agent = agent();
+    let agent = agent_on(path);
     let closed = {
         let s = UdpSocket::bind((Ipv4Addr::LOCALHOST, 0)).unwrap();
         s.local_addr().unwrap()

@@ -135,7 +135,17 @@ const volatile bool issue_has_queue = false;
 SEC("raw_tp/block_rq_issue")
 int BPF_PROG(block_rq_issue_compat)
 {
-	struct request *rq = (void *)(issue_has_queue ? ctx[1] : ctx[0]);
+	struct request *rq;
+	/* the barriers keep the compiler from loading an argument the kernel
+	 * does not pass outside its branch (the kernel refuses to attach a
+	 * program that reads past the tracepoint's arguments) */
+	if (issue_has_queue) {
+		barrier();
+		rq = (void *)ctx[1];
+	} else {
+		barrier();
+		rq = (void *)ctx[0];
+	}
 	issue(rq);
 	return 0;
 }

@@ -17,7 +17,8 @@ mod bpf {
 use libbpf_rs::skel::{OpenSkel, Skel};
 
 use crate::bpf::{
-    check_support, classify, open_skel, possible_cpus, require_default_path, BankCounter, MmapArray,
+    check_support, classify, load_path, open_skel, possible_cpus, select_path_programs,
+    tracepoint_arg_count, BankCounter, MmapArray,
 };
 use crate::metrics::MetricDef;
 use crate::samplers::{Sampler, SamplerContext, SamplerSpec, Source, SAMPLERS};
@@ -72,42 +73,55 @@ pub fn reason_slots<'a>(
     slots
 }
 
-/// The running kernel's drop reasons by slot, from its BTF.
-fn kernel_reasons() -> Result<Vec<(usize, String)>, Unsupported> {
+/// The kernel's drop reasons by slot, from the BTF in use (the kernel's
+/// own, or `[general] btf`); `None` when it has no `enum skb_drop_reason`
+/// (kernels before drop reasons).
+fn kernel_reasons(ctx: &SamplerContext) -> Result<Option<Vec<(usize, String)>>, Unsupported> {
     use libbpf_rs::btf::{types::Enum, Btf};
     use std::os::unix::ffi::OsStrExt;
-    let btf = Btf::from_vmlinux()
-        .map_err(|e| Unsupported(format!("reading the kernel's BTF for drop reasons: {e}")))?;
-    let reasons = btf
-        .type_by_name::<Enum<'_>>("skb_drop_reason")
-        .ok_or_else(|| {
-            Unsupported(
-                "the kernel's BTF has no enum skb_drop_reason (needs Linux 5.17 or later)".into(),
-            )
-        })?;
+    let btf = match &ctx.btf {
+        Some(path) => Btf::from_path(path),
+        None => Btf::from_vmlinux(),
+    }
+    .map_err(|e| Unsupported(format!("reading the kernel's BTF for drop reasons: {e}")))?;
+    let Some(reasons) = btf.type_by_name::<Enum<'_>>("skb_drop_reason") else {
+        return Ok(None);
+    };
     let members: Vec<(&[u8], i64)> = reasons
         .iter()
         .filter_map(|m| Some((m.name?.as_bytes(), m.value)))
         .collect();
-    Ok(reason_slots(members))
+    Ok(Some(reason_slots(members)))
 }
+
+/// The slot every drop counts in where the kernel gives no reason: that of
+/// `NOT_SPECIFIED` (2 in every kernel that has reasons).
+const UNSPECIFIED: usize = 2;
 
 struct NetworkDrop {
     _skel: bpf::NetworkDropSkel<'static>,
     banks: MmapArray,
     counters: Vec<BankCounter>,
     scratch: Vec<u64>,
+    method: String,
 }
 
-fn init(ctx: &SamplerContext) -> anyhow::Result<Box<dyn Sampler>> {
-    check_support(ctx)?;
-    require_default_path(ctx, SPEC.name)?;
-    let reasons = kernel_reasons()?;
+/// Opens and loads the program of one path.
+fn load(ctx: &SamplerContext, compat: bool) -> anyhow::Result<bpf::NetworkDropSkel<'static>> {
     let mut open = open_skel(
         bpf::NetworkDropSkelBuilder::default(),
         ctx,
         "opening the network_drop BPF object",
     )?;
+    select_path_programs(open.open_object_mut(), compat);
+    let rodata = open
+        .maps
+        .rodata_data
+        .as_deref_mut()
+        .ok_or_else(|| anyhow::anyhow!("the network_drop BPF object has no .rodata"))?;
+    // kernels before drop reasons pass kfree_skb no reason (two arguments)
+    rodata.kfree_skb_has_reason = tracepoint_arg_count(ctx, "kfree_skb") >= Some(3);
+    rodata.unspecified_reason = UNSPECIFIED as u32;
     open.maps
         .drops
         .set_max_entries(possible_cpus()? as u32)
@@ -116,7 +130,23 @@ fn init(ctx: &SamplerContext) -> anyhow::Result<Box<dyn Sampler>> {
         .load()
         .map_err(|e| classify(e, "loading the network_drop BPF program"))?;
     skel.attach()
-        .map_err(|e| classify(e, "attaching to tp_btf/kfree_skb"))?;
+        .map_err(|e| classify(e, "attaching to kfree_skb"))?;
+    Ok(skel)
+}
+
+fn init(ctx: &SamplerContext) -> anyhow::Result<Box<dyn Sampler>> {
+    check_support(ctx)?;
+    let reasons = kernel_reasons(ctx)?;
+    let (skel, method) = load_path(ctx, "tp_btf/kfree_skb", "raw_tp/kfree_skb", |compat| {
+        if !compat && reasons.is_none() {
+            return Err(Unsupported(
+                "the kernel's BTF has no enum skb_drop_reason (needs Linux 5.17 or later)".into(),
+            )
+            .into());
+        }
+        load(ctx, compat)
+    })?;
+    let reasons = reasons.unwrap_or_else(|| vec![(UNSPECIFIED, "NOT_SPECIFIED".to_string())]);
     let banks = MmapArray::new(&skel.maps.drops)?;
     let counters = reasons
         .iter()
@@ -127,6 +157,7 @@ fn init(ctx: &SamplerContext) -> anyhow::Result<Box<dyn Sampler>> {
         banks,
         counters,
         scratch: Vec::new(),
+        method,
     }))
 }
 
@@ -136,6 +167,10 @@ impl Sampler for NetworkDrop {
             counter.emit(&self.banks, &[], &mut self.scratch, out);
         }
         Ok(())
+    }
+
+    fn method(&self) -> Option<String> {
+        Some(self.method.clone())
     }
 }
 

@@ -57,8 +57,14 @@ struct trace_event_raw_tcp_retransmit_skb___err {
 SEC("raw_tp/tcp_retransmit_skb")
 int BPF_PROG(tcp_retransmit_skb_compat, struct sock *sk, struct sk_buff *skb)
 {
-	if (bpf_core_field_exists(struct trace_event_raw_tcp_retransmit_skb___err, err) && ctx[2])
-		return 0;
+	if (bpf_core_field_exists(struct trace_event_raw_tcp_retransmit_skb___err, err)) {
+		/* keeps the load of the third argument in this branch: the
+		 * kernel refuses to attach a program that reads past the
+		 * tracepoint's arguments */
+		barrier();
+		if (ctx[2])
+			return 0;
+	}
 	count_segments(skb);
 	return 0;
 }
