@@ -311,6 +311,30 @@ fn softirqs_follow_network_traffic_on(path: &str) {
     );
 }
 
+/// Every BPF sampler loads on its compatibility path when told to, all at
+/// once, as on a kernel without BTF of its own or task storage.
+#[test]
+fn every_bpf_sampler_loads_on_its_compatibility_path() {
+    let bpf: Vec<&str> = rezolus::samplers::registry()
+        .into_iter()
+        .filter(|s| matches!(s.source, rezolus::samplers::Source::Bpf(_)))
+        .map(|s| s.name)
+        .collect();
+    assert!(bpf.len() >= 11, "{bpf:?}");
+    let extra: String = bpf.iter().map(|s| on_path(s, "compat")).collect();
+    let agent = Agent::start("", &extra);
+    for name in &bpf {
+        let s = common::sampler_status(&agent, name);
+        assert_eq!(s["state"], "active", "{s}");
+        let method = s["method"].as_str().unwrap_or_default();
+        assert!(
+            method.starts_with("compatibility path")
+                || method.starts_with("syscalls, compatibility path"),
+            "{s}"
+        );
+    }
+}
+
 /// Raw BTF describing only `int` and a `struct task_struct { int x; }`:
 /// valid BTF, but not this kernel's, so CO-RE reads of a task's CPU cannot
 /// relocate against it.

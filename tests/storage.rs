@@ -17,6 +17,10 @@ const FS_ONLY: &str =
     "[defaults]\nenabled = false\n[samplers.filesystem_latency]\nenabled = true\n";
 /// With the syscall sampler, whose programs then time the system calls.
 const FS_AND_SYSCALL: &str = "[defaults]\nenabled = false\n[samplers.filesystem_latency]\nenabled = true\n[samplers.syscall]\nenabled = true\n";
+/// On the compatibility path: raw tracepoints and a hash map of threads,
+/// with the syscall sampler on its own compatibility path beside it (which
+/// then leaves file system calls to this sampler).
+const FS_COMPAT: &str = "[defaults]\nenabled = false\n[samplers.filesystem_latency]\nenabled = true\npath = \"compat\"\n[samplers.syscall]\nenabled = true\npath = \"compat\"\n";
 const BLOCKIO_ONLY: &str = "[defaults]\nenabled = false\n[samplers.blockio]\nenabled = true\n";
 
 /// Held by the tests that make loop devices: each agent has disk slots for
@@ -204,6 +208,23 @@ fn xfs_operations_are_counted_and_timed() {
 #[test]
 fn xfs_operations_are_counted_in_the_syscall_samplers_programs() {
     check_file_system_with(FS_AND_SYSCALL, "xfs", true);
+}
+
+/// On the compatibility path the counts are as exact, and the sampler says
+/// which path it took.
+#[test]
+fn xfs_operations_are_counted_on_the_compatibility_path() {
+    check_file_system_with(FS_COMPAT, "xfs", true);
+    let agent = Agent::start("", FS_COMPAT);
+    common::require_path(&agent, &["syscall"], "compat");
+    let method = sampler_status(&agent, "filesystem_latency")["method"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    assert!(
+        method.starts_with("syscalls, compatibility path"),
+        "{method}"
+    );
 }
 
 /// Where fentry is refused, the system call path runs in the syscall

@@ -149,17 +149,6 @@ pub fn select_path_programs(object: &mut libbpf_rs::OpenObject, compat: bool) {
     }
 }
 
-/// For a BPF sampler that has only its default path: refuses `path =
-/// "compat"` as unsupported, naming the sampler.
-pub fn require_default_path(ctx: &SamplerContext, sampler: &str) -> Result<(), Unsupported> {
-    match ctx.bpf_path {
-        BpfPath::Auto => Ok(()),
-        BpfPath::Compat => Err(Unsupported(format!(
-            "path = \"compat\": {sampler} has no compatibility path yet"
-        ))),
-    }
-}
-
 /// Opens a sampler's BPF skeleton, relocating against the BTF file of
 /// `[general] btf` when one is set. `doing` names the step for errors.
 pub fn open_skel<B>(mut builder: B, ctx: &SamplerContext, doing: &str) -> anyhow::Result<B::Output>

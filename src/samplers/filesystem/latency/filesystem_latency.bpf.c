@@ -92,4 +92,118 @@ TARGET(3)
 TARGET(4)
 TARGET(5)
 
+/* ---- The compatibility path: for kernels without task storage (before
+ * 5.11), BTF-typed helpers or BTF of their own. Raw tracepoints on the
+ * system calls, as above, with every kernel structure read through CO-RE;
+ * the start times in a preallocated hash map keyed by thread id, bounded at
+ * COMPAT_TASKS (a call whose thread finds it full is not timed, counted in
+ * fs_untracked); a thread's entry is deleted when it exits. */
+#define COMPAT_TASKS 32768
+
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, COMPAT_TASKS);
+	__type(key, u32);
+	__type(value, struct fs_start);
+} fs_starts_compat SEC(".maps");
+
+DEFINE_BANK(fs_untracked_bank, 1);
+BANK_MAP(fs_untracked, fs_untracked_bank);
+
+static __always_inline u32 fs_op_of_untyped(long id)
+{
+	if (id < 0 || id >= FS_MAX_SYSCALL_NR)
+		return 0;
+	u32 op = fs_syscall_op[id];
+	if (op && compat_syscall_untyped())
+		return 0;
+	return op;
+}
+
+SEC("raw_tp/sys_enter")
+int BPF_PROG(fs_sys_enter_compat, struct pt_regs *regs, long id)
+{
+	u32 op = fs_op_of_untyped(id);
+	if (!op || op > FS_OPS)
+		return 0;
+	u32 tid = (u32)bpf_get_current_pid_tgid();
+	struct fs_start *s = bpf_map_lookup_elem(&fs_starts_compat, &tid);
+	if (!s) {
+		struct fs_start zero = {};
+		/* fails when full (or when this thread was just added: looked up again) */
+		bpf_map_update_elem(&fs_starts_compat, &tid, &zero, BPF_NOEXIST);
+		s = bpf_map_lookup_elem(&fs_starts_compat, &tid);
+		if (!s) {
+			struct fs_untracked_bank *bank = bank_of_this_cpu(&fs_untracked);
+			if (bank)
+				bank->counters[0] += 1;
+			return 0;
+		}
+	}
+	op -= 1;
+	/* the fd is the first argument of every call here but the opens */
+	if (op != FS_OP_OPEN)
+		s->fd = (int)(bpf_core_field_exists(regs->di) ? BPF_CORE_READ(regs, di)
+							       : BPF_CORE_READ(regs, orig_x0));
+	s->ts[op & (FS_OPS - 1)] = bpf_ktime_get_ns();
+	return 0;
+}
+
+SEC("raw_tp/sys_exit")
+int BPF_PROG(fs_sys_exit_compat, struct pt_regs *regs, long ret)
+{
+	long id = bpf_core_field_exists(regs->orig_ax) ? (long)BPF_CORE_READ(regs, orig_ax)
+						       : BPF_CORE_READ(regs, syscallno);
+	u32 op = fs_op_of_untyped(id);
+	if (!op || op > FS_OPS)
+		return 0;
+	op = (op - 1) & (FS_OPS - 1);
+	u32 tid = (u32)bpf_get_current_pid_tgid();
+	struct fs_start *s = bpf_map_lookup_elem(&fs_starts_compat, &tid);
+	if (!s)
+		return 0;
+	u64 start = s->ts[op];
+	s->ts[op] = 0;
+	if (!start || ret < 0)
+		return 0;
+	s64 fd = op == FS_OP_OPEN ? ret : s->fd;
+
+	/* the current task's file `fd`, then its file system, all by CO-RE */
+	struct task_struct *task = (void *)bpf_get_current_task();
+	struct fdtable *fdt = BPF_CORE_READ(task, files, fdt);
+	if (!fdt || fd < 0 || fd >= BPF_CORE_READ(fdt, max_fds))
+		return 0;
+	struct file **fds = BPF_CORE_READ(fdt, fd);
+	struct file *file = NULL;
+	bpf_probe_read_kernel(&file, sizeof(file), &fds[fd]);
+	if (!file)
+		return 0;
+	struct inode *inode = BPF_CORE_READ(file, f_inode);
+	if (!inode)
+		return 0;
+	u32 mode = BPF_CORE_READ(inode, i_mode) & S_IFMT;
+	if (mode != S_IFREG && mode != S_IFDIR)
+		return 0;
+	struct file_system_type *type = BPF_CORE_READ(inode, i_sb, s_type);
+	if (!type)
+		return 0;
+	u32 index = fs_type_slot(type) * FS_OPS + op;
+	if (index >= FS_SLOTS * FS_OPS)
+		return 0;
+	struct fs_bank *bank = bank_of_this_cpu(&fs_counters);
+	if (bank)
+		bank->counters[index] += 1;
+	histogram_record(&fs_latency, index, bpf_ktime_get_ns() - start);
+	return 0;
+}
+
+/* an exiting thread's entry is freed (it runs in the exiting thread) */
+SEC("raw_tp/sched_process_exit")
+int BPF_PROG(fs_process_exit_compat)
+{
+	u32 tid = (u32)bpf_get_current_pid_tgid();
+	bpf_map_delete_elem(&fs_starts_compat, &tid);
+	return 0;
+}
+
 char LICENSE[] SEC("license") = "GPL";

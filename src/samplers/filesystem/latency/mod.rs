@@ -40,10 +40,11 @@ use libbpf_rs::skel::{OpenSkel, Skel};
 use libbpf_rs::MapCore;
 
 use crate::bpf::{
-    check_support, classify, open_skel, possible_cpus, require_default_path, MmapArray, NamedSlots,
-    HISTOGRAM_BUCKETS,
+    check_support, classify, kernel_has_btf, load_path, open_skel, possible_cpus,
+    select_path_programs, BankCounter, MmapArray, NamedSlots, HISTOGRAM_BUCKETS,
 };
 use crate::metrics::{MetricDef, Series};
+use crate::samplers::BpfPath;
 use crate::samplers::{Sampler, SamplerContext, SamplerOption, SamplerSpec, Source, SAMPLERS};
 use crate::snapshot::Emitter;
 
@@ -204,7 +205,7 @@ fn load_fentry(
         .flat_map(|(_, f)| f.iter().flatten().copied())
         .collect();
     let present = kernel_functions(root, &wanted);
-    let mut open = open(ctx, false)?;
+    let mut open = open(ctx, false, false)?;
     let mut measured = Vec::new();
     for prog in open.open_object_mut().progs_mut() {
         let name = prog.name().to_string_lossy().into_owned();
@@ -245,9 +246,10 @@ fn load_fentry(
 
 /// Loads this sampler's own system call programs.
 fn load_syscalls(ctx: &SamplerContext) -> anyhow::Result<bpf::FilesystemLatencySkel<'static>> {
-    let mut open = open(ctx, true)?;
+    let mut open = open(ctx, true, false)?;
     for mut prog in open.open_object_mut().progs_mut() {
-        if !prog.name().to_string_lossy().starts_with("fs_sys_") {
+        let name = prog.name().to_string_lossy().into_owned();
+        if !name.starts_with("fs_sys_") || name.ends_with("_compat") {
             prog.set_autoload(false);
         }
     }
@@ -259,17 +261,51 @@ fn load_syscalls(ctx: &SamplerContext) -> anyhow::Result<bpf::FilesystemLatencyS
     Ok(skel)
 }
 
+/// Loads the compatibility path's programs: raw tracepoints on the system
+/// calls, a hash map of threads.
+fn load_compat(ctx: &SamplerContext) -> anyhow::Result<bpf::FilesystemLatencySkel<'static>> {
+    let mut open = open(ctx, true, true)?;
+    select_path_programs(open.open_object_mut(), true);
+    let mut skel = open
+        .load()
+        .map_err(|e| classify(e, "loading the compatibility path's programs"))?;
+    skel.attach().map_err(|e| {
+        classify(
+            e,
+            "attaching to raw_tp/sys_enter, sys_exit and sched_process_exit",
+        )
+    })?;
+    Ok(skel)
+}
+
 /// Opens the object and sizes its maps; with `syscalls`, fills in the
 /// system call table.
 fn open(
     ctx: &SamplerContext,
     syscalls: bool,
+    compat: bool,
 ) -> anyhow::Result<bpf::OpenFilesystemLatencySkel<'static>> {
     let mut open = open_skel(
         bpf::FilesystemLatencySkelBuilder::default(),
         ctx,
         "opening the filesystem_latency BPF object",
     )?;
+    // only one path's per-thread map is made: task storage does not exist
+    // before 5.11, and the hash map is preallocated
+    for (map, wanted) in [
+        (&mut open.maps.fs_starts, !compat),
+        (&mut open.maps.fs_starts_compat, compat),
+        (&mut open.maps.fs_untracked, compat),
+    ] {
+        map.set_autocreate(wanted)
+            .map_err(|e| classify(e, "choosing the per-thread maps"))?;
+    }
+    if compat {
+        open.maps
+            .fs_untracked
+            .set_max_entries(possible_cpus()? as u32)
+            .map_err(|e| classify(e, "sizing the untracked-call banks"))?;
+    }
     if syscalls {
         open.maps
             .rodata_data
@@ -386,6 +422,8 @@ struct FilesystemLatency {
     /// Kept for loading the system call programs after every sampler has
     /// started.
     ctx: SamplerContext,
+    /// On the compatibility path: calls not timed, the thread map full.
+    untracked: Option<(MmapArray, BankCounter)>,
     method: String,
     /// The maps counted into; `None` until every sampler has started.
     maps: Option<FsMaps>,
@@ -399,19 +437,26 @@ struct FilesystemLatency {
 
 fn init(ctx: &SamplerContext) -> anyhow::Result<Box<dyn Sampler>> {
     check_support(ctx)?;
-    require_default_path(ctx, SPEC.name)?;
     let mut names = vec![None; FS_SLOTS];
     names[FS_TYPES] = Some("other".to_string());
     let mut sampler = FilesystemLatency {
         _skel: None,
         no_fentry: None,
         ctx: ctx.clone(),
+        untracked: None,
         method: String::new(),
         maps: None,
         series: BTreeMap::new(),
         names,
         scratch: Vec::new(),
     };
+    if ctx.bpf_path == BpfPath::Compat || !kernel_has_btf() {
+        // fentry and the typed programs need the kernel's own BTF; the
+        // syscall sampler does not time file system calls on its
+        // compatibility path
+        sampler.no_fentry = Some("the compatibility path".to_string());
+        return Ok(Box::new(sampler));
+    }
     if ctx.option(&SPEC, "fentry") == 1 {
         // a refusal is expected on some kernels and reported in `method`:
         // libbpf's own lines about it (and its ulimit advice) would mislead
@@ -453,14 +498,37 @@ impl FilesystemLatency {
             self.method = format!("syscalls, in the syscall sampler's programs ({why})");
             return Ok(());
         }
-        let skel = load_syscalls(&self.ctx)?;
+        let ctx = &self.ctx;
+        let (skel, method) = load_path(
+            ctx,
+            "tp_btf/sys_enter, tp_btf/sys_exit",
+            "raw_tp/sys_enter, sys_exit, sched_process_exit, a hash map of threads",
+            |compat| match compat {
+                true => load_compat(ctx),
+                false => load_syscalls(ctx),
+            },
+        )?;
         self.maps = Some(FsMaps::new(
             &skel.maps.fs_counters,
             &skel.maps.fs_latency,
             &skel.maps.fs_types,
         )?);
+        if method.starts_with("compatibility") {
+            self.untracked = Some((
+                MmapArray::new(&skel.maps.fs_untracked)?,
+                BankCounter::new(
+                    &crate::bpf::BPF_UNTRACKED,
+                    &[("sampler", SPEC.name)],
+                    0,
+                    None,
+                ),
+            ));
+        }
         self._skel = Some(skel);
-        self.method = format!("syscalls ({why})");
+        self.method = match self.untracked {
+            Some(_) => format!("syscalls, {method}"),
+            None => format!("syscalls ({why})"),
+        };
         Ok(())
     }
 }
@@ -478,6 +546,9 @@ impl Sampler for FilesystemLatency {
         let Some(maps) = &self.maps else {
             anyhow::bail!("not bound to its maps (all_started was not called)");
         };
+        if let Some((banks, counter)) = &self.untracked {
+            counter.emit(banks, &[], &mut self.scratch, out);
+        }
         // per name and op: the count and the histogram, summed over slots
         for slot in 0..FS_TYPES {
             if self.names[slot].is_none() {
