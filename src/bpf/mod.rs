@@ -92,11 +92,16 @@ pub fn load_path<S>(
     load: impl Fn(bool) -> anyhow::Result<S>,
 ) -> anyhow::Result<(S, String)> {
     let compat = |why: &str| format!("compatibility path ({why}): {compat_hooks}");
+    let only_compat = |why: &str| {
+        load(true)
+            .map(|loaded| (loaded, compat(why)))
+            .map_err(|e| e.context(format!("on the compatibility path ({why})")))
+    };
     if ctx.bpf_path == BpfPath::Compat {
-        return Ok((load(true)?, compat("path = \"compat\"")));
+        return only_compat("path = \"compat\"");
     }
     if !kernel_has_btf() {
-        return Ok((load(true)?, compat("the kernel has no BTF of its own")));
+        return only_compat("the kernel has no BTF of its own");
     }
     match load(false) {
         Ok(loaded) => Ok((loaded, format!("default path: {default_hooks}"))),
