@@ -324,6 +324,14 @@ fn troubleshooting_quotes_what_the_program_prints() {
         std::fs::write(&config, text).unwrap();
         seen.push_str(&output(Command::new(BIN).arg(&config)));
     }
+    // a BTF file that is not one: text, and an ELF file without BTF
+    let text = dir.path().join("text.btf");
+    std::fs::write(&text, "not BTF\n").unwrap();
+    for btf in [text.as_path(), std::path::Path::new("/usr/bin/true")] {
+        let config = dir.path().join("btf.toml");
+        std::fs::write(&config, format!("[general]\nbtf = {btf:?}\n")).unwrap();
+        seen.push_str(&output(Command::new(BIN).arg(&config)));
+    }
     // agent not answering
     let port = std::net::TcpListener::bind("127.0.0.1:0")
         .unwrap()

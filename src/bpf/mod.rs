@@ -74,9 +74,11 @@ pub fn check_btf_file(path: &Path) -> Result<(), String> {
         }
         Ok(_) => {}
     }
-    libbpf_rs::btf::Btf::from_path(path)
-        .map(drop)
-        .map_err(|e| format!("not a BTF file libbpf can read ({e})"))
+    // libbpf's own line on stderr would come before the error that says it
+    let print = libbpf_rs::set_print(None);
+    let parsed = libbpf_rs::btf::Btf::from_path(path).map(drop);
+    libbpf_rs::set_print(print);
+    parsed.map_err(|e| format!("not a BTF file libbpf can read ({e})"))
 }
 
 /// Loads a sampler's programs on the path `ctx.bpf_path` asks for, with
