@@ -112,9 +112,20 @@ pub fn load_path<S>(
                 loaded,
                 compat(&format!("the default path did not load: {default_error:#}")),
             )),
-            Err(compat_error) => Err(default_error.context(format!(
-                "the compatibility path did not load either: {compat_error:#}"
-            ))),
+            Err(compat_error) => {
+                let both = format!(
+                    "default path: {default_error:#}; compatibility path: {compat_error:#} (libbpf's log of each is on stderr)"
+                );
+                Err(
+                    if crate::source::is_unsupported(&default_error)
+                        && crate::source::is_unsupported(&compat_error)
+                    {
+                        Unsupported(both).into()
+                    } else {
+                        anyhow::anyhow!(both)
+                    },
+                )
+            }
         },
     }
 }
@@ -130,9 +141,10 @@ pub static BPF_UNTRACKED: MetricDef = MetricDef::counter(
 .labels(&["sampler"]);
 
 /// The number of arguments a tracepoint passes to raw tracepoint programs,
-/// from its `btf_trace_<name>` type in the BTF in use (the kernel's own, or
-/// `[general] btf`): how a compatibility path tells a kernel's version of a
-/// tracepoint from another. `None` if that BTF lacks the type.
+/// from its `btf_trace_<name>` type in the compatibility path's BTF
+/// (`[general] btf` when set, else the kernel's own): how a compatibility
+/// path tells a kernel's version of a tracepoint from another. `None` if
+/// that BTF lacks the type.
 pub fn tracepoint_arg_count(ctx: &SamplerContext, tracepoint: &str) -> Option<usize> {
     use libbpf_rs::btf::{types::FuncProto, Btf, BtfType};
     let btf = match &ctx.btf {
@@ -156,13 +168,20 @@ pub fn select_path_programs(object: &mut libbpf_rs::OpenObject, compat: bool) {
     }
 }
 
-/// Opens a sampler's BPF skeleton, relocating against the BTF file of
-/// `[general] btf` when one is set. `doing` names the step for errors.
-pub fn open_skel<B>(mut builder: B, ctx: &SamplerContext, doing: &str) -> anyhow::Result<B::Output>
+/// Opens a sampler's BPF skeleton for one path. The compatibility path
+/// (`compat`) relocates against the BTF file of `[general] btf` when one is
+/// set; the default path always against the kernel's own (it cannot load
+/// without it). `doing` names the step for errors.
+pub fn open_skel<B>(
+    mut builder: B,
+    ctx: &SamplerContext,
+    compat: bool,
+    doing: &str,
+) -> anyhow::Result<B::Output>
 where
     B: libbpf_rs::skel::SkelBuilder<'static>,
 {
-    if let Some(btf) = &ctx.btf {
+    if let Some(btf) = ctx.btf.as_ref().filter(|_| compat) {
         builder
             .object_builder_mut()
             .btf_custom_path(btf)

@@ -47,9 +47,11 @@ pub enum BpfPath {
     /// task and socket local storage), else the compatibility path.
     #[default]
     Auto,
-    /// The compatibility path only, for kernels 5.8 to 5.10 and kernels
-    /// without BTF of their own: `raw_tp` programs, and bounded hash maps
-    /// where the default path uses local storage.
+    /// The compatibility path only, for older kernels (5.5 and later:
+    /// those without task storage, 5.11) and kernels without BTF of their
+    /// own: `raw_tp` programs, CO-RE reads (against `[general] btf` when
+    /// set), and bounded hash maps where the default path uses local
+    /// storage.
     Compat,
 }
 

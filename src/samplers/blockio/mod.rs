@@ -152,6 +152,7 @@ fn load(
     let mut open = open_skel(
         bpf::BlockioSkelBuilder::default(),
         ctx,
+        compat,
         "opening the blockio BPF object",
     )?;
     select_path_programs(open.open_object_mut(), compat);

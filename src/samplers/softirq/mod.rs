@@ -58,6 +58,7 @@ fn load(ctx: &SamplerContext, compat: bool) -> anyhow::Result<bpf::SoftirqSkel<'
     let mut open = open_skel(
         bpf::SoftirqSkelBuilder::default(),
         ctx,
+        compat,
         "opening the softirq BPF object",
     )?;
     let progs = &mut open.progs;

@@ -122,6 +122,7 @@ fn load(
     let mut open = open_skel(
         bpf::SyscallSkelBuilder::default(),
         ctx,
+        compat,
         "opening the syscall BPF object",
     )?;
     select_path_programs(open.open_object_mut(), compat);

@@ -51,6 +51,7 @@ fn load(ctx: &SamplerContext, compat: bool) -> anyhow::Result<bpf::MigrationsSke
     let mut open = open_skel(
         bpf::MigrationsSkelBuilder::default(),
         ctx,
+        compat,
         "opening the cpu_migrations BPF object",
     )?;
     open.progs.sched_migrate_task.set_autoload(!compat);

@@ -288,6 +288,7 @@ fn open(
     let mut open = open_skel(
         bpf::FilesystemLatencySkelBuilder::default(),
         ctx,
+        compat,
         "opening the filesystem_latency BPF object",
     )?;
     // only one path's per-thread map is made: task storage does not exist

@@ -111,6 +111,7 @@ fn load(ctx: &SamplerContext, compat: bool) -> anyhow::Result<bpf::NetworkDropSk
     let mut open = open_skel(
         bpf::NetworkDropSkelBuilder::default(),
         ctx,
+        compat,
         "opening the network_drop BPF object",
     )?;
     select_path_programs(open.open_object_mut(), compat);

@@ -153,6 +153,7 @@ fn load(
     let mut open = open_skel(
         bpf::RunqueueSkelBuilder::default(),
         ctx,
+        compat,
         "opening the scheduler BPF object",
     )?;
     select_path_programs(open.open_object_mut(), compat);
@@ -188,7 +189,7 @@ fn init(ctx: &SamplerContext) -> anyhow::Result<Box<dyn Sampler>> {
     let ((mut skel, support), method) = load_path(
         ctx,
         "tp_btf/sched_wakeup, tp_btf/sched_wakeup_new, tp_btf/sched_switch, task storage",
-        "raw_tp/sched_wakeup, sched_wakeup_new, sched_switch, sched_process_exit, a hash map of tasks",
+        "raw_tp/sched_wakeup, sched_wakeup_new, sched_switch, a hash map of tasks",
         |compat| {
             if compat {
                 let support = if wanted {

@@ -17,6 +17,7 @@ enum { CG_RUNQUEUE_WAIT = 0, CG_OFFCPU = 1, CG_VOLUNTARY = 2, CG_INVOLUNTARY = 3
 #include "cgroup_slot.h"
 
 #define TASK_RUNNING 0
+#define TASK_DEAD 0x80
 
 /* UNTRACKED: on the compatibility path, tasks switched in or woken that
  * found the task map full (their times are not taken) */
@@ -121,7 +122,8 @@ int BPF_PROG(sched_switch, bool preempt, struct task_struct *prev, struct task_s
  * 5.11) or without BTF of their own. Raw tracepoints, and the per-task
  * times in a preallocated hash map keyed by thread id, bounded at
  * COMPAT_TASKS (a task that finds it full is counted in UNTRACKED and not
- * timed); a task's entry is deleted when it exits. No per-cgroup counts
+ * timed); a task's entry is deleted at its last switch (TASK_DEAD). No
+ * per-cgroup counts
  * (they need cgroup storage, 5.11 and 6.2 helpers). */
 #define COMPAT_TASKS 32768
 
@@ -204,7 +206,11 @@ int BPF_PROG(sched_switch_compat, bool preempt, struct task_struct *prev, struct
 	u32 prev_pid = BPF_CORE_READ(prev, pid);
 	u32 next_pid = BPF_CORE_READ(next, pid);
 
-	if (prev_pid) {
+	if (prev_pid && (prev_state & TASK_DEAD)) {
+		/* a dead task's last switch: its entry goes (made again
+		 * here, it would never be freed) */
+		bpf_map_delete_elem(&times_compat, &prev_pid);
+	} else if (prev_pid) {
 		struct task_times_compat *t = times_of_compat(prev_pid);
 		if (t) {
 			if (t->running_since)
@@ -227,15 +233,6 @@ int BPF_PROG(sched_switch_compat, bool preempt, struct task_struct *prev, struct
 			t->running_since = now;
 		}
 	}
-	return 0;
-}
-
-/* an exiting thread's entry is freed */
-SEC("raw_tp/sched_process_exit")
-int BPF_PROG(sched_process_exit_compat, struct task_struct *p)
-{
-	u32 pid = BPF_CORE_READ(p, pid);
-	bpf_map_delete_elem(&times_compat, &pid);
 	return 0;
 }
 

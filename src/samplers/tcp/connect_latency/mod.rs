@@ -72,6 +72,7 @@ fn load(ctx: &SamplerContext, compat: bool) -> anyhow::Result<bpf::TcpConnectSke
     let mut open = open_skel(
         bpf::TcpConnectSkelBuilder::default(),
         ctx,
+        compat,
         "opening the tcp_connect_latency BPF object",
     )?;
     select_path_programs(open.open_object_mut(), compat);

@@ -54,6 +54,7 @@ fn load(ctx: &SamplerContext, compat: bool) -> anyhow::Result<bpf::TcpRetransmit
     let mut open = open_skel(
         bpf::TcpRetransmitSkelBuilder::default(),
         ctx,
+        compat,
         "opening the tcp_retransmit BPF object",
     )?;
     select_path_programs(open.open_object_mut(), compat);

@@ -54,6 +54,7 @@ fn load(ctx: &SamplerContext, compat: bool) -> anyhow::Result<bpf::TcpRttSkel<'s
     let mut open = open_skel(
         bpf::TcpRttSkelBuilder::default(),
         ctx,
+        compat,
         "opening the tcp_rtt BPF object",
     )?;
     select_path_programs(open.open_object_mut(), compat);

@@ -97,9 +97,11 @@ enum HeaderReads {
 }
 
 fn load(ctx: &SamplerContext, reads: HeaderReads) -> anyhow::Result<bpf::TcpTrafficSkel<'static>> {
+    let compat = reads == HeaderReads::Compat;
     let mut open = open_skel(
         bpf::TcpTrafficSkelBuilder::default(),
         ctx,
+        compat,
         "opening the tcp_traffic BPF object",
     )?;
     let progs = &mut open.progs;
