@@ -135,6 +135,19 @@ pub fn prepare(parts: OpenParts<'_, '_>, count_cgroups: bool, cpus: u32) -> anyh
     Ok(())
 }
 
+/// The per-cgroup support of a sampler on its compatibility path: none
+/// (cgroup storage and the helpers it needs are what that path avoids),
+/// reported as unsupported when `wanted`.
+pub fn on_compat_path(wanted: bool) -> Support {
+    match wanted {
+        true => Support::Unsupported(
+            "not on the compatibility path (per-cgroup counts need cgroup storage, Linux 6.2)"
+                .into(),
+        ),
+        false => Support::Off,
+    }
+}
+
 /// Whether a sampler counts per cgroup.
 pub enum Support {
     /// Turned off by its `cgroups` option.

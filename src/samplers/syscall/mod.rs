@@ -174,15 +174,10 @@ fn init(ctx: &SamplerContext) -> anyhow::Result<Box<dyn Sampler>> {
         "raw_tp/sys_enter, sys_exit, sched_process_exit, a hash map of threads",
         |compat| {
             if compat {
-                let support = if wanted {
-                    slots::Support::Unsupported(
-                        "not on the compatibility path (per-cgroup counts need cgroup storage, Linux 6.2)"
-                            .into(),
-                    )
-                } else {
-                    slots::Support::Off
-                };
-                return Ok((load(ctx, latency_sampling, false, true)?, support));
+                return Ok((
+                    load(ctx, latency_sampling, false, true)?,
+                    slots::on_compat_path(wanted),
+                ));
             }
             slots::load_with_cgroups(SPEC.name, "cgroup_syscall", &ctx.root, wanted, |cgroups| {
                 load(ctx, latency_sampling, cgroups, false)

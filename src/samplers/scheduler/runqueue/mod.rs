@@ -192,15 +192,7 @@ fn init(ctx: &SamplerContext) -> anyhow::Result<Box<dyn Sampler>> {
         "raw_tp/sched_wakeup, sched_wakeup_new, sched_switch, a hash map of tasks",
         |compat| {
             if compat {
-                let support = if wanted {
-                    slots::Support::Unsupported(
-                        "not on the compatibility path (per-cgroup sums need cgroup storage, Linux 6.2)"
-                            .into(),
-                    )
-                } else {
-                    slots::Support::Off
-                };
-                return Ok((load(ctx, false, true)?, support));
+                return Ok((load(ctx, false, true)?, slots::on_compat_path(wanted)));
             }
             slots::load_with_cgroups(
                 SPEC.name,
