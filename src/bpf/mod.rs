@@ -159,19 +159,31 @@ pub fn tracepoint_arg_count(ctx: &SamplerContext, tracepoint: &str) -> Option<us
     Some(proto.len().saturating_sub(1))
 }
 
-/// Marks for loading the programs of one path: on the compatibility path
-/// those whose name ends in `_compat`, on the default path the others.
-pub fn select_path_programs(object: &mut libbpf_rs::OpenObject, compat: bool) {
+/// Marks one path's programs for loading and its maps for creating: on the
+/// compatibility path the programs whose name ends in `_compat`, on the
+/// default path the others; maps named `*_compat` only on the compatibility
+/// path (a default path's own maps, such as task storage, are the loader's
+/// to leave out).
+fn select_path(object: &mut libbpf_rs::OpenObject, compat: bool) -> anyhow::Result<()> {
     for mut prog in object.progs_mut() {
         let is_compat = prog.name().as_encoded_bytes().ends_with(b"_compat");
         prog.set_autoload(is_compat == compat);
     }
+    for mut map in object.maps_mut() {
+        if map.name().as_encoded_bytes().ends_with(b"_compat") {
+            map.set_autocreate(compat)
+                .map_err(|e| classify(e, "choosing the path's maps"))?;
+        }
+    }
+    Ok(())
 }
 
-/// Opens a sampler's BPF skeleton for one path. The compatibility path
-/// (`compat`) relocates against the BTF file of `[general] btf` when one is
-/// set; the default path always against the kernel's own (it cannot load
-/// without it). `doing` names the step for errors.
+/// Opens a sampler's BPF skeleton for one path, that path's programs and
+/// `*_compat` maps selected ([`select_path`]; a loader with variants of its
+/// own then picks among them). The compatibility path (`compat`) relocates
+/// against the BTF file of `[general] btf` when one is set; the default
+/// path always against the kernel's own (it cannot load without it).
+/// `doing` names the step for errors.
 pub fn open_skel<B>(
     mut builder: B,
     ctx: &SamplerContext,
@@ -187,9 +199,14 @@ where
             .btf_custom_path(btf)
             .map_err(|e| anyhow::anyhow!("{doing}: BTF path {}: {e}", btf.display()))?;
     }
-    builder
+    let mut open = builder
         .open(object_storage())
-        .map_err(|e| classify(e, doing))
+        .map_err(|e| classify(e, doing))?;
+    select_path(
+        libbpf_rs::skel::OpenSkel::open_object_mut(&mut open),
+        compat,
+    )?;
+    Ok(open)
 }
 
 /// Root, CAP_SYS_ADMIN, or both CAP_BPF and CAP_PERFMON in the effective set.

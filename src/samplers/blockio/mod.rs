@@ -32,8 +32,8 @@ use std::sync::Arc;
 use libbpf_rs::skel::{OpenSkel, Skel};
 
 use crate::bpf::{
-    check_support, classify, load_path, open_skel, possible_cpus, select_path_programs,
-    tracepoint_arg_count, BankCounter, MmapArray, NamedSlots, HISTOGRAM_BUCKETS,
+    check_support, classify, load_path, open_skel, possible_cpus, tracepoint_arg_count,
+    BankCounter, MmapArray, NamedSlots, HISTOGRAM_BUCKETS,
 };
 use crate::metrics::{MetricDef, Series};
 use crate::samplers::{Sampler, SamplerContext, SamplerSpec, Source, SAMPLERS};
@@ -155,7 +155,6 @@ fn load(
         compat,
         "opening the blockio BPF object",
     )?;
-    select_path_programs(open.open_object_mut(), compat);
     open.maps
         .counters
         .set_max_entries(possible_cpus()? as u32)

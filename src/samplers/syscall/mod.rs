@@ -37,8 +37,8 @@ use std::sync::Arc;
 use libbpf_rs::skel::{OpenSkel, Skel};
 
 use crate::bpf::{
-    check_support, classify, load_path, open_skel, possible_cpus, select_path_programs,
-    BankCounter, MmapArray, HISTOGRAM_BUCKETS,
+    check_support, classify, load_path, open_skel, possible_cpus, BankCounter, MmapArray,
+    HISTOGRAM_BUCKETS,
 };
 use crate::cgroups::slots::{self, CgroupSlots, Column};
 use crate::metrics::{MetricDef, Series, HISTOGRAM_GROUPING_POWER, HISTOGRAM_MAX_VALUE_POWER};
@@ -125,15 +125,10 @@ fn load(
         compat,
         "opening the syscall BPF object",
     )?;
-    select_path_programs(open.open_object_mut(), compat);
-    // only one path's maps are made: task storage does not exist before
-    // 5.11, and the hash map is preallocated
-    for (map, wanted) in [
-        (&mut open.maps.start, !compat),
-        (&mut open.maps.fs_starts, !compat),
-        (&mut open.maps.start_compat, compat),
-    ] {
-        map.set_autocreate(wanted)
+    // task storage does not exist before 5.11 (start_compat, the hash map,
+    // is made on the compatibility path only)
+    for map in [&mut open.maps.start, &mut open.maps.fs_starts] {
+        map.set_autocreate(!compat)
             .map_err(|e| classify(e, "choosing the per-thread maps"))?;
     }
     let rodata = open

@@ -97,7 +97,7 @@ TARGET(5)
  * system calls, as above, with every kernel structure read through CO-RE;
  * the start times in a preallocated hash map keyed by thread id, bounded at
  * COMPAT_TASKS (a call whose thread finds it full is not timed, counted in
- * fs_untracked); a thread's entry is deleted when it exits. */
+ * fs_untracked_compat); a thread's entry is deleted when it exits. */
 #define COMPAT_TASKS 32768
 
 struct {
@@ -108,7 +108,7 @@ struct {
 } fs_starts_compat SEC(".maps");
 
 DEFINE_BANK(fs_untracked_bank, 1);
-BANK_MAP(fs_untracked, fs_untracked_bank);
+BANK_MAP(fs_untracked_compat, fs_untracked_bank);
 
 static __always_inline u32 fs_op_of_untyped(long id)
 {
@@ -134,7 +134,7 @@ int BPF_PROG(fs_sys_enter_compat, struct pt_regs *regs, long id)
 		bpf_map_update_elem(&fs_starts_compat, &tid, &zero, BPF_NOEXIST);
 		s = bpf_map_lookup_elem(&fs_starts_compat, &tid);
 		if (!s) {
-			struct fs_untracked_bank *bank = bank_of_this_cpu(&fs_untracked);
+			struct fs_untracked_bank *bank = bank_of_this_cpu(&fs_untracked_compat);
 			if (bank)
 				bank->counters[0] += 1;
 			return 0;

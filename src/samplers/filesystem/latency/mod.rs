@@ -40,8 +40,8 @@ use libbpf_rs::skel::{OpenSkel, Skel};
 use libbpf_rs::MapCore;
 
 use crate::bpf::{
-    check_support, classify, kernel_has_btf, load_path, open_skel, possible_cpus,
-    select_path_programs, BankCounter, MmapArray, NamedSlots, HISTOGRAM_BUCKETS,
+    check_support, classify, kernel_has_btf, load_path, open_skel, possible_cpus, BankCounter,
+    MmapArray, NamedSlots, HISTOGRAM_BUCKETS,
 };
 use crate::metrics::{MetricDef, Series};
 use crate::samplers::BpfPath;
@@ -264,8 +264,7 @@ fn load_syscalls(ctx: &SamplerContext) -> anyhow::Result<bpf::FilesystemLatencyS
 /// Loads the compatibility path's programs: raw tracepoints on the system
 /// calls, a hash map of threads.
 fn load_compat(ctx: &SamplerContext) -> anyhow::Result<bpf::FilesystemLatencySkel<'static>> {
-    let mut open = open(ctx, true, true)?;
-    select_path_programs(open.open_object_mut(), true);
+    let open = open(ctx, true, true)?;
     let mut skel = open
         .load()
         .map_err(|e| classify(e, "loading the compatibility path's programs"))?;
@@ -291,19 +290,15 @@ fn open(
         compat,
         "opening the filesystem_latency BPF object",
     )?;
-    // only one path's per-thread map is made: task storage does not exist
-    // before 5.11, and the hash map is preallocated
-    for (map, wanted) in [
-        (&mut open.maps.fs_starts, !compat),
-        (&mut open.maps.fs_starts_compat, compat),
-        (&mut open.maps.fs_untracked, compat),
-    ] {
-        map.set_autocreate(wanted)
-            .map_err(|e| classify(e, "choosing the per-thread maps"))?;
-    }
+    // task storage does not exist before 5.11 (the *_compat maps are made
+    // on the compatibility path only)
+    open.maps
+        .fs_starts
+        .set_autocreate(!compat)
+        .map_err(|e| classify(e, "choosing the per-thread map"))?;
     if compat {
         open.maps
-            .fs_untracked
+            .fs_untracked_compat
             .set_max_entries(possible_cpus()? as u32)
             .map_err(|e| classify(e, "sizing the untracked-call banks"))?;
     }
@@ -516,7 +511,7 @@ impl FilesystemLatency {
         )?);
         if method.starts_with("compatibility") {
             self.untracked = Some((
-                MmapArray::new(&skel.maps.fs_untracked)?,
+                MmapArray::new(&skel.maps.fs_untracked_compat)?,
                 BankCounter::new(
                     &crate::bpf::BPF_UNTRACKED,
                     &[("sampler", SPEC.name)],

@@ -17,8 +17,8 @@ mod bpf {
 use libbpf_rs::skel::{OpenSkel, Skel};
 
 use crate::bpf::{
-    check_support, classify, load_path, open_skel, possible_cpus, select_path_programs,
-    tracepoint_arg_count, BankCounter, MmapArray,
+    check_support, classify, load_path, open_skel, possible_cpus, tracepoint_arg_count,
+    BankCounter, MmapArray,
 };
 use crate::metrics::MetricDef;
 use crate::samplers::{Sampler, SamplerContext, SamplerSpec, Source, SAMPLERS};
@@ -114,7 +114,6 @@ fn load(ctx: &SamplerContext, compat: bool) -> anyhow::Result<bpf::NetworkDropSk
         compat,
         "opening the network_drop BPF object",
     )?;
-    select_path_programs(open.open_object_mut(), compat);
     let rodata = open
         .maps
         .rodata_data

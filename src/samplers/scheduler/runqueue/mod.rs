@@ -27,8 +27,8 @@ use std::sync::Arc;
 use libbpf_rs::skel::{OpenSkel, Skel};
 
 use crate::bpf::{
-    check_support, classify, load_path, open_skel, possible_cpus, select_path_programs,
-    tracepoint_arg_count, BankCounter, MmapArray,
+    check_support, classify, load_path, open_skel, possible_cpus, tracepoint_arg_count,
+    BankCounter, MmapArray,
 };
 use crate::cgroups::slots::{self, CgroupSlots, Column};
 use crate::metrics::{MetricDef, Series};
@@ -156,13 +156,11 @@ fn load(
         compat,
         "opening the scheduler BPF object",
     )?;
-    select_path_programs(open.open_object_mut(), compat);
-    // only one path's task map is made: task storage does not exist before
-    // 5.11, and the hash map is preallocated
+    // task storage does not exist before 5.11 (times_compat, the hash map,
+    // is made on the compatibility path only)
     open.maps
         .times
         .set_autocreate(!compat)
-        .and_then(|()| open.maps.times_compat.set_autocreate(compat))
         .map_err(|e| classify(e, "choosing the task map"))?;
     let cpus = possible_cpus()? as u32;
     open.maps

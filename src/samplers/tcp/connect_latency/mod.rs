@@ -19,8 +19,7 @@ use std::sync::Arc;
 use libbpf_rs::skel::{OpenSkel, Skel};
 
 use crate::bpf::{
-    check_support, classify, load_path, open_skel, possible_cpus, select_path_programs,
-    BankCounter, MmapArray,
+    check_support, classify, load_path, open_skel, possible_cpus, BankCounter, MmapArray,
 };
 use crate::metrics::{MetricDef, Series};
 use crate::samplers::{Sampler, SamplerContext, SamplerSpec, Source, SAMPLERS};
@@ -75,13 +74,11 @@ fn load(ctx: &SamplerContext, compat: bool) -> anyhow::Result<bpf::TcpConnectSke
         compat,
         "opening the tcp_connect_latency BPF object",
     )?;
-    select_path_programs(open.open_object_mut(), compat);
-    // only one path's socket map is made: socket storage from tracing
-    // programs does not exist before 5.11, and the hash map is preallocated
+    // socket storage from tracing programs does not exist before 5.11
+    // (syn_sent_compat, the hash map, is made on the compatibility path only)
     open.maps
         .syn_sent_at
         .set_autocreate(!compat)
-        .and_then(|()| open.maps.syn_sent_compat.set_autocreate(compat))
         .map_err(|e| classify(e, "choosing the socket map"))?;
     open.maps
         .resets

@@ -15,8 +15,7 @@ mod bpf {
 use libbpf_rs::skel::{OpenSkel, Skel};
 
 use crate::bpf::{
-    check_support, classify, load_path, open_skel, possible_cpus, select_path_programs,
-    BankCounter, MmapArray,
+    check_support, classify, load_path, open_skel, possible_cpus, BankCounter, MmapArray,
 };
 use crate::metrics::MetricDef;
 use crate::samplers::{Sampler, SamplerContext, SamplerSpec, Source, SAMPLERS};
@@ -57,7 +56,6 @@ fn load(ctx: &SamplerContext, compat: bool) -> anyhow::Result<bpf::TcpRetransmit
         compat,
         "opening the tcp_retransmit BPF object",
     )?;
-    select_path_programs(open.open_object_mut(), compat);
     open.maps
         .retransmits
         .set_max_entries(possible_cpus()? as u32)

@@ -16,7 +16,7 @@ use std::sync::Arc;
 
 use libbpf_rs::skel::{OpenSkel, Skel};
 
-use crate::bpf::{check_support, classify, load_path, open_skel, select_path_programs, MmapArray};
+use crate::bpf::{check_support, classify, load_path, open_skel, MmapArray};
 use crate::metrics::{MetricDef, Series};
 use crate::samplers::{Sampler, SamplerContext, SamplerSpec, Source, SAMPLERS};
 use crate::snapshot::Emitter;
@@ -51,13 +51,12 @@ struct TcpRtt {
 
 /// Opens and loads the program of one path.
 fn load(ctx: &SamplerContext, compat: bool) -> anyhow::Result<bpf::TcpRttSkel<'static>> {
-    let mut open = open_skel(
+    let open = open_skel(
         bpf::TcpRttSkelBuilder::default(),
         ctx,
         compat,
         "opening the tcp_rtt BPF object",
     )?;
-    select_path_programs(open.open_object_mut(), compat);
     let mut skel = open
         .load()
         .map_err(|e| classify(e, "loading the tcp_rtt BPF program"))?;
