@@ -30,13 +30,46 @@ BANK_MAP(switches, switch_bank);
 
 HISTOGRAM_MAP(histograms, HISTOGRAMS);
 
-struct task_times {
+/* A task's clock, on either path */
+struct task_clock {
 	u64 enqueued;      /* woken or preempted: waiting on a run queue */
 	u64 running_since; /* switched in */
 	u64 offcpu_since;  /* switched out */
+};
+
+struct task_times {
+	struct task_clock clock;
 	struct cgroup_slot_cache cgroup;
 	u32 last_cpu;      /* the CPU it last ran on, plus one */
 };
+
+/* A task switched out at `now`: its slice on CPU is recorded, its time off
+ * CPU starts, and if still runnable its wait on a run queue too. */
+static __always_inline void switched_out(struct task_clock *c, u64 now, bool runnable)
+{
+	if (c->running_since)
+		histogram_record(&histograms, RUNNING, now - c->running_since);
+	c->running_since = 0;
+	c->offcpu_since = now;
+	c->enqueued = runnable ? now : 0;
+}
+
+/* A task switched in at `now`: its wait on a run queue and its time off CPU
+ * are recorded (the clock is restarted by running()). */
+static __always_inline void switched_in(struct task_clock *c, u64 now)
+{
+	if (c->enqueued)
+		histogram_record(&histograms, RUNQUEUE_LATENCY, now - c->enqueued);
+	if (c->offcpu_since)
+		histogram_record(&histograms, OFFCPU, now - c->offcpu_since);
+}
+
+static __always_inline void running(struct task_clock *c, u64 now)
+{
+	c->enqueued = 0;
+	c->offcpu_since = 0;
+	c->running_since = now;
+}
 
 struct {
 	__uint(type, BPF_MAP_TYPE_TASK_STORAGE);
@@ -49,7 +82,7 @@ static __always_inline int enqueue(struct task_struct *p)
 {
 	struct task_times *t = bpf_task_storage_get(&times, p, 0, BPF_LOCAL_STORAGE_GET_F_CREATE);
 	if (t)
-		t->enqueued = bpf_ktime_get_ns();
+		t->clock.enqueued = bpf_ktime_get_ns();
 	return 0;
 }
 
@@ -80,12 +113,8 @@ int BPF_PROG(sched_switch, bool preempt, struct task_struct *prev, struct task_s
 	if (prev->pid) { /* not the idle task */
 		struct task_times *t = bpf_task_storage_get(&times, prev, 0, BPF_LOCAL_STORAGE_GET_F_CREATE);
 		if (t) {
-			if (t->running_since)
-				histogram_record(&histograms, RUNNING, now - t->running_since);
-			t->running_since = 0;
-			t->offcpu_since = now;
-			/* still runnable: it waits on the run queue from now */
-			t->enqueued = kind == INVOLUNTARY ? now : 0;
+			/* still runnable (involuntary): it waits on the run queue */
+			switched_out(&t->clock, now, kind == INVOLUNTARY);
 			if (count_cgroups)
 				cgroup_add(cached_cgroup_slot(prev, &t->cgroup),
 					   kind == INVOLUNTARY ? CG_INVOLUNTARY : CG_VOLUNTARY, 1);
@@ -95,24 +124,19 @@ int BPF_PROG(sched_switch, bool preempt, struct task_struct *prev, struct task_s
 	if (next->pid) {
 		struct task_times *t = bpf_task_storage_get(&times, next, 0, BPF_LOCAL_STORAGE_GET_F_CREATE);
 		if (t) {
-			if (t->enqueued)
-				histogram_record(&histograms, RUNQUEUE_LATENCY, now - t->enqueued);
-			if (t->offcpu_since)
-				histogram_record(&histograms, OFFCPU, now - t->offcpu_since);
+			switched_in(&t->clock, now);
 			if (count_cgroups) {
 				u32 slot = cached_cgroup_slot(next, &t->cgroup);
 				u32 cpu = bpf_get_smp_processor_id() + 1;
-				if (t->enqueued)
-					cgroup_add(slot, CG_RUNQUEUE_WAIT, now - t->enqueued);
-				if (t->offcpu_since)
-					cgroup_add(slot, CG_OFFCPU, now - t->offcpu_since);
+				if (t->clock.enqueued)
+					cgroup_add(slot, CG_RUNQUEUE_WAIT, now - t->clock.enqueued);
+				if (t->clock.offcpu_since)
+					cgroup_add(slot, CG_OFFCPU, now - t->clock.offcpu_since);
 				if (t->last_cpu && t->last_cpu != cpu)
 					cgroup_add(slot, CG_MIGRATIONS, 1);
 				t->last_cpu = cpu;
 			}
-			t->enqueued = 0;
-			t->offcpu_since = 0;
-			t->running_since = now;
+			running(&t->clock, now);
 		}
 	}
 	return 0;
@@ -127,17 +151,11 @@ int BPF_PROG(sched_switch, bool preempt, struct task_struct *prev, struct task_s
  * (they need cgroup storage, 5.11 and 6.2 helpers). */
 #define COMPAT_TASKS 32768
 
-struct task_times_compat {
-	u64 enqueued;
-	u64 running_since;
-	u64 offcpu_since;
-};
-
 struct {
 	__uint(type, BPF_MAP_TYPE_HASH);
 	__uint(max_entries, COMPAT_TASKS);
 	__type(key, u32);
-	__type(value, struct task_times_compat);
+	__type(value, struct task_clock);
 } times_compat SEC(".maps");
 
 /* set by userspace before load: whether the kernel's sched_switch
@@ -150,12 +168,12 @@ struct task_struct___state {
 	long state;
 } __attribute__((preserve_access_index));
 
-static __always_inline struct task_times_compat *times_of_compat(u32 pid)
+static __always_inline struct task_clock *times_of_compat(u32 pid)
 {
-	struct task_times_compat *t = bpf_map_lookup_elem(&times_compat, &pid);
+	struct task_clock *t = bpf_map_lookup_elem(&times_compat, &pid);
 	if (t)
 		return t;
-	struct task_times_compat zero = {};
+	struct task_clock zero = {};
 	/* fails when full (or when another CPU just added it: looked up again) */
 	bpf_map_update_elem(&times_compat, &pid, &zero, BPF_NOEXIST);
 	t = bpf_map_lookup_elem(&times_compat, &pid);
@@ -169,7 +187,7 @@ static __always_inline struct task_times_compat *times_of_compat(u32 pid)
 
 static __always_inline int enqueue_compat(struct task_struct *p)
 {
-	struct task_times_compat *t = times_of_compat(BPF_CORE_READ(p, pid));
+	struct task_clock *t = times_of_compat(BPF_CORE_READ(p, pid));
 	if (t)
 		t->enqueued = bpf_ktime_get_ns();
 	return 0;
@@ -211,26 +229,16 @@ int BPF_PROG(sched_switch_compat, bool preempt, struct task_struct *prev, struct
 		 * here, it would never be freed) */
 		bpf_map_delete_elem(&times_compat, &prev_pid);
 	} else if (prev_pid) {
-		struct task_times_compat *t = times_of_compat(prev_pid);
-		if (t) {
-			if (t->running_since)
-				histogram_record(&histograms, RUNNING, now - t->running_since);
-			t->running_since = 0;
-			t->offcpu_since = now;
-			t->enqueued = kind == INVOLUNTARY ? now : 0;
-		}
+		struct task_clock *t = times_of_compat(prev_pid);
+		if (t)
+			switched_out(t, now, kind == INVOLUNTARY);
 	}
 
 	if (next_pid) {
-		struct task_times_compat *t = times_of_compat(next_pid);
+		struct task_clock *t = times_of_compat(next_pid);
 		if (t) {
-			if (t->enqueued)
-				histogram_record(&histograms, RUNQUEUE_LATENCY, now - t->enqueued);
-			if (t->offcpu_since)
-				histogram_record(&histograms, OFFCPU, now - t->offcpu_since);
-			t->enqueued = 0;
-			t->offcpu_since = 0;
-			t->running_since = now;
+			switched_in(t, now);
+			running(t, now);
 		}
 	}
 	return 0;
