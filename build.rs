@@ -6,7 +6,9 @@
 //!   every sampler); the samplers then register themselves at link time
 //!   (`src/samplers/mod.rs`);
 //! - every `*.bpf.c` under `src/` is compiled with clang and gets a libbpf-rs
-//!   skeleton, `$OUT_DIR/<stem>.skel.rs`.
+//!   skeleton, `$OUT_DIR/<stem>.skel.rs`; an object that declares kernel
+//!   symbols also gets a twin built without them, which its skeleton opens
+//!   on the compatibility path (see `open_twin_on_compat`).
 
 use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
@@ -72,21 +74,44 @@ fn bpf_skeletons(src: &Path, out: &Path) {
     };
     let mut other_args = args.clone();
     other_args.push(format!("-D__TARGET_ARCH_{other}").into());
+    let mut without_ksyms_args = args.clone();
+    without_ksyms_args.push("-DREZOLUS_WITHOUT_KSYMS".into());
     let mut stems = Vec::new();
+    let mut twins = Vec::new();
     for source in sources {
         let stem = file_name(&source).trim_end_matches(".bpf.c").to_string();
         println!("cargo:rerun-if-changed={}", source.display());
+        let object = out.join(format!("{stem}.bpf.o"));
+        let skeleton = out.join(format!("{stem}.skel.rs"));
         libbpf_cargo::SkeletonBuilder::new()
             .source(&source)
-            .obj(out.join(format!("{stem}.bpf.o")))
+            .obj(&object)
             .clang_args(&args)
-            .build_and_generate(out.join(format!("{stem}.skel.rs")))
+            .build_and_generate(&skeleton)
             .unwrap_or_else(|e| {
                 panic!(
                     "building {}: {e:#}\n(is clang installed? run scripts/deps)",
                     source.display()
                 )
             });
+        if declares_kernel_symbols(&object) {
+            let twin = out.join(format!("{stem}.without_ksyms.bpf.o"));
+            libbpf_cargo::SkeletonBuilder::new()
+                .source(&source)
+                .obj(&twin)
+                .clang_args(&without_ksyms_args)
+                .build()
+                .unwrap_or_else(|e| {
+                    panic!("building {} without ksyms: {e:#}", source.display())
+                });
+            assert!(
+                !declares_kernel_symbols(&twin),
+                "{}: built with REZOLUS_WITHOUT_KSYMS, it still declares kernel symbols",
+                source.display()
+            );
+            open_twin_on_compat(&skeleton, &twin);
+            twins.push(stem.clone());
+        }
         libbpf_cargo::SkeletonBuilder::new()
             .source(&source)
             .obj(out.join(format!("{stem}.{other}.bpf.o")))
@@ -98,6 +123,54 @@ fn bpf_skeletons(src: &Path, out: &Path) {
     // the objects built for the other architecture, for the test
     std::fs::write(out.join("bpf_objects.txt"), stems.join("\n"))
         .unwrap_or_else(|e| panic!("writing bpf_objects.txt: {e}"));
+    // and the twins, for the test that they match their objects
+    std::fs::write(out.join("bpf_twins.txt"), twins.join("\n"))
+        .unwrap_or_else(|e| panic!("writing bpf_twins.txt: {e}"));
+}
+
+/// Whether a BPF object declares kernel symbols (`__ksym` externs, such as
+/// kfuncs, in its `.ksyms` section). libbpf resolves those against the
+/// running kernel's own BTF when it loads the object, whichever programs
+/// are loaded, so such an object cannot load on a kernel without BTF of
+/// its own even when `[general] btf` supplies BTF for CO-RE.
+fn declares_kernel_symbols(object: &Path) -> bool {
+    let bytes =
+        std::fs::read(object).unwrap_or_else(|e| panic!("reading {}: {e}", object.display()));
+    bytes.windows(b".ksyms\0".len()).any(|w| w == b".ksyms\0")
+}
+
+/// Makes the skeleton open `twin` in place of its object on the
+/// compatibility path. The twin is the same source built with
+/// `REZOLUS_WITHOUT_KSYMS` (no kernel symbols: `rezolus.h` turns them into
+/// code only the default path's programs reach), so it has the same
+/// programs, maps and sections, which is what the skeleton's code
+/// addresses by name; the choice is `bpf::skeleton_object`'s, made while
+/// `bpf::open_skel` opens a path. A test checks that each twin matches.
+fn open_twin_on_compat(skeleton: &Path, twin: &Path) {
+    const OPEN: &str = "ObjectSkeletonConfigBuilder::new(&DATA)";
+    let code = std::fs::read_to_string(skeleton)
+        .unwrap_or_else(|e| panic!("reading {}: {e}", skeleton.display()));
+    assert_eq!(
+        code.matches(OPEN).count(),
+        1,
+        "{}: libbpf-cargo's skeleton no longer opens its object with `{OPEN}`; \
+         update open_twin_on_compat",
+        skeleton.display()
+    );
+    let code = code.replace(
+        OPEN,
+        "ObjectSkeletonConfigBuilder::new(crate::bpf::skeleton_object(&DATA, &DATA_WITHOUT_KSYMS))",
+    );
+    let code = format!(
+        "{code}\n/// The object built without kernel symbols, opened on the compatibility path.\n\
+         static DATA_WITHOUT_KSYMS: [u8; {}] = *include_bytes!({:?});\n",
+        std::fs::metadata(twin)
+            .unwrap_or_else(|e| panic!("reading {}: {e}", twin.display()))
+            .len(),
+        twin.display().to_string()
+    );
+    std::fs::write(skeleton, code)
+        .unwrap_or_else(|e| panic!("writing {}: {e}", skeleton.display()));
 }
 
 fn find_bpf_sources(dir: &Path, out: &mut Vec<PathBuf>) {

@@ -178,12 +178,34 @@ fn select_path(object: &mut libbpf_rs::OpenObject, compat: bool) -> anyhow::Resu
     Ok(())
 }
 
+std::thread_local! {
+    /// Set while [`open_skel`] opens a skeleton for the compatibility path.
+    static OPENING_COMPAT: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+}
+
+/// The ELF object a skeleton opens; called by the skeletons of objects that
+/// declare kernel symbols (`build.rs` writes the call). On the
+/// compatibility path that is `without_ksyms`, the twin built without them:
+/// libbpf resolves kernel symbols against the running kernel's own BTF at
+/// load, so the object itself would not load on a kernel without it, even
+/// with `[general] btf`. Elsewhere, and for the default path, `object`.
+#[doc(hidden)]
+pub fn skeleton_object(object: &'static [u8], without_ksyms: &'static [u8]) -> &'static [u8] {
+    if OPENING_COMPAT.get() {
+        without_ksyms
+    } else {
+        object
+    }
+}
+
 /// Opens a sampler's BPF skeleton for one path, that path's programs and
 /// `*_compat` maps selected ([`select_path`]; a loader with variants of its
 /// own then picks among them). The compatibility path (`compat`) relocates
 /// against the BTF file of `[general] btf` when one is set; the default
-/// path always against the kernel's own (it cannot load without it).
-/// `doing` names the step for errors.
+/// path always against the kernel's own (it cannot load without it). On
+/// the compatibility path, an object that declares kernel symbols is
+/// opened as its twin without them ([`skeleton_object`]). `doing` names the
+/// step for errors.
 pub fn open_skel<B>(
     mut builder: B,
     ctx: &SamplerContext,
@@ -199,9 +221,10 @@ where
             .btf_custom_path(btf)
             .map_err(|e| anyhow::anyhow!("{doing}: BTF path {}: {e}", btf.display()))?;
     }
-    let mut open = builder
-        .open(object_storage())
-        .map_err(|e| classify(e, doing))?;
+    OPENING_COMPAT.set(compat);
+    let open = builder.open(object_storage());
+    OPENING_COMPAT.set(false);
+    let mut open = open.map_err(|e| classify(e, doing))?;
     select_path(
         libbpf_rs::skel::OpenSkel::open_object_mut(&mut open),
         compat,
@@ -648,5 +671,51 @@ mod other_arch {
             checked += 1;
         }
         assert!(checked >= 10, "only {checked} objects");
+    }
+
+    /// Each object's twin without kernel symbols, which its skeleton opens
+    /// on the compatibility path, has the programs the skeleton names, of
+    /// the same types, and the maps, of the same types and sizes (the
+    /// skeleton's typed views of `.rodata` and `.bss` assume those sizes).
+    /// The twin loads without the kernel's own BTF: the agent tests prove
+    /// that (`tests/bpf.rs`, path "no-btf").
+    #[test]
+    fn twins_without_kernel_symbols_match_their_objects() {
+        fn shape(path: &str) -> (Vec<String>, Vec<String>) {
+            let object = libbpf_rs::ObjectBuilder::default()
+                .open_file(path)
+                .unwrap_or_else(|e| panic!("opening {path}: {e}"));
+            let programs = object
+                .progs()
+                .map(|p| format!("{:?} {:?}", p.name(), p.prog_type()))
+                .collect();
+            let maps = object
+                .maps()
+                .map(|m| {
+                    format!(
+                        "{:?} {:?} {} {} {}",
+                        m.name(),
+                        m.map_type(),
+                        m.key_size(),
+                        m.value_size(),
+                        m.max_entries()
+                    )
+                })
+                .collect();
+            (programs, maps)
+        }
+        let out = env!("OUT_DIR");
+        let twins = include_str!(concat!(env!("OUT_DIR"), "/bpf_twins.txt"));
+        let mut checked = Vec::new();
+        for stem in twins.lines() {
+            let object = shape(&format!("{out}/{stem}.bpf.o"));
+            let twin = shape(&format!("{out}/{stem}.without_ksyms.bpf.o"));
+            assert_eq!(object, twin, "{stem}: its twin differs");
+            checked.push(stem);
+        }
+        // the objects that call bpf_rdonly_cast on their default path
+        for stem in ["syscall", "filesystem_latency", "tcp_traffic"] {
+            assert!(checked.contains(&stem), "{stem} has no twin: {checked:?}");
+        }
     }
 }

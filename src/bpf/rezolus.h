@@ -13,6 +13,19 @@
 #define HISTOGRAM_GROUPING_POWER 3
 #define HISTOGRAM_BUCKETS 496
 
+/* bpf_rdonly_cast (Linux 6.2): `obj` as an untrusted read-only pointer of
+ * kernel BTF type `btf_id` (0: plain memory), through which loads that would
+ * fault read zero. A kfunc, so libbpf needs the running kernel's own BTF to
+ * load any object that declares it, whatever programs are loaded. Each such
+ * object therefore has a twin built with REZOLUS_WITHOUT_KSYMS (build.rs),
+ * opened on the compatibility path, where no program calls a kfunc: there
+ * this is a plain cast, in code the twin never loads. */
+#ifdef REZOLUS_WITHOUT_KSYMS
+#define bpf_rdonly_cast(obj, btf_id) ((void *)(obj))
+#else
+extern void *bpf_rdonly_cast(const void *obj, __u32 btf_id) __ksym __weak;
+#endif
+
 /* Index of the highest set bit of a non-zero value (floor(log2(v))), by
  * binary search: the BPF instruction set has no count-leading-zeros. */
 static __always_inline u32 highest_bit(u64 v)

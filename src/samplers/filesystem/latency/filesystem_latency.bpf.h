@@ -52,8 +52,6 @@ struct {
 	__type(value, struct fs_start);
 } fs_starts SEC(".maps");
 
-extern void *bpf_rdonly_cast(const void *obj, __u32 btf_id) __ksym __weak;
-
 #define S_IFMT 00170000
 #define S_IFREG 0100000
 #define S_IFDIR 0040000

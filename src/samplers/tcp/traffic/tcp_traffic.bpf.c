@@ -112,8 +112,6 @@ static __always_inline void record(const struct skb_fields *skb, u32 direction,
  * Plain loads through an untrusted read-only pointer (bpf_rdonly_cast to
  * type 0, recent kernels): a load that would fault reads zero instead, at a
  * fraction of a helper call's cost. */
-extern void *bpf_rdonly_cast(const void *obj, __u32 btf_id) __ksym __weak;
-
 static __always_inline void account_plain(struct sk_buff *buf, u32 direction)
 {
 	struct skb_fields fields, *skb = &fields;
