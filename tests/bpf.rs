@@ -41,7 +41,7 @@ fn yield_latency_samples(before: &Snap, after: &Snap) -> i128 {
 /// and add N samples to its latency histogram.
 #[test]
 fn syscall_counts_and_latency_follow_a_thread() {
-    for path in ["auto", "compat"] {
+    for path in ["auto", "compat", "no-btf"] {
         syscall_counts_and_latency_follow_a_thread_on(path);
     }
 }
@@ -49,13 +49,13 @@ fn syscall_counts_and_latency_follow_a_thread() {
 fn syscall_counts_and_latency_follow_a_thread_on(path: &str) {
     const N: i128 = 200_000;
     eprintln!("syscall on path {path}");
-    let agent = Agent::start("", &on_path("syscall", path));
+    let agent = Agent::start_on(path, &["syscall"], "", "");
     require_path(&agent, &["syscall"], path);
     let (before, after) = around_yields(&agent, N);
     // the compatibility path's thread map never filled here; the default
     // path has no such map and no such series
     let untracked = after.get("rezolus_bpf_untracked", &[("sampler", "syscall")]);
-    assert_eq!(untracked, (path == "compat").then_some(0), "{path}");
+    assert_eq!(untracked, (path != "auto").then_some(0), "{path}");
 
     let yields = counter_delta(&before, &after, "syscall", &[("op", "yield")]);
     assert!(
@@ -108,7 +108,7 @@ fn syscall_latency_sampling_times_one_call_in_k_on(path: &str) {
 /// least 2M times and wait on the run queue at least M times.
 #[test]
 fn context_switches_and_runqueue_latency_follow_pipe_ping_pong() {
-    for path in ["auto", "compat"] {
+    for path in ["auto", "compat", "no-btf"] {
         context_switches_and_runqueue_latency_follow_pipe_ping_pong_on(path);
     }
 }
@@ -119,7 +119,7 @@ fn context_switches_and_runqueue_latency_follow_pipe_ping_pong() {
 fn context_switches_and_runqueue_latency_follow_pipe_ping_pong_on(path: &str) {
     const M: usize = 20_000;
     eprintln!("scheduler_runqueue on path {path}");
-    let agent = Agent::start("", &on_path("scheduler_runqueue", path));
+    let agent = Agent::start_on(path, &["scheduler_runqueue"], "", "");
     require_path(&agent, &["scheduler_runqueue"], path);
 
     let (mut a_read, mut b_write) = std::io::pipe().unwrap();
@@ -178,7 +178,7 @@ fn context_switches_and_runqueue_latency_follow_pipe_ping_pong_on(path: &str) {
         "rezolus_bpf_untracked",
         &[("sampler", "scheduler_runqueue")],
     );
-    assert_eq!(untracked, (path == "compat").then_some(0), "{path}");
+    assert_eq!(untracked, (path != "auto").then_some(0), "{path}");
     // per-CPU series add up to the total
     let per_cpu: i128 = (0..cores())
         .map(|id| {
@@ -206,7 +206,7 @@ fn sleeping_thread_lands_in_the_10ms_region_of_offcpu() {
 fn sleeping_thread_lands_in_the_10ms_region_of_offcpu_on(path: &str) {
     const K: u64 = 30;
     eprintln!("scheduler_runqueue on path {path}");
-    let agent = Agent::start("", &on_path("scheduler_runqueue", path));
+    let agent = Agent::start_on(path, &["scheduler_runqueue"], "", "");
     require_path(&agent, &["scheduler_runqueue"], path);
     let before = agent.snapshot();
     std::thread::spawn(|| {
@@ -312,7 +312,9 @@ fn softirqs_follow_network_traffic_on(path: &str) {
 }
 
 /// Every BPF sampler loads on its compatibility path when told to, all at
-/// once, as on a kernel without BTF of its own or task storage.
+/// once; and by itself on a kernel without BTF of its own, given
+/// `[general] btf`. Without that option there, each is unsupported with a
+/// reason that names it, and the agent serves everything else.
 #[test]
 fn every_bpf_sampler_loads_on_its_compatibility_path() {
     let bpf: Vec<&str> = rezolus::samplers::registry()
@@ -321,18 +323,20 @@ fn every_bpf_sampler_loads_on_its_compatibility_path() {
         .map(|s| s.name)
         .collect();
     assert!(bpf.len() >= 11, "{bpf:?}");
-    let extra: String = bpf.iter().map(|s| on_path(s, "compat")).collect();
-    let agent = Agent::start("", &extra);
+    for path in ["compat", "no-btf"] {
+        let agent = Agent::start_on(path, &bpf, "", "");
+        require_path(&agent, &bpf, path);
+    }
+
+    let agent = Agent::start_with_setup(common::hide_kernel_btf, "", "");
     for name in &bpf {
         let s = common::sampler_status(&agent, name);
-        assert_eq!(s["state"], "active", "{s}");
-        let method = s["method"].as_str().unwrap_or_default();
-        assert!(
-            method.starts_with("compatibility path")
-                || method.starts_with("syscalls, compatibility path"),
-            "{s}"
-        );
+        assert_eq!(s["state"], "unsupported", "{s}");
+        let reason = s["reason"].as_str().unwrap_or_default();
+        assert!(reason.contains("[general] btf"), "{s}");
     }
+    require_active(&agent, &["cpu_usage", "memory_meminfo"]);
+    assert!(agent.snapshot().get("cpu_usage", &[("state", "user")]).is_some());
 }
 
 /// Raw BTF describing only `int` and a `struct task_struct { int x; }`:

@@ -27,7 +27,20 @@ pub struct Agent {
     /// The lines logged before the address, already taken from `log`.
     pub startup: Vec<String>,
     _dir: tempfile::TempDir,
+    /// Files the agent reads for as long as it runs (a copy of the binary,
+    /// a BTF file).
     _bin_dir: Option<tempfile::TempDir>,
+}
+
+/// `general_extra` with `ttl = "0s"` unless it sets a TTL: every request
+/// builds a new snapshot, so a workload shorter than the default TTL is
+/// never measured against a cached one.
+fn with_ttl(general_extra: &str) -> String {
+    if general_extra.contains("ttl") {
+        general_extra.to_string()
+    } else {
+        format!("ttl = \"0s\"\n{general_extra}")
+    }
 }
 
 impl Agent {
@@ -40,14 +53,7 @@ impl Agent {
 
     /// Like [`Agent::start`], run as user `uid` (with group `uid`) when given.
     pub fn start_as(uid: Option<u32>, general_extra: &str, extra: &str) -> Self {
-        // every request builds a new snapshot: a workload shorter than the
-        // default TTL must not be measured against a cached one
-        let ttl = if general_extra.contains("ttl") {
-            ""
-        } else {
-            "ttl = \"0s\"\n"
-        };
-        Self::spawn(uid, &[], &format!("{ttl}{general_extra}"), extra)
+        Self::spawn(uid, &[], &with_ttl(general_extra), extra)
     }
 
     /// Starts `rezolus hindsight` (with HTTP on) like [`Agent::start`]
@@ -92,12 +98,31 @@ impl Agent {
         let mut command = Command::new(BIN);
         // SAFETY: the tests' setups only make async-signal-safe system calls
         unsafe { command.pre_exec(setup) };
-        Self::spawn_command(
-            command,
-            &[],
-            &format!("ttl = \"0s\"\n{general_extra}"),
+        Self::spawn_command(command, &[], &with_ttl(general_extra), extra)
+    }
+
+    /// Starts the agent like [`Agent::start`] with the BPF samplers `names`
+    /// on `path`: `"auto"` or `"compat"` through each one's `path` key, or
+    /// `"no-btf"`, as on a kernel without BTF of its own: the agent runs in
+    /// a mount namespace where `/sys/kernel/btf` is an empty tmpfs, with
+    /// `[general] btf` a copy of this kernel's BTF, and every BPF sampler
+    /// takes its compatibility path by itself. `extra` must not hold the
+    /// `[samplers.<name>]` sections of `names`.
+    pub fn start_on(path: &str, names: &[&str], general_extra: &str, extra: &str) -> Self {
+        if path != "no-btf" {
+            let paths: String = names.iter().map(|name| on_path(name, path)).collect();
+            return Self::start(general_extra, &format!("{paths}{extra}"));
+        }
+        let dir = tempfile::tempdir().unwrap();
+        let btf = dir.path().join("vmlinux.btf");
+        std::fs::copy("/sys/kernel/btf/vmlinux", &btf).unwrap();
+        let mut agent = Self::start_with_setup(
+            hide_kernel_btf,
+            &format!("btf = {btf:?}\n{general_extra}"),
             extra,
-        )
+        );
+        agent._bin_dir = Some(dir);
+        agent
     }
 
     /// Starts `PREFIX... rezolus ROLE... CONFIG` (a role under a wrapper
@@ -496,6 +521,27 @@ pub fn private_mount_namespace() -> std::io::Result<()> {
     Ok(())
 }
 
+/// For `Agent::start_with_setup`: a private mount namespace in which
+/// `/sys/kernel/btf` is an empty tmpfs, as on a kernel built without BTF.
+/// Only async-signal-safe system calls.
+pub fn hide_kernel_btf() -> std::io::Result<()> {
+    private_mount_namespace()?;
+    // SAFETY: a plain system call on static C strings
+    let mounted = unsafe {
+        libc::mount(
+            c"none".as_ptr(),
+            c"/sys/kernel/btf".as_ptr(),
+            c"tmpfs".as_ptr(),
+            0,
+            std::ptr::null(),
+        )
+    };
+    if mounted != 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    Ok(())
+}
+
 /// Fails unless every named sampler is active, showing the reason if not.
 pub fn require_active(agent: &Agent, names: &[&str]) {
     for name in names {
@@ -510,20 +556,26 @@ pub fn on_path(name: &str, path: &str) -> String {
     format!("[samplers.{name}]\npath = \"{path}\"\n")
 }
 
-/// Asserts that each sampler is active on `path`: its `/samplers` method
-/// names the default path for `"auto"` (this kernel loads it) and the
-/// compatibility path for `"compat"`.
+/// Asserts that each sampler is active on `path` ([`Agent::start_on`]):
+/// its `/samplers` method names the default path for `"auto"` (this kernel
+/// loads it), the compatibility path for `"compat"`, and the compatibility
+/// path taken for want of kernel BTF for `"no-btf"`. (filesystem_latency's
+/// method first says where it times: "syscalls, ".)
 pub fn require_path(agent: &Agent, names: &[&str], path: &str) {
     require_active(agent, names);
     let expected = match path {
         "auto" => "default path",
         "compat" => "compatibility path",
+        "no-btf" => "compatibility path (the kernel has no BTF of its own)",
         other => panic!("no path {other}"),
     };
     for name in names {
         let s = sampler_status(agent, name);
         let method = s["method"].as_str().unwrap_or_default();
-        assert!(method.starts_with(expected), "{name} on {path}: {s}");
+        assert!(
+            method.trim_start_matches("syscalls, ").starts_with(expected),
+            "{name} on {path}: {s}"
+        );
     }
 }
 
