@@ -101,9 +101,7 @@ fn bpf_skeletons(src: &Path, out: &Path) {
                 .obj(&twin)
                 .clang_args(&without_ksyms_args)
                 .build()
-                .unwrap_or_else(|e| {
-                    panic!("building {} without ksyms: {e:#}", source.display())
-                });
+                .unwrap_or_else(|e| panic!("building {} without ksyms: {e:#}", source.display()));
             assert!(
                 !declares_kernel_symbols(&twin),
                 "{}: built with REZOLUS_WITHOUT_KSYMS, it still declares kernel symbols",

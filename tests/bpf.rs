@@ -74,6 +74,66 @@ fn syscall_counts_and_latency_follow_a_thread_on(path: &str) {
     assert!(added(&all(&before), &all(&after)) as i128 >= samples);
 }
 
+/// The compatibility path's thread map is bounded by `compat_map_entries`:
+/// with room for 16 threads and 32 of ours parked after a system call each
+/// (so each holds an entry or found none), a fresh thread's N yields are
+/// all counted, and each is either timed or counted in
+/// `rezolus_bpf_untracked`, which moves (the map was full when the thread
+/// began; an entry freed meanwhile by some exiting thread may let it time
+/// the rest).
+#[test]
+fn a_full_thread_map_counts_the_calls_it_cannot_time() {
+    const N: i128 = 20_000;
+    const ROOM: usize = 16;
+    let agent = Agent::start(
+        "",
+        &format!(
+            "{}compat_map_entries = {ROOM}\n",
+            on_path("syscall", "compat")
+        ),
+    );
+    require_path(&agent, &["syscall"], "compat");
+    let barrier = std::sync::Arc::new(std::sync::Barrier::new(2 * ROOM + 1));
+    let parked: Vec<_> = (0..2 * ROOM)
+        .map(|_| {
+            let barrier = barrier.clone();
+            std::thread::spawn(move || {
+                unsafe { libc::getppid() };
+                barrier.wait();
+                barrier.wait();
+            })
+        })
+        .collect();
+    barrier.wait();
+    let (before, after) = around_yields(&agent, N);
+    barrier.wait();
+    for thread in parked {
+        thread.join().unwrap();
+    }
+
+    let yields = counter_delta(&before, &after, "syscall", &[("op", "yield")]);
+    assert!(
+        (N..N + N / 20).contains(&yields),
+        "syscall{{op=yield}} moved {yields} for {N}"
+    );
+    let untracked = counter_delta(
+        &before,
+        &after,
+        "rezolus_bpf_untracked",
+        &[("sampler", "syscall")],
+    );
+    let timed = yield_latency_samples(&before, &after);
+    eprintln!("{N} yields, map of {ROOM}: {timed} timed, {untracked} untracked");
+    assert!(
+        untracked > 0,
+        "a full map of {ROOM} threads: untracked {untracked}"
+    );
+    assert!(
+        timed + untracked >= N,
+        "{N} yields: {timed} timed, {untracked} untracked"
+    );
+}
+
 /// With `latency_sampling = 8`, every call is still counted and about one in
 /// eight is timed.
 #[test]
@@ -336,7 +396,10 @@ fn every_bpf_sampler_loads_on_its_compatibility_path() {
         assert!(reason.contains("[general] btf"), "{s}");
     }
     require_active(&agent, &["cpu_usage", "memory_meminfo"]);
-    assert!(agent.snapshot().get("cpu_usage", &[("state", "user")]).is_some());
+    assert!(agent
+        .snapshot()
+        .get("cpu_usage", &[("state", "user")])
+        .is_some());
 }
 
 /// Raw BTF describing only `int` and a `struct task_struct { int x; }`:

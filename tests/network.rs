@@ -12,9 +12,7 @@ use std::os::fd::AsRawFd;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use common::{
-    added, added_between, counter_delta, require_active, require_path, Agent, Snap,
-};
+use common::{added, added_between, counter_delta, require_active, require_path, Agent, Snap};
 
 /// The samplers count every TCP packet and drop on the host: tests that
 /// measure them must not overlap.

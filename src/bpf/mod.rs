@@ -14,7 +14,7 @@ use libbpf_rs::{ErrorKind, MapCore};
 use std::sync::Arc;
 
 use crate::metrics::{MetricDef, Series, HISTOGRAM_GROUPING_POWER, HISTOGRAM_MAX_VALUE_POWER};
-use crate::samplers::{BpfPath, SamplerContext};
+use crate::samplers::{BpfPath, SamplerContext, SamplerOption, SamplerSpec};
 use crate::snapshot::Emitter;
 use crate::source::Unsupported;
 
@@ -139,6 +139,36 @@ pub static BPF_UNTRACKED: MetricDef = MetricDef::counter(
     "Events the `sampler`'s compatibility path did not time because its bounded task or socket map was full (the default path keeps per-task state in task storage and has no such bound)",
 )
 .labels(&["sampler"]);
+
+/// The key of the option that sizes a sampler's compatibility-path hash map.
+pub const COMPAT_MAP_ENTRIES: &str = "compat_map_entries";
+
+/// The `compat_map_entries` option of a sampler whose compatibility path
+/// keeps per-task (or per-socket) state in a preallocated hash map of
+/// `default` entries; `description` says what an entry is and what happens
+/// to an event that finds the map full. At most 2^20 entries: the kernel
+/// allocates the whole map at load.
+pub const fn compat_map_option(default: i64, description: &'static str) -> SamplerOption {
+    SamplerOption {
+        key: COMPAT_MAP_ENTRIES,
+        default,
+        min: 1,
+        max: 1 << 20,
+        description,
+    }
+}
+
+/// Sizes `map`, the compatibility path's hash map, from the sampler's
+/// `compat_map_entries` option (before load).
+pub fn size_compat_map(
+    ctx: &SamplerContext,
+    spec: &SamplerSpec,
+    map: &mut libbpf_rs::OpenMapMut<'_>,
+) -> anyhow::Result<()> {
+    let entries = ctx.option(spec, COMPAT_MAP_ENTRIES) as u32;
+    map.set_max_entries(entries)
+        .map_err(|e| classify(e, "sizing the compatibility path's hash map"))
+}
 
 /// The number of arguments a tracepoint passes to raw tracepoint programs,
 /// from its `btf_trace_<name>` type in the compatibility path's BTF

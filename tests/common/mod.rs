@@ -573,7 +573,9 @@ pub fn require_path(agent: &Agent, names: &[&str], path: &str) {
         let s = sampler_status(agent, name);
         let method = s["method"].as_str().unwrap_or_default();
         assert!(
-            method.trim_start_matches("syscalls, ").starts_with(expected),
+            method
+                .trim_start_matches("syscalls, ")
+                .starts_with(expected),
             "{name} on {path}: {s}"
         );
     }

@@ -37,8 +37,8 @@ use std::sync::Arc;
 use libbpf_rs::skel::{OpenSkel, Skel};
 
 use crate::bpf::{
-    check_support, classify, load_path, open_skel, possible_cpus, BankCounter, MmapArray,
-    HISTOGRAM_BUCKETS,
+    check_support, classify, compat_map_option, load_path, open_skel, possible_cpus,
+    size_compat_map, BankCounter, MmapArray, HISTOGRAM_BUCKETS,
 };
 use crate::cgroups::slots::{self, CgroupSlots, Column};
 use crate::metrics::{MetricDef, Series, HISTOGRAM_GROUPING_POWER, HISTOGRAM_MAX_VALUE_POWER};
@@ -82,6 +82,10 @@ static SPEC: SamplerSpec = SamplerSpec {
         slots::OPTION_CGROUPS,
         slots::OPTION_MAX_CGROUPS,
         slots::OPTION_SCAN_INTERVAL,
+        compat_map_option(
+            32768,
+            "compatibility path: threads its hash map holds, each while it lives; a call by a thread beyond is counted but not timed, and in rezolus_bpf_untracked",
+        ),
     ],
     metrics: || vec![&SYSCALL, &SYSCALL_LATENCY, &CGROUP_SYSCALL],
     init,
@@ -130,6 +134,9 @@ fn load(
     for map in [&mut open.maps.start, &mut open.maps.fs_starts] {
         map.set_autocreate(!compat)
             .map_err(|e| classify(e, "choosing the per-thread maps"))?;
+    }
+    if compat {
+        size_compat_map(ctx, &SPEC, &mut open.maps.start_compat)?;
     }
     let rodata = open
         .maps

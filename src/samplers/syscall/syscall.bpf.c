@@ -95,15 +95,15 @@ int BPF_PROG(syscall_exit, struct pt_regs *regs, long ret)
 
 /* ---- The compatibility path: for kernels without task storage (before
  * 5.11) or without BTF of their own. Raw tracepoints; the start time in a
- * preallocated hash map keyed by thread id, bounded at COMPAT_TASKS (a call
- * whose thread finds it full is counted but not timed, and counted in
- * UNTRACKED); a thread's entry is deleted when it exits. No per-cgroup
- * counts and no file system timing (both need 5.11 helpers and more). */
-#define COMPAT_TASKS 32768
+ * preallocated hash map keyed by thread id, of the sampler's option
+ * compat_map_entries (sized at load; a call whose thread finds it full is
+ * counted but not timed, and counted in UNTRACKED); a thread's entry is
+ * deleted when it exits. No per-cgroup counts and no file system timing
+ * (both need 5.11 helpers and more). */
 
 struct {
 	__uint(type, BPF_MAP_TYPE_HASH);
-	__uint(max_entries, COMPAT_TASKS);
+	__uint(max_entries, 1); /* sized at load */
 	__type(key, u32);
 	__type(value, struct syscall_start);
 } start_compat SEC(".maps");

@@ -95,14 +95,14 @@ TARGET(5)
 /* ---- The compatibility path: for kernels without task storage (before
  * 5.11), BTF-typed helpers or BTF of their own. Raw tracepoints on the
  * system calls, as above, with every kernel structure read through CO-RE;
- * the start times in a preallocated hash map keyed by thread id, bounded at
- * COMPAT_TASKS (a call whose thread finds it full is not timed, counted in
- * fs_untracked_compat); a thread's entry is deleted when it exits. */
-#define COMPAT_TASKS 32768
+ * the start times in a preallocated hash map keyed by thread id, of the
+ * sampler's option compat_map_entries (sized at load; a call whose thread
+ * finds it full is not timed, counted in fs_untracked_compat); a thread's
+ * entry is deleted when it exits. */
 
 struct {
 	__uint(type, BPF_MAP_TYPE_HASH);
-	__uint(max_entries, COMPAT_TASKS);
+	__uint(max_entries, 1); /* sized at load */
 	__type(key, u32);
 	__type(value, struct fs_start);
 } fs_starts_compat SEC(".maps");

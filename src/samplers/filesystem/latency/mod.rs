@@ -40,8 +40,8 @@ use libbpf_rs::skel::{OpenSkel, Skel};
 use libbpf_rs::MapCore;
 
 use crate::bpf::{
-    check_support, classify, kernel_has_btf, load_path, open_skel, possible_cpus, BankCounter,
-    MmapArray, NamedSlots, HISTOGRAM_BUCKETS,
+    check_support, classify, compat_map_option, kernel_has_btf, load_path, open_skel,
+    possible_cpus, size_compat_map, BankCounter, MmapArray, NamedSlots, HISTOGRAM_BUCKETS,
 };
 use crate::metrics::{MetricDef, Series};
 use crate::samplers::BpfPath;
@@ -73,7 +73,11 @@ static SPEC: SamplerSpec = SamplerSpec {
         min: 0,
         max: 1,
         description: "1: time the file systems' own operations with fentry/fexit where the kernel allows, else the system calls; 0: always the system calls",
-    }],
+    },
+    compat_map_option(
+        32768,
+        "compatibility path: threads its hash map holds, each while it lives; an operation by a thread beyond is neither counted nor timed, and is counted in rezolus_bpf_untracked",
+    )],
     metrics: || vec![&LATENCY, &OPERATIONS],
     init,
 };
@@ -297,6 +301,7 @@ fn open(
         .set_autocreate(!compat)
         .map_err(|e| classify(e, "choosing the per-thread map"))?;
     if compat {
+        size_compat_map(ctx, &SPEC, &mut open.maps.fs_starts_compat)?;
         open.maps
             .fs_untracked_compat
             .set_max_entries(possible_cpus()? as u32)

@@ -27,8 +27,8 @@ use std::sync::Arc;
 use libbpf_rs::skel::{OpenSkel, Skel};
 
 use crate::bpf::{
-    check_support, classify, load_path, open_skel, possible_cpus, tracepoint_arg_count,
-    BankCounter, MmapArray,
+    check_support, classify, compat_map_option, load_path, open_skel, possible_cpus,
+    size_compat_map, tracepoint_arg_count, BankCounter, MmapArray,
 };
 use crate::cgroups::slots::{self, CgroupSlots, Column};
 use crate::metrics::{MetricDef, Series};
@@ -89,6 +89,10 @@ static SPEC: SamplerSpec = SamplerSpec {
         slots::OPTION_CGROUPS,
         slots::OPTION_MAX_CGROUPS,
         slots::OPTION_SCAN_INTERVAL,
+        compat_map_option(
+            32768,
+            "compatibility path: tasks its hash map holds, each while it lives; a task beyond is counted but not timed, its wakeups and switches in rezolus_bpf_untracked",
+        ),
     ],
     metrics: || {
         vec![
@@ -162,6 +166,9 @@ fn load(
         .times
         .set_autocreate(!compat)
         .map_err(|e| classify(e, "choosing the task map"))?;
+    if compat {
+        size_compat_map(ctx, &SPEC, &mut open.maps.times_compat)?;
+    }
     let cpus = possible_cpus()? as u32;
     open.maps
         .switches

@@ -144,16 +144,15 @@ int BPF_PROG(sched_switch, bool preempt, struct task_struct *prev, struct task_s
 
 /* ---- The compatibility path: for kernels without task storage (before
  * 5.11) or without BTF of their own. Raw tracepoints, and the per-task
- * times in a preallocated hash map keyed by thread id, bounded at
- * COMPAT_TASKS (a task that finds it full is counted in UNTRACKED and not
- * timed); a task's entry is deleted at its last switch (TASK_DEAD). No
- * per-cgroup counts
- * (they need cgroup storage, 5.11 and 6.2 helpers). */
-#define COMPAT_TASKS 32768
+ * times in a preallocated hash map keyed by thread id, of the sampler's
+ * option compat_map_entries (sized at load; a task that finds it full is
+ * counted in UNTRACKED and not timed); a task's entry is deleted at its
+ * last switch (TASK_DEAD). No per-cgroup counts (they need cgroup storage,
+ * 5.11 and 6.2 helpers). */
 
 struct {
 	__uint(type, BPF_MAP_TYPE_HASH);
-	__uint(max_entries, COMPAT_TASKS);
+	__uint(max_entries, 1); /* sized at load */
 	__type(key, u32);
 	__type(value, struct task_clock);
 } times_compat SEC(".maps");

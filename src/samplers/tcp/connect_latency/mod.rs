@@ -19,7 +19,8 @@ use std::sync::Arc;
 use libbpf_rs::skel::{OpenSkel, Skel};
 
 use crate::bpf::{
-    check_support, classify, load_path, open_skel, possible_cpus, BankCounter, MmapArray,
+    check_support, classify, compat_map_option, load_path, open_skel, possible_cpus,
+    size_compat_map, BankCounter, MmapArray,
 };
 use crate::metrics::{MetricDef, Series};
 use crate::samplers::{Sampler, SamplerContext, SamplerSpec, Source, SAMPLERS};
@@ -43,7 +44,10 @@ static SPEC: SamplerSpec = SamplerSpec {
     source: Source::Bpf(
         "tp_btf/inet_sock_set_state, tp_btf/tcp_send_reset, tp_btf/tcp_receive_reset",
     ),
-    options: &[],
+    options: &[compat_map_option(
+        16384,
+        "compatibility path: connects in flight (SYN sent, no answer yet) its hash map holds; a connect beyond is not timed, and is counted in rezolus_bpf_untracked",
+    )],
     metrics: || vec![&TCP_CONNECT_LATENCY, &TCP_RESET],
     init,
 };
@@ -80,6 +84,9 @@ fn load(ctx: &SamplerContext, compat: bool) -> anyhow::Result<bpf::TcpConnectSke
         .syn_sent_at
         .set_autocreate(!compat)
         .map_err(|e| classify(e, "choosing the socket map"))?;
+    if compat {
+        size_compat_map(ctx, &SPEC, &mut open.maps.syn_sent_compat)?;
+    }
     open.maps
         .resets
         .set_max_entries(possible_cpus()? as u32)

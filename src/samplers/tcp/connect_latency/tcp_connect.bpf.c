@@ -78,14 +78,14 @@ int BPF_PROG(tcp_receive_reset, struct sock *sk)
 /* ---- The compatibility path: for kernels without socket storage in
  * tracing programs (before 5.11) or without BTF of their own. Raw
  * tracepoints; the SYN time in a preallocated hash map keyed by the socket's
- * address, bounded at COMPAT_CONNECTS connects in flight (one that finds it
- * full is not timed, counted in UNTRACKED); an entry is deleted at the
- * socket's next move, whatever it is. */
-#define COMPAT_CONNECTS 16384
+ * address, of the sampler's option compat_map_entries connects in flight
+ * (sized at load; one that finds it full is not timed, counted in
+ * UNTRACKED); an entry is deleted at the socket's next move, whatever it
+ * is. */
 
 struct {
 	__uint(type, BPF_MAP_TYPE_HASH);
-	__uint(max_entries, COMPAT_CONNECTS);
+	__uint(max_entries, 1); /* sized at load */
 	__type(key, u64);
 	__type(value, u64);
 } syn_sent_compat SEC(".maps");
