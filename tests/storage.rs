@@ -18,9 +18,15 @@ const FS_ONLY: &str =
 /// With the syscall sampler, whose programs then time the system calls.
 const FS_AND_SYSCALL: &str = "[defaults]\nenabled = false\n[samplers.filesystem_latency]\nenabled = true\n[samplers.syscall]\nenabled = true\n";
 /// On the compatibility path: raw tracepoints and a hash map of threads,
-/// with the syscall sampler on its own compatibility path beside it (which
-/// then leaves file system calls to this sampler).
+/// with the syscall sampler on its own compatibility path beside it (whose
+/// programs then time file system calls too).
 const FS_COMPAT: &str = "[defaults]\nenabled = false\n[samplers.filesystem_latency]\nenabled = true\npath = \"compat\"\n[samplers.syscall]\nenabled = true\npath = \"compat\"\n";
+/// [`FS_COMPAT`] with the syscall sampler timing one call in 8: file system
+/// calls are still all timed.
+const FS_COMPAT_SAMPLED: &str = "[defaults]\nenabled = false\n[samplers.filesystem_latency]\nenabled = true\npath = \"compat\"\n[samplers.syscall]\nenabled = true\npath = \"compat\"\nlatency_sampling = 8\n";
+/// On the compatibility path in this sampler's own programs: the syscall
+/// sampler off.
+const FS_COMPAT_ALONE: &str = "[defaults]\nenabled = false\n[samplers.filesystem_latency]\nenabled = true\npath = \"compat\"\n";
 const BLOCKIO_ONLY: &str = "[defaults]\nenabled = false\n[samplers.blockio]\nenabled = true\n";
 
 /// Held by the tests that make loop devices: each agent has disk slots for
@@ -216,21 +222,40 @@ fn xfs_operations_are_counted_in_the_syscall_samplers_programs() {
     check_file_system_with(FS_AND_SYSCALL, "xfs", true);
 }
 
-/// On the compatibility path the counts are as exact, and the sampler says
-/// which path it took; the same where both samplers take that path by
-/// themselves, on a kernel without BTF of its own (the objects opened there
-/// have no kfunc).
+/// On the compatibility path the counts are as exact: in the syscall
+/// sampler's compatibility programs when that sampler is on its
+/// compatibility path too (whatever its latency sampling), in this
+/// sampler's own when it does not run, and
+/// where both take that path by themselves, on a kernel without BTF of its
+/// own (the objects opened there have no kfunc). The sampler says which,
+/// and its untracked series is served (the thread map never filled here).
 #[test]
 fn xfs_operations_are_counted_on_the_compatibility_path() {
-    check_file_system_with(FS_COMPAT, "xfs", true);
-    let agent = Agent::start("", FS_COMPAT);
-    common::require_path(&agent, &["syscall", "filesystem_latency"], "compat");
-    drop(agent);
-
-    let _disks = disks_lock();
-    let agent = Agent::start_on("no-btf", &[], "", FS_AND_SYSCALL);
-    common::require_path(&agent, &["syscall", "filesystem_latency"], "no-btf");
-    check_file_system_on(&agent, "xfs", true);
+    for (path, config, shared) in [
+        ("compat", FS_COMPAT, true),
+        ("compat", FS_COMPAT_SAMPLED, true),
+        ("compat", FS_COMPAT_ALONE, false),
+        ("no-btf", FS_AND_SYSCALL, true),
+    ] {
+        let _disks = disks_lock();
+        let agent = Agent::start_on(path, &[], "", config);
+        common::require_path(&agent, &["filesystem_latency"], path);
+        let method = sampler_status(&agent, "filesystem_latency")["method"]
+            .as_str()
+            .unwrap()
+            .to_string();
+        assert_eq!(
+            method.ends_with("; in the syscall sampler's programs"),
+            shared,
+            "{path}: {method}"
+        );
+        check_file_system_on(&agent, "xfs", true);
+        let untracked = agent.snapshot().get(
+            "rezolus_bpf_untracked",
+            &[("sampler", "filesystem_latency")],
+        );
+        assert_eq!(untracked, Some(0), "{path}: {method}");
+    }
 }
 
 /// Where fentry is refused, the system call path runs in the syscall

@@ -115,8 +115,8 @@ struct Syscall {
 const UNTRACKED: usize = CLASSES.len() + 1;
 
 /// Opens and loads the programs of one path, counting per cgroup or not,
-/// and timing file system calls for filesystem_latency when it asked (never
-/// on the compatibility path).
+/// and timing file system calls for filesystem_latency when it asked for
+/// this path.
 fn load(
     ctx: &SamplerContext,
     latency_sampling: u32,
@@ -146,14 +146,16 @@ fn load(
     rodata.syscall_class = classes::table();
     rodata.latency_sampling = latency_sampling;
     rodata.count_cgroups = count_cgroups;
-    let time_filesystems = !compat && fs::wanted();
+    let time_filesystems = fs::wanted(compat);
     rodata.time_filesystems = time_filesystems;
     if time_filesystems {
         rodata.fs_syscall_op = fs::syscall_ops();
     }
+    let maps = &mut open.maps;
     fs::prepare(
-        &mut open.maps.fs_counters,
-        &mut open.maps.fs_latency,
+        &mut maps.fs_counters,
+        &mut maps.fs_latency,
+        &mut maps.fs_untracked_compat,
         time_filesystems,
     )?;
     let cpus = possible_cpus()? as u32;
@@ -210,11 +212,11 @@ fn init(ctx: &SamplerContext) -> anyhow::Result<Box<dyn Sampler>> {
         .map_err(|e| classify(e, "attaching to tp_btf/sys_enter and sys_exit"))?;
     if skel.maps.rodata_data.is_some_and(|r| r.time_filesystems) {
         let maps = &skel.maps;
-        fs::provide(fs::FsMaps::new(
-            &maps.fs_counters,
-            &maps.fs_latency,
-            &maps.fs_types,
-        )?);
+        let mut shared = fs::FsMaps::new(&maps.fs_counters, &maps.fs_latency, &maps.fs_types)?;
+        if compat {
+            shared = shared.with_untracked(&maps.fs_untracked_compat)?;
+        }
+        fs::provide(shared, method.clone());
     }
     let counts = MmapArray::new(&skel.maps.counts)?;
     let latency = MmapArray::new(&skel.maps.latency)?;

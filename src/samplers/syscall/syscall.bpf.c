@@ -29,7 +29,7 @@ const volatile u8 syscall_class[MAX_SYSCALL_NR] = {};
 const volatile u32 latency_sampling = 1;
 
 /* a counter per class, then the sampling phase, then (compatibility path)
- * calls not timed because the thread map was full */
+ * calls that would have been timed but for the thread map being full */
 #define SAMPLING_PHASE CLASSES
 #define UNTRACKED (CLASSES + 1)
 DEFINE_BANK(syscall_bank, CLASSES + 2);
@@ -98,14 +98,26 @@ int BPF_PROG(syscall_exit, struct pt_regs *regs, long ret)
  * preallocated hash map keyed by thread id, of the sampler's option
  * compat_map_entries (sized at load; a call whose thread finds it full is
  * counted but not timed, and counted in UNTRACKED); a thread's entry is
- * deleted when it exits. No per-cgroup counts and no file system timing
- * (both need 5.11 helpers and more). */
+ * deleted when it exits. With time_filesystems, a file system call's entry
+ * also holds its op and fd, for filesystem_latency (its start is the
+ * call's); no second map or program. No per-cgroup counts (they need 5.11
+ * helpers and more). */
+struct syscall_start_compat {
+	u64 ts;
+	/* a file system call's fd, but for the opens */
+	s64 fd;
+	u32 class;
+	/* the file system op + 1, 0: none */
+	u16 fs_op;
+	/* timed for syscall_latency (latency_sampling) */
+	u8 timed;
+};
 
 struct {
 	__uint(type, BPF_MAP_TYPE_HASH);
 	__uint(max_entries, 1); /* sized at load */
 	__type(key, u32);
-	__type(value, struct syscall_start);
+	__type(value, struct syscall_start_compat);
 } start_compat SEC(".maps");
 
 SEC("raw_tp/sys_enter")
@@ -121,23 +133,39 @@ int BPF_PROG(syscall_enter_compat, struct pt_regs *regs, long id)
 	if (!bank)
 		return 0;
 	bank->counters[class] += 1;
+	bool timed = true;
 	if (latency_sampling > 1 && ++bank->counters[SAMPLING_PHASE] % latency_sampling)
+		timed = false;
+	u32 fs_op = 0;
+	if (time_filesystems) {
+		fs_op = fs_op_of_untyped(id);
+		if (fs_op > FS_OPS)
+			fs_op = 0;
+	}
+	if (!timed && !fs_op)
 		return 0;
 
 	u32 tid = (u32)bpf_get_current_pid_tgid();
-	struct syscall_start *s = bpf_map_lookup_elem(&start_compat, &tid);
+	struct syscall_start_compat *s = bpf_map_lookup_elem(&start_compat, &tid);
 	if (!s) {
-		struct syscall_start zero = {};
+		struct syscall_start_compat zero = {};
 		/* fails when full (or when this thread was just added: looked up again) */
 		bpf_map_update_elem(&start_compat, &tid, &zero, BPF_NOEXIST);
 		s = bpf_map_lookup_elem(&start_compat, &tid);
 		if (!s) {
-			bank->counters[UNTRACKED] += 1;
+			if (timed)
+				bank->counters[UNTRACKED] += 1;
+			if (fs_op)
+				fs_count_untracked();
 			return 0;
 		}
 	}
 	s->ts = bpf_ktime_get_ns();
 	s->class = class;
+	s->timed = timed;
+	s->fs_op = fs_op;
+	if (fs_op && fs_op - 1 != FS_OP_OPEN)
+		s->fd = fs_fd_untyped(regs);
 	return 0;
 }
 
@@ -145,11 +173,17 @@ SEC("raw_tp/sys_exit")
 int BPF_PROG(syscall_exit_compat, struct pt_regs *regs, long ret)
 {
 	u32 tid = (u32)bpf_get_current_pid_tgid();
-	struct syscall_start *s = bpf_map_lookup_elem(&start_compat, &tid);
+	struct syscall_start_compat *s = bpf_map_lookup_elem(&start_compat, &tid);
 	if (!s || !s->ts)
 		return 0;
-	histogram_record(&latency, s->class & (CLASSES - 1), bpf_ktime_get_ns() - s->ts);
+	u64 start = s->ts;
 	s->ts = 0;
+	if (s->timed)
+		histogram_record(&latency, s->class & (CLASSES - 1), bpf_ktime_get_ns() - start);
+	if (time_filesystems && s->fs_op && ret >= 0) {
+		u32 op = (s->fs_op - 1) & (FS_OPS - 1);
+		fs_record_untyped(op, op == FS_OP_OPEN ? ret : s->fd, start);
+	}
 	return 0;
 }
 

@@ -107,19 +107,6 @@ struct {
 	__type(value, struct fs_start);
 } fs_starts_compat SEC(".maps");
 
-DEFINE_BANK(fs_untracked_bank, 1);
-BANK_MAP(fs_untracked_compat, fs_untracked_bank);
-
-static __always_inline u32 fs_op_of_untyped(long id)
-{
-	if (id < 0 || id >= FS_MAX_SYSCALL_NR)
-		return 0;
-	u32 op = fs_syscall_op[id];
-	if (op && compat_syscall_untyped())
-		return 0;
-	return op;
-}
-
 SEC("raw_tp/sys_enter")
 int BPF_PROG(fs_sys_enter_compat, struct pt_regs *regs, long id)
 {
@@ -134,17 +121,14 @@ int BPF_PROG(fs_sys_enter_compat, struct pt_regs *regs, long id)
 		bpf_map_update_elem(&fs_starts_compat, &tid, &zero, BPF_NOEXIST);
 		s = bpf_map_lookup_elem(&fs_starts_compat, &tid);
 		if (!s) {
-			struct fs_untracked_bank *bank = bank_of_this_cpu(&fs_untracked_compat);
-			if (bank)
-				bank->counters[0] += 1;
+			fs_count_untracked();
 			return 0;
 		}
 	}
 	op -= 1;
 	/* the fd is the first argument of every call here but the opens */
 	if (op != FS_OP_OPEN)
-		s->fd = (int)(bpf_core_field_exists(regs->di) ? BPF_CORE_READ(regs, di)
-							       : BPF_CORE_READ(regs, orig_x0));
+		s->fd = fs_fd_untyped(regs);
 	s->ts[op & (FS_OPS - 1)] = bpf_ktime_get_ns();
 	return 0;
 }
@@ -166,34 +150,7 @@ int BPF_PROG(fs_sys_exit_compat, struct pt_regs *regs, long ret)
 	s->ts[op] = 0;
 	if (!start || ret < 0)
 		return 0;
-	s64 fd = op == FS_OP_OPEN ? ret : s->fd;
-
-	/* the current task's file `fd`, then its file system, all by CO-RE */
-	struct task_struct *task = (void *)bpf_get_current_task();
-	struct fdtable *fdt = BPF_CORE_READ(task, files, fdt);
-	if (!fdt || fd < 0 || fd >= BPF_CORE_READ(fdt, max_fds))
-		return 0;
-	struct file **fds = BPF_CORE_READ(fdt, fd);
-	struct file *file = NULL;
-	bpf_probe_read_kernel(&file, sizeof(file), &fds[fd]);
-	if (!file)
-		return 0;
-	struct inode *inode = BPF_CORE_READ(file, f_inode);
-	if (!inode)
-		return 0;
-	u32 mode = BPF_CORE_READ(inode, i_mode) & S_IFMT;
-	if (mode != S_IFREG && mode != S_IFDIR)
-		return 0;
-	struct file_system_type *type = BPF_CORE_READ(inode, i_sb, s_type);
-	if (!type)
-		return 0;
-	u32 index = fs_type_slot(type) * FS_OPS + op;
-	if (index >= FS_SLOTS * FS_OPS)
-		return 0;
-	struct fs_bank *bank = bank_of_this_cpu(&fs_counters);
-	if (bank)
-		bank->counters[index] += 1;
-	histogram_record(&fs_latency, index, bpf_ktime_get_ns() - start);
+	fs_record_untyped(op, op == FS_OP_OPEN ? ret : s->fd, start);
 	return 0;
 }
 

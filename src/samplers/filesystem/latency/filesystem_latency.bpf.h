@@ -158,4 +158,72 @@ static __always_inline void fs_syscall_exit(struct pt_regs *regs, long ret)
 		fs_record(file, op, start, true);
 }
 
+/* ---- The compatibility path's system call timing (kernels without task
+ * storage, BTF-typed helpers or BTF of their own): every kernel structure
+ * read through CO-RE. The start times live in a hash map of threads: this
+ * sampler's own (filesystem_latency.bpf.c), or, when the syscall sampler's
+ * compatibility programs do this work, that sampler's map of threads,
+ * whose entries have room for a file system call too. */
+
+/* calls not timed because their thread found the hash map full */
+DEFINE_BANK(fs_untracked_bank, 1);
+BANK_MAP(fs_untracked_compat, fs_untracked_bank);
+
+static __always_inline void fs_count_untracked(void)
+{
+	struct fs_untracked_bank *bank = bank_of_this_cpu(&fs_untracked_compat);
+	if (bank)
+		bank->counters[0] += 1;
+}
+
+/* fs_op_of() for programs without BTF-typed helpers */
+static __always_inline u32 fs_op_of_untyped(long id)
+{
+	if (id < 0 || id >= FS_MAX_SYSCALL_NR)
+		return 0;
+	u32 op = fs_syscall_op[id];
+	if (op && compat_syscall_untyped())
+		return 0;
+	return op;
+}
+
+/* At sys_enter of a file system call: the fd it works on, its first
+ * argument (not meaningful for the opens, whose fd is what they return). */
+static __always_inline s64 fs_fd_untyped(struct pt_regs *regs)
+{
+	return (int)(bpf_core_field_exists(regs->di) ? BPF_CORE_READ(regs, di)
+						     : BPF_CORE_READ(regs, orig_x0));
+}
+
+/* At sys_exit: counts and times op `op` on the current task's file `fd`
+ * (regular files and directories only), begun at `start`. */
+static __always_inline void fs_record_untyped(u32 op, s64 fd, u64 start)
+{
+	struct task_struct *task = (void *)bpf_get_current_task();
+	struct fdtable *fdt = BPF_CORE_READ(task, files, fdt);
+	if (!fdt || fd < 0 || fd >= BPF_CORE_READ(fdt, max_fds))
+		return;
+	struct file **fds = BPF_CORE_READ(fdt, fd);
+	struct file *file = NULL;
+	bpf_probe_read_kernel(&file, sizeof(file), &fds[fd]);
+	if (!file)
+		return;
+	struct inode *inode = BPF_CORE_READ(file, f_inode);
+	if (!inode)
+		return;
+	u32 mode = BPF_CORE_READ(inode, i_mode) & S_IFMT;
+	if (mode != S_IFREG && mode != S_IFDIR)
+		return;
+	struct file_system_type *type = BPF_CORE_READ(inode, i_sb, s_type);
+	if (!type)
+		return;
+	u32 index = fs_type_slot(type) * FS_OPS + (op & (FS_OPS - 1));
+	if (index >= FS_SLOTS * FS_OPS)
+		return;
+	struct fs_bank *bank = bank_of_this_cpu(&fs_counters);
+	if (bank)
+		bank->counters[index] += 1;
+	histogram_record(&fs_latency, index, bpf_ktime_get_ns() - start);
+}
+
 #endif

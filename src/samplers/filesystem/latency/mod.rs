@@ -76,7 +76,7 @@ static SPEC: SamplerSpec = SamplerSpec {
     },
     compat_map_option(
         32768,
-        "compatibility path: threads its hash map holds, each while it lives; an operation by a thread beyond is neither counted nor timed, and is counted in rezolus_bpf_untracked",
+        "compatibility path, in this sampler's own programs: threads its hash map holds, each while it lives; an operation by a thread beyond is neither counted nor timed, and is counted in rezolus_bpf_untracked (in the syscall sampler's programs, that sampler's map and option)",
     )],
     metrics: || vec![&LATENCY, &OPERATIONS],
     init,
@@ -302,10 +302,6 @@ fn open(
         .map_err(|e| classify(e, "choosing the per-thread map"))?;
     if compat {
         size_compat_map(ctx, &SPEC, &mut open.maps.fs_starts_compat)?;
-        open.maps
-            .fs_untracked_compat
-            .set_max_entries(possible_cpus()? as u32)
-            .map_err(|e| classify(e, "sizing the untracked-call banks"))?;
     }
     if syscalls {
         open.maps
@@ -314,16 +310,24 @@ fn open(
             .ok_or_else(|| anyhow::anyhow!("the filesystem_latency BPF object has no .rodata"))?
             .fs_syscall_op = syscall_ops();
     }
-    prepare(&mut open.maps.fs_counters, &mut open.maps.fs_latency, true)?;
+    let maps = &mut open.maps;
+    prepare(
+        &mut maps.fs_counters,
+        &mut maps.fs_latency,
+        &mut maps.fs_untracked_compat,
+        true,
+    )?;
     Ok(open)
 }
 
 /// Sizes an object's fs_* maps (from `filesystem_latency.bpf.h`): in full
 /// when `used`, else to one entry each (the syscall sampler's object, when
-/// it does not time file systems).
+/// it does not time file systems). `untracked` (`fs_untracked_compat`) is
+/// made on the compatibility path only.
 pub fn prepare(
     counters: &mut libbpf_rs::OpenMapMut<'_>,
     latency: &mut libbpf_rs::OpenMapMut<'_>,
+    untracked: &mut libbpf_rs::OpenMapMut<'_>,
     used: bool,
 ) -> anyhow::Result<()> {
     let (banks, histograms) = match used {
@@ -336,6 +340,9 @@ pub fn prepare(
     latency
         .set_max_entries(histograms as u32)
         .map_err(|e| classify(e, "sizing the file system histograms"))?;
+    untracked
+        .set_max_entries(banks as u32)
+        .map_err(|e| classify(e, "sizing the untracked-call banks"))?;
     Ok(())
 }
 
@@ -344,6 +351,8 @@ pub struct FsMaps {
     counters: MmapArray,
     latency: MmapArray,
     types: NamedSlots,
+    /// On the compatibility path: calls not timed, the thread map full.
+    untracked: Option<MmapArray>,
 }
 
 impl FsMaps {
@@ -377,20 +386,31 @@ impl FsMaps {
             counters: MmapArray::new(counters)?,
             latency: MmapArray::new(latency)?,
             types: NamedSlots::new(types)?,
+            untracked: None,
         })
+    }
+
+    /// These maps with `fs_untracked_compat`, made on the compatibility
+    /// path.
+    pub fn with_untracked(mut self, untracked: &libbpf_rs::Map<'_>) -> anyhow::Result<Self> {
+        self.untracked = Some(MmapArray::new(untracked)?);
+        Ok(self)
     }
 }
 
 /// Hand-over of the system call path to the `syscall` sampler, whose
 /// programs are already on sys_enter and sys_exit. Samplers start in name
-/// order, so this one asks first ([`Share::Wanted`]); the syscall sampler,
-/// if it starts, sees the request ([`wanted`]), times file systems in its
-/// programs and hands over their maps ([`provide`]); once every sampler has
-/// started, this one takes them, or loads its own programs.
+/// order, so this one asks first ([`Share::Wanted`]), for the path it is
+/// on; the syscall sampler, if it starts and loads that path, sees the
+/// request ([`wanted`]), times file systems in its programs and hands over
+/// their maps ([`provide`]); once every sampler has started, this one
+/// takes them, or loads its own programs.
 pub enum Share {
     None,
-    Wanted,
-    Provided(FsMaps),
+    /// Wanted on the compatibility path (`true`) or the default path.
+    Wanted(bool),
+    /// The maps, and the syscall sampler's `method`.
+    Provided(FsMaps, String),
 }
 
 static SHARE: std::sync::Mutex<Share> = std::sync::Mutex::new(Share::None);
@@ -401,15 +421,17 @@ fn share() -> std::sync::MutexGuard<'static, Share> {
         .unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
-/// Whether filesystem_latency wants the syscall sampler's programs to time
-/// file system calls.
-pub fn wanted() -> bool {
-    matches!(*share(), Share::Wanted)
+/// Whether filesystem_latency wants the syscall sampler's programs of the
+/// compatibility path (`compat`) or of the default path to time file
+/// system calls.
+pub fn wanted(compat: bool) -> bool {
+    matches!(*share(), Share::Wanted(on) if on == compat)
 }
 
-/// The syscall sampler's fs_* maps, its programs timing file system calls.
-pub fn provide(maps: FsMaps) {
-    *share() = Share::Provided(maps);
+/// The syscall sampler's fs_* maps, its programs timing file system calls,
+/// and its `method` (which path they are).
+pub fn provide(maps: FsMaps, method: String) {
+    *share() = Share::Provided(maps, method);
 }
 
 /// A type slot's series, by op: the counter and the histogram.
@@ -453,9 +475,9 @@ fn init(ctx: &SamplerContext) -> anyhow::Result<Box<dyn Sampler>> {
     };
     if ctx.bpf_path == BpfPath::Compat || !kernel_has_btf() {
         // fentry and the typed programs need the kernel's own BTF; the
-        // syscall sampler does not time file system calls on its
-        // compatibility path
+        // syscall sampler's compatibility programs, if they load
         sampler.no_fentry = Some("the compatibility path".to_string());
+        *share() = Share::Wanted(true);
         return Ok(Box::new(sampler));
     }
     if ctx.option(&SPEC, "fentry") == 1 {
@@ -481,8 +503,19 @@ fn init(ctx: &SamplerContext) -> anyhow::Result<Box<dyn Sampler>> {
         sampler.no_fentry = Some("fentry = 0".to_string());
     }
     // the system calls: the syscall sampler's programs if it starts
-    *share() = Share::Wanted;
+    *share() = Share::Wanted(false);
     Ok(Box::new(sampler))
+}
+
+/// This sampler's `rezolus_bpf_untracked` series: counter 0 of
+/// `fs_untracked_compat`'s banks.
+fn untracked_counter() -> BankCounter {
+    BankCounter::new(
+        &crate::bpf::BPF_UNTRACKED,
+        &[("sampler", SPEC.name)],
+        0,
+        None,
+    )
 }
 
 impl FilesystemLatency {
@@ -494,9 +527,16 @@ impl FilesystemLatency {
         }
         let why = self.no_fentry.take().unwrap_or_default();
         let provided = std::mem::replace(&mut *share(), Share::None);
-        if let Share::Provided(maps) = provided {
+        if let Share::Provided(mut maps, syscall_method) = provided {
+            self.untracked = maps
+                .untracked
+                .take()
+                .map(|banks| (banks, untracked_counter()));
             self.maps = Some(maps);
-            self.method = format!("syscalls, in the syscall sampler's programs ({why})");
+            self.method = match self.untracked {
+                Some(_) => format!("syscalls, {syscall_method}; in the syscall sampler's programs"),
+                None => format!("syscalls, in the syscall sampler's programs ({why})"),
+            };
             return Ok(());
         }
         let ctx = &self.ctx;
@@ -517,12 +557,7 @@ impl FilesystemLatency {
         if method.starts_with("compatibility") {
             self.untracked = Some((
                 MmapArray::new(&skel.maps.fs_untracked_compat)?,
-                BankCounter::new(
-                    &crate::bpf::BPF_UNTRACKED,
-                    &[("sampler", SPEC.name)],
-                    0,
-                    None,
-                ),
+                untracked_counter(),
             ));
         }
         self._skel = Some(skel);
