@@ -261,6 +261,25 @@ fn rate(per_second: f64) -> String {
     }
 }
 
+/// A sampler's `absent` list (metrics an active sampler cannot provide
+/// here, each with a reason) grouped by reason, in the order given: one
+/// reason often covers several metrics (every per-cgroup metric of a
+/// sampler on its compatibility path).
+fn absent_by_reason(absent: &Value) -> Vec<(&str, Vec<&str>)> {
+    let mut grouped: Vec<(&str, Vec<&str>)> = Vec::new();
+    for entry in absent.as_array().into_iter().flatten() {
+        let (Some(metric), Some(reason)) = (entry["metric"].as_str(), entry["reason"].as_str())
+        else {
+            continue;
+        };
+        match grouped.iter_mut().find(|(r, _)| *r == reason) {
+            Some((_, metrics)) => metrics.push(metric),
+            None => grouped.push((reason, vec![metric])),
+        }
+    }
+    grouped
+}
+
 /// The human table.
 fn table(s: &Value) -> String {
     let mut out = String::new();
@@ -311,6 +330,15 @@ fn table(s: &Value) -> String {
             sampler["name"].as_str().unwrap_or("?"),
             sampler["state"].as_str().unwrap_or("?"),
         );
+        for (reason, metrics) in absent_by_reason(&sampler["absent"]) {
+            let _ = writeln!(
+                out,
+                "{:<22} {:<12} absent: {}: {reason}",
+                "",
+                "",
+                metrics.join(", ")
+            );
+        }
     }
     if let Some(programs) = s["cost"]["programs"].as_array() {
         let seconds = s["cost"]["seconds"].as_f64().unwrap_or(0.0);

@@ -30,9 +30,12 @@ fn vm_rss(pid: u32) -> u64 {
     kb * 1024
 }
 
+/// The table and the JSON say what /samplers says; the table lists each
+/// active sampler's absent metrics under it, grouped by reason
+/// (scheduler_runqueue on its compatibility path has no per-cgroup sums).
 #[test]
 fn status_shows_the_agent_and_exits_zero() {
-    let agent = Agent::start("", "");
+    let agent = Agent::start("", &common::on_path("scheduler_runqueue", "compat"));
     let addr = agent.addr.to_string();
     // 5 requests, each its own snapshot (ttl 0)
     for _ in 0..5 {
@@ -78,6 +81,35 @@ fn status_shows_the_agent_and_exits_zero() {
             .unwrap_or_else(|| panic!("{} missing from:\n{table}", sampler["name"]));
         assert!(line.contains(sampler["state"].as_str().unwrap()), "{line}");
     }
+    let mut absent = 0;
+    for sampler in samplers.as_array().unwrap() {
+        let name = sampler["name"].as_str().unwrap();
+        // the sampler's lines: its own, then those indented under it
+        let lines: Vec<&str> = table
+            .lines()
+            .skip_while(|l| l.split_whitespace().next() != Some(name))
+            .skip(1)
+            .take_while(|l| l.starts_with(' '))
+            .collect();
+        for entry in sampler["absent"].as_array().into_iter().flatten() {
+            let (metric, reason) = (
+                entry["metric"].as_str().unwrap(),
+                entry["reason"].as_str().unwrap(),
+            );
+            assert!(
+                lines.iter().any(|l| {
+                    let l = l.trim_start();
+                    l.starts_with("absent: ") && l.contains(metric) && l.ends_with(reason)
+                }),
+                "{name}: {metric} ({reason}) not listed in:\n{table}"
+            );
+            absent += 1;
+        }
+    }
+    assert!(
+        absent >= 4,
+        "scheduler_runqueue's per-cgroup sums: {absent}"
+    );
     assert!(table.contains("capabilities kept: CAP_PERFMON"), "{table}");
 }
 
