@@ -469,10 +469,25 @@ fn the_btf_file_of_the_config_is_what_programs_relocate_against() {
     let agent = Agent::start(&format!("btf = {other:?}\n"), &extra);
     let s = common::sampler_status(&agent, "cpu_migrations");
     assert_eq!(s["state"], "failed", "{s}");
+    // the reason names the file, for a read that did not relocate
+    let reason = s["reason"].as_str().unwrap_or_default();
+    assert!(
+        reason.contains("`general.btf`") && reason.contains(other.to_str().unwrap()),
+        "{s}"
+    );
     // softirq and network_drop read nothing through CO-RE: they load against
     // any BTF. This one has no drop reasons and no kfree_skb tracepoint
-    // type, as a kernel before drop reasons: every drop is NOT_SPECIFIED.
+    // type, as a kernel before drop reasons: every drop is NOT_SPECIFIED,
+    // and the method says so.
     require_path(&agent, &["softirq", "network_drop"], "compat");
+    let s = common::sampler_status(&agent, "network_drop");
+    assert!(
+        s["method"]
+            .as_str()
+            .unwrap_or_default()
+            .ends_with("every drop counts as NOT_SPECIFIED"),
+        "{s}"
+    );
     const K: i128 = 500;
     let closed = {
         let s = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();

@@ -337,7 +337,10 @@ pub fn run(path: &Path) -> anyhow::Result<()> {
             ..SamplerContext::default()
         };
         if let Some(btf) = &ctx.btf {
-            info!("BPF samplers relocate against {}", btf.display());
+            info!(
+                "BPF compatibility paths relocate against {} (default paths use the kernel's own BTF)",
+                btf.display()
+            );
         }
         if ctx.root != Path::new("/") {
             info!("reading proc and sys under {}", ctx.root.display());

@@ -94,8 +94,19 @@ pub fn load_path<S>(
     load: impl Fn(bool) -> anyhow::Result<S>,
 ) -> anyhow::Result<(S, String)> {
     let compat = |why: &str| format!("compatibility path ({why}): {compat_hooks}");
+    // a BTF file of another kernel shows as reads that do not relocate:
+    // the error names the file, libbpf's log on stderr the read
+    let load_compat = || {
+        load(true).map_err(|e| match &ctx.btf {
+            Some(btf) => e.context(format!(
+                "relocated against `general.btf` {} (is it this kernel's? libbpf's log on stderr names any read that did not relocate)",
+                btf.display()
+            )),
+            None => e,
+        })
+    };
     let only_compat = |why: &str| {
-        load(true)
+        load_compat()
             .map(|loaded| (loaded, compat(why)))
             .map_err(|e| e.context(format!("on the compatibility path ({why})")))
     };
@@ -107,7 +118,7 @@ pub fn load_path<S>(
     }
     match load(false) {
         Ok(loaded) => Ok((loaded, format!("default path: {default_hooks}"))),
-        Err(default_error) => match load(true) {
+        Err(default_error) => match load_compat() {
             Ok(loaded) => Ok((
                 loaded,
                 compat(&format!("the default path did not load: {default_error:#}")),
@@ -136,7 +147,7 @@ pub fn load_path<S>(
 pub static BPF_UNTRACKED: MetricDef = MetricDef::counter(
     "rezolus_bpf_untracked",
     "events",
-    "Events the `sampler`'s compatibility path did not time because its bounded task or socket map was full (the default path keeps per-task state in task storage and has no such bound)",
+    "Events the `sampler`'s compatibility path did not time (filesystem_latency: nor count) because its bounded task or socket map was full (the default path keeps per-task state in task storage and has no such bound)",
 )
 .labels(&["sampler"]);
 

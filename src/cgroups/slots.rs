@@ -141,7 +141,7 @@ pub fn prepare(parts: OpenParts<'_, '_>, count_cgroups: bool, cpus: u32) -> anyh
 pub fn on_compat_path(wanted: bool) -> Support {
     match wanted {
         true => Support::Unsupported(
-            "not on the compatibility path (per-cgroup counts need cgroup storage, Linux 6.2)"
+            "the compatibility path has no per-cgroup counts (they need cgroup storage, Linux 6.2, which that path does without)"
                 .into(),
         ),
         false => Support::Off,

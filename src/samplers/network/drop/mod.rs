@@ -146,7 +146,13 @@ fn init(ctx: &SamplerContext) -> anyhow::Result<Box<dyn Sampler>> {
         }
         load(ctx, compat)
     })?;
-    let reasons = reasons.unwrap_or_else(|| vec![(UNSPECIFIED, "NOT_SPECIFIED".to_string())]);
+    let (reasons, method) = match reasons {
+        Some(reasons) => (reasons, method),
+        None => (
+            vec![(UNSPECIFIED, "NOT_SPECIFIED".to_string())],
+            format!("{method}; the BTF in use has no enum skb_drop_reason (a kernel before 5.17, or BTF of another kernel): every drop counts as NOT_SPECIFIED"),
+        ),
+    };
     let banks = MmapArray::new(&skel.maps.drops)?;
     let counters = reasons
         .iter()
