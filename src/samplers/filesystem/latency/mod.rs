@@ -41,7 +41,8 @@ use libbpf_rs::MapCore;
 
 use crate::bpf::{
     check_support, classify, compat_map_option, kernel_has_btf, load_path, open_skel,
-    possible_cpus, size_compat_map, BankCounter, MmapArray, NamedSlots, HISTOGRAM_BUCKETS,
+    possible_cpus, size_compat_map, BankCounter, MmapArray, NamedSlots, COMPAT_MAP_ENTRIES,
+    HISTOGRAM_BUCKETS,
 };
 use crate::metrics::{MetricDef, Series};
 use crate::samplers::BpfPath;
@@ -537,6 +538,12 @@ impl FilesystemLatency {
                 Some(_) => format!("syscalls, {syscall_method}; in the syscall sampler's programs"),
                 None => format!("syscalls, in the syscall sampler's programs ({why})"),
             };
+            if self.untracked.is_some() && self.ctx.options.contains_key(COMPAT_MAP_ENTRIES) {
+                tracing::warn!(
+                    sampler = SPEC.name,
+                    "`samplers.filesystem_latency.{COMPAT_MAP_ENTRIES}` does not apply: the syscall sampler's programs time file system calls, in its map of threads (`samplers.syscall.{COMPAT_MAP_ENTRIES}`)"
+                );
+            }
             return Ok(());
         }
         let ctx = &self.ctx;
