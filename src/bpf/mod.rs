@@ -169,16 +169,35 @@ pub const fn compat_map_option(default: i64, description: &'static str) -> Sampl
     }
 }
 
-/// Sizes `map`, the compatibility path's hash map, from the sampler's
-/// `compat_map_entries` option (before load).
-pub fn size_compat_map(
+/// Chooses where a path keeps per-task (or per-socket) state, before load:
+/// `local`, the default path's local-storage maps, are made on the default
+/// path only (local storage in tracing programs needs 5.11); on the
+/// compatibility path `compat_map`, its hash map, is sized from the
+/// sampler's `compat_map_entries`.
+pub fn choose_state_maps(
     ctx: &SamplerContext,
     spec: &SamplerSpec,
-    map: &mut libbpf_rs::OpenMapMut<'_>,
+    compat: bool,
+    local: &mut [&mut libbpf_rs::OpenMapMut<'_>],
+    compat_map: &mut libbpf_rs::OpenMapMut<'_>,
 ) -> anyhow::Result<()> {
-    let entries = ctx.option(spec, COMPAT_MAP_ENTRIES) as u32;
-    map.set_max_entries(entries)
-        .map_err(|e| classify(e, "sizing the compatibility path's hash map"))
+    for map in local {
+        map.set_autocreate(!compat)
+            .map_err(|e| classify(e, "choosing the per-task maps"))?;
+    }
+    if compat {
+        let entries = ctx.option(spec, COMPAT_MAP_ENTRIES) as u32;
+        compat_map
+            .set_max_entries(entries)
+            .map_err(|e| classify(e, "sizing the compatibility path's hash map"))?;
+    }
+    Ok(())
+}
+
+/// A sampler's `rezolus_bpf_untracked` series: counter `index` of its
+/// banks (compatibility path).
+pub fn untracked_counter(spec: &SamplerSpec, index: usize) -> BankCounter {
+    BankCounter::new(&BPF_UNTRACKED, &[("sampler", spec.name)], index, None)
 }
 
 /// The number of arguments a tracepoint passes to raw tracepoint programs,

@@ -156,6 +156,19 @@ static __always_inline u32 slot_of(void *map, u32 n, u64 id, bool *claimed)
 	return n;
 }
 
+/* The entry of `key` in `map`, a preallocated hash map (compatibility
+ * paths: per-task state where there is no local storage), added as `zero`
+ * when absent; NULL when the map is full. The update may also fail because
+ * another CPU just added the same key, hence the second lookup. */
+static __always_inline void *entry_or_add(void *map, const void *key, const void *zero)
+{
+	void *entry = bpf_map_lookup_elem(map, key);
+	if (entry)
+		return entry;
+	bpf_map_update_elem(map, key, zero, BPF_NOEXIST);
+	return bpf_map_lookup_elem(map, key);
+}
+
 /* Whether the current task is in a 32-bit (compat) system call, whose
  * numbers are not the native ones. x86-64 marks it with TS_COMPAT in
  * thread_info.status; elsewhere this says no. */

@@ -37,8 +37,8 @@ use std::sync::Arc;
 use libbpf_rs::skel::{OpenSkel, Skel};
 
 use crate::bpf::{
-    check_support, classify, compat_map_option, load_path, open_skel, possible_cpus,
-    size_compat_map, BankCounter, MmapArray, HISTOGRAM_BUCKETS,
+    check_support, choose_state_maps, classify, compat_map_option, load_path, open_skel,
+    possible_cpus, untracked_counter, BankCounter, MmapArray, HISTOGRAM_BUCKETS,
 };
 use crate::cgroups::slots::{self, CgroupSlots, Column};
 use crate::metrics::{MetricDef, Series, HISTOGRAM_GROUPING_POWER, HISTOGRAM_MAX_VALUE_POWER};
@@ -129,15 +129,14 @@ fn load(
         compat,
         "opening the syscall BPF object",
     )?;
-    // task storage does not exist before 5.11 (start_compat, the hash map,
-    // is made on the compatibility path only)
-    for map in [&mut open.maps.start, &mut open.maps.fs_starts] {
-        map.set_autocreate(!compat)
-            .map_err(|e| classify(e, "choosing the per-thread maps"))?;
-    }
-    if compat {
-        size_compat_map(ctx, &SPEC, &mut open.maps.start_compat)?;
-    }
+    let maps = &mut open.maps;
+    choose_state_maps(
+        ctx,
+        &SPEC,
+        compat,
+        &mut [&mut maps.start, &mut maps.fs_starts],
+        &mut maps.start_compat,
+    )?;
     let rodata = open
         .maps
         .rodata_data
@@ -235,14 +234,7 @@ fn init(ctx: &SamplerContext) -> anyhow::Result<Box<dyn Sampler>> {
             .iter()
             .map(|c| Series::new(&SYSCALL_LATENCY, &[("op", c)]))
             .collect(),
-        untracked: compat.then(|| {
-            BankCounter::new(
-                &crate::bpf::BPF_UNTRACKED,
-                &[("sampler", SPEC.name)],
-                UNTRACKED,
-                None,
-            )
-        }),
+        untracked: compat.then(|| untracked_counter(&SPEC, UNTRACKED)),
         scratch: Vec::new(),
         cgroups,
         absent,

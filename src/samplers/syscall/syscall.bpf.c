@@ -146,19 +146,14 @@ int BPF_PROG(syscall_enter_compat, struct pt_regs *regs, long id)
 		return 0;
 
 	u32 tid = (u32)bpf_get_current_pid_tgid();
-	struct syscall_start_compat *s = bpf_map_lookup_elem(&start_compat, &tid);
+	struct syscall_start_compat zero = {};
+	struct syscall_start_compat *s = entry_or_add(&start_compat, &tid, &zero);
 	if (!s) {
-		struct syscall_start_compat zero = {};
-		/* fails when full (or when this thread was just added: looked up again) */
-		bpf_map_update_elem(&start_compat, &tid, &zero, BPF_NOEXIST);
-		s = bpf_map_lookup_elem(&start_compat, &tid);
-		if (!s) {
-			if (timed)
-				bank->counters[UNTRACKED] += 1;
-			if (fs_op)
-				fs_count_untracked();
-			return 0;
-		}
+		if (timed)
+			bank->counters[UNTRACKED] += 1;
+		if (fs_op)
+			fs_count_untracked();
+		return 0;
 	}
 	s->ts = bpf_ktime_get_ns();
 	s->class = class;

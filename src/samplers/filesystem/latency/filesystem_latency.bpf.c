@@ -114,16 +114,11 @@ int BPF_PROG(fs_sys_enter_compat, struct pt_regs *regs, long id)
 	if (!op || op > FS_OPS)
 		return 0;
 	u32 tid = (u32)bpf_get_current_pid_tgid();
-	struct fs_start *s = bpf_map_lookup_elem(&fs_starts_compat, &tid);
+	struct fs_start zero = {};
+	struct fs_start *s = entry_or_add(&fs_starts_compat, &tid, &zero);
 	if (!s) {
-		struct fs_start zero = {};
-		/* fails when full (or when this thread was just added: looked up again) */
-		bpf_map_update_elem(&fs_starts_compat, &tid, &zero, BPF_NOEXIST);
-		s = bpf_map_lookup_elem(&fs_starts_compat, &tid);
-		if (!s) {
-			fs_count_untracked();
-			return 0;
-		}
+		fs_count_untracked();
+		return 0;
 	}
 	op -= 1;
 	/* the fd is the first argument of every call here but the opens */

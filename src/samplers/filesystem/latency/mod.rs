@@ -40,9 +40,9 @@ use libbpf_rs::skel::{OpenSkel, Skel};
 use libbpf_rs::MapCore;
 
 use crate::bpf::{
-    check_support, classify, compat_map_option, kernel_has_btf, load_path, open_skel,
-    possible_cpus, size_compat_map, BankCounter, MmapArray, NamedSlots, COMPAT_MAP_ENTRIES,
-    HISTOGRAM_BUCKETS,
+    check_support, choose_state_maps, classify, compat_map_option, kernel_has_btf, load_path,
+    open_skel, possible_cpus, untracked_counter, BankCounter, MmapArray, NamedSlots,
+    COMPAT_MAP_ENTRIES, HISTOGRAM_BUCKETS,
 };
 use crate::metrics::{MetricDef, Series};
 use crate::samplers::BpfPath;
@@ -297,13 +297,14 @@ fn open(
     )?;
     // task storage does not exist before 5.11 (the *_compat maps are made
     // on the compatibility path only)
-    open.maps
-        .fs_starts
-        .set_autocreate(!compat)
-        .map_err(|e| classify(e, "choosing the per-thread map"))?;
-    if compat {
-        size_compat_map(ctx, &SPEC, &mut open.maps.fs_starts_compat)?;
-    }
+    let maps = &mut open.maps;
+    choose_state_maps(
+        ctx,
+        &SPEC,
+        compat,
+        &mut [&mut maps.fs_starts],
+        &mut maps.fs_starts_compat,
+    )?;
     if syscalls {
         open.maps
             .rodata_data
@@ -508,17 +509,6 @@ fn init(ctx: &SamplerContext) -> anyhow::Result<Box<dyn Sampler>> {
     Ok(Box::new(sampler))
 }
 
-/// This sampler's `rezolus_bpf_untracked` series: counter 0 of
-/// `fs_untracked_compat`'s banks.
-fn untracked_counter() -> BankCounter {
-    BankCounter::new(
-        &crate::bpf::BPF_UNTRACKED,
-        &[("sampler", SPEC.name)],
-        0,
-        None,
-    )
-}
-
 impl FilesystemLatency {
     /// Once every sampler has started: the syscall sampler's maps if it
     /// took the work, else this sampler's own system call programs.
@@ -532,7 +522,7 @@ impl FilesystemLatency {
             self.untracked = maps
                 .untracked
                 .take()
-                .map(|banks| (banks, untracked_counter()));
+                .map(|banks| (banks, untracked_counter(&SPEC, 0)));
             self.maps = Some(maps);
             self.method = match self.untracked {
                 Some(_) => format!("syscalls, {syscall_method}; in the syscall sampler's programs"),
@@ -564,7 +554,7 @@ impl FilesystemLatency {
         if method.starts_with("compatibility") {
             self.untracked = Some((
                 MmapArray::new(&skel.maps.fs_untracked_compat)?,
-                untracked_counter(),
+                untracked_counter(&SPEC, 0),
             ));
         }
         self._skel = Some(skel);

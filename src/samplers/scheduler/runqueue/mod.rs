@@ -27,8 +27,8 @@ use std::sync::Arc;
 use libbpf_rs::skel::{OpenSkel, Skel};
 
 use crate::bpf::{
-    check_support, classify, compat_map_option, load_path, open_skel, possible_cpus,
-    size_compat_map, tracepoint_arg_count, BankCounter, MmapArray,
+    check_support, choose_state_maps, classify, compat_map_option, load_path, open_skel,
+    possible_cpus, tracepoint_arg_count, untracked_counter, BankCounter, MmapArray,
 };
 use crate::cgroups::slots::{self, CgroupSlots, Column};
 use crate::metrics::{MetricDef, Series};
@@ -162,13 +162,14 @@ fn load(
     )?;
     // task storage does not exist before 5.11 (times_compat, the hash map,
     // is made on the compatibility path only)
-    open.maps
-        .times
-        .set_autocreate(!compat)
-        .map_err(|e| classify(e, "choosing the task map"))?;
-    if compat {
-        size_compat_map(ctx, &SPEC, &mut open.maps.times_compat)?;
-    }
+    let maps = &mut open.maps;
+    choose_state_maps(
+        ctx,
+        &SPEC,
+        compat,
+        &mut [&mut maps.times],
+        &mut maps.times_compat,
+    )?;
     let cpus = possible_cpus()? as u32;
     open.maps
         .switches
@@ -249,14 +250,7 @@ fn init(ctx: &SamplerContext) -> anyhow::Result<Box<dyn Sampler>> {
             .enumerate()
             .map(|(i, kind)| BankCounter::new(&CONTEXT_SWITCH, &[("kind", kind)], i, Some(cpus)))
             .collect(),
-        untracked: compat.then(|| {
-            BankCounter::new(
-                &crate::bpf::BPF_UNTRACKED,
-                &[("sampler", SPEC.name)],
-                UNTRACKED,
-                None,
-            )
-        }),
+        untracked: compat.then(|| untracked_counter(&SPEC, UNTRACKED)),
         scratch: Vec::new(),
         cgroups,
         absent,

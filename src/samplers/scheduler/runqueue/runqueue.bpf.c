@@ -169,13 +169,8 @@ struct task_struct___state {
 
 static __always_inline struct task_clock *times_of_compat(u32 pid)
 {
-	struct task_clock *t = bpf_map_lookup_elem(&times_compat, &pid);
-	if (t)
-		return t;
 	struct task_clock zero = {};
-	/* fails when full (or when another CPU just added it: looked up again) */
-	bpf_map_update_elem(&times_compat, &pid, &zero, BPF_NOEXIST);
-	t = bpf_map_lookup_elem(&times_compat, &pid);
+	struct task_clock *t = entry_or_add(&times_compat, &pid, &zero);
 	if (!t) {
 		struct switch_bank *bank = bank_of_this_cpu(&switches);
 		if (bank)

@@ -19,8 +19,8 @@ use std::sync::Arc;
 use libbpf_rs::skel::{OpenSkel, Skel};
 
 use crate::bpf::{
-    check_support, classify, compat_map_option, load_path, open_skel, possible_cpus,
-    size_compat_map, BankCounter, MmapArray,
+    check_support, choose_state_maps, classify, compat_map_option, load_path, open_skel,
+    possible_cpus, untracked_counter, BankCounter, MmapArray,
 };
 use crate::metrics::{MetricDef, Series};
 use crate::samplers::{Sampler, SamplerContext, SamplerSpec, Source, SAMPLERS};
@@ -80,13 +80,14 @@ fn load(ctx: &SamplerContext, compat: bool) -> anyhow::Result<bpf::TcpConnectSke
     )?;
     // socket storage from tracing programs does not exist before 5.11
     // (syn_sent_compat, the hash map, is made on the compatibility path only)
-    open.maps
-        .syn_sent_at
-        .set_autocreate(!compat)
-        .map_err(|e| classify(e, "choosing the socket map"))?;
-    if compat {
-        size_compat_map(ctx, &SPEC, &mut open.maps.syn_sent_compat)?;
-    }
+    let maps = &mut open.maps;
+    choose_state_maps(
+        ctx,
+        &SPEC,
+        compat,
+        &mut [&mut maps.syn_sent_at],
+        &mut maps.syn_sent_compat,
+    )?;
     open.maps
         .resets
         .set_max_entries(possible_cpus()? as u32)
@@ -124,14 +125,7 @@ fn init(ctx: &SamplerContext) -> anyhow::Result<Box<dyn Sampler>> {
             .map(|(i, d)| BankCounter::new(&TCP_RESET, &[("direction", d)], i, None))
             .collect(),
         latency_series: Series::new(&TCP_CONNECT_LATENCY, &[]),
-        untracked: compat.then(|| {
-            BankCounter::new(
-                &crate::bpf::BPF_UNTRACKED,
-                &[("sampler", SPEC.name)],
-                UNTRACKED,
-                None,
-            )
-        }),
+        untracked: compat.then(|| untracked_counter(&SPEC, UNTRACKED)),
         scratch: Vec::new(),
         method,
     }))
