@@ -30,7 +30,7 @@ pub const KERNEL_BTF: &str = "/sys/kernel/btf/vmlinux";
 /// (the kernel's own, or the file `[general] btf` names) and the privilege
 /// to load and attach programs.
 pub fn check_support(ctx: &SamplerContext) -> Result<(), Unsupported> {
-    if ctx.btf.is_none() && !Path::new(KERNEL_BTF).exists() {
+    if ctx.btf.is_none() && !kernel_has_btf() {
         return Err(Unsupported(
             "kernel has no BTF (/sys/kernel/btf/vmlinux missing; needs CONFIG_DEBUG_INFO_BTF): set `[general] btf` to a BTF file for this kernel to run the compatibility paths"
                 .into(),
