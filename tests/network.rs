@@ -382,18 +382,29 @@ impl Namespaces {
     /// the tracepoint reports it as failed.
     fn retrans_segs(name: &str) -> u64 {
         Self::run(name, || {
-            // thread-self: /proc/net follows the process's main thread
-            let field = |file: &str, prefix: &str, key: &str| -> u64 {
-                let text =
-                    std::fs::read_to_string(format!("/proc/thread-self/net/{file}")).unwrap();
-                let mut rows = text.lines().filter(|l| l.starts_with(prefix));
-                let (keys, values) = (rows.next().unwrap(), rows.next().unwrap());
-                let at = keys.split_whitespace().position(|k| k == key).unwrap();
-                values.split_whitespace().nth(at).unwrap().parse().unwrap()
-            };
-            field("snmp", "Tcp:", "RetransSegs") - field("netstat", "TcpExt:", "TCPRetransFail")
+            snmp_field("snmp", "Tcp:", "RetransSegs")
+                - snmp_field("netstat", "TcpExt:", "TCPRetransFail")
         })
     }
+
+    /// SYN and SYN-ACK retransmissions in namespace `name`: `TCPSynRetrans`
+    /// (its own /proc/net/netstat). A listener sends no SYN, so in its
+    /// namespace these are its SYN-ACKs alone, where RetransSegs would also
+    /// count any other segment it resent.
+    fn syn_retrans(name: &str) -> u64 {
+        Self::run(name, || snmp_field("netstat", "TcpExt:", "TCPSynRetrans"))
+    }
+}
+
+/// Field `key` of the `prefix` rows (a row of names, then one of values) of
+/// `/proc/thread-self/net/<file>`: the calling thread's network namespace
+/// (/proc/self/net follows the process's main thread).
+fn snmp_field(file: &str, prefix: &str, key: &str) -> u64 {
+    let text = std::fs::read_to_string(format!("/proc/thread-self/net/{file}")).unwrap();
+    let mut rows = text.lines().filter(|l| l.starts_with(prefix));
+    let (keys, values) = (rows.next().unwrap(), rows.next().unwrap());
+    let at = keys.split_whitespace().position(|k| k == key).unwrap();
+    values.split_whitespace().nth(at).unwrap().parse().unwrap()
 }
 
 impl Drop for Namespaces {
@@ -655,7 +666,8 @@ fn srtt_agrees_with_ss_on(path: &str) {
 
 /// With every SYN-ACK into namespace A dropped for a while, the listener in
 /// B resends its SYN-ACK: `tcp_retransmit{kind="synack"}` moves by at least
-/// B's own `RetransSegs`, and the connect completes once the rule goes.
+/// B's own `TCPSynRetrans` (its SYN-ACKs resent), and the connect completes
+/// once the rule goes.
 #[test]
 fn dropped_syn_acks_are_retransmitted_synacks() {
     for path in ["auto", "compat"] {
@@ -674,7 +686,7 @@ fn dropped_syn_acks_are_retransmitted_synacks_on(path: &str) {
     let listener = Namespaces::run(&ns.b, || TcpListener::bind((ADDR_B, 5002)).unwrap());
 
     let before = agent.snapshot();
-    let retrans_before = Namespaces::retrans_segs(&ns.b);
+    let retrans_before = Namespaces::syn_retrans(&ns.b);
     let a = ns.a.clone();
     let target: SocketAddr = format!("{ADDR_B}:5002").parse().unwrap();
     let client = std::thread::spawn(move || {
@@ -689,15 +701,15 @@ fn dropped_syn_acks_are_retransmitted_synacks_on(path: &str) {
     ]);
     client.join().unwrap().expect("connect after the rule went");
     drop(listener.accept().unwrap());
-    let retrans = (Namespaces::retrans_segs(&ns.b) - retrans_before) as i128;
+    let retrans = (Namespaces::syn_retrans(&ns.b) - retrans_before) as i128;
     let after = agent.snapshot();
 
     let synacks = counter_delta(&before, &after, "tcp_retransmit", &[("kind", "synack")]);
-    eprintln!("synack retransmits {synacks}, B's RetransSegs {retrans}");
+    eprintln!("synack retransmits {synacks}, B's TCPSynRetrans {retrans}");
     assert!(retrans >= 1, "B retransmitted nothing");
     assert!(
         (retrans..=retrans + 2).contains(&synacks),
-        "tcp_retransmit{{kind=synack}} moved {synacks}, B's RetransSegs {retrans}"
+        "tcp_retransmit{{kind=synack}} moved {synacks}, B's TCPSynRetrans {retrans}"
     );
 }
 
